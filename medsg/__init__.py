@@ -1,0 +1,8 @@
+"""medsg: transfer learning for medical images with the SG-Former backbone.
+
+Importing the package registers ``sgformer_s``, ``sgformer_m`` and ``sgformer_b`` in timm's model registry.
+"""
+
+from medsg import models as models  # noqa: F401  (registers the timm variants)
+
+__version__ = "0.1.0"
