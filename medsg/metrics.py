@@ -71,7 +71,7 @@ def ece_score(y_true: np.ndarray, probs: np.ndarray, n_bins: int = N_BINS) -> fl
     """Expected calibration error with equal-width bins on the max probability (definition in module doc)."""
     conf = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
-    bins = _bin_index(conf, n_bins)
+    bins = confidence_bins(conf, n_bins)
     gap = np.bincount(bins, weights=correct - conf, minlength=n_bins)
     return float(np.abs(gap).sum() / len(y_true))
 
@@ -237,7 +237,7 @@ def _weighted_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> dict[str, 
         f1 = np.where(present, 2 * tp / (support + predicted), np.nan)
     conf = p.max(axis=1)
     bins = np.zeros((len(y), N_BINS))
-    bins[np.arange(len(y)), _bin_index(conf, N_BINS)] = correct - conf
+    bins[np.arange(len(y)), confidence_bins(conf, N_BINS)] = correct - conf
     eps = np.finfo(np.float64).eps
     p_true = np.clip(p[np.arange(len(y)), y], eps, 1 - eps)
     return {
@@ -278,7 +278,7 @@ def _binary_auroc(is_pos: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(is_pos.astype(int), score))
 
 
-def _bin_index(conf: np.ndarray, n_bins: int) -> np.ndarray:
+def confidence_bins(conf: np.ndarray, n_bins: int) -> np.ndarray:
     """Bin m holds confidences in (m/n_bins, (m+1)/n_bins]; 0 goes to bin 0."""
     scaled = np.round(conf * n_bins, 9)  # so 0.4 * 15 lands on the 6/15 edge, not just above it
     return np.clip(np.ceil(scaled).astype(np.int64) - 1, 0, n_bins - 1)

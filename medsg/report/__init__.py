@@ -1,1 +1,59 @@
-"""report"""
+"""Cross-validation report: pool the finished folds of a run, write summary.json and a Markdown/HTML report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medsg.io import atomic_write_bytes, atomic_write_text
+from medsg.report.aggregate import RunData, build_summary, load_run
+from medsg.report.figures import confusion_png, reliability_png, roc_png, training_curves_png
+from medsg.report.html import render_html
+from medsg.report.markdown import render_markdown
+
+__all__ = ["build_summary", "load_run", "write_report"]
+
+
+def write_report(run_dir: Path, report_dir: Path, n_bootstrap: int = 1000, seed: int = 0) -> Path:
+    """Aggregate the folds with a DONE marker; returns the path of report.html.
+
+    Writes summary.json and oof_predictions.csv into ``run_dir`` and report.md, report.html and figures/*.png
+    into ``report_dir``, all atomically.
+    """
+    run_dir, report_dir = Path(run_dir), Path(report_dir)
+    run = load_run(run_dir)
+    summary = build_summary(run, n_bootstrap=n_bootstrap, seed=seed)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(run_dir / "oof_predictions.csv", run.oof.to_csv(index=False))
+
+    figures = _figures(run, summary)
+    for _, name, png in figures:
+        atomic_write_bytes(report_dir / "figures" / name, png)
+    atomic_write_text(
+        report_dir / "report.md",
+        render_markdown(summary, [(cap, f"figures/{name}") for cap, name, _ in figures]),
+    )
+    return atomic_write_text(
+        report_dir / "report.html", render_html(summary, [(cap, png) for cap, _, png in figures])
+    )
+
+
+def _figures(run: RunData, summary: dict) -> list[tuple[str, str, bytes]]:
+    """(caption, file name, PNG bytes) for every figure of the report."""
+    y, p = run.oof["y_true"].to_numpy(), run.probs()
+    pooled = summary["pooled"]
+    aurocs = [pooled["per_class"][c]["auroc"] for c in run.class_names]
+    figures = [
+        (
+            "Confusion matrix, normalised by true class (pooled OOF)",
+            "confusion_matrix.png",
+            confusion_png(pooled["confusion_matrix"], run.class_names),
+        ),
+        ("ROC curves, one-vs-rest (pooled OOF)", "roc_curves.png", roc_png(y, p, run.class_names, aurocs)),
+        ("Reliability diagram (pooled OOF)", "reliability.png", reliability_png(y, p)),
+    ]
+    if run.histories:
+        figures.append(
+            ("Training curves per fold", "training_curves.png", training_curves_png(run.histories))
+        )
+    return figures

@@ -1,0 +1,194 @@
+"""Read a run folder (only the finished folds) and pool them into the summary that the report shows."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from medsg.errors import ConfigError, DataError
+from medsg.metrics import HEADLINE, bootstrap_ci, classification_metrics, summarize_folds
+
+UNKNOWN = "unknown"
+SELECTION_TEXT = {
+    "inner_val": "checkpoint chosen on an inner validation split of the training fold; "
+    "the outer test fold is never used for selection",
+    "last_epoch": "checkpoint of the last epoch after a fixed schedule; "
+    "the outer test fold is never used for selection",
+}
+
+
+@dataclass
+class RunData:
+    """Everything the report needs from a run folder; only folds with a DONE marker are included."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    class_names: list[str]
+    folds: list[int]
+    missing: list[int]
+    oof: pd.DataFrame
+    fold_meta: dict[int, dict[str, Any]] = field(default_factory=dict)
+    histories: dict[int, pd.DataFrame] = field(default_factory=dict)
+
+    def probs(self, frame: pd.DataFrame | None = None) -> np.ndarray:
+        frame = self.oof if frame is None else frame
+        return frame[[f"p_{c}" for c in self.class_names]].to_numpy(dtype=np.float64)
+
+
+def cfg_get(config: dict[str, Any], dotted: str, default: Any = UNKNOWN) -> Any:
+    """``cfg_get(cfg, "splits.k")``: nested lookup that returns ``default`` for any missing level."""
+    node: Any = config
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or node.get(key) is None:
+            return default
+        node = node[key]
+    return node
+
+
+def load_run(run_dir: Path) -> RunData:
+    """Read config.yaml and every finished fold_K/ (DONE marker); raise if none is finished."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"run folder {run_dir} does not exist; pass the <output_dir>/<experiment> folder"
+        )
+    config = _read_config(run_dir / "config.yaml")
+    fold_dirs = {int(d.name[5:]): d for d in run_dir.glob("fold_*") if d.is_dir() and d.name[5:].isdigit()}
+    done = sorted(k for k, d in fold_dirs.items() if (d / "DONE").exists())
+    if not done:
+        raise FileNotFoundError(
+            f"no finished fold in {run_dir} (no fold_K/DONE marker); train at least one fold before reporting"
+        )
+    k = cfg_get(config, "splits.k", None)
+    expected = range(int(k)) if isinstance(k, int) else range(max(fold_dirs) + 1)
+    frames, class_names = [], None
+    run = RunData(run_dir, config, [], done, [k_ for k_ in expected if k_ not in done], pd.DataFrame())
+    for fold in done:
+        frame = _read_predictions(fold_dirs[fold] / "predictions.csv", fold)
+        names = [c[2:] for c in frame.columns if c.startswith("p_")]
+        if class_names is not None and names != class_names:
+            raise DataError(
+                f"{fold_dirs[fold] / 'predictions.csv'} has classes {names}, other folds have {class_names}; "
+                "all folds of a run must share one class list"
+            )
+        class_names = names
+        frames.append(frame)
+        run.fold_meta[fold] = _read_json(fold_dirs[fold] / "metrics.json")
+        history = fold_dirs[fold] / "history.csv"
+        if history.exists():
+            run.histories[fold] = pd.read_csv(history)
+    run.class_names = class_names or []
+    run.oof = pd.concat(frames, ignore_index=True)
+    if run.oof["id"].duplicated().any():
+        dup = run.oof.loc[run.oof["id"].duplicated(), "id"].iloc[0]
+        raise DataError(
+            f"image id {dup!r} is in the test set of more than one fold in {run_dir}; splits overlap"
+        )
+    return run
+
+
+def protocol(run: RunData) -> dict[str, str]:
+    """The evaluation protocol in words, from config.yaml ('unknown' where a key is absent)."""
+    cfg = run.config
+    selection = cfg_get(cfg, "train.selection")
+    return {
+        "experiment": str(cfg_get(cfg, "experiment.name", run.run_dir.name)),
+        "dataset": str(cfg_get(cfg, "data.adapter")),
+        "data root": str(cfg_get(cfg, "data.root")),
+        "images (included folds)": str(len(run.oof)),
+        "classes": ", ".join(run.class_names),
+        "cross-validation": f"{cfg_get(cfg, 'splits.k')}-fold, split seed {cfg_get(cfg, 'splits.seed')}",
+        "grouping": str(cfg_get(cfg, "splits.grouping")),
+        "split file": str(cfg_get(cfg, "splits.file")),
+        "folds included": ", ".join(map(str, run.folds)),
+        "folds missing": ", ".join(map(str, run.missing)) or "none",
+        "experiment seed": str(cfg_get(cfg, "experiment.seed")),
+        "model": str(cfg_get(cfg, "model.name")),
+        "pretrained weights": str(cfg_get(cfg, "model.pretrained")),
+        "epochs": str(cfg_get(cfg, "train.epochs")),
+        "model selection": SELECTION_TEXT.get(str(selection), f"{selection} (rule not documented)")
+        if selection != UNKNOWN
+        else UNKNOWN,
+        "provenance": ", ".join(f"{k} {v}" for k, v in (cfg_get(cfg, "provenance", {}) or {}).items())
+        or UNKNOWN,
+    }
+
+
+def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Per-fold metrics (recomputed from predictions.csv), mean ± SD, pooled metrics and bootstrap CIs."""
+    per_fold = []
+    for fold in run.folds:
+        frame = run.oof[run.oof["fold"] == fold]
+        metrics = classification_metrics(frame["y_true"].to_numpy(), run.probs(frame), run.class_names)
+        meta = run.fold_meta.get(fold, {})
+        per_fold.append(
+            {"fold": fold, "best_epoch": meta.get("best_epoch"), "selection": meta.get("selection")} | metrics
+        )
+    y, p = run.oof["y_true"].to_numpy(), run.probs()
+    notes = [f"fold {m['fold']}: {note}" for m in per_fold for note in m["notes"]]
+    if run.missing:
+        notes.append(f"folds {run.missing} are not finished and are not included")
+    return {
+        "experiment": protocol(run)["experiment"],
+        "protocol": protocol(run),
+        "class_names": run.class_names,
+        "folds_included": run.folds,
+        "folds_missing": run.missing,
+        "n_pooled": int(len(y)),
+        "per_fold": [
+            {k: m[k] for k in ("fold", "n", "best_epoch", "selection", *HEADLINE)} for m in per_fold
+        ],
+        "per_fold_full": per_fold,
+        "mean_sd": summarize_folds(per_fold),
+        "pooled": classification_metrics(y, p, run.class_names),
+        "bootstrap_ci": bootstrap_ci(y, p, run.class_names, n_resamples=n_bootstrap, seed=seed),
+        "notes": notes,
+        "definitions": {
+            "per_fold": "recomputed from fold_K/predictions.csv with medsg.metrics.classification_metrics",
+            "mean_sd": "mean and SD (ddof=1) over included folds",
+            "bootstrap_ci": f"percentile {n_bootstrap}-resample bootstrap on pooled out-of-fold predictions, "
+            f"seed {seed}",
+            "ece": "15 equal-width bins on the max probability",
+            "brier": "mean over samples of sum over classes of (p - onehot)^2",
+        },
+    }
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML ({exc}); fix or remove it") from exc
+    return config if isinstance(config, dict) else {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path} is not valid JSON ({exc}); re-run the fold or delete its DONE marker"
+        ) from exc
+
+
+def _read_predictions(path: Path, fold: int) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path} is missing although the fold is marked DONE; re-run fold {fold}")
+    frame = pd.read_csv(path, dtype={"id": str}, keep_default_na=False, na_values=[""])
+    missing = [c for c in ("id", "y_true") if c not in frame.columns]
+    if missing or not any(c.startswith("p_") for c in frame.columns):
+        raise DataError(
+            f"{path} lacks columns {missing or ['p_<class>']}; expected id, fold, y_true, y_pred, p_*"
+        )
+    frame["fold"] = fold
+    return frame

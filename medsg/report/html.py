@@ -1,0 +1,47 @@
+"""report.html: one self-contained page (inline CSS, figures as base64 PNG); all data text is escaped."""
+
+from __future__ import annotations
+
+import base64
+import html
+from typing import Any
+
+from medsg.report.tables import class_table, fold_table, to_html
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+tbody tr:nth-last-child(-n+2) { background: #f3f6fa; font-weight: 600; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 2px 1em; }
+dt { font-weight: 600; }
+figure { margin: 1.5em 0; }
+img { max-width: 100%; border: 1px solid #eee; }
+.note { color: #8a4b00; }
+"""
+
+
+def render_html(summary: dict[str, Any], figures: list[tuple[str, bytes]]) -> str:
+    """``figures`` is a list of (caption, PNG bytes); they are inlined as data: URIs."""
+    esc = html.escape
+    title = esc(f"Cross-validation report: {summary['experiment']}")
+    protocol = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in summary["protocol"].items())
+    notes = "".join(f'<li class="note">{esc(n)}</li>' for n in summary["notes"])
+    images = "".join(
+        f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+        f"<figcaption>{esc(caption)}</figcaption></figure>"
+        for caption, png in figures
+    )
+    definitions = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in summary["definitions"].items())
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{title}</title><style>{CSS}</style></head><body>"
+        f"<h1>{title}</h1><h2>Protocol</h2><dl>{protocol}</dl>"
+        + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
+        + "<h2>Results per fold</h2><p>Rows are the outer test folds; mean ± SD is over folds (ddof=1); the last "
+        "row is the pooled out-of-fold value with its percentile bootstrap 95% CI.</p>"
+        f"{to_html(fold_table(summary))}"
+        f"<h2>Per class (pooled out-of-fold)</h2>{to_html(class_table(summary))}"
+        f"<h2>Figures</h2>{images}<h2>Definitions</h2><ul>{definitions}</ul></body></html>\n"
+    )

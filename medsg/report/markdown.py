@@ -1,0 +1,45 @@
+"""report.md: protocol, fold and class tables, figures linked from figures/."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from medsg.report.tables import class_table, fold_table, to_markdown
+
+
+def render_markdown(summary: dict[str, Any], figures: list[tuple[str, str]]) -> str:
+    """``figures`` is a list of (caption, path relative to report.md). Text from the data is HTML-escaped."""
+    esc = html.escape
+    lines = [f"# Cross-validation report: {esc(str(summary['experiment']))}", "", "## Protocol", ""]
+    lines += [f"- **{esc(key)}**: {esc(value)}" for key, value in summary["protocol"].items()]
+    if summary["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {esc(note)}" for note in summary["notes"]]
+    lines += [
+        "",
+        "## Results per fold",
+        "",
+        "Per-fold rows are the outer test folds. Mean ± SD is over folds (SD with ddof=1). The last row is "
+        "the pooled out-of-fold value with a percentile bootstrap 95% CI "
+        f"({esc(str(summary['definitions']['bootstrap_ci']))}).",
+        "",
+        to_markdown(fold_table(summary)),
+        "",
+        "## Per class (pooled out-of-fold)",
+        "",
+        to_markdown(class_table(summary)),
+        "",
+        "## Figures",
+        "",
+    ]
+    for caption, path in figures:
+        lines += [f"### {esc(caption)}", "", f"![{esc(caption)}]({path})", ""]
+    lines += [
+        "## Definitions",
+        "",
+        f"- ECE: {esc(summary['definitions']['ece'])}, weighted |accuracy - confidence| per bin.",
+        f"- Brier: {esc(summary['definitions']['brier'])} (range 0-2).",
+        "- Macro AUROC: mean of one-vs-rest AUROCs over classes present in the fold; absent classes are null.",
+        "",
+    ]
+    return "\n".join(lines)

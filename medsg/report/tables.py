@@ -1,0 +1,91 @@
+"""Summary -> DataFrames of display strings -> Markdown / HTML tables (every cell escaped)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import pandas as pd
+
+from medsg.metrics import HEADLINE
+
+COLUMN_TITLES = {
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced acc.",
+    "macro_f1": "Macro F1",
+    "macro_auroc": "Macro AUROC",
+    "ece": "ECE",
+    "brier": "Brier",
+    "log_loss": "Log loss",
+}
+CLASS_COLUMNS = ("sensitivity", "specificity", "precision", "f1", "auroc")
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number for a table; undefined values (None/NaN) show as an en dash."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def fold_table(summary: dict[str, Any]) -> pd.DataFrame:
+    """One row per fold, then mean ± SD over folds and the pooled out-of-fold bootstrap CI."""
+    rows = [
+        {"Fold": str(m["fold"]), "n": str(m["n"])} | {COLUMN_TITLES[k]: fmt(m[k]) for k in HEADLINE}
+        for m in summary["per_fold"]
+    ]
+    mean_sd = summary["mean_sd"]
+    rows.append(
+        {"Fold": "Mean ± SD", "n": str(summary["n_pooled"])}
+        | {COLUMN_TITLES[k]: f"{fmt(mean_sd[k]['mean'])} ± {fmt(mean_sd[k]['sd'])}" for k in HEADLINE}
+    )
+    ci = summary["bootstrap_ci"]
+    rows.append(
+        {"Fold": "Pooled OOF [95% CI]", "n": str(summary["n_pooled"])}
+        | {
+            COLUMN_TITLES[k]: f"{fmt(ci[k]['point'])} [{fmt(ci[k]['low'])}, {fmt(ci[k]['high'])}]"
+            if k in ci
+            else "–"
+            for k in HEADLINE
+        }
+    )
+    return pd.DataFrame(rows)
+
+
+def class_table(summary: dict[str, Any]) -> pd.DataFrame:
+    """Per-class metrics on the pooled out-of-fold predictions."""
+    per_class = summary["pooled"]["per_class"]
+    return pd.DataFrame(
+        [
+            {"Class": name, "Support": str(per_class[name]["support"])}
+            | {
+                col.capitalize() if col != "auroc" else "AUROC": fmt(per_class[name][col])
+                for col in CLASS_COLUMNS
+            }
+            for name in summary["class_names"]
+        ]
+    )
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """Pipe table; cells are HTML-escaped (Markdown renderers pass raw HTML through) and '|' is escaped."""
+    cells = [[_md_cell(c) for c in frame.columns]] + [
+        [_md_cell(v) for v in row] for row in frame.itertuples(False)
+    ]
+    lines = ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]
+    return "\n".join(lines)
+
+
+def to_html(frame: pd.DataFrame) -> str:
+    """Plain <table>; every header and cell goes through html.escape."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _md_cell(value: Any) -> str:
+    return html.escape(str(value)).replace("|", "\\|").replace("\n", " ")
