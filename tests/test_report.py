@@ -179,3 +179,18 @@ def test_overlapping_folds_raise(tmp_path):
     _fold_predictions(0).assign(fold=1).to_csv(run / "fold_1" / "predictions.csv", index=False)
     with pytest.raises(DataError, match="more than one fold"):
         write_report(run, tmp_path / "r", n_bootstrap=20)
+
+
+def test_class_absent_from_every_fold(tmp_path):
+    run = _make_run(tmp_path)
+    for fold in DONE_FOLDS:
+        path = run / f"fold_{fold}" / "predictions.csv"
+        preds = pd.read_csv(path)
+        preds.loc[preds["y_true"] == 2, "y_true"] = 0
+        preds.to_csv(path, index=False)
+    write_report(run, tmp_path / "r", n_bootstrap=50)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["pooled"]["per_class"][CLASSES[2]]["auroc"] is None
+    assert summary["pooled"]["macro_auroc"] is not None
+    assert any("absent" in note for note in summary["notes"])
+    assert "normal $\\|x | 0 |" in (tmp_path / "r" / "report.md").read_text()

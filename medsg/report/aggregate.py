@@ -65,8 +65,8 @@ def load_run(run_dir: Path) -> RunData:
         raise FileNotFoundError(
             f"no finished fold in {run_dir} (no fold_K/DONE marker); train at least one fold before reporting"
         )
-    k = cfg_get(config, "splits.k", None)
-    expected = range(int(k)) if isinstance(k, int) else range(max(fold_dirs) + 1)
+    k = str(cfg_get(config, "splits.k", ""))
+    expected = range(int(k)) if k.isdigit() else range(max(fold_dirs) + 1)
     frames, class_names = [], None
     run = RunData(run_dir, config, [], done, [k_ for k_ in expected if k_ not in done], pd.DataFrame())
     for fold in done:
@@ -115,8 +115,7 @@ def protocol(run: RunData) -> dict[str, str]:
         "model selection": SELECTION_TEXT.get(str(selection), f"{selection} (rule not documented)")
         if selection != UNKNOWN
         else UNKNOWN,
-        "provenance": ", ".join(f"{k} {v}" for k, v in (cfg_get(cfg, "provenance", {}) or {}).items())
-        or UNKNOWN,
+        "provenance": _provenance(cfg_get(cfg, "provenance", None)),
     }
 
 
@@ -134,9 +133,10 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
     notes = [f"fold {m['fold']}: {note}" for m in per_fold for note in m["notes"]]
     if run.missing:
         notes.append(f"folds {run.missing} are not finished and are not included")
+    proto = protocol(run)
     return {
-        "experiment": protocol(run)["experiment"],
-        "protocol": protocol(run),
+        "experiment": proto["experiment"],
+        "protocol": proto,
         "class_names": run.class_names,
         "folds_included": run.folds,
         "folds_missing": run.missing,
@@ -154,10 +154,19 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
             "mean_sd": "mean and SD (ddof=1) over included folds",
             "bootstrap_ci": f"percentile {n_bootstrap}-resample bootstrap on pooled out-of-fold predictions, "
             f"seed {seed}",
-            "ece": "15 equal-width bins on the max probability",
-            "brier": "mean over samples of sum over classes of (p - onehot)^2",
+            "ece": "15 equal-width bins (m/15, (m+1)/15] on the max probability; "
+            "sum over bins of |bin|/n * |accuracy - mean confidence|",
+            "ece_ci": "ECE is biased upwards under resampling, so its bootstrap CI can sit above the point value",
+            "y_pred": "argmax of the stored probabilities (the y_pred column of predictions.csv is not used)",
+            "brier": "mean over samples of sum over classes of (p - onehot)^2 (range 0 to 2)",
         },
     }
+
+
+def _provenance(value: Any) -> str:
+    if isinstance(value, dict) and value:
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value) if value else UNKNOWN
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -34,12 +34,10 @@ def render_markdown(summary: dict[str, Any], figures: list[tuple[str, str]]) -> 
     ]
     for caption, path in figures:
         lines += [f"### {esc(caption)}", "", f"![{esc(caption)}]({path})", ""]
+    lines += ["## Definitions", ""]
+    lines += [f"- {esc(key)}: {esc(str(text))}" for key, text in summary["definitions"].items()]
     lines += [
-        "## Definitions",
-        "",
-        f"- ECE: {esc(summary['definitions']['ece'])}, weighted |accuracy - confidence| per bin.",
-        f"- Brier: {esc(summary['definitions']['brier'])} (range 0-2).",
-        "- Macro AUROC: mean of one-vs-rest AUROCs over classes present in the fold; absent classes are null.",
+        "- macro AUROC: mean of one-vs-rest AUROCs over the classes present; absent classes are null.",
         "",
     ]
     return "\n".join(lines)
