@@ -1,0 +1,92 @@
+"""BUSI (Breast Ultrasound Images, Al-Dhabyani et al. 2020) in its downloaded layout.
+
+``Dataset_BUSI_with_GT/<class>/<class> (N).png`` beside ``<class> (N)_mask.png`` and, for some images,
+``_mask_1.png`` / ``_mask_2.png``; the lesion is the union of an image's masks. Ids are the file stem
+(``"benign (433)"``): stable, readable and unique because the class is part of the name. BUSI has no patient
+ids, so ``group`` starts as the image id; the audit merges duplicate clusters into groups later.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from medsg.data.manifest import make_manifest, sorted_class_dirs
+from medsg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+BUSI_CLASSES: tuple[str, ...] = ("benign", "malignant", "normal")
+BUSI_FOLDER = "Dataset_BUSI_with_GT"
+IMAGE_SUFFIXES = (".png",)
+_MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<n>\d+))?$")
+
+
+def busi_class_names(root: str | Path | None = None) -> list[str]:
+    """BUSI's fixed class order (alphabetical, as the folders sort)."""
+    return list(BUSI_CLASSES)
+
+
+def natural_key(text: str) -> list[object]:
+    """Sort ``benign (2)`` before ``benign (10)``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def resolve_busi_root(root: str | Path) -> Path:
+    """Accept the folder holding ``Dataset_BUSI_with_GT`` or that folder itself."""
+    root = Path(root).expanduser()
+    if (root / BUSI_FOLDER).is_dir():
+        return (root / BUSI_FOLDER).resolve()
+    if root.is_dir() and all((root / c).is_dir() for c in BUSI_CLASSES):
+        return root.resolve()
+    raise DataError(
+        f"BUSI not found at {root}: expected {root / BUSI_FOLDER} or a folder with sub-folders "
+        f"{list(BUSI_CLASSES)}."
+    )
+
+
+def _scan_class(folder: Path) -> tuple[dict[str, Path], dict[str, list[tuple[int, Path]]]]:
+    images: dict[str, Path] = {}
+    masks: dict[str, list[tuple[int, Path]]] = {}
+    for path in folder.iterdir():
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            log.warning("BUSI: ignoring non-PNG file %s", path)
+            continue
+        match = _MASK_RE.match(path.stem)
+        if match:
+            order = int(match.group("n")) if match.group("n") else 0
+            masks.setdefault(match.group("stem"), []).append((order, path))
+        else:
+            images[path.stem] = path
+    return images, masks
+
+
+def load_busi(root: str | Path) -> pd.DataFrame:
+    """Manifest of BUSI: 780 rows for the official release (benign 437, malignant 210, normal 133)."""
+    base = resolve_busi_root(root)
+    sorted_class_dirs(base, BUSI_CLASSES)
+    rows = []
+    for label, name in enumerate(BUSI_CLASSES):
+        images, masks = _scan_class(base / name)
+        for stem in sorted(set(masks) - set(images)):
+            log.warning("BUSI: mask(s) without an image: %s", [str(p) for _, p in masks[stem]])
+        if not images:
+            raise DataError(f"BUSI class folder {base / name} holds no '<class> (N).png' images.")
+        for stem in sorted(images, key=natural_key):
+            mask_paths = [str(p) for _, p in sorted(masks.get(stem, []))]
+            rows.append(
+                {
+                    "id": stem,
+                    "path": str(images[stem]),
+                    "label": label,
+                    "label_name": name,
+                    "group": stem,
+                    "mask_paths": mask_paths,
+                }
+            )
+    return make_manifest(rows)

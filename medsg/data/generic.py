@@ -1,0 +1,107 @@
+"""Datasets without a dedicated adapter: an ImageFolder tree or a CSV listing.
+
+ImageFolder: ``root/<class>/<image>``; classes are the sorted folder names (torchvision's convention), ids are
+``<class>/<file name>``. CSV: columns ``path,label`` plus optional ``id``, ``group`` and ``mask`` (several mask
+paths joined by ``;``); relative paths are resolved against the CSV's folder; labels are class names and the
+class order is their sorted set (integers sort numerically).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from medsg.data.busi import natural_key
+from medsg.data.manifest import MASK_SEP, make_manifest, sorted_class_dirs
+from medsg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+CSV_REQUIRED = ("path", "label")
+CSV_OPTIONAL = ("id", "group", "mask")
+
+
+def imagefolder_class_names(root: str | Path | None) -> list[str]:
+    """Sorted class folder names of an ImageFolder tree."""
+    if root is None:
+        raise DataError("imagefolder: class names depend on the dataset; pass its root folder.")
+    return sorted_class_dirs(Path(root).expanduser())
+
+
+def load_imagefolder(root: str | Path, classes: list[str] | None = None) -> pd.DataFrame:
+    """Manifest of ``root/<class>/<image>``; ``classes`` fixes the order (and must match the folders)."""
+    root = Path(root).expanduser().resolve()
+    found = sorted_class_dirs(root, classes)
+    order = list(classes) if classes is not None else found
+    if not order:
+        raise DataError(f"{root}: no class sub-folders found; expected root/<class>/<image>.")
+    rows = []
+    for label, name in enumerate(order):
+        files = [p for p in (root / name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise DataError(f"{root / name}: no images with suffix {IMAGE_SUFFIXES}.")
+        for path in sorted(files, key=lambda p: natural_key(p.name)):
+            rows.append({"id": f"{name}/{path.name}", "path": str(path), "label": label, "label_name": name})
+    return make_manifest(rows)
+
+
+def _read_csv(path: str | Path) -> tuple[Path, pd.DataFrame]:
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise DataError(f"CSV manifest not found: {path}.")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in CSV_REQUIRED if c not in table.columns]
+    unknown = [c for c in table.columns if c not in CSV_REQUIRED + CSV_OPTIONAL]
+    if missing or unknown:
+        raise DataError(
+            f"{path}: expected columns {list(CSV_REQUIRED)} plus optional {list(CSV_OPTIONAL)}; "
+            f"missing {missing}, unknown {unknown}."
+        )
+    if (table["label"] == "").any() or (table["path"] == "").any():
+        raise DataError(
+            f"{path}: empty 'path' or 'label' cell in row(s) {list(table.index[(table['label'] == '') | (table['path'] == '')][:5] + 2)}."
+        )
+    return path, table
+
+
+def _sorted_labels(values: pd.Series) -> list[str]:
+    labels = sorted(set(values))
+    if all(v.lstrip("-").isdigit() for v in labels):
+        labels = sorted(labels, key=int)
+    return labels
+
+
+def csv_class_names(root: str | Path | None) -> list[str]:
+    """Class order of a CSV manifest: its sorted label values."""
+    if root is None:
+        raise DataError("csv: class names depend on the dataset; pass the CSV path.")
+    return _sorted_labels(_read_csv(root)[1]["label"])
+
+
+def load_csv(root: str | Path) -> pd.DataFrame:
+    """Manifest from a CSV listing (``root`` is the CSV file)."""
+    path, table = _read_csv(root)
+    base = path.parent
+    classes = _sorted_labels(table["label"])
+
+    def resolve(p: str) -> str:
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else (base / q).resolve())
+
+    rows = []
+    for _, row in table.iterrows():
+        masks = [resolve(m) for m in row.get("mask", "").split(MASK_SEP) if m.strip()]
+        rows.append(
+            {
+                "id": row["id"] if row.get("id") else row["path"],
+                "path": resolve(row["path"]),
+                "label": classes.index(row["label"]),
+                "label_name": row["label"],
+                "group": row.get("group") or None,
+                "mask_paths": masks,
+            }
+        )
+    return make_manifest(rows)

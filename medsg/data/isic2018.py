@@ -1,0 +1,161 @@
+"""ISIC 2018 Task 3 (HAM10000) in its downloaded layout.
+
+``ISIC2018_Task3_<Subset>_Input/ISIC_*.jpg`` plus the one-hot ground truth
+``ISIC2018_Task3_<Subset>_GroundTruth.csv`` (columns ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC``), found either
+beside the input folder or inside the official ``ISIC2018_Task3_<Subset>_GroundTruth/`` folder.
+Several images show the same lesion, so ``group`` is HAM10000's ``lesion_id`` when ``HAM10000_metadata.csv``
+is available (beside the inputs or given as ``metadata=``); without it each image is its own group and a
+warning says that folds may then leak lesions. The class order is the CSV header's.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medsg.data.manifest import make_manifest
+from medsg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+ISIC_CLASSES: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+DX_TO_CLASS: dict[str, str] = {c.lower(): c for c in ISIC_CLASSES}  # HAM10000 ``dx`` -> Task 3 column
+SUBSETS: dict[str, str] = {"training": "Training", "validation": "Validation", "test": "Test"}
+METADATA_FILE = "HAM10000_metadata.csv"
+
+
+def isic_class_names(root: str | Path | None = None) -> list[str]:
+    """ISIC 2018 Task 3 class order, as in the ground-truth CSV header."""
+    return list(ISIC_CLASSES)
+
+
+def _find_groundtruth(root: Path, subset: str) -> Path:
+    name = f"ISIC2018_Task3_{SUBSETS[subset]}_GroundTruth"
+    for candidate in (root / f"{name}.csv", root / name / f"{name}.csv"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"ISIC 2018 ground truth not found: expected {root / (name + '.csv')} or {root / name / (name + '.csv')}."
+    )
+
+
+def read_groundtruth(path: str | Path) -> pd.DataFrame:
+    """Read a Task 3 one-hot CSV -> DataFrame(image, label, label_name); checks columns and one-hotness."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype={"image": str})
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the ground-truth CSV ({exc}).") from exc
+    expected = ["image", *ISIC_CLASSES]
+    if list(table.columns) != expected:
+        raise DataError(f"{path}: expected columns {expected}, found {list(table.columns)}.")
+    values = table[list(ISIC_CLASSES)].to_numpy(dtype=float, na_value=np.nan)
+    bad = ~(np.isin(values, (0.0, 1.0)).all(axis=1) & (values.sum(axis=1) == 1.0))
+    if bad.any():
+        rows = table.loc[bad, "image"].tolist()
+        raise DataError(
+            f"{path}: {int(bad.sum())} row(s) are not one-hot (exactly one 1.0, rest 0.0): {rows[:5]}."
+        )
+    if table["image"].duplicated().any():
+        raise DataError(
+            f"{path}: repeated image ids {table['image'][table['image'].duplicated()].tolist()[:5]}."
+        )
+    label = values.argmax(axis=1)
+    return pd.DataFrame(
+        {"image": table["image"], "label": label, "label_name": [ISIC_CLASSES[i] for i in label]}
+    )
+
+
+def read_lesion_groups(path: str | Path) -> dict[str, str]:
+    """image id -> lesion id from ``HAM10000_metadata.csv`` (columns lesion_id, image_id)."""
+    path = Path(path)
+    meta = pd.read_csv(path, dtype=str)
+    if not {"lesion_id", "image_id"} <= set(meta.columns):
+        raise DataError(f"{path}: expected columns lesion_id and image_id, found {list(meta.columns)}.")
+    return dict(zip(meta["image_id"], meta["lesion_id"], strict=True))
+
+
+def load_isic2018(
+    root: str | Path, subset: str = "training", metadata: str | Path | None = None
+) -> pd.DataFrame:
+    """Manifest of one ISIC 2018 Task 3 subset (ids are the ``ISIC_*`` image ids)."""
+    if subset not in SUBSETS:
+        raise DataError(f"Unknown ISIC 2018 subset {subset!r}; expected one of {list(SUBSETS)}.")
+    root = Path(root).expanduser().resolve()
+    inputs = root / f"ISIC2018_Task3_{SUBSETS[subset]}_Input"
+    if not inputs.is_dir():
+        raise DataError(f"ISIC 2018 image folder not found: {inputs}.")
+    truth = read_groundtruth(_find_groundtruth(root, subset))
+    files = {p.stem: p for p in inputs.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
+    missing = [i for i in truth["image"] if i not in files]
+    if missing:
+        raise DataError(
+            f"{inputs}: {len(missing)} image(s) listed in the ground truth are missing, e.g. {missing[:5]}. "
+            "Restore them or remove their rows from the CSV."
+        )
+    extra = sorted(set(files) - set(truth["image"]))
+    if extra:
+        log.warning(
+            "ISIC 2018: %d image(s) without a ground-truth row are ignored, e.g. %s", len(extra), extra[:3]
+        )
+    groups = _lesion_groups(root, metadata)
+    rows = []
+    for image, label, name in truth.itertuples(index=False):
+        rows.append(
+            {
+                "id": image,
+                "path": str(files[image]),
+                "label": label,
+                "label_name": name,
+                "group": groups.get(image, image),
+            }
+        )
+    df = make_manifest(rows)
+    if groups:
+        ungrouped = int((~df["id"].isin(list(groups))).sum())
+        if ungrouped:
+            log.warning(
+                "ISIC 2018: %d image(s) have no lesion_id in the metadata; each is its own group.", ungrouped
+            )
+    return df
+
+
+def _lesion_groups(root: Path, metadata: str | Path | None) -> dict[str, str]:
+    if metadata is not None:
+        if not Path(metadata).is_file():
+            raise DataError(f"ISIC 2018 metadata file not found: {metadata}.")
+        return read_lesion_groups(metadata)
+    if (root / METADATA_FILE).is_file():
+        return read_lesion_groups(root / METADATA_FILE)
+    log.warning(
+        "ISIC 2018: %s not found in %s; group = image id, so images of one lesion may land in different folds.",
+        METADATA_FILE,
+        root,
+    )
+    return {}
+
+
+def metadata_manifest(metadata_csv: str | Path) -> pd.DataFrame:
+    """A path-less manifest of all HAM10000 images from the metadata alone (dx mapped to Task 3 classes).
+
+    Used to build the canonical ISIC split over all 10015 training ids without needing the images.
+    """
+    path = Path(metadata_csv)
+    if not path.is_file():
+        raise DataError(f"HAM10000 metadata not found: {path}.")
+    meta = pd.read_csv(path, dtype=str)
+    needed = {"lesion_id", "image_id", "dx"}
+    if not needed <= set(meta.columns):
+        raise DataError(f"{path}: expected columns {sorted(needed)}, found {list(meta.columns)}.")
+    unknown = sorted(set(meta["dx"]) - set(DX_TO_CLASS))
+    if unknown:
+        raise DataError(f"{path}: unknown dx value(s) {unknown}; expected {sorted(DX_TO_CLASS)}.")
+    names = [DX_TO_CLASS[d] for d in meta["dx"]]
+    rows = [
+        {"id": i, "path": "", "label": ISIC_CLASSES.index(n), "label_name": n, "group": g}
+        for i, n, g in zip(meta["image_id"], names, meta["lesion_id"], strict=True)
+    ]
+    return make_manifest(rows).sort_values("id", kind="stable").reset_index(drop=True)

@@ -1,0 +1,68 @@
+"""Kvasir v2 (Pogorelov et al. 2017) in its downloaded layout: ``kvasir-dataset-v2/<class>/<uuid>.jpg``.
+
+Eight classes of 1000 JPEGs each; the class order is alphabetical (the folder sort). Ids are
+``<class>/<file stem>`` so they stay unique even if two folders reuse a file name. No patient ids are
+published, so ``group`` is the image id until the audit merges duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from medsg.data.busi import natural_key
+from medsg.data.manifest import make_manifest, sorted_class_dirs
+from medsg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+KVASIR_CLASSES: tuple[str, ...] = (
+    "dyed-lifted-polyps",
+    "dyed-resection-margins",
+    "esophagitis",
+    "normal-cecum",
+    "normal-pylorus",
+    "normal-z-line",
+    "polyps",
+    "ulcerative-colitis",
+)
+KVASIR_FOLDER = "kvasir-dataset-v2"
+IMAGE_SUFFIXES = (".jpg", ".jpeg")
+
+
+def kvasir_class_names(root: str | Path | None = None) -> list[str]:
+    """Kvasir v2's fixed class order (alphabetical)."""
+    return list(KVASIR_CLASSES)
+
+
+def resolve_kvasir_root(root: str | Path) -> Path:
+    """Accept the folder holding ``kvasir-dataset-v2`` or that folder itself."""
+    root = Path(root).expanduser()
+    if (root / KVASIR_FOLDER).is_dir():
+        return (root / KVASIR_FOLDER).resolve()
+    if root.is_dir():
+        return root.resolve()
+    raise DataError(f"Kvasir not found at {root}: expected {root / KVASIR_FOLDER} with 8 class folders.")
+
+
+def load_kvasir(root: str | Path) -> pd.DataFrame:
+    """Manifest of Kvasir v2 (8000 rows for the official release)."""
+    base = resolve_kvasir_root(root)
+    sorted_class_dirs(base, KVASIR_CLASSES)
+    rows = []
+    for label, name in enumerate(KVASIR_CLASSES):
+        files = []
+        for path in (base / name).iterdir():
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                log.warning("Kvasir: ignoring non-JPEG file %s", path)
+                continue
+            files.append(path)
+        if not files:
+            raise DataError(f"Kvasir class folder {base / name} holds no .jpg images.")
+        for path in sorted(files, key=lambda p: natural_key(p.name)):
+            rows.append({"id": f"{name}/{path.stem}", "path": str(path), "label": label, "label_name": name})
+    return make_manifest(rows)

@@ -1,0 +1,135 @@
+"""The manifest: one table row per image, the only thing adapters hand to audit, splits and pipelines.
+
+Every dataset is reduced to the same six columns so the rest of medsg never needs to know a folder layout:
+``id`` (unique str), ``path`` (absolute image path), ``label`` (int index into the class list), ``label_name``,
+``group`` (lesion id / duplicate cluster / the image id when nothing better is known) and ``mask_paths``
+(mask files joined by ``;``, empty when none).
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medsg.errors import DataError
+from medsg.io import atomic_write_text
+
+COLUMNS: tuple[str, ...] = ("id", "path", "label", "label_name", "group", "mask_paths")
+MASK_SEP = ";"
+
+# adapter name -> (module, loader function, class-name function); imported lazily so an adapter's
+# optional dependencies never slow down the others.
+_ADAPTERS: dict[str, tuple[str, str, str]] = {
+    "busi": ("medsg.data.busi", "load_busi", "busi_class_names"),
+    "kvasir": ("medsg.data.kvasir", "load_kvasir", "kvasir_class_names"),
+    "isic2018": ("medsg.data.isic2018", "load_isic2018", "isic_class_names"),
+    "imagefolder": ("medsg.data.generic", "load_imagefolder", "imagefolder_class_names"),
+    "csv": ("medsg.data.generic", "load_csv", "csv_class_names"),
+}
+
+
+def adapter_names() -> list[str]:
+    """The adapter names ``load_manifest`` accepts."""
+    return sorted(_ADAPTERS)
+
+
+def _adapter(name: str, which: int) -> Any:
+    if name not in _ADAPTERS:
+        raise DataError(f"Unknown dataset adapter {name!r}; expected one of {adapter_names()}.")
+    module = importlib.import_module(_ADAPTERS[name][0])
+    return getattr(module, _ADAPTERS[name][which])
+
+
+def load_manifest(adapter: str, root: str | Path, **options: Any) -> pd.DataFrame:
+    """Read a dataset in its downloaded layout and return its manifest (see module docstring)."""
+    return _adapter(adapter, 1)(root, **options)
+
+
+def class_names(adapter: str, root: str | Path | None = None) -> list[str]:
+    """The fixed class order of a dataset; ``root`` is needed only for imagefolder/csv datasets."""
+    return list(_adapter(adapter, 2)(root))
+
+
+def make_manifest(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Build a validated manifest from dict rows (missing ``group`` -> id, missing ``mask_paths`` -> "")."""
+    records = []
+    for row in rows:
+        masks = row.get("mask_paths", "")
+        if not isinstance(masks, str):
+            masks = MASK_SEP.join(str(m) for m in masks)
+        records.append(
+            {
+                "id": str(row["id"]),
+                "path": str(row["path"]),
+                "label": int(row["label"]),
+                "label_name": str(row["label_name"]),
+                "group": str(row.get("group") or row["id"]),
+                "mask_paths": masks,
+            }
+        )
+    df = pd.DataFrame.from_records(records, columns=list(COLUMNS))
+    validate_manifest(df)
+    return df.reset_index(drop=True)
+
+
+def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> None:
+    """Raise DataError if columns, dtypes or id uniqueness are wrong; ``source`` names the file in the message."""
+    if list(df.columns[: len(COLUMNS)]) != list(COLUMNS):
+        raise DataError(f"{source}: expected columns {list(COLUMNS)}, found {list(df.columns)}.")
+    dup = df["id"][df["id"].duplicated()].tolist()
+    if dup:
+        raise DataError(f"{source}: ids must be unique; repeated: {dup[:5]}.")
+    if df["label"].isna().any():
+        raise DataError(f"{source}: column 'label' has empty values.")
+
+
+def mask_list(value: Any) -> list[str]:
+    """Split a manifest ``mask_paths`` cell into a list of paths (empty cell -> [])."""
+    if not isinstance(value, str) or not value:
+        return []
+    return [p for p in value.split(MASK_SEP) if p]
+
+
+def save_manifest(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a manifest as CSV, atomically."""
+    validate_manifest(df, str(path))
+    buffer = io.StringIO()
+    df.loc[:, list(COLUMNS)].to_csv(buffer, index=False)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a manifest CSV written by ``save_manifest`` (all columns as str except ``label``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Manifest file not found: {path}. Create it with save_manifest or `medsg audit`.")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    validate_manifest(df, str(path))
+    try:
+        df["label"] = df["label"].astype(int)
+    except ValueError as exc:
+        raise DataError(f"{path}: column 'label' must hold integers ({exc}).") from exc
+    return df.loc[:, list(COLUMNS)]
+
+
+def sorted_class_dirs(root: Path, expected: Sequence[str] | None = None) -> list[str]:
+    """Sub-folder names of ``root`` (hidden ones skipped), checked against ``expected`` when given."""
+    if not root.is_dir():
+        raise DataError(f"Dataset folder not found: {root}.")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if expected is not None:
+        unknown = sorted(set(found) - set(expected))
+        missing = sorted(set(expected) - set(found))
+        if unknown:
+            raise DataError(
+                f"{root}: unknown class folder(s) {unknown}; expected only {list(expected)}. "
+                "Remove or rename them."
+            )
+        if missing:
+            raise DataError(f"{root}: class folder(s) {missing} missing; expected {list(expected)}.")
+    return found
