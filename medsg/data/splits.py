@@ -1,0 +1,228 @@
+"""Grouped, stratified k-fold splits that are written once and reused, nnU-Net style.
+
+A split file ``data_splits/<dataset>_<k>fold_seed<s>.json`` holds a header (dataset, k, seed, grouping, image
+count, audit hash, method) and ``folds``: a list of ``{"train": [ids], "val": [ids]}``. Following nnU-Net's
+naming, ``"val"`` is the **held-out test fold** of that split: every id is in exactly one ``val`` list, and
+out-of-fold predictions over all ``val`` lists cover the dataset once. Model selection uses ``inner_split``
+inside ``train``, never ``val``.
+
+Folds come from ``StratifiedGroupKFold(shuffle=True, random_state=seed)`` over the rows sorted by id, so the
+manifest's row order does not matter. Groups (ISIC lesions, BUSI duplicate clusters) never span folds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from medsg.errors import DataError
+from medsg.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+METHOD = "StratifiedGroupKFold(shuffle=True)"
+Folds = list[dict[str, list[str]]]
+
+
+def split_filename(dataset: str, k: int, seed: int) -> str:
+    """``<dataset>_<k>fold_seed<s>.json``."""
+    return f"{dataset}_{k}fold_seed{seed}.json"
+
+
+def _sorted(manifest: pd.DataFrame, group_col: str) -> pd.DataFrame:
+    for col in ("id", "label", group_col):
+        if col not in manifest.columns:
+            raise DataError(f"manifest has no column {col!r} (columns: {list(manifest.columns)}).")
+    return manifest.sort_values("id", kind="stable").reset_index(drop=True)
+
+
+def make_kfold_splits(manifest: pd.DataFrame, k: int, seed: int, group_col: str = "group") -> Folds:
+    """Stratified (by ``label``), grouped (by ``group_col``) k-fold split of ``manifest['id']``."""
+    df = _sorted(manifest, group_col)
+    n_groups = df[group_col].nunique()
+    if k < 2 or n_groups < k:
+        raise DataError(
+            f"Cannot make {k} folds from {len(df)} images in {n_groups} groups; need k >= 2 and >= k groups."
+        )
+    cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    ids = df["id"].to_numpy()
+    folds = []
+    for train_idx, test_idx in cv.split(np.zeros(len(df)), df["label"].to_numpy(), df[group_col].to_numpy()):
+        folds.append({"train": sorted(ids[train_idx].tolist()), "val": sorted(ids[test_idx].tolist())})
+    return folds
+
+
+def check_no_leakage(manifest: pd.DataFrame, splits: Folds, group_col: str = "group") -> dict[str, int]:
+    """Raise DataError unless every id is in exactly one test fold, train/val partition the ids of each
+    fold, and no group has members in two test folds. Returns counts for logging."""
+    ids = set(manifest["id"])
+    seen: dict[str, int] = {}
+    for f, fold in enumerate(splits):
+        train, val = set(fold["train"]), set(fold["val"])
+        if train & val:
+            raise DataError(f"fold {f}: ids in both train and val, e.g. {sorted(train & val)[:5]}.")
+        if train | val != ids:
+            diff = sorted((train | val) ^ ids)
+            raise DataError(f"fold {f}: train+val do not equal the manifest ids; differing e.g. {diff[:5]}.")
+        for i in val:
+            if i in seen:
+                raise DataError(f"id {i!r} is in the test folds {seen[i]} and {f}.")
+            seen[i] = f
+    if set(seen) != ids:
+        raise DataError(f"ids in no test fold, e.g. {sorted(ids - set(seen))[:5]}.")
+    folds_of = manifest.assign(_fold=manifest["id"].map(seen)).groupby(group_col)["_fold"].nunique()
+    leaking = folds_of[folds_of > 1]
+    if len(leaking):
+        raise DataError(
+            f"{len(leaking)} group(s) span several folds (leakage), e.g. {leaking.index[:5].tolist()}. "
+            "Regenerate the split file for this grouping."
+        )
+    return {"n_folds": len(splits), "n_ids": len(ids), "n_groups": int(manifest[group_col].nunique())}
+
+
+def restrict_splits(splits: Folds, keep_ids: Iterable[str]) -> Folds:
+    """The same folds with only ``keep_ids`` (order kept)."""
+    keep = set(keep_ids)
+    return [{key: [i for i in fold[key] if i in keep] for key in ("train", "val")} for fold in splits]
+
+
+def save_splits(path: str | Path, header: dict[str, Any], splits: Folds) -> Path:
+    """Write ``{"header", "folds"}`` as JSON, atomically."""
+    return atomic_write_text(path, json.dumps({"header": header, "folds": splits}, indent=1) + "\n")
+
+
+def read_splits(path: str | Path) -> tuple[dict[str, Any], Folds]:
+    """Read a split file -> (header, folds); malformed files raise DataError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        header, folds = data["header"], data["folds"]
+        if not all(set(f) >= {"train", "val"} for f in folds):
+            raise KeyError("train/val")
+    except FileNotFoundError as exc:
+        raise DataError(f"Split file not found: {path}.") from exc
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a medsg split file ({exc}); delete it to regenerate.") from exc
+    return header, folds
+
+
+def make_header(
+    manifest: pd.DataFrame,
+    dataset: str,
+    k: int,
+    seed: int,
+    grouping: str,
+    audit_hash: str,
+    group_col: str = "group",
+) -> dict[str, Any]:
+    """The header recorded with a split file."""
+    from medsg import __version__
+
+    return {
+        "dataset": dataset,
+        "k": k,
+        "seed": seed,
+        "grouping": grouping,
+        "n_images": len(manifest),
+        "n_groups": int(manifest[group_col].nunique()),
+        "audit_hash": audit_hash,
+        "created_by": f"medsg {__version__}",
+        "method": METHOD,
+        "val_means": "held-out test fold (nnU-Net naming)",
+    }
+
+
+def load_or_create_splits(
+    manifest: pd.DataFrame,
+    path: str | Path,
+    k: int,
+    seed: int,
+    dataset: str,
+    grouping: str,
+    audit_hash: str,
+    group_col: str = "group",
+    allow_subset: bool = False,
+    excluded_ids: Iterable[str] = (),
+) -> Folds:
+    """Reuse the split file at ``path`` if it exists, else create and write it.
+
+    A reused file must list exactly the manifest's ids. Two documented exceptions, both logged:
+    ``excluded_ids`` (ids the audit policy dropped, e.g. BUSI's cross-class conflict) and, with
+    ``allow_subset=True``, any ids absent from the manifest (a canonical split over all 10015 ISIC images used
+    with a local subset). Folds are then restricted to the manifest ids: groups stay in their folds, so the
+    restricted split is still leak-free, only less balanced. Ids in the manifest but not in the file are
+    always an error: silently re-splitting would make results incomparable.
+    """
+    path = Path(path)
+    if not path.exists():
+        splits = make_kfold_splits(manifest, k, seed, group_col)
+        check_no_leakage(manifest, splits, group_col)
+        save_splits(path, make_header(manifest, dataset, k, seed, grouping, audit_hash, group_col), splits)
+        log.info("Wrote new split file %s (%d folds, %d images)", path, k, len(manifest))
+        return splits
+    header, splits = read_splits(path)
+    if header.get("k") != k or len(splits) != k:
+        raise DataError(f"{path}: holds {len(splits)} folds (header k={header.get('k')}), expected {k}.")
+    file_ids = {i for fold in splits for i in fold["val"]}
+    ids = set(manifest["id"])
+    extra = sorted(ids - file_ids)
+    if extra:
+        raise DataError(
+            f"{path}: {len(extra)} manifest id(s) are not in the split file, e.g. {extra[:5]}. Delete the file to "
+            "regenerate it for this data, or fix the data so it matches the file."
+        )
+    missing = file_ids - ids
+    excused = missing & set(excluded_ids)
+    unexcused = sorted(missing - excused)
+    if unexcused and not allow_subset:
+        raise DataError(
+            f"{path}: {len(unexcused)} id(s) of the split file are missing from the data, e.g. {unexcused[:5]}. "
+            "Restore the images, delete the file to regenerate it, or pass allow_subset=True to use the "
+            "canonical split restricted to the images present."
+        )
+    if missing:
+        log.warning(
+            "%s: restricting folds to the %d manifest ids (%d excluded by the audit policy, %d absent)",
+            path,
+            len(ids),
+            len(excused),
+            len(unexcused),
+        )
+        splits = restrict_splits(splits, ids)
+    elif header.get("audit_hash") not in (None, "", audit_hash):
+        log.warning(
+            "%s: audit hash differs from the data's (%s vs %s): same ids, changed content or labels?",
+            path,
+            header.get("audit_hash"),
+            audit_hash,
+        )
+    check_no_leakage(manifest, splits, group_col)
+    return splits
+
+
+def inner_split(
+    manifest_subset: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0, group_col: str = "group"
+) -> tuple[list[str], list[str]]:
+    """Grouped + stratified (train_ids, val_ids) inside a training fold, for model selection.
+
+    First fold of ``StratifiedGroupKFold(n_splits=round(1/val_fraction))``; with fewer groups than that,
+    n_splits drops to the number of groups (at least 2 groups are needed).
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+    df = _sorted(manifest_subset, group_col)
+    n_groups = df[group_col].nunique()
+    if n_groups < 2:
+        raise DataError(f"inner_split needs at least 2 groups, got {n_groups} ({len(df)} images).")
+    n_splits = min(max(2, round(1 / val_fraction)), n_groups)
+    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    train_idx, val_idx = next(cv.split(np.zeros(len(df)), df["label"].to_numpy(), df[group_col].to_numpy()))
+    ids = df["id"].to_numpy()
+    return sorted(ids[train_idx].tolist()), sorted(ids[val_idx].tolist())
