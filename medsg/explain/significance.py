@@ -1,0 +1,37 @@
+"""Significance maps: what each hybrid SG-Former block hands to the next (guided) block.
+
+The maps are the mean attention each token receives (local 7x7 windows plus global strided
+attention), shape (B, H, W) on that stage's token grid. The model records them only while
+``significance_recorder`` is a dict, so a plain forward pays nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["significance_maps"]
+
+
+def _find_sgformer(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if hasattr(module, "significance_recorder"):
+            return module
+    raise TypeError(f"{type(model).__name__} contains no SG-Former backbone (no significance_recorder).")
+
+
+def significance_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Run ``model`` on ``x`` and return {"block1.0": (B, H, W), ...} for every hybrid block.
+
+    Works in any mode and under ``torch.no_grad``; the recorder is removed again even on error.
+    """
+    backbone = _find_sgformer(model)
+    if backbone.significance_recorder is not None:
+        raise RuntimeError("significance_maps is already recording on this model (nested call?).")
+    recorded: dict[str, torch.Tensor] = {}
+    backbone.significance_recorder = recorded
+    try:
+        model(x)
+    finally:
+        backbone.significance_recorder = None
+    return recorded

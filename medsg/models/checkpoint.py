@@ -1,0 +1,171 @@
+"""Safe loading of SG-Former checkpoints: the reference trainer's format, plain state dicts, medsg runs.
+
+The reference trainer saves ``{'state_dict', 'state_dict_ema', 'optimizer', 'args': argparse.Namespace,
+...}``. We read it with ``torch.load(weights_only=True)`` and allow exactly one extra class,
+``argparse.Namespace`` (an inert attribute bag), so a pickle that would run code is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from medsg.errors import CheckpointError
+
+__all__ = ["read_checkpoint", "select_state_dict", "adapt_state_dict", "load_checkpoint"]
+
+_log = logging.getLogger(__name__)
+_SAFE_GLOBALS = [argparse.Namespace]
+_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers
+_CLASSIFIER = "head."
+
+# timm's own ``create_model(..., checkpoint_path=...)`` loads with weights_only=True and no allowlist;
+# registering the inert argparse.Namespace (and nothing else) lets it read reference checkpoints too.
+torch.serialization.add_safe_globals(_SAFE_GLOBALS)
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """``torch.load`` a checkpoint on CPU with weights_only=True (+ argparse.Namespace); refuse anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Checkpoint file not found: {path}. Check the path (it must be a local file)."
+        )
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every failure here means "not a safe weights file"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"Refusing to load {path}: it is not a plain weights file that loads safely with "
+            f"torch.load(weights_only=True) ({first}). It may be corrupt, or contain pickled objects that "
+            "could run code. Only load checkpoints from a trusted source, re-saved as a state dict."
+        ) from None
+
+
+def select_state_dict(checkpoint: Any, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], str]:
+    """Pick the weights out of a checkpoint: EMA first when asked and present, else the raw weights."""
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"Checkpoint holds a {type(checkpoint).__name__}, expected a dict of weights.")
+    candidates = (
+        ("state_dict_ema", "model_ema", "state_dict", "model") if use_ema else ("state_dict", "model")
+    )
+    for key in candidates:
+        if isinstance(checkpoint.get(key), dict):
+            return _tensors_only(checkpoint[key], key), key
+    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return dict(checkpoint), "(plain state dict)"
+    raise CheckpointError(
+        f"Checkpoint has no weights under {list(candidates)} and is not a plain state dict "
+        f"(top-level keys: {sorted(map(str, checkpoint))[:10]})."
+    )
+
+
+def _tensors_only(state_dict: dict, key: str) -> dict[str, torch.Tensor]:
+    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"Checkpoint entry '{key}' holds non-tensor values, e.g. {bad[:5]}.")
+    return dict(state_dict)
+
+
+def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, new_hw: tuple[int, int]) -> torch.Tensor:
+    """Bicubically resize a (1, N, C) position embedding from its square grid to ``new_hw``."""
+    n, c = pos_embed.shape[-2:]
+    side = math.isqrt(n)
+    if side * side != n:
+        raise CheckpointError(f"pos_embed with {n} positions is not a square grid; cannot resize it.")
+    grid = pos_embed.reshape(1, side, side, c).permute(0, 3, 1, 2).to(torch.float64)
+    grid = F.interpolate(grid, size=new_hw, mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, new_hw[0] * new_hw[1], c).to(pos_embed.dtype)
+
+
+def adapt_state_dict(
+    state_dict: dict[str, torch.Tensor], model: nn.Module
+) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Fit a state dict to ``model``: strip wrapper prefixes, resize pos_embed, drop a mismatched head.
+
+    Returns (new state dict, {"dropped": keys removed, "resized": keys interpolated}).
+    """
+    if isinstance(state_dict, dict) and not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        state_dict = select_state_dict(state_dict)[0]
+    state_dict = _strip_prefixes(state_dict)
+    target = model.state_dict()
+    dropped, resized = [], []
+    pos = state_dict.get("pos_embed")
+    if pos is not None and "pos_embed" in target and pos.shape != target["pos_embed"].shape:
+        want = target["pos_embed"]
+        grid = getattr(model, "img_size", None)
+        if pos.ndim == 3 and pos.shape[-1] == want.shape[-1] and grid is not None:
+            state_dict["pos_embed"] = resize_pos_embed(pos, (grid[0] // 4, grid[1] // 4))
+            resized.append("pos_embed")
+    for key in [k for k in state_dict if k.startswith(_CLASSIFIER)]:
+        if key not in target or target[key].shape != state_dict[key].shape:
+            dropped.append(key)
+            del state_dict[key]
+    return state_dict, {"dropped": dropped, "resized": resized}
+
+
+def _mismatch_report(
+    state_dict: dict[str, torch.Tensor], target: dict[str, torch.Tensor], dropped: list[str]
+):
+    missing = [k for k in target if k not in state_dict and not k.startswith(_CLASSIFIER)]
+    unexpected = [k for k in state_dict if k not in target]
+    shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+        for k, v in state_dict.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    return missing, unexpected, shapes
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, use_ema: bool = True) -> dict[str, Any]:
+    """Load a checkpoint into ``model`` in place; return (and log) what was dropped/resized/reinitialised.
+
+    ``use_ema`` takes ``state_dict_ema`` when the file has one (the reference's default weights), else
+    ``state_dict``. A classifier head whose shape does not fit (e.g. 1000 ImageNet classes into a 3-class
+    model) is dropped and the model keeps its fresh head; any other mismatch raises CheckpointError.
+    """
+    state_dict, source = select_state_dict(read_checkpoint(path), use_ema=use_ema)
+    state_dict, changes = adapt_state_dict(state_dict, model)
+    target = model.state_dict()
+    missing, unexpected, shapes = _mismatch_report(state_dict, target, changes["dropped"])
+    if missing or unexpected or shapes:
+        parts = [
+            f"{label} ({len(keys)}): {keys[:8]}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+            if keys
+        ]
+        raise CheckpointError(
+            f"Checkpoint {path} ('{source}') does not fit {type(model).__name__}: " + "; ".join(parts) + ". "
+            "Was it saved for another variant (sgformer_s/m/b/tiny) or another config?"
+        )
+    model.load_state_dict(state_dict, strict=False)
+    reinit = [k for k in target if k.startswith(_CLASSIFIER) and k not in state_dict]
+    report = {"path": str(path), "source": source, **changes, "reinitialised": reinit}
+    _log.info(
+        "Loaded %s from %s; dropped %s, resized %s, reinitialised %s",
+        source,
+        path,
+        changes["dropped"] or "nothing",
+        changes["resized"] or "nothing",
+        reinit or "nothing",
+    )
+    return report
