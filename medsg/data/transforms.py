@@ -1,0 +1,219 @@
+"""MONAI dictionary pipelines: decode, RGB, mask union, resize, augment, normalise.
+
+Samples are dicts ``{"id": str, "image": path, "mask": [paths], "label": int}``. Output: ``image`` a float
+tensor (3, H, W) normalised with the backbone's mean/std, ``mask`` (1, H, W) in {0, 1} when ``with_mask``,
+``label`` and ``id`` untouched.
+
+Why these choices:
+
+* ``PILReader(reverse_indexing=False)``: MONAI's default swaps the first two axes of PNG/JPEG arrays; we keep
+  numpy/PIL's (row, column) order so ``tensor[c, y, x] == np.asarray(pil)[y, x, c]``.
+* Every image is converted to RGB in PIL (grayscale, palette, RGBA drop to 3 channels), because the pretrained
+  backbones expect 3 channels.
+* Masks are the union of a sample's mask files, binarised (``> 127``, or ``> 0`` for 0/1-valued masks); an
+  image without masks gets an all-zero mask. Masks follow every spatial transform with nearest interpolation.
+* The deterministic prefix (load, RGB, mask union, resize to ``img_size`` x ``img_size``, scale to [0, 1]) ends
+  before the first random transform, so ``CacheDataset`` decodes and resizes each image once per run.
+  Resizing ignores the aspect ratio (BUSI's 320x~250 scans are stretched slightly) and uses area
+  interpolation, which anti-aliases when shrinking.
+* Colour jitter (albumentations ``ColorJitter`` / ``HueSaturationValue``) only where colour varies between
+  devices (dermoscopy, endoscopy); grayscale ultrasound gets contrast/noise instead. Ultrasound is not flipped
+  vertically (the skin line is always at the top).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.data.image_reader import PILReader
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensityd,
+    RandAdjustContrastd,
+    RandFlipd,
+    RandGaussianNoised,
+    Randomizable,
+    RandRotated,
+    RandZoomd,
+    Resized,
+    ScaleIntensityRanged,
+)
+from PIL import Image
+
+from medsg.errors import DataError
+
+# per-dataset augmentation defaults (colour jitter, vertical flip)
+AUG_DEFAULTS: dict[str, dict[str, bool]] = {
+    "busi": {"color_aug": False, "vertical_flip": False},
+    "isic2018": {"color_aug": True, "vertical_flip": True},
+    "kvasir": {"color_aug": True, "vertical_flip": True},
+}
+
+
+def aug_defaults(adapter: str) -> dict[str, bool]:
+    """``{"color_aug", "vertical_flip"}`` for a dataset (generic datasets: colour jitter off, flips on)."""
+    return dict(AUG_DEFAULTS.get(adapter, {"color_aug": False, "vertical_flip": True}))
+
+
+def pil_to_rgb(image: Image.Image) -> Image.Image:
+    """PILReader converter: any 8-bit mode -> RGB (module-level so DataLoader workers can pickle it)."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def read_mask(path: str) -> np.ndarray:
+    """One mask file -> bool (H, W); any colour channel counts, alpha is ignored."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L") if im.mode not in ("1", "L") else im)
+    except OSError as exc:
+        raise DataError(f"Cannot read mask {path}: {exc}. Run `medsg audit` and apply its policy.") from exc
+    if arr.dtype == bool:
+        return arr
+    return arr > (127 if arr.max() > 1 else 0)
+
+
+class LoadMaskUniond(MapTransform):
+    """Load the mask files listed under ``keys`` and replace them by their union, a (1, H, W) float tensor.
+
+    An empty list yields zeros shaped like ``ref_key``'s spatial size (BUSI ``normal`` images have empty
+    masks; images whose masks the audit removed get an empty one too).
+    """
+
+    def __init__(
+        self, keys: KeysCollection, ref_key: str = "image", allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.ref_key = ref_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        shape = tuple(d[self.ref_key].shape[-2:])
+        for key in self.key_iterator(d):
+            paths = d[key]
+            paths = [paths] if isinstance(paths, str) else list(paths)
+            union = np.zeros(shape, dtype=bool)
+            for path in paths:
+                mask = read_mask(path)
+                if mask.shape != shape:
+                    raise DataError(
+                        f"Mask {path} has size {mask.shape[::-1]} but its image has {shape[::-1]} (width, height)."
+                    )
+                union |= mask
+            d[key] = MetaTensor(torch.from_numpy(union[None].astype(np.float32)))
+        return d
+
+
+class AlbumentationsColord(MapTransform, Randomizable):
+    """Apply an albumentations colour transform to a (3, H, W) float image in [0, 1].
+
+    Seeded from MONAI's random state (``set_random_state``), so a seeded MONAI ``Compose`` repeats exactly.
+    Albumentations works on (H, W, C) numpy arrays; we move the channel axis around it.
+    """
+
+    def __init__(self, keys: KeysCollection, transform: Any, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = transform
+
+    def randomize(self, data: Any = None) -> None:
+        self.transform.set_random_seed(int(self.R.randint(0, 2**31 - 1)))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        for key in self.key_iterator(d):
+            img = d[key]
+            arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+            hwc = np.ascontiguousarray(np.clip(arr, 0.0, 1.0).transpose(1, 2, 0), dtype=np.float32)
+            out = self.transform(image=hwc)["image"].transpose(2, 0, 1)
+            tensor = torch.from_numpy(np.ascontiguousarray(out))
+            d[key] = MetaTensor(tensor, meta=img.meta) if isinstance(img, MetaTensor) else tensor
+        return d
+
+
+def color_transform(strength: float = 1.0) -> Any:
+    """The albumentations colour pipeline used for dermoscopy / endoscopy."""
+    import albumentations as A
+
+    return A.Compose(
+        [
+            A.ColorJitter(
+                brightness=0.2 * strength,
+                contrast=0.2 * strength,
+                saturation=0.2 * strength,
+                hue=0.03 * strength,
+                p=0.8,
+            ),
+            A.HueSaturationValue(
+                hue_shift_limit=int(5 * strength),
+                sat_shift_limit=int(15 * strength),
+                val_shift_limit=0,
+                p=0.3,
+            ),
+        ]
+    )
+
+
+def build_transforms(
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    train: bool,
+    color_aug: bool,
+    with_mask: bool,
+    vertical_flip: bool = True,
+) -> Compose:
+    """The full pipeline for one split; ``mean``/``std`` from the backbone's ``pretrained_cfg`` (0-1 scale)."""
+    if len(mean) != 3 or len(std) != 3:
+        raise DataError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}.")
+    keys = ["image", "mask"] if with_mask else ["image"]
+    smooth = ("bilinear", "nearest") if with_mask else ("bilinear",)
+    steps: list[Any] = [
+        LoadImaged("image", reader=PILReader(converter=pil_to_rgb, reverse_indexing=False), image_only=True),
+        EnsureChannelFirstd("image", channel_dim=-1),
+    ]
+    if with_mask:
+        steps.append(LoadMaskUniond("mask"))
+    steps += [
+        Resized(keys, spatial_size=(img_size, img_size), mode=("area", "nearest")[: len(keys)]),
+        ScaleIntensityRanged("image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
+    ]
+    if train:
+        steps += [RandFlipd(keys, prob=0.5, spatial_axis=1)]
+        if vertical_flip:
+            steps += [RandFlipd(keys, prob=0.5, spatial_axis=0)]
+        steps += [
+            RandRotated(keys, range_x=np.deg2rad(15), prob=0.5, mode=smooth, padding_mode="zeros"),
+            RandZoomd(keys, min_zoom=0.9, max_zoom=1.15, prob=0.5, mode=smooth, padding_mode="constant"),
+        ]
+        if color_aug:
+            steps.append(AlbumentationsColord("image", color_transform()))
+        steps += [
+            RandAdjustContrastd("image", prob=0.3, gamma=(0.8, 1.25)),
+            RandGaussianNoised("image", prob=0.2, mean=0.0, std=0.02),
+        ]
+    if with_mask:
+        steps.append(BinarizeMaskd("mask"))
+    steps += [
+        NormalizeIntensityd("image", subtrahend=np.asarray(mean), divisor=np.asarray(std), channel_wise=True),
+        EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=False),
+    ]
+    return Compose(steps)
+
+
+class BinarizeMaskd(MapTransform):
+    """Re-binarise masks (> 0.5) after interpolation, so they stay in {0, 1}."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = (d[key] > 0.5).to(torch.float32) if isinstance(d[key], torch.Tensor) else d[key]
+        return d
