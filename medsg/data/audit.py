@@ -253,7 +253,8 @@ def audit_manifest(
                 problems.append(_problem(rid, mpath, "mask", "mask_size_mismatch", detail))
     with_masks = {str(r["label_name"]) for r in rows if mask_list(r["mask_paths"])}
     for row in rows:
-        if str(row["label_name"]) in with_masks and not mask_list(row["mask_paths"]):
+        missing = not mask_list(row["mask_paths"]) and not info[str(row["id"])]["problem"]
+        if missing and str(row["label_name"]) in with_masks:
             problems.append(
                 _problem(str(row["id"]), row["path"], "mask", "missing_mask", "no mask file found")
             )
