@@ -1,0 +1,145 @@
+"""The ``medsg`` command: run, report, splits, audit, demo, info.
+
+Errors a user can cause (``MedsgError``, or a missing file they named) print one line ``medsg: error: ...``
+and exit with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from medsg.errors import MedsgError
+
+log = logging.getLogger("medsg")
+
+INFO_VARIANTS = ("sgformer_tiny", "sgformer_s", "sgformer_m", "sgformer_b")
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="train and test k folds of an experiment, then write its report")
+    p.add_argument("config", help="experiment YAML, e.g. experiments/busi.yaml")
+    p.add_argument(
+        "--fold",
+        type=int,
+        action="append",
+        default=None,
+        metavar="K",
+        help="run only fold K (repeatable); default: all folds",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=3 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medsg", description="Transfer learning for medical images with SG-Former."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(sub)
+    p = sub.add_parser("report", help="aggregate the finished folds of a run folder into a report")
+    p.add_argument("run_dir", help="<output_dir>/<experiment name>")
+    p.add_argument("--out", default=None, help="report folder (default: the one in the run's config.yaml)")
+    p = sub.add_parser(
+        "splits", help="write the split file of an experiment once (before parallel fold jobs)"
+    )
+    p.add_argument("config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p = sub.add_parser("audit", help="check a dataset: unreadable files, duplicates, label conflicts")
+    p.add_argument("--adapter", required=True, choices=["busi", "kvasir", "isic2018", "imagefolder", "csv"])
+    p.add_argument("--root", required=True, help="dataset folder")
+    p.add_argument("--out", default=None, help="write the JSON report here")
+    p = sub.add_parser("demo", help="synthetic BUSI-like data -> k-fold sgformer_tiny run -> report (CPU)")
+    p.add_argument(
+        "--out", default="medsg_demo", help="folder for data, runs and report (default: medsg_demo)"
+    )
+    p.add_argument("--quick", action="store_true", help="2 folds x 1 epoch on fewer images (a smoke test)")
+    sub.add_parser(
+        "info", help="registered SG-Former variants, parameter counts and a forward pass (smoke test)"
+    )
+    return parser
+
+
+def cmd_info() -> int:
+    """Print each variant's parameter count and the output shape of one 224 px forward pass."""
+    import timm
+    import torch
+
+    import medsg
+
+    print(f"medsg {medsg.__version__}, torch {torch.__version__}, timm {timm.__version__}")
+    for name in INFO_VARIANTS:
+        if name not in timm.list_models(name):
+            print(f"{name:15s} not registered")
+            continue
+        model = timm.create_model(name, num_classes=3, pretrained=False).eval()
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        with torch.no_grad():
+            shape = tuple(model(torch.zeros(1, 3, 224, 224)).shape)
+        print(f"{name:15s} {params:7.2f} M params   forward (1,3,224,224) -> {shape}")
+    return 0
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from medsg import experiment
+
+    if args.command == "run":
+        experiment.run_from_file(args.config, args.overrides, args.fold, quiet=args.quiet)
+    elif args.command == "report":
+        path = experiment.write_run_report(Path(args.run_dir), Path(args.out) if args.out else None)
+        print(path)
+    elif args.command == "splits":
+        print(experiment.make_splits(args.config, args.overrides))
+    elif args.command == "audit":
+        from medsg.data.audit import run_audit_cli
+
+        return run_audit_cli(args.adapter, args.root, args.out)
+    elif args.command == "demo":
+        start = time.perf_counter()
+        experiment.run_demo(args.out, quick=args.quick, quiet=args.quiet)
+        print(f"demo finished in {time.perf_counter() - start:.0f} s; report: {Path(args.out) / 'reports'}")
+    elif args.command == "info":
+        return cmd_info()
+    return 0
+
+
+def _setup_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    if not debug:
+        for noisy in ("PIL", "matplotlib", "monai"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.debug, args.quiet)
+    try:
+        return dispatch(args)
+    except (MedsgError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"medsg: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medsg: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Experiment configuration: a YAML file checked by a typed schema, so a typo fails before hours of training.
+
+``load_config(path, overrides)`` reads YAML, applies ``--set a.b=value`` overrides, validates every key and
+type (unknown keys get a "did you mean" hint) and checks that user paths exist. ``resolved_config`` adds the
+provenance (versions, git hash) saved beside every run; ``result_diff`` tells whether a saved config and a new
+one would give different results.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medsg.errors import ConfigError
+
+# Keys that do not change results: a resumed run may differ in these.
+NON_RESULT_KEYS = frozenset(
+    {
+        "provenance",
+        "experiment.output_dir",
+        "experiment.report_dir",
+        "data.cache",
+        "data.cache_dir",
+        "train.workers",
+        "eval.bootstrap",
+        "explain.cases_per_fold",
+    }
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ExperimentConfig(_Strict):
+    name: str
+    seed: int = 0
+    output_dir: str = "runs"
+    report_dir: str | None = None  # default: reports/<name> relative to the working directory
+
+
+class AuditConfig(_Strict):
+    conflicts: Literal["drop", "keep"] = "drop"
+    near_dup_threshold: int = Field(4, ge=0)
+
+
+class DataConfig(_Strict):
+    adapter: Literal["busi", "kvasir", "isic2018", "imagefolder", "csv"]
+    root: str
+    options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments of the adapter
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    cache: Literal["memory", "disk", "none"] = "memory"
+    cache_dir: str | None = None  # for cache: disk; default <run_dir>/cache
+    color_aug: bool | None = None
+
+
+class SplitsConfig(_Strict):
+    k: int = Field(5, ge=2)
+    seed: int = 0
+    grouping: str = "group"
+    file: str | None = None  # default data_splits/<adapter>_<k>fold_seed<seed>.json
+    inner_val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    allow_subset: bool = False  # a split file over more ids than the data (e.g. local ISIC subset)
+
+
+class ModelConfig(_Strict):
+    name: str
+    pretrained: str | None = None
+    drop_path: float = Field(0.1, ge=0.0, lt=1.0)
+    img_size: int = Field(224, gt=0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: str = "adamw"
+    lr: float = Field(5e-4, gt=0)
+    layer_decay: float | None = Field(0.75, gt=0, le=1)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: int = Field(2, ge=0)
+    min_lr: float = Field(1e-6, ge=0)
+    sched: Literal["cosine", "step", "multistep", "poly", "tanh"] = "cosine"
+    ema: bool = False
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    amp: bool = True
+    grad_clip: float | None = Field(None, gt=0)
+    class_weighting: Literal["none", "balanced"] = "none"
+    sampler: Literal["none", "balanced"] = "none"
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    early_stop_patience: int | None = Field(None, ge=1)
+    selection: Literal["inner_val", "last_epoch"] = "inner_val"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: int = Field(2, ge=0)
+    deterministic: bool = True
+
+
+class EvalConfig(_Strict):
+    bootstrap: int = Field(1000, ge=0)
+
+
+class ExplainConfig(_Strict):
+    cases_per_fold: int = Field(8, ge=0)
+
+
+class Config(_Strict):
+    experiment: ExperimentConfig
+    data: DataConfig
+    splits: SplitsConfig = Field(default_factory=SplitsConfig)
+    model: ModelConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+
+    # Derived values, so every module reads the same defaults.
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.experiment.output_dir) / self.experiment.name
+
+    @property
+    def report_dir(self) -> Path:
+        return Path(self.experiment.report_dir or Path("reports") / self.experiment.name)
+
+    @property
+    def split_file(self) -> Path:
+        name = f"{self.data.adapter}_{self.splits.k}fold_seed{self.splits.seed}.json"
+        return Path(self.splits.file or Path("data_splits") / name)
+
+    @property
+    def color_aug(self) -> bool:
+        """None means the dataset's default: off for grey-scale ultrasound, on for dermoscopy / endoscopy."""
+        if self.data.color_aug is not None:
+            return self.data.color_aug
+        from medsg.data.transforms import aug_defaults
+
+        return aug_defaults(self.data.adapter)["color_aug"]
+
+
+# ---------------------------------------------------------------- key paths and suggestions
+
+
+def _schema_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key the schema accepts (sections and leaves)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys.extend(_schema_keys(sub, dotted + "."))
+    return keys
+
+
+def _suggest(key: str) -> str:
+    """' - did you mean x?' for a near miss among the schema's keys, else ''."""
+    keys = _schema_keys(Config)
+    parent = key.rpartition(".")[0]
+    siblings = [k for k in keys if k.rpartition(".")[0] == parent]
+    match = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(
+        key, keys, n=1, cutoff=0.75
+    )
+    return f" - did you mean {match[0]}?" if match else ""
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key}{_suggest(key)}")
+        elif item["type"] == "missing":
+            lines.append(f"missing key {key}")
+        else:
+            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a raw config dict; return a new dict."""
+    out = copy.deepcopy(raw)
+    valid = set(_schema_keys(Config))
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=3")
+        if key not in valid and not key.startswith("data.options."):
+            raise ConfigError(f"unknown key {key} in --set {item}{_suggest(key)}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {key}: cannot parse value {text!r} as YAML ({exc})") from exc
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"override {key}: {part} is not a section")
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with clear errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must be a mapping of sections (experiment, data, model, ...)")
+    return raw
+
+
+def config_from_dict(
+    raw: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>", check_paths: bool = True
+) -> Config:
+    """Validate a raw dict (plus overrides) into a ``Config``; paths become absolute."""
+    raw = apply_overrides(raw, overrides)
+    raw.pop("provenance", None)  # a saved config.yaml can be loaded back
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+    cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+    if cfg.model.pretrained:
+        cfg.model.pretrained = str(Path(cfg.model.pretrained).expanduser().resolve())
+    if check_paths:
+        check_config_paths(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, check_paths: bool = True) -> Config:
+    """Read, override and validate a YAML config file."""
+    return config_from_dict(read_yaml(path), overrides, source=str(path), check_paths=check_paths)
+
+
+def check_config_paths(cfg: Config) -> None:
+    """User paths must exist: data.root and, when set, model.pretrained."""
+    if not Path(cfg.data.root).exists():
+        raise ConfigError(
+            f"data.root: folder not found: {cfg.data.root} (set data.root or --set data.root=DIR)"
+        )
+    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
+        raise ConfigError(
+            f"model.pretrained: weights file not found: {cfg.model.pretrained}. Download the released "
+            f"{cfg.model.name} ImageNet weights (see README, 'Pretrained weights') to that path, or set "
+            "model.pretrained: null to train from scratch."
+        )
+
+
+# ---------------------------------------------------------------- provenance and comparison
+
+
+def git_hash(path: str | Path | None = None) -> str | None:
+    """HEAD of the git repository holding ``path`` (default: this package), or None outside git."""
+    where = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def provenance() -> dict[str, Any]:
+    """Versions and git hash, so a reader can rebuild the environment of a result."""
+    import timm
+    import torch
+
+    import medsg
+
+    return {
+        "medsg": getattr(medsg, "__version__", None),
+        "torch": str(torch.__version__),
+        "timm": str(timm.__version__),
+        "git": git_hash(),
+    }
+
+
+def resolved_config(cfg: Config) -> dict[str, Any]:
+    """The full config with defaults filled in, derived paths and provenance: what ``config.yaml`` holds."""
+    data = cfg.model_dump(mode="json")
+    data["experiment"]["report_dir"] = str(cfg.report_dir)
+    data["splits"]["file"] = str(cfg.split_file)
+    data["data"]["color_aug"] = cfg.color_aug
+    data["provenance"] = provenance()
+    return data
+
+
+def dump_config(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def result_diff(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ in a way that changes results (provenance and I/O knobs ignored)."""
+    a, b = _flatten(saved), _flatten(new)
+    keys = sorted(set(a) | set(b))
+    ignored = tuple(k + "." for k in NON_RESULT_KEYS)
+    return [
+        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+        for k in keys
+        if k not in NON_RESULT_KEYS and not k.startswith(ignored) and a.get(k) != b.get(k)
+    ]

@@ -1,0 +1,333 @@
+"""Orchestration of ``medsg run``: config -> manifest -> audit -> splits -> k folds -> report.
+
+The run folder (``<output_dir>/<name>/``) gets ``config.yaml`` (resolved, with provenance), ``audit.json``,
+``manifest.csv`` (after the audit policy), ``splits.json`` and one ``fold_K/`` per fold; see
+``medsg.train.fold`` for a fold's files. Under ``torchrun`` only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from torch import nn
+
+from medsg.config import Config, dump_config, load_config, resolved_config, result_diff
+from medsg.errors import ConfigError
+from medsg.io import atomic_write_text
+from medsg.train import ddp
+from medsg.train.fold import FoldData
+from medsg.train.kfold import fold_dir, fold_is_done, run_folds
+from medsg.train.utils import derive_seed, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """The cleaned manifest, its class names, the outer folds and the audit's content hash."""
+
+    manifest: pd.DataFrame
+    class_names: list[str]
+    splits: list[dict[str, list[str]]]
+    audit_hash: str
+
+
+# ---------------------------------------------------------------- data preparation
+
+
+def prepare_data(cfg: Config, run_dir: Path | None = None, dist: ddp.DistInfo | None = None) -> PreparedData:
+    """Manifest, audit + policy, and the split file (created once, atomically, if absent).
+
+    With ``run_dir``, writes audit.json, manifest.csv and splits.json there (main rank only).
+    """
+    from medsg.data import class_names, load_manifest, save_manifest
+    from medsg.data.audit import apply_audit_policy, audit_manifest, read_audit, write_audit
+    from medsg.data.splits import check_no_leakage, load_or_create_splits
+
+    dist = dist or ddp.DistInfo()
+    raw = load_manifest(cfg.data.adapter, cfg.data.root, **cfg.data.options)
+    audit_path = (run_dir / "audit.json") if run_dir else None
+    if dist.is_main or audit_path is None:
+        report = audit_manifest(raw, near_dup_threshold=cfg.data.audit.near_dup_threshold)
+        if audit_path is not None:
+            write_audit(report, audit_path)
+    ddp.barrier()
+    if not dist.is_main and audit_path is not None:
+        report = read_audit(audit_path)
+    manifest = apply_audit_policy(raw, report, conflicts=cfg.data.audit.conflicts)
+    dropped = sorted(set(raw["id"]) - set(manifest["id"]))
+    if cfg.splits.grouping not in manifest.columns:
+        raise ConfigError(
+            f"splits.grouping: column {cfg.splits.grouping!r} is not in the manifest (columns: "
+            f"{list(manifest.columns)})"
+        )
+    split_args = dict(
+        path=cfg.split_file,
+        k=cfg.splits.k,
+        seed=cfg.splits.seed,
+        dataset=cfg.data.adapter,
+        grouping=cfg.splits.grouping,
+        audit_hash=report.manifest_hash,
+        group_col=cfg.splits.grouping,
+        excluded_ids=dropped,
+        allow_subset=cfg.splits.allow_subset,
+    )
+    if dist.is_main:  # rank 0 creates the file once; the others then read it
+        splits = load_or_create_splits(manifest, **split_args)
+    ddp.barrier()
+    if not dist.is_main:
+        splits = load_or_create_splits(manifest, **split_args)
+    check_no_leakage(manifest, splits, cfg.splits.grouping)
+    names = class_names(cfg.data.adapter, cfg.data.root)
+    if run_dir is not None and dist.is_main:
+        save_manifest(manifest, run_dir / "manifest.csv")
+        atomic_write_text(run_dir / "splits.json", Path(cfg.split_file).read_text(encoding="utf-8"))
+    return PreparedData(manifest, names, splits, report.manifest_hash)
+
+
+class ManifestFolds:
+    """The real ``FoldDataFactory``: outer fold from the split file, inner split for selection, MONAI datasets."""
+
+    def __init__(
+        self, cfg: Config, data: PreparedData, run_dir: Path, dist: ddp.DistInfo | None = None
+    ) -> None:
+        self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
+        self.dist = dist or ddp.DistInfo()
+        self.class_names = data.class_names
+
+    def fold_ids(self, fold: int) -> dict[str, list[str]]:
+        """train / val (inner, for selection) / test (outer fold) ids; the test ids never reach selection."""
+        from medsg.data.splits import inner_split
+
+        if not 0 <= fold < len(self.data.splits):
+            raise ConfigError(
+                f"fold {fold} does not exist: splits.k is {len(self.data.splits)} (folds 0..k-1)"
+            )
+        outer = self.data.splits[fold]
+        train_ids, test_ids = list(outer["train"]), list(outer["val"])
+        val_ids: list[str] = []
+        if self.cfg.splits.inner_val_fraction > 0:
+            subset = self.data.manifest[self.data.manifest["id"].isin(set(train_ids))]
+            train_ids, val_ids = inner_split(
+                subset,
+                self.cfg.splits.inner_val_fraction,
+                seed=derive_seed(self.cfg.splits.seed, "inner", fold),
+                group_col=self.cfg.splits.grouping,
+            )
+        elif self.cfg.train.selection == "inner_val":
+            raise ConfigError(
+                "train.selection: inner_val needs splits.inner_val_fraction > 0 (or use last_epoch)"
+            )
+        overlap = set(test_ids) & (set(train_ids) | set(val_ids))
+        if (
+            overlap
+        ):  # cannot happen with a valid split file; checked because it would silently inflate results
+            raise ConfigError(
+                f"fold {fold}: {len(overlap)} test ids also in training/selection, e.g. {sorted(overlap)[:3]}"
+            )
+        return {"train": sorted(train_ids), "val": sorted(val_ids), "test": sorted(test_ids)}
+
+    def __call__(self, fold: int, model: nn.Module) -> FoldData:
+        import timm
+
+        from medsg.data.dataset import build_dataset, manifest_to_records
+        from medsg.data.transforms import aug_defaults, build_transforms
+
+        ids = self.fold_ids(fold)
+        if self.dist.is_main:
+            atomic_write_text(fold_dir(self.run_dir, fold) / "inner_split.json", json.dumps(ids, indent=1))
+        data_cfg = timm.data.resolve_data_config({}, model=model)
+        mean, std = tuple(data_cfg["mean"]), tuple(data_cfg["std"])
+        size, cache = self.cfg.model.img_size, self.cfg.data.cache
+        cache_dir = Path(self.cfg.data.cache_dir) if self.cfg.data.cache_dir else self.run_dir / "cache"
+        frame = self.data.manifest.set_index("id", drop=False)
+        vflip = aug_defaults(self.cfg.data.adapter)["vertical_flip"]  # ultrasound has a fixed up/down
+        workers = self.cfg.train.workers
+
+        def dataset(part: str, train: bool):
+            if not ids[part]:
+                return None
+            records = manifest_to_records(frame.loc[ids[part]].reset_index(drop=True))
+            transform = build_transforms(
+                size,
+                mean,
+                std,
+                train=train,
+                color_aug=self.cfg.color_aug,
+                with_mask=False,
+                vertical_flip=vflip,
+            )
+            return build_dataset(records, transform, cache=cache, cache_dir=cache_dir, num_workers=workers)
+
+        train_labels = frame.loc[ids["train"], "label"].to_numpy(dtype=np.int64)
+        return FoldData(
+            train=dataset("train", True),
+            train_labels=train_labels,
+            val=dataset("val", False),
+            test=dataset("test", False),
+            class_names=self.class_names,
+        )
+
+
+# ---------------------------------------------------------------- run folder
+
+
+def save_or_check_config(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Write config.yaml on first use; later runs must match it in everything that changes results."""
+    new = resolved_config(cfg)
+    path = run_dir / "config.yaml"
+    if path.exists():
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        diff = result_diff(saved, new)
+        if diff:
+            raise ConfigError(
+                f"{run_dir} was started with a different config ({'; '.join(diff[:8])}). Use a new "
+                "experiment.name or experiment.output_dir, or delete the folder to start over."
+            )
+        if saved.get("provenance") != new["provenance"]:
+            log.warning(
+                "resuming %s with other code versions: %s (was %s)",
+                run_dir,
+                new["provenance"],
+                saved.get("provenance"),
+            )
+        return saved
+    atomic_write_text(path, dump_config(new))
+    return new
+
+
+def all_folds_done(run_dir: Path, k: int) -> bool:
+    return all(fold_is_done(run_dir, f) for f in range(k))
+
+
+def write_run_report(run_dir: Path, report_dir: Path | None = None) -> Path:
+    """``medsg report``: aggregate a run folder's finished folds into summary.json and report.md/html."""
+    from medsg.report import write_report
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(
+            f"{cfg_path} not found: is {run_dir} a medsg run folder (<output_dir>/<name>)?"
+        )
+    saved = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    experiment = saved.get("experiment", {})
+    out = Path(
+        report_dir or experiment.get("report_dir") or Path("reports") / experiment.get("name", run_dir.name)
+    )
+    path = write_report(
+        run_dir,
+        out,
+        n_bootstrap=int(saved.get("eval", {}).get("bootstrap", 1000)),
+        seed=int(experiment.get("seed", 0)),
+    )
+    log.info("report written to %s", path)
+    return path
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def run_experiment(
+    cfg: Config, folds: list[int] | None = None, quiet: bool = False, report: bool = True
+) -> Path:
+    """Train and test the requested folds (all by default); write the report once every fold is done."""
+    dist = ddp.dist_info_from_env()
+    device = resolve_device(cfg.train.device, dist.local_rank)
+    ddp.init_distributed(dist, device)
+    try:
+        run_dir = cfg.run_dir.resolve()
+        folds = list(range(cfg.splits.k)) if not folds else sorted(set(folds))
+        bad = [f for f in folds if not 0 <= f < cfg.splits.k]
+        if bad:
+            raise ConfigError(f"--fold {bad}: splits.k is {cfg.splits.k}, so folds are 0..{cfg.splits.k - 1}")
+        seed_everything(cfg.experiment.seed, cfg.train.deterministic)
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_or_check_config(cfg, run_dir)
+        ddp.barrier()
+        data = prepare_data(cfg, run_dir, dist)
+        log.info(
+            "%s: %d images, %d classes %s, %d folds; running folds %s on %s%s",
+            cfg.experiment.name,
+            len(data.manifest),
+            len(data.class_names),
+            data.class_names,
+            cfg.splits.k,
+            folds,
+            device,
+            f" x{dist.world_size} processes" if dist.enabled else "",
+        )
+        run_folds(cfg, folds, ManifestFolds(cfg, data, run_dir, dist), run_dir, dist, quiet)
+        if report and dist.is_main:
+            if all_folds_done(run_dir, cfg.splits.k):
+                write_run_report(run_dir, cfg.report_dir)
+            else:
+                log.info(
+                    "not all %d folds are done yet; run `medsg report %s` when they are",
+                    cfg.splits.k,
+                    run_dir,
+                )
+        return run_dir
+    finally:
+        ddp.shutdown_distributed()
+
+
+def run_from_file(
+    config_path: str | Path,
+    overrides: list[str] | None = None,
+    folds: list[int] | None = None,
+    quiet: bool = False,
+) -> Path:
+    return run_experiment(load_config(config_path, overrides), folds, quiet)
+
+
+def make_splits(config_path: str | Path, overrides: list[str] | None = None) -> Path:
+    """``medsg splits``: audit the data and write the split file once (before parallel fold jobs)."""
+    cfg = load_config(config_path, overrides)
+    data = prepare_data(cfg)
+    sizes = [len(f["val"]) for f in data.splits]
+    log.info("split file %s: %d folds, test sizes %s", cfg.split_file, len(sizes), sizes)
+    return Path(cfg.split_file)
+
+
+def demo_config(out: Path, quick: bool = False) -> Config:
+    """The packaged demo config (medsg/configs/demo.yaml), pointed at ``out``."""
+    from importlib import resources
+
+    from medsg.config import config_from_dict
+
+    raw = yaml.safe_load(resources.files("medsg").joinpath("configs/demo.yaml").read_text(encoding="utf-8"))
+    out = Path(out).resolve()
+    name = raw["experiment"]["name"] + ("_quick" if quick else "")
+    overrides = [
+        f"experiment.name={name}",
+        f"data.root={out / 'data'}",
+        f"experiment.output_dir={out / 'runs'}",
+        f"experiment.report_dir={out / 'reports' / name}",
+    ]
+    if quick:
+        overrides += ["train.epochs=1", "train.warmup_epochs=0", "splits.k=2"]
+    cfg = config_from_dict(raw, overrides, source="medsg/configs/demo.yaml", check_paths=False)
+    cfg.splits.file = str(out / "data_splits" / cfg.split_file.name)
+    return cfg
+
+
+def run_demo(out: str | Path = "medsg_demo", quick: bool = False, quiet: bool = False) -> Path:
+    """``medsg demo``: synthetic BUSI-like data, a short k-fold run of sgformer_tiny, and its report."""
+    from medsg.demo import make_synthetic_busi
+
+    out = Path(out)
+    n_per_class = 10 if quick else 20
+    make_synthetic_busi(out / "data", n_per_class=n_per_class, size=96, seed=0)
+    cfg = demo_config(out, quick)
+    run_dir = run_experiment(cfg, quiet=quiet)
+    log.info("demo finished: report in %s", cfg.report_dir / "report.html")
+    return run_dir

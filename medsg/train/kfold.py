@@ -1,0 +1,95 @@
+"""The k-fold driver: run the requested folds one after another, skipping finished ones, each under a lock.
+
+It knows nothing about datasets: a ``FoldDataFactory`` (``medsg.experiment`` provides the real one) builds a
+fold's ``FoldData`` for a model, so the driver can be tested with any tiny dataset and any timm model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import nn
+
+from medsg.config import Config
+from medsg.train import ddp
+from medsg.train.fold import FoldData, FoldTrainer, build_model
+from medsg.train.lock import FileLock
+from medsg.train.utils import derive_seed, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+class FoldDataFactory(Protocol):
+    """Builds the datasets of one fold; the model comes first because its pretrained_cfg sets mean/std."""
+
+    class_names: list[str]
+
+    def __call__(self, fold: int, model: nn.Module) -> FoldData: ...
+
+
+def fold_dir(run_dir: Path, fold: int) -> Path:
+    return Path(run_dir) / f"fold_{fold}"
+
+
+def fold_is_done(run_dir: Path, fold: int) -> bool:
+    return (fold_dir(run_dir, fold) / "DONE").exists()
+
+
+def train_one_fold(
+    cfg: Config,
+    fold: int,
+    make_data: FoldDataFactory,
+    run_dir: Path,
+    dist: ddp.DistInfo | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Seed, build the model and data of one fold, train it (resuming if possible) and test it."""
+    dist = dist or ddp.DistInfo()
+    device = resolve_device(cfg.train.device, dist.local_rank)
+    seed_everything(derive_seed(cfg.experiment.seed, "fold", fold), cfg.train.deterministic)
+    model = build_model(cfg, num_classes=len(make_data.class_names))
+    data = make_data(fold, model)
+    trainer = FoldTrainer(cfg, fold, model, data, fold_dir(run_dir, fold), device, dist, quiet)
+    return trainer.run()
+
+
+def run_folds(
+    cfg: Config,
+    folds: Iterable[int],
+    make_data: FoldDataFactory,
+    run_dir: Path,
+    dist: ddp.DistInfo | None = None,
+    quiet: bool = False,
+) -> dict[int, dict[str, Any]]:
+    """Train and test ``folds``; finished folds (DONE) are skipped, partial ones resume.
+
+    The main rank takes a lock on every pending fold before starting, so a second run on the same folder is
+    refused at once, while jobs on different folds (``--fold K``) still run in parallel.
+    """
+    dist = dist or ddp.DistInfo()
+    folds = list(folds)
+    pending = [f for f in folds if not fold_is_done(run_dir, f)]
+    for f in folds:
+        if f not in pending:
+            log.info("fold %d: already finished (DONE), skipping", f)
+    results: dict[int, dict[str, Any]] = {}
+    with ExitStack() as stack:
+        if dist.is_main:
+            for f in pending:
+                stack.enter_context(FileLock(fold_dir(run_dir, f) / ".lock"))
+        ddp.barrier()
+        for f in pending:
+            log.info("fold %d/%d: training", f, cfg.splits.k)
+            results[f] = train_one_fold(cfg, f, make_data, run_dir, dist, quiet)
+            log.info(
+                "fold %d: test balanced accuracy %.4f (n=%d, best epoch %d)",
+                f,
+                results[f].get("balanced_accuracy", float("nan")),
+                results[f]["n_test"],
+                results[f]["best_epoch"],
+            )
+    return results
