@@ -1,0 +1,121 @@
+"""medsg.models.checkpoint: safe loading of reference, plain, DDP and medsg checkpoints; clear failures."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import medsg  # noqa: F401
+from medsg.errors import CheckpointError
+from medsg.models import checkpoint_filter_fn, load_checkpoint
+
+OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sgformer_tiny_official.pth"
+needs_official = pytest.mark.skipif(not OFFICIAL.is_file(), reason=f"fixture missing: {OFFICIAL}")
+
+
+def _tiny(num_classes: int = 3) -> torch.nn.Module:
+    return timm.create_model("sgformer_tiny", num_classes=num_classes)
+
+
+def _same(model: torch.nn.Module, state: dict) -> bool:
+    return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.fixture(scope="module")
+def weights() -> dict:
+    torch.manual_seed(0)
+    return _tiny().state_dict()
+
+
+@needs_official
+@pytest.mark.parametrize(("use_ema", "key"), [(True, "state_dict_ema"), (False, "state_dict")])
+def test_reference_checkpoint_ema_or_raw(use_ema: bool, key: str) -> None:
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        raw = torch.load(OFFICIAL, weights_only=True)
+    model = _tiny()
+    report = load_checkpoint(model, OFFICIAL, use_ema=use_ema)
+    assert report["source"] == key and report["dropped"] == [] and report["reinitialised"] == []
+    assert _same(model, raw[key])
+
+
+def test_plain_ddp_and_medsg_formats(tmp_path: Path, weights: dict) -> None:
+    files = {
+        "plain.pt": weights,
+        "ddp.pt": {f"module.{k}": v for k, v in weights.items()},
+        "medsg.pt": {"model": weights, "epoch": 4, "optimizer": {}},
+    }
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+        model = _tiny()
+        load_checkpoint(model, tmp_path / name)
+        assert _same(model, weights), name
+
+
+def test_head_of_another_size_is_dropped_and_reported(tmp_path: Path, weights: dict) -> None:
+    path = tmp_path / "three.pt"
+    torch.save({"state_dict": weights, "args": argparse.Namespace(num_classes=3)}, path)
+    model = _tiny(num_classes=5)
+    fresh_head = model.head.weight.clone()
+    report = load_checkpoint(model, path)
+    assert report["dropped"] == ["head.weight", "head.bias"] and report["reinitialised"] == report["dropped"]
+    assert torch.equal(model.head.weight, fresh_head)
+    assert torch.equal(model.block3[1].attn.f1.weight, weights["block3.1.attn.f1.weight"])
+
+
+class _RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path: Path, weights: dict) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": weights, "payload": _RunsCode(marker)}, path)
+    with pytest.raises(CheckpointError, match="evil.pth.*not a plain weights file"):
+        load_checkpoint(_tiny(), path)
+    assert not marker.exists()
+
+
+def test_garbage_and_missing_files(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        load_checkpoint(_tiny(), junk)
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_checkpoint(_tiny(), tmp_path / "nope.pth")
+
+
+def test_mismatches_fail_naming_the_keys(tmp_path: Path, weights: dict) -> None:
+    cases = {
+        "missing": {k: v for k, v in weights.items() if k != "block2.0.attn.q1.weight"},
+        "unexpected": dict(weights, **{"extra.layer.weight": torch.zeros(1)}),
+        "shape": dict(weights, **{"block1.0.mlp.fc1.weight": torch.zeros(64, 16)}),
+    }
+    names = {
+        "missing": "block2.0.attn.q1.weight",
+        "unexpected": "extra.layer.weight",
+        "shape": "block1.0.mlp.fc1",
+    }
+    for case, state in cases.items():
+        path = tmp_path / f"{case}.pt"
+        torch.save(state, path)
+        with pytest.raises(CheckpointError, match=names[case]):
+            load_checkpoint(_tiny(), path)
+    other_variant = timm.create_model("sgformer_tiny", num_classes=3, mlp_ratios=(4, 4, 4, 4))
+    torch.save(other_variant.state_dict(), tmp_path / "wide.pt")
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_checkpoint(_tiny(), tmp_path / "wide.pt")
+
+
+def test_filter_fn_strips_prefixes_and_mismatched_head(weights: dict) -> None:
+    wrapped = {f"module.{k}": v for k, v in weights.items()}
+    out = checkpoint_filter_fn(wrapped, _tiny(num_classes=10))
+    assert "head.weight" not in out and "pos_embed" in out and not any(k.startswith("module.") for k in out)

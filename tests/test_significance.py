@@ -1,0 +1,71 @@
+"""medsg.explain.significance_maps: reference parity, no leftovers, no effect on the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import medsg  # noqa: F401
+from medsg.errors import InputSizeError
+from medsg.explain import significance_maps
+from medsg.models import SGFormer, load_checkpoint
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+EXPECTED = FIXTURES / "sgformer_tiny_expected.pt"
+OFFICIAL = FIXTURES / "sgformer_tiny_official.pth"
+
+
+def _hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.skipif(not (EXPECTED.is_file() and OFFICIAL.is_file()), reason=f"fixtures missing in {FIXTURES}")
+def test_maps_match_reference_fixture() -> None:
+    expected = torch.load(EXPECTED, weights_only=True)
+    model = SGFormer(**expected["config"])
+    load_checkpoint(model, OFFICIAL, use_ema=False)
+    model.double().eval()
+    with torch.no_grad():
+        maps = significance_maps(model, expected["input"])
+    assert sorted(maps) == sorted(expected["significance"])
+    for name, want in expected["significance"].items():
+        assert maps[name].shape == want.shape
+        assert ((maps[name] - want).abs().max() / want.abs().max()).item() <= 1e-9, name
+
+
+def test_maps_are_attention_means_and_leave_nothing_behind() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("sgformer_tiny").eval()
+    x = torch.randn(2, 3, 224, 224)
+    hooks = _hooks(model)
+    with torch.no_grad():
+        before = model(x)
+        maps = significance_maps(model, x)
+        after = model(x)
+    assert torch.equal(before, after)
+    assert model.significance_recorder is None and _hooks(model) == hooks
+    assert list(maps) == ["block1.0", "block2.0", "block3.0", "block3.2"]
+    # each 7x7 window's local means sum to 1 and the global means (upsampled r*r times) to r*r
+    for name, sr, side in [("block1.0", 8, 56), ("block2.0", 4, 28), ("block3.0", 2, 14)]:
+        m = maps[name]
+        assert m.shape == (2, side, side) and (m > 0).all() and not m.requires_grad
+        total = torch.full((2,), side * side / 49 + sr * sr, dtype=m.dtype)
+        assert torch.allclose(m.sum(dim=(1, 2)), total, rtol=1e-4)
+
+
+def test_recorder_is_cleared_after_an_error() -> None:
+    model = timm.create_model("sgformer_tiny").eval()
+    with pytest.raises(InputSizeError):
+        significance_maps(model, torch.randn(1, 3, 256, 256))
+    assert model.significance_recorder is None
+
+
+def test_works_in_train_mode_with_grad() -> None:
+    model = timm.create_model("sgformer_tiny", num_classes=2).train()
+    maps = significance_maps(model, torch.randn(1, 3, 224, 224))
+    assert maps["block3.2"].shape == (1, 14, 14) and model.significance_recorder is None
+    with pytest.raises(TypeError, match="SG-Former"):
+        significance_maps(torch.nn.Linear(2, 2), torch.randn(1, 2))
