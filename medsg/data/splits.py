@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
 from medsg.errors import DataError
 from medsg.io import atomic_write_text
@@ -53,10 +53,11 @@ def make_kfold_splits(manifest: pd.DataFrame, k: int, seed: int, group_col: str 
         )
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     ids = df["id"].to_numpy()
-    folds = []
-    for train_idx, test_idx in cv.split(np.zeros(len(df)), df["label"].to_numpy(), df[group_col].to_numpy()):
-        folds.append({"train": sorted(ids[train_idx].tolist()), "val": sorted(ids[test_idx].tolist())})
-    return folds
+    try:
+        parts = list(cv.split(np.zeros(len(df)), df["label"].to_numpy(), df[group_col].to_numpy()))
+    except ValueError as exc:
+        raise DataError(f"Cannot make {k} stratified folds from {len(df)} images: {exc}") from exc
+    return [{"train": sorted(ids[tr].tolist()), "val": sorted(ids[te].tolist())} for tr, te in parts]
 
 
 def check_no_leakage(manifest: pd.DataFrame, splits: Folds, group_col: str = "group") -> dict[str, int]:
@@ -213,7 +214,8 @@ def inner_split(
     """Grouped + stratified (train_ids, val_ids) inside a training fold, for model selection.
 
     First fold of ``StratifiedGroupKFold(n_splits=round(1/val_fraction))``; with fewer groups than that,
-    n_splits drops to the number of groups (at least 2 groups are needed).
+    n_splits drops to the number of groups (at least 2 groups are needed); when no class has n_splits
+    members, a grouped ``GroupShuffleSplit`` is used instead (logged).
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}.")
@@ -222,7 +224,13 @@ def inner_split(
     if n_groups < 2:
         raise DataError(f"inner_split needs at least 2 groups, got {n_groups} ({len(df)} images).")
     n_splits = min(max(2, round(1 / val_fraction)), n_groups)
-    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    train_idx, val_idx = next(cv.split(np.zeros(len(df)), df["label"].to_numpy(), df[group_col].to_numpy()))
+    y, groups = df["label"].to_numpy(), df[group_col].to_numpy()
+    if df["label"].value_counts().max() >= n_splits:
+        cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        train_idx, val_idx = next(cv.split(np.zeros(len(df)), y, groups))
+    else:  # every class is smaller than n_splits: stratification is impossible, keep the grouping
+        log.warning("inner_split: classes too small to stratify %d images; grouped shuffle split", len(df))
+        cv = GroupShuffleSplit(n_splits=1, test_size=1 / n_splits, random_state=seed)
+        train_idx, val_idx = next(cv.split(np.zeros(len(df)), y, groups))
     ids = df["id"].to_numpy()
     return sorted(ids[train_idx].tolist()), sorted(ids[val_idx].tolist())
