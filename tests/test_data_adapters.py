@@ -1,0 +1,187 @@
+"""Adapters read the downloaded layouts into the shared manifest schema and reject malformed ones clearly."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from synthetic import make_busi_replica, make_isic_replica, make_kvasir_replica
+
+from medsg.data import COLUMNS, class_names, load_manifest, mask_list, read_manifest, save_manifest
+from medsg.data.isic2018 import ISIC_CLASSES, metadata_manifest
+from medsg.errors import DataError
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture()
+def busi_root(tmp_path: Path) -> Path:
+    return make_busi_replica(tmp_path / "busi", n_per_class=4, with_problems=False)
+
+
+def test_busi_manifest_schema_ids_and_masks(busi_root: Path) -> None:
+    df = load_manifest("busi", busi_root)
+    assert list(df.columns) == list(COLUMNS)
+    assert df["label_name"].value_counts().to_dict() == {"benign": 4, "malignant": 4, "normal": 4}
+    assert df["id"].tolist()[:4] == ["benign (1)", "benign (2)", "benign (3)", "benign (4)"]
+    assert (df["label"] == df["label_name"].map({"benign": 0, "malignant": 1, "normal": 2})).all()
+    masks = mask_list(df.set_index("id").loc["benign (1)", "mask_paths"])
+    assert [Path(m).name for m in masks] == ["benign (1)_mask.png", "benign (1)_mask_1.png"]
+    assert all(Path(p).is_absolute() for p in df["path"])
+    assert (df["group"] == df["id"]).all()
+
+
+def test_busi_accepts_either_root(busi_root: Path) -> None:
+    a = load_manifest("busi", busi_root)
+    b = load_manifest("busi", busi_root / "Dataset_BUSI_with_GT")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_busi_natural_order(tmp_path: Path) -> None:
+    df = load_manifest("busi", make_busi_replica(tmp_path, n_per_class=11, with_problems=False))
+    benign = df[df["label_name"] == "benign"]["id"].tolist()
+    assert benign[1] == "benign (2)" and benign[-1] == "benign (11)"
+
+
+def test_busi_unknown_and_missing_class_folders(busi_root: Path) -> None:
+    base = busi_root / "Dataset_BUSI_with_GT"
+    (base / "cancer").mkdir()
+    with pytest.raises(DataError, match="unknown class folder.*cancer"):
+        load_manifest("busi", busi_root)
+    (base / "cancer").rmdir()
+    shutil.rmtree(base / "normal")
+    with pytest.raises(DataError, match="BUSI not found|normal"):
+        load_manifest("busi", busi_root)
+
+
+def test_missing_root_names_path(tmp_path: Path) -> None:
+    for adapter in ("busi", "kvasir", "isic2018", "imagefolder"):
+        with pytest.raises(DataError, match="nowhere"):
+            load_manifest(adapter, tmp_path / "nowhere")
+
+
+def test_kvasir_manifest(tmp_path: Path) -> None:
+    root = make_kvasir_replica(tmp_path, n_per_class=2, with_problems=False)
+    df = load_manifest("kvasir", root)
+    assert len(df) == 16
+    assert class_names("kvasir") == sorted(class_names("kvasir"))
+    assert df.groupby("label_name")["label"].first().to_dict() == {
+        c: i for i, c in enumerate(class_names("kvasir"))
+    }
+    assert df["id"].iloc[0] == "dyed-lifted-polyps/img_0"
+    assert (df["mask_paths"] == "").all()
+
+
+def test_kvasir_unknown_class(tmp_path: Path) -> None:
+    root = make_kvasir_replica(tmp_path, n_per_class=1, with_problems=False)
+    (root / "kvasir-dataset-v2" / "polyp").mkdir()
+    with pytest.raises(DataError, match="polyp"):
+        load_manifest("kvasir", root)
+
+
+def test_isic_with_metadata_groups_by_lesion(tmp_path: Path) -> None:
+    root = make_isic_replica(tmp_path, n_lesions_per_class=2, images_per_lesion=3)
+    df = load_manifest("isic2018", root)
+    assert len(df) == 7 * 2 * 3
+    assert df["group"].nunique() == 14
+    assert df.groupby("group")["label"].nunique().max() == 1
+    assert class_names("isic2018") == list(ISIC_CLASSES)
+    assert df.groupby("label_name")["label"].first().to_dict() == {c: i for i, c in enumerate(ISIC_CLASSES)}
+
+
+def test_isic_without_metadata_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = make_isic_replica(tmp_path, n_lesions_per_class=1, with_metadata=False)
+    with caplog.at_level(logging.WARNING):
+        df = load_manifest("isic2018", root)
+    assert (df["group"] == df["id"]).all()
+    assert "HAM10000_metadata.csv" in caplog.text
+
+
+def test_isic_groundtruth_in_official_subfolder(tmp_path: Path) -> None:
+    root = make_isic_replica(tmp_path, n_lesions_per_class=1)
+    sub = root / "ISIC2018_Task3_Training_GroundTruth"
+    sub.mkdir()
+    (root / "ISIC2018_Task3_Training_GroundTruth.csv").rename(sub / "ISIC2018_Task3_Training_GroundTruth.csv")
+    assert len(load_manifest("isic2018", root)) == 14
+
+
+def test_isic_rejects_non_onehot_and_wrong_columns(tmp_path: Path) -> None:
+    root = make_isic_replica(tmp_path, n_lesions_per_class=1)
+    csv = root / "ISIC2018_Task3_Training_GroundTruth.csv"
+    lines = csv.read_text().splitlines()
+    bad = lines[:]
+    bad[2] = bad[2].split(",")[0] + ",1.0,1.0,0.0,0.0,0.0,0.0,0.0"
+    csv.write_text("\n".join(bad) + "\n")
+    with pytest.raises(DataError, match="not one-hot.*" + lines[2].split(",")[0]):
+        load_manifest("isic2018", root)
+    csv.write_text("\n".join([lines[0].replace("VASC", "VAS")] + lines[1:]) + "\n")
+    with pytest.raises(DataError, match="expected columns"):
+        load_manifest("isic2018", root)
+
+
+def test_isic_missing_image_named(tmp_path: Path) -> None:
+    root = make_isic_replica(tmp_path, n_lesions_per_class=1)
+    (root / "ISIC2018_Task3_Training_Input" / "ISIC_0024307.jpg").unlink()
+    with pytest.raises(DataError, match="ISIC_0024307"):
+        load_manifest("isic2018", root)
+
+
+def test_isic_metadata_manifest_maps_dx(tmp_path: Path) -> None:
+    root = make_isic_replica(tmp_path, n_lesions_per_class=1, images_per_lesion=2)
+    df = metadata_manifest(root / "HAM10000_metadata.csv")
+    truth = load_manifest("isic2018", root).set_index("id")
+    assert (df.set_index("id")["label"] == truth.loc[df["id"], "label"]).all()
+    assert df["group"].str.startswith("HAM_").all()
+
+
+def test_imagefolder_and_csv(tmp_path: Path) -> None:
+    root = make_kvasir_replica(tmp_path, n_per_class=2, with_problems=False) / "kvasir-dataset-v2"
+    df = load_manifest("imagefolder", root)
+    assert class_names("imagefolder", root) == class_names("kvasir")
+    assert df["id"].iloc[0] == "dyed-lifted-polyps/img_0.jpg"
+    csv = tmp_path / "list.csv"
+    csv.write_text(
+        "path,label,group,mask\npolyps/img_0.jpg,polyps,p1,polyps/img_1.jpg\nesophagitis/img_0.jpg,esophagitis,,\n"
+    )
+    shutil.copytree(root / "polyps", tmp_path / "polyps")
+    shutil.copytree(root / "esophagitis", tmp_path / "esophagitis")
+    df = load_manifest("csv", csv)
+    assert df["label_name"].tolist() == ["polyps", "esophagitis"]
+    assert df["label"].tolist() == [1, 0]
+    assert df["group"].tolist() == ["p1", "esophagitis/img_0.jpg"]
+    assert df["path"].iloc[0] == str(tmp_path / "polyps" / "img_0.jpg")
+    assert mask_list(df["mask_paths"].iloc[0]) == [str(tmp_path / "polyps" / "img_1.jpg")]
+    assert class_names("csv", csv) == ["esophagitis", "polyps"]
+
+
+def test_csv_wrong_columns(tmp_path: Path) -> None:
+    csv = tmp_path / "list.csv"
+    csv.write_text("file,label\na.png,x\n")
+    with pytest.raises(DataError, match=r"list\.csv.*missing \['path'\].*unknown \['file'\]"):
+        load_manifest("csv", csv)
+
+
+def test_unknown_adapter() -> None:
+    with pytest.raises(DataError, match="busi"):
+        load_manifest("mnist", "/tmp")
+
+
+def test_manifest_roundtrip(busi_root: Path, tmp_path: Path) -> None:
+    df = load_manifest("busi", busi_root)
+    save_manifest(df, tmp_path / "m.csv")
+    pd.testing.assert_frame_equal(read_manifest(tmp_path / "m.csv"), df)
+
+
+@pytest.mark.slow
+def test_real_busi_and_isic_counts() -> None:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data not found at {SHARED}")
+    busi = load_manifest("busi", SHARED / "busi")
+    assert busi["label_name"].value_counts().to_dict() == {"benign": 437, "malignant": 210, "normal": 133}
+    assert max(len(mask_list(m)) for m in busi["mask_paths"]) == 3
+    isic = load_manifest("isic2018", SHARED / "isic2018")
+    assert len(isic) == 5984 and isic["group"].str.startswith("HAM_").all()
+    assert isic["label_name"].value_counts()["NV"] == 4323

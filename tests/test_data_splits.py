@@ -1,0 +1,204 @@
+"""Grouped stratified folds never leak a group, are reused verbatim, and refuse data that does not match."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medsg.data import load_manifest
+from medsg.data.splits import (
+    check_no_leakage,
+    inner_split,
+    load_or_create_splits,
+    make_kfold_splits,
+    read_splits,
+    split_filename,
+)
+from medsg.errors import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def toy(n_groups: int = 60, per_group: int = 3, n_classes: int = 3, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(n_groups):
+        label = int(rng.integers(0, n_classes)) if g >= n_classes else g
+        for j in range(per_group):
+            rows.append(
+                {
+                    "id": f"img{g:03d}_{j}",
+                    "path": "",
+                    "label": label,
+                    "label_name": str(label),
+                    "group": f"G{g}",
+                    "mask_paths": "",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_folds_grouped_stratified_and_deterministic() -> None:
+    df = toy()
+    folds = make_kfold_splits(df, k=5, seed=0)
+    info = check_no_leakage(df, folds)
+    assert info == {"n_folds": 5, "n_ids": 180, "n_groups": 60}
+    assert sorted(i for f in folds for i in f["val"]) == sorted(df["id"])
+    assert make_kfold_splits(df.sample(frac=1, random_state=3), k=5, seed=0) == folds  # row order irrelevant
+    assert make_kfold_splits(df, k=5, seed=1) != folds
+    overall = df["label"].value_counts(normalize=True)
+    for fold in folds:
+        share = df[df["id"].isin(fold["val"])]["label"].value_counts(normalize=True)
+        assert (share - overall).abs().max() < 0.2
+
+
+def test_check_no_leakage_catches_a_split_group() -> None:
+    df = toy()
+    folds = make_kfold_splits(df, k=3, seed=0)
+    moved = "img000_0" if "img000_0" in folds[0]["val"] else None
+    src = next(f for f in range(3) if "img000_0" in folds[f]["val"])
+    dst = (src + 1) % 3
+    bad = [dict(train=list(f["train"]), val=list(f["val"])) for f in folds]
+    bad[src]["val"].remove("img000_0")
+    bad[src]["train"].append("img000_0")
+    bad[dst]["val"].append("img000_0")
+    bad[dst]["train"].remove("img000_0")
+    with pytest.raises(DataError, match="span several folds"):
+        check_no_leakage(df, bad)
+    del moved
+    with pytest.raises(DataError, match="both train and val"):
+        check_no_leakage(
+            df, [{"train": folds[0]["train"] + ["img000_0"], "val": folds[0]["val"]}] + folds[1:]
+        )
+
+
+def test_too_few_groups() -> None:
+    with pytest.raises(DataError, match="groups"):
+        make_kfold_splits(toy(n_groups=3), k=5, seed=0)
+
+
+def test_load_or_create_writes_then_reuses(tmp_path: Path) -> None:
+    df = toy()
+    path = tmp_path / split_filename("toy", 5, 0)
+    folds = load_or_create_splits(df, path, 5, 0, "toy", "group column", "abc")
+    header, saved = read_splits(path)
+    assert saved == folds
+    assert header["dataset"] == "toy" and header["k"] == 5 and header["seed"] == 0
+    assert header["audit_hash"] == "abc" and header["n_images"] == 180
+    assert header["method"] == "StratifiedGroupKFold(shuffle=True)" and header["created_by"].startswith(
+        "medsg "
+    )
+    # reuse: a hand-edited (still valid) file is returned as is, not recomputed
+    edited = [folds[1], folds[0], *folds[2:]]
+    path.write_text(json.dumps({"header": header, "folds": edited}))
+    assert load_or_create_splits(df, path, 5, 0, "toy", "group column", "abc") == edited
+
+
+def test_reuse_rejects_mismatching_ids(tmp_path: Path) -> None:
+    df = toy()
+    path = tmp_path / "s.json"
+    load_or_create_splits(df, path, 5, 0, "toy", "g", "h")
+    extra = pd.concat([df, df.iloc[[0]].assign(id="new_image", group="Gnew")])
+    with pytest.raises(DataError, match=r"new_image.*Delete the file"):
+        load_or_create_splits(extra, path, 5, 0, "toy", "g", "h")
+    fewer = df[~df["group"].isin(["G0"])]
+    with pytest.raises(DataError, match=r"missing from the data.*img000_0"):
+        load_or_create_splits(fewer, path, 5, 0, "toy", "g", "h")
+    with pytest.raises(DataError, match="expected 3"):
+        load_or_create_splits(df, path, 3, 0, "toy", "g", "h")
+    path.write_text("{not json")
+    with pytest.raises(DataError, match="not a medsg split file"):
+        load_or_create_splits(df, path, 5, 0, "toy", "g", "h")
+
+
+def test_subset_and_excluded_ids(tmp_path: Path) -> None:
+    df = toy()
+    path = tmp_path / "s.json"
+    full = load_or_create_splits(df, path, 5, 0, "toy", "g", "h")
+    subset = df[df["id"].str.endswith("_0")]
+    folds = load_or_create_splits(subset, path, 5, 0, "toy", "g", "h", allow_subset=True)
+    for f_full, f_sub in zip(full, folds, strict=True):
+        assert f_sub["val"] == [i for i in f_full["val"] if i.endswith("_0")]
+    dropped = ["img005_0", "img005_1", "img005_2"]
+    rest = df[~df["id"].isin(dropped)]
+    folds = load_or_create_splits(rest, path, 5, 0, "toy", "g", "h", excluded_ids=dropped)
+    assert sum(len(f["val"]) for f in folds) == 177
+    with pytest.raises(DataError, match="missing"):
+        load_or_create_splits(rest, path, 5, 0, "toy", "g", "h", excluded_ids=dropped[:1])
+
+
+def test_inner_split_grouped_and_stratified() -> None:
+    df = toy(n_groups=50)
+    train, val = inner_split(df, val_fraction=0.2, seed=0)
+    assert set(train).isdisjoint(val) and set(train) | set(val) == set(df["id"])
+    groups = df.set_index("id")["group"]
+    assert set(groups[train]).isdisjoint(set(groups[val]))
+    assert 0.1 < len(val) / len(df) < 0.3
+    assert set(df.set_index("id").loc[val, "label"]) == {0, 1, 2}
+    assert inner_split(df, 0.2, 0) == (train, val)
+    tiny = toy(n_groups=3, per_group=1)
+    t, v = inner_split(tiny, val_fraction=0.2, seed=0)
+    assert len(v) == 1 and len(t) == 2
+    with pytest.raises(DataError, match="at least 2 groups"):
+        inner_split(toy(n_groups=1), 0.2, 0)
+
+
+def _canonical(name: str) -> tuple[dict, list]:
+    return read_splits(REPO / "data_splits" / name)
+
+
+def test_canonical_isic_file_matches_metadata() -> None:
+    meta = SHARED / "isic2018" / "HAM10000_metadata.csv"
+    if not meta.is_file():
+        pytest.skip(f"ISIC metadata not found at {meta}")
+    from medsg.data.isic2018 import metadata_manifest
+
+    header, folds = _canonical("isic2018_5fold_seed0.json")
+    manifest = metadata_manifest(meta)
+    assert header["n_images"] == len(manifest) == 10015
+    check_no_leakage(manifest, folds)  # lesion_id groups never span folds
+    local = load_manifest("isic2018", SHARED / "isic2018")
+    restricted = load_or_create_splits(
+        local,
+        REPO / "data_splits" / "isic2018_5fold_seed0.json",
+        5,
+        0,
+        "isic2018",
+        "lesion_id",
+        "",
+        allow_subset=True,
+    )
+    assert sum(len(f["val"]) for f in restricted) == 5984
+
+
+@pytest.mark.slow
+def test_canonical_busi_file_reproduces_and_has_no_leakage() -> None:
+    if not (SHARED / "busi").is_dir():
+        pytest.skip(f"BUSI not found at {SHARED / 'busi'}")
+    from medsg.data.audit import apply_audit_policy, audit_manifest
+    from medsg.data.canonical import busi_canonical
+
+    header, folds = _canonical("busi_5fold_seed0.json")
+    new_header, new_folds = busi_canonical(SHARED / "busi")
+    assert new_folds == folds and new_header["audit_hash"] == header["audit_hash"]
+    manifest = load_manifest("busi", SHARED / "busi")
+    report = audit_manifest(manifest)
+    clean = apply_audit_policy(manifest, report, conflicts="drop")
+    dropped = sorted(set(manifest["id"]) - set(clean["id"]))
+    assert dropped == ["benign (433)", "malignant (145)"]
+    reused = load_or_create_splits(
+        clean,
+        REPO / "data_splits" / "busi_5fold_seed0.json",
+        5,
+        0,
+        "busi",
+        "dup",
+        report.manifest_hash,
+        excluded_ids=dropped,
+    )
+    assert sum(len(f["val"]) for f in reused) == 778
