@@ -13,6 +13,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,10 +178,16 @@ def predict(
 
 def val_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """Loss, accuracy, balanced accuracy and macro AUROC for the per-epoch history (cheap, no bootstrap)."""
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-
     num_classes = probs.shape[1]
     pred = probs.argmax(1)
+    with warnings.catch_warnings():  # tiny inner splits may miss a class; the NaN/partial value is recorded
+        warnings.simplefilter("ignore")
+        return _val_metrics(y, probs, pred, num_classes)
+
+
+def _val_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, num_classes: int) -> dict[str, float]:
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
     loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(y)).item())
     try:
         if num_classes == 2:
@@ -197,6 +204,15 @@ def val_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         "val_balanced_accuracy": float(balanced_accuracy_score(y, pred)),
         "val_macro_auroc": auroc,
     }
+
+
+def is_better(row: dict[str, float], best: dict[str, float], selection: str) -> bool:
+    """Selection rule: higher val balanced accuracy, ties broken by lower val loss; always for last_epoch."""
+    if selection == "last_epoch":
+        return True
+    acc, loss = row["val_balanced_accuracy"], row["val_loss"]
+    best_acc, best_loss = best["val_balanced_accuracy"], best["val_loss"]
+    return acc > best_acc + 1e-12 or (abs(acc - best_acc) <= 1e-12 and loss < best_loss)
 
 
 def _numpy_state_to_torch(state: dict[str, Any]) -> dict[str, Any]:
@@ -437,13 +453,6 @@ class FoldTrainer:
         values = ddp.broadcast_floats([result[k] for k in keys], self.device)  # rank 0 decides for all
         return dict(zip(keys, values, strict=True))
 
-    def _is_better(self, row: dict[str, float]) -> bool:
-        if self.cfg.train.selection == "last_epoch":
-            return True
-        acc, loss = row["val_balanced_accuracy"], row["val_loss"]
-        best_acc, best_loss = self.best["val_balanced_accuracy"], self.best["val_loss"]
-        return acc > best_acc + 1e-12 or (abs(acc - best_acc) <= 1e-12 and loss < best_loss)
-
     def _write_history(self) -> None:
         frame = pd.DataFrame(self.history, columns=HISTORY_COLUMNS)
         atomic_write_text(self.fold_dir / "history.csv", frame.to_csv(index=False))
@@ -461,7 +470,7 @@ class FoldTrainer:
             row = {"epoch": self.epoch, "lr": lr, "train_loss": train_loss, **self._validate()}
             row["time_s"] = round(time.perf_counter() - start, 3)
             self.history.append(row)
-            improved = self._is_better(row)
+            improved = is_better(row, self.best, t.selection)
             if improved:
                 self.best = {
                     "epoch": self.epoch,

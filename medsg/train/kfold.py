@@ -54,7 +54,16 @@ def train_one_fold(
     model = build_model(cfg, num_classes=len(make_data.class_names))
     data = make_data(fold, model)
     trainer = FoldTrainer(cfg, fold, model, data, fold_dir(run_dir, fold), device, dist, quiet)
-    return trainer.run()
+    result = trainer.run()
+    if dist.enabled:
+        log.info(
+            "rank %d/%d: fold %d done after %d optimizer steps",
+            dist.rank,
+            dist.world_size,
+            fold,
+            trainer.num_updates,
+        )
+    return result
 
 
 def run_folds(

@@ -1,0 +1,147 @@
+"""The whole runner on synthetic BUSI (32 px, tiny timm model): run folder, report, selection hygiene, locks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import medsg.train.fold as fold_mod
+from medsg.config import config_from_dict
+from medsg.demo import make_synthetic_busi
+from medsg.errors import ConfigError
+from medsg.experiment import demo_config, run_experiment, write_run_report
+from medsg.train.exceptions import RunLocked
+
+
+@pytest.fixture(scope="module")
+def busi_root(tmp_path_factory) -> Path:
+    return make_synthetic_busi(tmp_path_factory.mktemp("data"), n_per_class=6, size=32, seed=1)
+
+
+def make_cfg(root: Path, out: Path, *overrides: str):
+    raw = {
+        "experiment": {
+            "name": "syn",
+            "seed": 0,
+            "output_dir": str(out / "runs"),
+            "report_dir": str(out / "report"),
+        },
+        "data": {"adapter": "busi", "root": str(root), "cache": "none"},
+        "splits": {
+            "k": 2,
+            "seed": 0,
+            "file": str(out / "splits" / "busi_2fold_seed0.json"),
+            "inner_val_fraction": 0.25,
+        },
+        "model": {"name": "test_vit", "img_size": 32},
+        "train": {
+            "epochs": 2,
+            "batch_size": 8,
+            "workers": 0,
+            "device": "cpu",
+            "lr": 1e-3,
+            "warmup_epochs": 0,
+        },
+        "eval": {"bootstrap": 20},
+    }
+    return config_from_dict(raw, list(overrides))
+
+
+def test_full_run_writes_run_folder_and_report_and_never_selects_on_test(busi_root, tmp_path, monkeypatch):
+    evaluated: list[list[str]] = []
+    real_predict = fold_mod.predict
+
+    def recording_predict(model, dataset, *args, **kwargs):
+        out = real_predict(model, dataset, *args, **kwargs)
+        evaluated.append(out[0])
+        return out
+
+    monkeypatch.setattr(fold_mod, "predict", recording_predict)
+    cfg = make_cfg(busi_root, tmp_path)
+    run_dir = run_experiment(cfg, quiet=True)
+
+    for name in (
+        "config.yaml",
+        "splits.json",
+        "manifest.csv",
+        "audit.json",
+        "summary.json",
+        "oof_predictions.csv",
+    ):
+        assert (run_dir / name).is_file(), name
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["train"]["selection"] == "inner_val" and saved["experiment"]["seed"] == 0
+    assert {"torch", "timm", "medsg", "git"} <= set(saved["provenance"])
+    assert (tmp_path / "report" / "report.html").is_file() and (tmp_path / "report" / "report.md").is_file()
+    oof = pd.read_csv(run_dir / "oof_predictions.csv")
+    assert len(oof) == 18 and sorted(oof["fold"].unique()) == [0, 1]
+
+    # Per fold: 2 validation passes (one per epoch) on the inner val ids, then exactly one pass on the test fold.
+    assert len(evaluated) == 2 * 3
+    for fold in (0, 1):
+        ids = json.loads((run_dir / f"fold_{fold}" / "inner_split.json").read_text())
+        test, val, train = set(ids["test"]), set(ids["val"]), set(ids["train"])
+        assert val and not (test & val) and not (test & train) and not (train & val)
+        calls = evaluated[3 * fold : 3 * fold + 3]
+        assert [set(c) for c in calls[:2]] == [val, val]  # selection saw only inner validation images
+        assert set(calls[2]) == test
+        metrics = json.loads((run_dir / f"fold_{fold}" / "metrics.json").read_text())
+        assert metrics["n_test"] == len(test) and "inner-validation" in metrics["selection"]
+    splits = json.loads((run_dir / "splits.json").read_text())
+    assert sorted(i for f in splits["folds"] for i in f["val"]) == sorted(oof["id"])
+
+    # Re-running skips the finished folds; a changed result-affecting key is refused with the key named.
+    monkeypatch.setattr(fold_mod.FoldTrainer, "run", lambda self: pytest.fail("finished fold re-trained"))
+    run_experiment(make_cfg(busi_root, tmp_path, "train.workers=1"), quiet=True)
+    with pytest.raises(
+        ConfigError, match=r"different config \(train\.lr: 0\.001 -> 0\.01\).*new experiment\.name"
+    ):
+        run_experiment(make_cfg(busi_root, tmp_path, "train.lr=0.01"), quiet=True)
+
+    # `medsg report RUN_DIR --out` aggregates again into another folder.
+    html = write_run_report(run_dir, tmp_path / "again")
+    assert html.is_file() and html.parent == tmp_path / "again"
+
+
+def test_single_fold_jobs_then_report(busi_root, tmp_path):
+    cfg = make_cfg(busi_root, tmp_path, "train.epochs=1", "train.selection=last_epoch")
+    run_dir = run_experiment(cfg, folds=[1], quiet=True)
+    assert (run_dir / "fold_1" / "DONE").exists() and not (run_dir / "fold_0").exists()
+    assert not (run_dir / "summary.json").exists()  # not every fold is done: no report yet
+    assert Path(cfg.split_file).is_file()  # the shared split file was created once, for all jobs
+    with pytest.raises(ConfigError, match="splits.k is 2"):
+        run_experiment(cfg, folds=[2], quiet=True)
+    run_experiment(cfg, folds=[0], quiet=True)
+    assert (run_dir / "summary.json").exists() and (tmp_path / "report" / "report.html").exists()
+
+
+def test_live_lock_is_refused_and_stale_lock_taken_over(busi_root, tmp_path, caplog):
+    cfg = make_cfg(busi_root, tmp_path, "train.epochs=1", "train.selection=last_epoch")
+    lock = cfg.run_dir / "fold_0" / ".lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(f"{os.getpid()} {socket.gethostname()}")  # this live process holds it
+    with pytest.raises(RunLocked, match=r"in use by pid \d+ .*lock file"):
+        run_experiment(cfg, quiet=True)
+    assert not (cfg.run_dir / "fold_1" / "DONE").exists()  # refused before any training
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(f"{dead.pid} {socket.gethostname()}")
+    run_experiment(cfg, quiet=True)
+    assert "stale lock" in caplog.text
+    assert (cfg.run_dir / "fold_0" / "DONE").exists() and not lock.exists()
+
+
+def test_demo_config_points_at_its_folder(tmp_path):
+    cfg = demo_config(tmp_path, quick=True)
+    assert cfg.model.name == "sgformer_tiny" and cfg.splits.k == 2 and cfg.train.epochs == 1
+    assert Path(cfg.data.root) == (tmp_path / "data").resolve()
+    assert Path(cfg.split_file).parent == (tmp_path / "data_splits").resolve()
+    assert cfg.run_dir.parent == (tmp_path / "runs").resolve()

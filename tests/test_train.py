@@ -1,0 +1,224 @@
+"""The fold loop on a tiny in-memory dataset: exact resume, seed repeatability, NaN stop, selection, samplers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+import medsg.train.fold as fold_mod
+from medsg.config import config_from_dict
+from medsg.train.exceptions import TrainingDiverged
+from medsg.train.fold import HISTORY_COLUMNS, FoldData, class_weights, epoch_indices, is_better
+from medsg.train.kfold import run_folds, train_one_fold
+from medsg.train.utils import get_rng_states
+
+CLASSES = ["a", "b", "c"]
+
+
+class Blobs(Dataset):
+    """Noise images whose mean depends on the label: learnable in a few steps."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = [int(i) for i in ids]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        idx = self.ids[i]
+        label = idx % 3
+        g = torch.Generator().manual_seed(idx)
+        return {"image": torch.randn(3, 32, 32, generator=g) + 0.7 * label, "label": label, "id": f"img{idx}"}
+
+
+class Factory:
+    """A FoldDataFactory over 48 images: test = ids with idx % 2 == fold; val = 9 of the rest."""
+
+    class_names = CLASSES
+
+    def __call__(self, fold: int, model) -> FoldData:
+        ids = np.arange(48)
+        test, rest = ids[ids % 2 == fold], ids[ids % 2 != fold]
+        val, train = rest[:9], rest[9:]
+        return FoldData(Blobs(train), train % 3, Blobs(val), Blobs(test), CLASSES)
+
+
+def make_cfg(out: Path, **train) -> object:
+    base = {
+        "epochs": 2,
+        "batch_size": 8,
+        "workers": 0,
+        "lr": 2e-3,
+        "warmup_epochs": 1,
+        "device": "cpu",
+        "amp": False,
+    }
+    base.update(train)
+    raw = {
+        "experiment": {"name": "t", "output_dir": str(out), "seed": 3},
+        "data": {"adapter": "busi", "root": str(out)},
+        "splits": {"k": 2},
+        "model": {"name": "test_vit", "img_size": 32, "drop_path": 0.1},
+        "train": base,
+    }
+    return config_from_dict(raw, check_paths=False)
+
+
+def results(fold_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    metrics = json.loads((fold_dir / "metrics.json").read_text())
+    preds = pd.read_csv(fold_dir / "predictions.csv")
+    history = pd.read_csv(fold_dir / "history.csv").drop(columns="time_s")
+    return metrics, preds, history
+
+
+def test_resume_after_interruption_matches_uninterrupted_run_and_is_repeatable(tmp_path, monkeypatch):
+    cfg_a = make_cfg(tmp_path / "a")
+    train_one_fold(cfg_a, 0, Factory(), tmp_path / "a")
+    cfg_b = make_cfg(tmp_path / "b")
+    # Interrupt run b at the first step of epoch 2 (as a kill -9 would: checkpoint_last holds epoch 1).
+    real_loss = fold_mod.compute_loss
+    calls = {"n": 0}
+    steps_per_epoch = math.ceil(15 / 8)
+
+    def interrupt(criterion, logits, targets):
+        calls["n"] += 1
+        if calls["n"] == steps_per_epoch + 1:
+            raise KeyboardInterrupt
+        return real_loss(criterion, logits, targets)
+
+    monkeypatch.setattr(fold_mod, "compute_loss", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_one_fold(cfg_b, 0, Factory(), tmp_path / "b")
+    last = torch.load(tmp_path / "b" / "fold_0" / "checkpoint_last.pt", weights_only=True)
+    assert last["epoch"] == 1 and not (tmp_path / "b" / "fold_0" / "DONE").exists()
+    assert {"state_dict", "optimizer", "scheduler", "rng", "best", "history", "epoch"} <= set(last)
+    assert {"python", "numpy", "torch"} <= set(last["rng"])
+    monkeypatch.setattr(fold_mod, "compute_loss", real_loss)
+    torch.manual_seed(12345)  # a different global RNG state must not matter after resume
+    train_one_fold(cfg_b, 0, Factory(), tmp_path / "b")
+
+    ma, pa, ha = results(tmp_path / "a" / "fold_0")
+    mb, pb, hb = results(tmp_path / "b" / "fold_0")
+    assert ma == mb
+    pd.testing.assert_frame_equal(pa, pb)
+    pd.testing.assert_frame_equal(ha, hb)
+    # Same config in a fresh folder: identical numbers (seed repeatability on CPU).
+    train_one_fold(make_cfg(tmp_path / "c"), 0, Factory(), tmp_path / "c")
+    mc, pc, _ = results(tmp_path / "c" / "fold_0")
+    assert mc == ma
+    pd.testing.assert_frame_equal(pa, pc)
+
+
+def test_fold_files_and_columns(tmp_path):
+    cfg = make_cfg(tmp_path, ema=True, ema_decay=0.9)
+    metrics = train_one_fold(cfg, 1, Factory(), tmp_path)
+    d = tmp_path / "fold_1"
+    for name in (
+        "checkpoint_best.pt",
+        "checkpoint_last.pt",
+        "history.csv",
+        "predictions.csv",
+        "metrics.json",
+        "DONE",
+    ):
+        assert (d / name).is_file(), name
+    assert list(pd.read_csv(d / "history.csv").columns) == HISTORY_COLUMNS
+    preds = pd.read_csv(d / "predictions.csv")
+    assert list(preds.columns) == ["id", "fold", "y_true", "y_pred", "p_a", "p_b", "p_c"]
+    assert len(preds) == 24 and (preds["fold"] == 1).all()
+    np.testing.assert_allclose(preds[["p_a", "p_b", "p_c"]].sum(axis=1), 1.0, atol=1e-9)
+    saved = json.loads((d / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics, default=float))
+    assert saved["fold"] == 1 and saved["n_test"] == 24 and 1 <= saved["best_epoch"] <= 2
+    assert "inner-validation" in saved["selection"] and "EMA" in saved["selection"]
+    assert {"balanced_accuracy", "macro_auroc", "confusion_matrix", "per_class"} <= set(saved)
+    best = torch.load(d / "checkpoint_best.pt", weights_only=True)
+    assert best["state_dict_ema"] is not None and "optimizer" not in best
+    # The deployable checkpoint loads with the model package's loader (EMA weights first).
+    from medsg.models import load_checkpoint
+
+    model = fold_mod.build_model(cfg, 3)
+    assert load_checkpoint(model, d / "checkpoint_best.pt")["source"] == "state_dict_ema"
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = make_cfg(tmp_path, epochs=3)
+    real_loss = fold_mod.compute_loss
+    calls = {"n": 0}
+
+    def diverge(criterion, logits, targets):
+        calls["n"] += 1
+        loss = real_loss(criterion, logits, targets)
+        return loss * float("nan") if calls["n"] > 2 else loss  # epoch 1 has 2 steps, then NaN
+
+    monkeypatch.setattr(fold_mod, "compute_loss", diverge)
+    with pytest.raises(
+        TrainingDiverged, match=r"fold 0, epoch 2, step 1: loss is nan .*lower train\.lr"
+    ) as err:
+        train_one_fold(cfg, 0, Factory(), tmp_path)
+    assert err.value.epoch == 2
+    last = torch.load(tmp_path / "fold_0" / "checkpoint_last.pt", weights_only=True)
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert not (tmp_path / "fold_0" / "DONE").exists()
+
+
+def test_huge_lr_never_saves_a_non_finite_model(tmp_path):
+    cfg = make_cfg(tmp_path, lr=1e30, warmup_epochs=0, weight_decay=0.0, layer_decay=None)
+    with pytest.raises(TrainingDiverged):
+        train_one_fold(cfg, 0, Factory(), tmp_path)
+    last = tmp_path / "fold_0" / "checkpoint_last.pt"
+    if last.exists():
+        state = torch.load(last, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_last_epoch_selection_and_fold_skipping(tmp_path, monkeypatch):
+    cfg = make_cfg(tmp_path, selection="last_epoch", epochs=2)
+    out = run_folds(cfg, [0], Factory(), tmp_path)
+    assert out[0]["best_epoch"] == 2 and out[0]["selection"].startswith("fixed schedule")
+
+    def boom(self):
+        raise AssertionError("a finished fold must not be trained again")
+
+    monkeypatch.setattr(fold_mod.FoldTrainer, "run", boom)
+    assert run_folds(cfg, [0], Factory(), tmp_path) == {}
+
+
+def test_selection_rule_tie_breaks_on_val_loss():
+    best = {"epoch": 1, "val_balanced_accuracy": 0.8, "val_loss": 0.5}
+    assert is_better({"val_balanced_accuracy": 0.9, "val_loss": 9.0}, best, "inner_val")
+    assert is_better({"val_balanced_accuracy": 0.8, "val_loss": 0.4}, best, "inner_val")
+    assert not is_better({"val_balanced_accuracy": 0.8, "val_loss": 0.6}, best, "inner_val")
+    assert not is_better({"val_balanced_accuracy": 0.7, "val_loss": 0.1}, best, "inner_val")
+    assert is_better({"val_balanced_accuracy": 0.1, "val_loss": 9.0}, best, "last_epoch")
+
+
+def test_epoch_indices_are_seeded_and_shard_like_distributed_sampler():
+    labels = np.array([0] * 10 + [1] * 3)
+    a, b = epoch_indices(labels, 5, False), epoch_indices(labels, 5, False)
+    assert a == b and sorted(a) == list(range(13)) and a != epoch_indices(labels, 6, False)
+    shards = [epoch_indices(labels, 5, False, rank=r, world_size=2) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 7
+    assert set(shards[0]) | set(shards[1]) == set(range(13))
+    balanced = epoch_indices(np.array([0] * 90 + [1] * 10), 0, True)
+    assert 0.3 < np.mean(np.array(balanced) >= 90) < 0.7  # the minority class drawn about half the time
+
+
+def test_class_weights_balanced():
+    w = class_weights(np.array([0, 0, 0, 1]), 3)
+    np.testing.assert_allclose(w.numpy(), [4 / 9, 4 / 3, 0.0], rtol=1e-6)
+
+
+def test_rng_states_are_checkpointable():
+    states = get_rng_states()
+    torch_state = fold_mod._numpy_state_to_torch(states)
+    back = fold_mod._numpy_state_from_torch(torch_state)
+    assert (back["numpy"][1] == states["numpy"][1]).all()
