@@ -271,3 +271,16 @@ def test_sincos_pos_embed_formula() -> None:
 def test_invalid_configs_are_refused(bad: dict) -> None:
     with pytest.raises(ConfigError):
         SGFormer(**dict(dict(embed_dims=(16, 32, 64, 128), depths=(2, 2, 2, 1)), **bad))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("sgformer_tiny", num_classes=2).train()
+    x = torch.randn(1, 3, 224, 224)
+    grads = []
+    for enable in (True, False):
+        model.zero_grad()
+        model.set_grad_checkpointing(enable)
+        model(x).sum().backward()
+        grads.append(model.block1[1].attn.f1.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)

@@ -364,6 +364,11 @@ class SGFormer(nn.Module):
 
     ``forward_features`` returns the normalised last-stage tokens (B, N, C); ``forward_head`` averages
     them and applies the head.
+
+    Args follow timm: ``drop_rate`` is dropout before the head, ``proj_drop_rate`` dropout inside the
+    blocks (the reference called that one ``drop_rate``), ``norm_eps`` the eps of the block and stage
+    LayerNorms (stem, sr and GroupNorm layers keep PyTorch's 1e-5, as in the reference).
+    ``img_size`` is an int or (H, W), each a positive multiple of 224.
     """
 
     def __init__(
