@@ -73,11 +73,15 @@ def read_mask(path: str) -> np.ndarray:
     """One mask file -> bool (H, W); any colour channel counts, alpha is ignored."""
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("L") if im.mode not in ("1", "L") else im)
+            if im.mode in ("P", "PA"):
+                im = im.convert("RGBA")
+            arr = np.asarray(im)
     except OSError as exc:
         raise DataError(f"Cannot read mask {path}: {exc}. Run `medsg audit` and apply its policy.") from exc
     if arr.dtype == bool:
         return arr
+    if arr.ndim == 3:  # LA -> L, RGB(A) -> brightest colour channel
+        arr = arr[..., 0] if arr.shape[-1] == 2 else arr[..., :3].max(axis=-1)
     return arr > (127 if arr.max() > 1 else 0)
 
 
