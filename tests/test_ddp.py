@@ -1,0 +1,84 @@
+"""One fold under ``torchrun --nproc_per_node 2`` on CPU (gloo): both ranks train, only rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from medsg.demo import make_synthetic_busi
+
+
+def torchrun() -> list[str]:
+    exe = Path(sys.executable).with_name("torchrun")
+    if exe.exists():
+        return [str(exe)]
+    if shutil.which("torchrun"):
+        return ["torchrun"]
+    return [sys.executable, "-m", "torch.distributed.run"]
+
+
+def test_ddp_two_cpu_processes_train_one_fold(tmp_path):
+    root = make_synthetic_busi(tmp_path / "data", n_per_class=6, size=32, seed=2)
+    config = {
+        "experiment": {
+            "name": "ddp",
+            "output_dir": str(tmp_path / "runs"),
+            "report_dir": str(tmp_path / "rep"),
+        },
+        "data": {"adapter": "busi", "root": str(root), "cache": "none"},
+        "splits": {"k": 2, "file": str(tmp_path / "splits.json"), "inner_val_fraction": 0.25},
+        "model": {"name": "test_vit", "img_size": 32},
+        "train": {"epochs": 1, "batch_size": 4, "workers": 0, "device": "cpu", "warmup_epochs": 0},
+        "eval": {"bootstrap": 10},
+    }
+    cfg_path = tmp_path / "ddp.yaml"
+    cfg_path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        *torchrun(),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "medsg.cli",
+        "run",
+        str(cfg_path),
+        "--fold",
+        "0",
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    except subprocess.TimeoutExpired:
+        pytest.fail("torchrun with 2 gloo processes did not finish in 240 s")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    steps = {
+        int(r): int(s) for r, s in re.findall(r"rank (\d)/2: fold 0 done after (\d+) optimizer steps", output)
+    }
+    assert set(steps) == {0, 1}, output[-3000:]
+    fold = tmp_path / "runs" / "ddp" / "fold_0"
+    ids = json.loads((fold / "inner_split.json").read_text())
+    # Each rank trained on its half of the training images: ceil(ceil(n / 2) / batch) steps, the same on both.
+    per_rank = -(-len(ids["train"]) // 2)
+    assert steps[0] == steps[1] == -(-per_rank // 4)
+    for name in (
+        "DONE",
+        "metrics.json",
+        "predictions.csv",
+        "history.csv",
+        "checkpoint_last.pt",
+        "checkpoint_best.pt",
+    ):
+        assert (fold / name).is_file(), name
+    assert len(pd.read_csv(fold / "predictions.csv")) == len(ids["test"])
+    assert not list(fold.glob(".*.tmp")) and not (fold / ".lock").exists()
+    assert not (tmp_path / "runs" / "ddp" / "fold_1").exists()
