@@ -145,3 +145,27 @@ def test_demo_config_points_at_its_folder(tmp_path):
     assert Path(cfg.data.root) == (tmp_path / "data").resolve()
     assert Path(cfg.split_file).parent == (tmp_path / "data_splits").resolve()
     assert cfg.run_dir.parent == (tmp_path / "runs").resolve()
+
+
+def test_resume_with_random_monai_augmentations_is_exact(busi_root, tmp_path, monkeypatch):
+    """Kill after epoch 1 (data pipeline with random flips/rotations/zoom), resume: same numbers as one go."""
+    full = run_experiment(make_cfg(busi_root, tmp_path / "a", "splits.k=2"), folds=[0], quiet=True)
+    real_fit = fold_mod.FoldTrainer.fit
+
+    def fit_one_epoch_then_die(self):
+        self.cfg.train.epochs = 1  # the config object is per-trainer; the saved config.yaml keeps 2
+        real_fit(self)
+        raise KeyboardInterrupt
+
+    cfg_b = make_cfg(busi_root, tmp_path / "b")
+    monkeypatch.setattr(fold_mod.FoldTrainer, "fit", fit_one_epoch_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg_b.model_copy(deep=True), folds=[0], quiet=True)
+    monkeypatch.setattr(fold_mod.FoldTrainer, "fit", real_fit)
+    resumed = run_experiment(make_cfg(busi_root, tmp_path / "b"), folds=[0], quiet=True)
+    a = json.loads((full / "fold_0" / "metrics.json").read_text())
+    b = json.loads((resumed / "fold_0" / "metrics.json").read_text())
+    assert a == b and a["epochs_trained"] == 2
+    pd.testing.assert_frame_equal(
+        pd.read_csv(full / "fold_0" / "predictions.csv"), pd.read_csv(resumed / "fold_0" / "predictions.csv")
+    )
