@@ -96,7 +96,8 @@ def dispatch(args: argparse.Namespace) -> int:
     from medsg import experiment
 
     if args.command == "run":
-        experiment.run_from_file(args.config, args.overrides, args.fold, quiet=args.quiet)
+        run_dir = experiment.run_from_file(args.config, args.overrides, args.fold, quiet=args.quiet)
+        print(f"run folder: {run_dir}")
     elif args.command == "report":
         path = experiment.write_run_report(Path(args.run_dir), Path(args.out) if args.out else None)
         print(path)

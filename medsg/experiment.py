@@ -68,8 +68,10 @@ def prepare_data(cfg: Config, run_dir: Path | None = None, dist: ddp.DistInfo | 
             f"splits.grouping: column {cfg.splits.grouping!r} is not in the manifest (columns: "
             f"{list(manifest.columns)})"
         )
+    # A resumed run keeps the folds it started with, whatever the working directory is now.
+    used = run_dir / "splits.json" if run_dir is not None and (run_dir / "splits.json").is_file() else None
     split_args = dict(
-        path=cfg.split_file,
+        path=used or cfg.split_file,
         k=cfg.splits.k,
         seed=cfg.splits.seed,
         dataset=cfg.data.adapter,
@@ -88,7 +90,8 @@ def prepare_data(cfg: Config, run_dir: Path | None = None, dist: ddp.DistInfo | 
     names = class_names(cfg.data.adapter, cfg.data.root)
     if run_dir is not None and dist.is_main:
         save_manifest(manifest, run_dir / "manifest.csv")
-        atomic_write_text(run_dir / "splits.json", Path(cfg.split_file).read_text(encoding="utf-8"))
+        if used is None:
+            atomic_write_text(run_dir / "splits.json", Path(cfg.split_file).read_text(encoding="utf-8"))
     return PreparedData(manifest, names, splits, report.manifest_hash)
 
 
@@ -155,6 +158,8 @@ class ManifestFolds:
             if not ids[part]:
                 return None
             records = manifest_to_records(frame.loc[ids[part]].reset_index(drop=True))
+            for record in records:  # classification only: a varying number of mask paths would not collate
+                record.pop("mask", None)
             transform = build_transforms(
                 size,
                 mean,

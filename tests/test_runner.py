@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +24,10 @@ from medsg.train.exceptions import RunLocked
 
 @pytest.fixture(scope="module")
 def busi_root(tmp_path_factory) -> Path:
-    return make_synthetic_busi(tmp_path_factory.mktemp("data"), n_per_class=6, size=32, seed=1)
+    root = make_synthetic_busi(tmp_path_factory.mktemp("data"), n_per_class=6, size=32, seed=1)
+    # Like real BUSI, some images have several masks (_mask_1.png): records must still collate.
+    shutil.copy(root / "benign" / "benign (1)_mask.png", root / "benign" / "benign (1)_mask_1.png")
+    return root
 
 
 def make_cfg(root: Path, out: Path, *overrides: str):
@@ -99,8 +103,11 @@ def test_full_run_writes_run_folder_and_report_and_never_selects_on_test(busi_ro
     assert sorted(i for f in splits["folds"] for i in f["val"]) == sorted(oof["id"])
 
     # Re-running skips the finished folds; a changed result-affecting key is refused with the key named.
+    # The run keeps its own splits.json: the shared split file is not needed (nor recreated) to resume.
     monkeypatch.setattr(fold_mod.FoldTrainer, "run", lambda self: pytest.fail("finished fold re-trained"))
+    Path(cfg.split_file).unlink()
     run_experiment(make_cfg(busi_root, tmp_path, "train.workers=1"), quiet=True)
+    assert not Path(cfg.split_file).exists()
     with pytest.raises(
         ConfigError, match=r"different config \(train\.lr: 0\.001 -> 0\.01\).*new experiment\.name"
     ):

@@ -222,3 +222,15 @@ def test_rng_states_are_checkpointable():
     torch_state = fold_mod._numpy_state_to_torch(states)
     back = fold_mod._numpy_state_from_torch(torch_state)
     assert (back["numpy"][1] == states["numpy"][1]).all()
+
+
+def test_early_stopping_survives_resume(tmp_path, monkeypatch):
+    flat = {"val_loss": 1.0, "val_accuracy": 0.5, "val_balanced_accuracy": 0.5, "val_macro_auroc": 0.5}
+    monkeypatch.setattr(fold_mod, "val_metrics", lambda y, probs: dict(flat))  # never improves after epoch 1
+    cfg = make_cfg(tmp_path, epochs=5, early_stop_patience=2)
+    metrics = train_one_fold(cfg, 0, Factory(), tmp_path)
+    assert metrics["best_epoch"] == 1 and metrics["epochs_trained"] == 3 and metrics["stopped_early"] is True
+    assert len(pd.read_csv(tmp_path / "fold_0" / "history.csv")) == 3
+    (tmp_path / "fold_0" / "DONE").unlink()  # as if killed before the test-fold prediction
+    again = train_one_fold(cfg, 0, Factory(), tmp_path)
+    assert again["epochs_trained"] == 3 and again == metrics
