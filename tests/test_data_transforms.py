@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monai.data import DataLoader
 from monai.transforms import Compose
 from PIL import Image
 from synthetic import make_busi_replica
@@ -176,6 +177,9 @@ def test_build_dataset_cache_modes_agree(tmp_path: Path) -> None:
     for cache in ("disk", "none"):
         assert torch.equal(outs[cache]["image"], outs["memory"]["image"])
         assert torch.equal(outs[cache]["mask"], outs["memory"]["mask"])
+    plain = build_transforms(32, MEAN, STD, train=True, color_aug=False, with_mask=False)
+    batch = next(iter(DataLoader(build_dataset(records, plain, cache="none"), batch_size=6)))
+    assert "mask" not in batch and batch["image"].shape == (6, 3, 32, 32)  # benign (1) has 2 masks, others 1
     with pytest.raises(DataError, match="cache_dir"):
         build_dataset(records, transform, cache="disk")
     with pytest.raises(DataError, match="memory"):

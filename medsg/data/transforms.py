@@ -2,7 +2,7 @@
 
 Samples are dicts ``{"id": str, "image": path, "mask": [paths], "label": int}``. Output: ``image`` a float
 tensor (3, H, W) normalised with the backbone's mean/std, ``mask`` (1, H, W) in {0, 1} when ``with_mask``,
-``label`` and ``id`` untouched.
+``label`` and ``id`` untouched (without ``with_mask`` the ``mask`` paths are removed so batches collate).
 
 Why these choices:
 
@@ -33,6 +33,7 @@ from monai.data import MetaTensor
 from monai.data.image_reader import PILReader
 from monai.transforms import (
     Compose,
+    DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
@@ -186,6 +187,8 @@ def build_transforms(
     ]
     if with_mask:
         steps.append(LoadMaskUniond("mask"))
+    else:  # a varying number of mask paths per sample would not collate into a batch
+        steps.append(DeleteItemsd("mask"))
     steps += [
         Resized(keys, spatial_size=(img_size, img_size), mode=("area", "nearest")[: len(keys)]),
         ScaleIntensityRanged("image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
