@@ -330,7 +330,7 @@ def run_demo(out: str | Path = "medsg_demo", quick: bool = False, quiet: bool = 
     from medsg.demo import make_synthetic_busi
 
     out = Path(out)
-    n_per_class = 10 if quick else 20
+    n_per_class = 10 if quick else 24
     make_synthetic_busi(out / "data", n_per_class=n_per_class, size=96, seed=0)
     cfg = demo_config(out, quick)
     run_dir = run_experiment(cfg, quiet=quiet)
