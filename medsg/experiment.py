@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,6 +245,8 @@ def run_experiment(
     cfg: Config, folds: list[int] | None = None, quiet: bool = False, report: bool = True
 ) -> Path:
     """Train and test the requested folds (all by default); write the report once every fold is done."""
+    if cfg.train.deterministic:  # must be set before the first CUDA context (deterministic cuBLAS)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     dist = ddp.dist_info_from_env()
     device = resolve_device(cfg.train.device, dist.local_rank)
     ddp.init_distributed(dist, device)

@@ -176,3 +176,34 @@ def test_resume_with_random_monai_augmentations_is_exact(busi_root, tmp_path, mo
     pd.testing.assert_frame_equal(
         pd.read_csv(full / "fold_0" / "predictions.csv"), pd.read_csv(resumed / "fold_0" / "predictions.csv")
     )
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.mark.slow
+def test_real_busi_one_fold_with_the_canonical_split(tmp_path):
+    """Real BUSI (../shared), canonical split file, conflict pair dropped: one fold, one epoch (minutes on CPU)."""
+    root = SHARED / "data" / "busi"
+    if not root.is_dir():
+        pytest.skip(f"real BUSI not found at {root}")
+    from medsg.config import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(
+        repo / "experiments" / "busi_cpu.yaml",
+        [
+            f"data.root={root}",
+            f"splits.file={repo / 'data_splits' / 'busi_5fold_seed0.json'}",
+            f"experiment.output_dir={tmp_path / 'runs'}",
+            f"experiment.report_dir={tmp_path / 'report'}",
+            "train.epochs=1",
+        ],
+    )
+    run_dir = run_experiment(cfg, folds=[0], quiet=True)
+    ids = json.loads((run_dir / "fold_0" / "inner_split.json").read_text())
+    assert (
+        "benign (433)" not in ids["test"] + ids["train"] + ids["val"]
+    )  # the cross-class conflict is dropped
+    metrics = json.loads((run_dir / "fold_0" / "metrics.json").read_text())
+    assert metrics["n_test"] == len(ids["test"]) > 150
