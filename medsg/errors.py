@@ -19,3 +19,19 @@ class CheckpointError(MedsgError, ValueError):
 
 class InputSizeError(MedsgError, ValueError):
     """The model cannot serve this input size."""
+
+
+class TrainingDiverged(MedsgError, RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+    def __init__(self, fold: int, epoch: int, step: int, lr: float, loss: float) -> None:
+        super().__init__(
+            f"training diverged in fold {fold}, epoch {epoch}, step {step}: loss is {loss} at lr {lr:.3g}. "
+            "The last good checkpoint_last.pt is kept; lower train.lr or set train.grad_clip (e.g. 1.0), "
+            "then re-run to resume."
+        )
+        self.fold, self.epoch, self.step, self.lr = fold, epoch, step, lr
+
+
+class RunLocked(MedsgError, RuntimeError):
+    """Another live process is training in the same run folder."""

@@ -17,9 +17,8 @@ import yaml
 import medsg.train.fold as fold_mod
 from medsg.config import config_from_dict
 from medsg.demo import make_synthetic_busi
-from medsg.errors import ConfigError
+from medsg.errors import ConfigError, RunLocked
 from medsg.experiment import demo_config, run_experiment, write_run_report
-from medsg.train.exceptions import RunLocked
 
 
 @pytest.fixture(scope="module")

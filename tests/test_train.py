@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 import medsg.train.fold as fold_mod
 from medsg.config import config_from_dict
-from medsg.train.exceptions import TrainingDiverged
+from medsg.errors import TrainingDiverged
 from medsg.train.fold import HISTORY_COLUMNS, FoldData, class_weights, epoch_indices, is_better
 from medsg.train.kfold import run_folds, train_one_fold
 from medsg.train.utils import get_rng_states

@@ -1,5 +1,4 @@
-"""Training: one fold's loop (``fold``), the k-fold driver (``kfold``), run locks, DDP helpers, checkpoints."""
+"""Training: one fold's loop (``fold``), the k-fold driver (``kfold``), run locks, DDP helpers, checkpoints.
 
-from medsg.train.exceptions import RunLocked, TrainingDiverged
-
-__all__ = ["RunLocked", "TrainingDiverged"]
+The training errors (``TrainingDiverged``, ``RunLocked``) live in ``medsg.errors`` with the other user errors.
+"""

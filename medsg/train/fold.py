@@ -29,10 +29,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from medsg.config import Config
-from medsg.errors import CheckpointError
+from medsg.errors import CheckpointError, TrainingDiverged
 from medsg.io import atomic_torch_save, atomic_write_text
 from medsg.train import ddp
-from medsg.train.exceptions import TrainingDiverged
 from medsg.train.utils import amp_dtype, autocast, derive_seed, get_rng_states, set_rng_states
 
 log = logging.getLogger(__name__)

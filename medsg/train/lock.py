@@ -12,7 +12,7 @@ import os
 import socket
 from pathlib import Path
 
-from medsg.train.exceptions import RunLocked
+from medsg.errors import RunLocked
 
 log = logging.getLogger(__name__)
 
