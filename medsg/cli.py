@@ -1,7 +1,8 @@
 """The ``medsg`` command: run, report, splits, audit, demo, info.
 
 Errors a user can cause (``MedsgError``, or a missing file they named) print one line ``medsg: error: ...``
-and exit with status 2; ``--debug`` shows the traceback instead.
+and exit with status 2, also when a library wrapped them (MONAI raises ``RuntimeError("applying transform ...")``
+from the error of a transform); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -126,16 +127,37 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+USER_ERRORS = (MedsgError, FileNotFoundError)
+
+
+def find_user_error(exc: BaseException) -> BaseException | None:
+    """``exc`` or the first error in its ``__cause__`` / ``__context__`` chain that a user can fix, else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, USER_ERRORS):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    """The message on one line, whatever whitespace it holds; the exception type when it has no message."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medsg`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.debug, args.quiet)
     try:
         return dispatch(args)
-    except (MedsgError, FileNotFoundError) as exc:
-        if args.debug:
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if args.debug or user_error is None:
             raise
-        message = " ".join(str(exc).split())  # one line, whatever the message holds
-        print(f"medsg: error: {message}", file=sys.stderr)
+        print(f"medsg: error: {one_line(user_error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medsg: interrupted; re-run the same command to resume", file=sys.stderr)

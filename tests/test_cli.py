@@ -12,7 +12,7 @@ import yaml
 
 import medsg.cli as cli
 from medsg.demo import make_synthetic_busi
-from medsg.errors import ConfigError
+from medsg.errors import ConfigError, DataError
 
 
 def test_missing_config_is_one_line_exit_2_without_traceback(tmp_path):
@@ -49,6 +49,54 @@ def test_unknown_key_one_line_with_suggestion_and_debug_shows_traceback(tmp_path
     assert "did you mean train.epochs?" in capsys.readouterr().err
     with pytest.raises(ConfigError):
         cli.main(["--debug", "run", str(cfg)])
+
+
+def _monai_wrapped(error: Exception) -> RuntimeError:
+    """What MONAI raises when a transform fails: RuntimeError("applying transform ...") from the error."""
+    from monai.transforms import Compose, Lambdad
+
+    def fail(_):
+        raise error
+
+    try:
+        Compose([Lambdad(keys="image", func=fail)])({"image": 0})
+    except RuntimeError as wrapped:
+        return wrapped
+    raise AssertionError("MONAI did not raise")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        DataError("image /d/benign (3).png cannot be decoded;\n re-run medsg audit"),
+        FileNotFoundError("/d/benign (3).png"),
+    ],
+)
+def test_errors_wrapped_by_monai_are_one_line_exit_2(monkeypatch, capsys, error):
+    wrapped = _monai_wrapped(error)
+    assert wrapped.__cause__ is error and "applying transform" in str(wrapped)
+
+    def fail(*args, **kwargs):
+        try:
+            raise wrapped
+        except RuntimeError as exc:  # one more layer, as a DataLoader worker or a caller would add
+            raise RuntimeError("fold 0 failed") from exc
+
+    monkeypatch.setattr("medsg.experiment.run_from_file", fail)
+    assert cli.main(["run", "e.yaml"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["medsg: error: " + " ".join(str(error).split())]
+    with pytest.raises(RuntimeError, match="fold 0 failed"):
+        cli.main(["--debug", "run", "e.yaml"])
+
+
+def test_other_errors_keep_their_traceback(monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("a bug, not a user error") from ValueError("inner")
+
+    monkeypatch.setattr("medsg.experiment.run_from_file", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["run", "e.yaml"])
 
 
 def test_missing_run_dir_for_report(tmp_path, capsys):
