@@ -14,6 +14,7 @@ import yaml
 from medsg.errors import DataError
 from medsg.metrics import HEADLINE, classification_metrics
 from medsg.report import write_report
+from medsg.report.aggregate import load_run, protocol
 
 EVIL = "<script>alert('x')</script>"
 CLASSES = ["benign", f"mal{EVIL}", "normal $|x"]
@@ -194,3 +195,35 @@ def test_class_absent_from_every_fold(tmp_path):
     assert summary["pooled"]["macro_auroc"] is not None
     assert any("absent" in note for note in summary["notes"])
     assert "normal $\\|x | 0 |" in (tmp_path / "r" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ({"name": "sgformer_tiny", "pretrained": None}, "none (trained from scratch)"),
+        ({"name": "sgformer_tiny", "pretrained": ""}, "none (trained from scratch)"),
+        ({"name": "sgformer_tiny"}, "unknown"),
+        (None, "unknown"),
+        ({"name": "sgformer_tiny", "pretrained": "/w/sgformer_s.pth"}, "/w/sgformer_s.pth"),
+    ],
+)
+def test_pretrained_null_is_from_scratch_absent_is_unknown(tmp_path, model, expected):
+    run = _make_run(tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"] = model
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert protocol(load_run(run))["pretrained weights"] == expected
+
+
+def test_report_says_trained_from_scratch(tmp_path):
+    run = _make_run(tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["pretrained"] = None
+    config["train"]["epochs"] = None  # null where null means nothing stays unknown
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    html_path = write_report(run, tmp_path / "r", n_bootstrap=20)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["protocol"]["pretrained weights"] == "none (trained from scratch)"
+    assert summary["protocol"]["epochs"] == "unknown"
+    assert "none (trained from scratch)" in html_path.read_text()
+    assert "**pretrained weights**: none (trained from scratch)" in (tmp_path / "r" / "report.md").read_text()

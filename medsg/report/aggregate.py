@@ -15,6 +15,8 @@ from medsg.errors import ConfigError, DataError
 from medsg.metrics import HEADLINE, bootstrap_ci, classification_metrics, summarize_folds
 
 UNKNOWN = "unknown"
+FROM_SCRATCH = "none (trained from scratch)"
+_AS_DEFAULT = object()  # cfg_get: a null value counts as missing unless ``null=`` is given
 SELECTION_TEXT = {
     "inner_val": "checkpoint chosen on an inner validation split of the training fold; "
     "the outer test fold is never used for selection",
@@ -37,17 +39,24 @@ class RunData:
     histories: dict[int, pd.DataFrame] = field(default_factory=dict)
 
     def probs(self, frame: pd.DataFrame | None = None) -> np.ndarray:
+        """(n, C) float64 class probabilities of ``frame`` (default: all pooled OOF rows), in class order."""
         frame = self.oof if frame is None else frame
         return frame[[f"p_{c}" for c in self.class_names]].to_numpy(dtype=np.float64)
 
 
-def cfg_get(config: dict[str, Any], dotted: str, default: Any = UNKNOWN) -> Any:
-    """``cfg_get(cfg, "splits.k")``: nested lookup that returns ``default`` for any missing level."""
+def cfg_get(config: dict[str, Any], dotted: str, default: Any = UNKNOWN, null: Any = _AS_DEFAULT) -> Any:
+    """``cfg_get(cfg, "splits.k")``: nested lookup that returns ``default`` for any missing level.
+
+    A key that is present but null returns ``null`` when given: for some keys null is a choice, not a gap
+    (``model.pretrained: null`` means trained from scratch), and the report must not call it unknown.
+    """
     node: Any = config
     for key in dotted.split("."):
-        if not isinstance(node, dict) or node.get(key) is None:
+        if not isinstance(node, dict) or key not in node:
             return default
         node = node[key]
+    if node is None:
+        return default if null is _AS_DEFAULT else null
     return node
 
 
@@ -66,9 +75,10 @@ def load_run(run_dir: Path) -> RunData:
             f"no finished fold in {run_dir} (no fold_K/DONE marker); train at least one fold before reporting"
         )
     k = str(cfg_get(config, "splits.k", ""))
-    expected = range(int(k)) if k.isdigit() else range(max(fold_dirs) + 1)
+    expected = range(int(k)) if k.isdigit() else range(max(fold_dirs) + 1)  # no config: the folders seen
+    missing = [fold for fold in expected if fold not in done]
     frames, class_names = [], None
-    run = RunData(run_dir, config, [], done, [k_ for k_ in expected if k_ not in done], pd.DataFrame())
+    run = RunData(run_dir, config, [], done, missing, pd.DataFrame())
     for fold in done:
         frame = _read_predictions(fold_dirs[fold] / "predictions.csv", fold)
         names = [c[2:] for c in frame.columns if c.startswith("p_")]
@@ -97,6 +107,8 @@ def protocol(run: RunData) -> dict[str, str]:
     """The evaluation protocol in words, from config.yaml ('unknown' where a key is absent)."""
     cfg = run.config
     selection = cfg_get(cfg, "train.selection")
+    if selection != UNKNOWN:
+        selection = SELECTION_TEXT.get(str(selection), f"{selection} (rule not documented)")
     return {
         "experiment": str(cfg_get(cfg, "experiment.name", run.run_dir.name)),
         "dataset": str(cfg_get(cfg, "data.adapter")),
@@ -110,11 +122,10 @@ def protocol(run: RunData) -> dict[str, str]:
         "folds missing": ", ".join(map(str, run.missing)) or "none",
         "experiment seed": str(cfg_get(cfg, "experiment.seed")),
         "model": str(cfg_get(cfg, "model.name")),
-        "pretrained weights": str(cfg_get(cfg, "model.pretrained")),
+        # the runner treats null and "" alike (no weights file): both mean training from scratch
+        "pretrained weights": str(cfg_get(cfg, "model.pretrained", null=FROM_SCRATCH) or FROM_SCRATCH),
         "epochs": str(cfg_get(cfg, "train.epochs")),
-        "model selection": SELECTION_TEXT.get(str(selection), f"{selection} (rule not documented)")
-        if selection != UNKNOWN
-        else UNKNOWN,
+        "model selection": selection,
         "provenance": _provenance(cfg_get(cfg, "provenance", None)),
     }
 
