@@ -119,3 +119,14 @@ def test_filter_fn_strips_prefixes_and_mismatched_head(weights: dict) -> None:
     wrapped = {f"module.{k}": v for k, v in weights.items()}
     out = checkpoint_filter_fn(wrapped, _tiny(num_classes=10))
     assert "head.weight" not in out and "pos_embed" in out and not any(k.startswith("module.") for k in out)
+
+
+def test_namespace_is_allowed_only_inside_the_loader(tmp_path: Path, weights: dict) -> None:
+    """Importing medsg must not widen torch.load(weights_only=True) for the whole process."""
+    assert argparse.Namespace not in torch.serialization.get_safe_globals()
+    path = tmp_path / "ref.pth"
+    torch.save({"state_dict": weights, "args": argparse.Namespace(num_classes=3)}, path)
+    with pytest.raises(Exception, match="Namespace"):
+        torch.load(path, weights_only=True)
+    assert load_checkpoint(_tiny(), path)["source"] == "state_dict"
+    assert argparse.Namespace not in torch.serialization.get_safe_globals()

@@ -3,6 +3,12 @@
 The reference trainer saves ``{'state_dict', 'state_dict_ema', 'optimizer', 'args': argparse.Namespace,
 ...}``. We read it with ``torch.load(weights_only=True)`` and allow exactly one extra class,
 ``argparse.Namespace`` (an inert attribute bag), so a pickle that would run code is refused.
+
+The allowance is scoped (``torch.serialization.safe_globals`` around our own ``torch.load``), never
+registered process-wide: importing medsg must not widen what other code's ``torch.load`` accepts. timm's
+``create_model(..., checkpoint_path=...)`` needs no help: timm >= 1.0.26 wraps its own weights-only load in
+the same scoped ``safe_globals([argparse.Namespace])`` (and older timm loaded with ``weights_only=False``,
+where an allowlist has no effect). ``pretrained=True`` goes through ``SGFormer.load_pretrained``, i.e. here.
 """
 
 from __future__ import annotations
@@ -23,13 +29,9 @@ from medsg.errors import CheckpointError
 __all__ = ["read_checkpoint", "select_state_dict", "adapt_state_dict", "load_checkpoint"]
 
 _log = logging.getLogger(__name__)
-_SAFE_GLOBALS = [argparse.Namespace]
+_SAFE_GLOBALS = [argparse.Namespace]  # allowed only inside read_checkpoint (see module docstring)
 _PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers
 _CLASSIFIER = "head."
-
-# timm's own ``create_model(..., checkpoint_path=...)`` loads with weights_only=True and no allowlist;
-# registering the inert argparse.Namespace (and nothing else) lets it read reference checkpoints too.
-torch.serialization.add_safe_globals(_SAFE_GLOBALS)
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
@@ -112,9 +114,9 @@ def adapt_state_dict(
     pos = state_dict.get("pos_embed")
     if pos is not None and "pos_embed" in target and pos.shape != target["pos_embed"].shape:
         want = target["pos_embed"]
-        grid = getattr(model, "img_size", None)
+        grid = getattr(model, "pos_grid", None)
         if pos.ndim == 3 and pos.shape[-1] == want.shape[-1] and grid is not None:
-            state_dict["pos_embed"] = resize_pos_embed(pos, (grid[0] // 4, grid[1] // 4))
+            state_dict["pos_embed"] = resize_pos_embed(pos, grid)
             resized.append("pos_embed")
     for key in [k for k in state_dict if k.startswith(_CLASSIFIER)]:
         if key not in target or target[key].shape != state_dict[key].shape:
@@ -124,8 +126,9 @@ def adapt_state_dict(
 
 
 def _mismatch_report(
-    state_dict: dict[str, torch.Tensor], target: dict[str, torch.Tensor], dropped: list[str]
-):
+    state_dict: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, shape mismatches); a missing head is fine (it was dropped or is new)."""
     missing = [k for k in target if k not in state_dict and not k.startswith(_CLASSIFIER)]
     unexpected = [k for k in state_dict if k not in target]
     shapes = [
@@ -146,7 +149,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, use_ema: bool = T
     state_dict, source = select_state_dict(read_checkpoint(path), use_ema=use_ema)
     state_dict, changes = adapt_state_dict(state_dict, model)
     target = model.state_dict()
-    missing, unexpected, shapes = _mismatch_report(state_dict, target, changes["dropped"])
+    missing, unexpected, shapes = _mismatch_report(state_dict, target)
     if missing or unexpected or shapes:
         parts = [
             f"{label} ({len(keys)}): {keys[:8]}"

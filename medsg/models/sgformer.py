@@ -42,7 +42,7 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from medsg.errors import ConfigError, InputSizeError
+from medsg.errors import CheckpointError, ConfigError, InputSizeError
 
 __all__ = ["SGFormer", "valid_img_sizes", "checkpoint_filter_fn", "sincos_pos_embed_2d"]
 
@@ -430,7 +430,7 @@ class SGFormer(nn.Module):
             setattr(self, f"patch_embed{i + 1}", stem)
             setattr(self, f"block{i + 1}", blocks)
             setattr(self, f"norm{i + 1}", nn.LayerNorm(embed_dims[i], eps=norm_eps))
-        grid = (self.img_size[0] // 4, self.img_size[1] // 4)
+        grid = self.pos_grid
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], embed_dims[0]))
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -440,9 +440,13 @@ class SGFormer(nn.Module):
     def init_weights(self) -> None:
         """Reference init: trunc-normal linears, He-style convs, sin-cos position embedding."""
         self.apply(_init_module)
-        grid = (self.img_size[0] // 4, self.img_size[1] // 4)
         with torch.no_grad():
-            self.pos_embed.copy_(sincos_pos_embed_2d(self.embed_dims[0], grid).unsqueeze(0))
+            self.pos_embed.copy_(sincos_pos_embed_2d(self.embed_dims[0], self.pos_grid).unsqueeze(0))
+
+    @property
+    def pos_grid(self) -> tuple[int, int]:
+        """(H, W) of the stage-1 token grid (stride 4) that ``pos_embed`` covers; checkpoints resize to it."""
+        return self.img_size[0] // 4, self.img_size[1] // 4
 
     # ------------------------------------------------------------------------------ timm API
     @torch.jit.ignore
@@ -471,6 +475,7 @@ class SGFormer(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New linear head for ``num_classes`` (0: identity), on the model's device and dtype."""
         self.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ("avg", ""):
@@ -532,6 +537,7 @@ class SGFormer(nn.Module):
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images -> normalised last-stage tokens (B, N, C), before pooling."""
         self.check_input(x)
         stages = self._num_active_stages()
         for i in range(stages):
@@ -644,8 +650,6 @@ def _create_sgformer(variant: str, pretrained: bool = False, **kwargs: Any) -> S
         cfg = kwargs.get("pretrained_cfg")
         has_file = overlay.get("file") or (isinstance(cfg, dict) and cfg.get("file"))
         if not has_file and not overlay.get("state_dict"):
-            from medsg.errors import CheckpointError
-
             raise CheckpointError(
                 f"{variant} has no downloadable weights; pass the local checkpoint with "
                 "pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth')."
