@@ -23,8 +23,8 @@ from medsg.config import Config, dump_config, load_config, resolved_config, resu
 from medsg.errors import ConfigError
 from medsg.io import atomic_write_text
 from medsg.train import ddp
-from medsg.train.fold import FoldData
 from medsg.train.kfold import fold_dir, fold_is_done, run_folds
+from medsg.train.loader import FoldData
 from medsg.train.utils import derive_seed, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,12 @@ from torch.utils.data import Dataset
 import medsg.train.fold as fold_mod
 from medsg.config import config_from_dict
 from medsg.errors import TrainingDiverged
-from medsg.train.fold import HISTORY_COLUMNS, FoldData, class_weights, epoch_indices, is_better
+from medsg.train.fold import HISTORY_COLUMNS
 from medsg.train.kfold import run_folds, train_one_fold
+from medsg.train.loader import FoldData, class_weights, epoch_indices
+from medsg.train.model import build_model
+from medsg.train.selection import is_better
+from medsg.train.state import numpy_state_from_torch, numpy_state_to_torch
 from medsg.train.utils import get_rng_states
 
 CLASSES = ["a", "b", "c"]
@@ -144,7 +148,7 @@ def test_fold_files_and_columns(tmp_path):
     # The deployable checkpoint loads with the model package's loader (EMA weights first).
     from medsg.models import load_checkpoint
 
-    model = fold_mod.build_model(cfg, 3)
+    model = build_model(cfg, 3)
     assert load_checkpoint(model, d / "checkpoint_best.pt")["source"] == "state_dict_ema"
 
 
@@ -219,8 +223,8 @@ def test_class_weights_balanced():
 
 def test_rng_states_are_checkpointable():
     states = get_rng_states()
-    torch_state = fold_mod._numpy_state_to_torch(states)
-    back = fold_mod._numpy_state_from_torch(torch_state)
+    torch_state = numpy_state_to_torch(states)
+    back = numpy_state_from_torch(torch_state)
     assert (back["numpy"][1] == states["numpy"][1]).all()
 
 

@@ -3,36 +3,43 @@
 The loop follows timm's transfer recipe (layer-wise lr decay, warmup + cosine per step, optional EMA, AMP on GPU)
 and is written so that a run killed at any point resumes exactly: the data order of every epoch comes from a
 generator seeded by (seed, fold, epoch), the global RNGs are reseeded the same way, and ``checkpoint_last.pt``
-(written atomically after ``checkpoint_best.pt`` and ``history.csv``) holds everything else.
+(written atomically after ``checkpoint_best.pt`` and ``history.csv``) holds everything else (``train.state``).
+Its pieces live beside it: ``loader`` (what it is fed), ``evaluate`` (prediction, per-epoch metrics),
+``selection`` (which epoch wins), ``model`` (building it) and ``significance`` (explanation material).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import sys
 import time
-import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from medsg.config import Config
 from medsg.errors import CheckpointError, TrainingDiverged
 from medsg.io import atomic_torch_save, atomic_write_text
 from medsg.train import ddp
-from medsg.train.utils import amp_dtype, autocast, derive_seed, get_rng_states, set_rng_states
+from medsg.train.evaluate import predict, val_metrics
+from medsg.train.loader import FoldData, class_weights, epoch_indices, make_loader, to_device
+from medsg.train.selection import is_better, selection_description
+from medsg.train.state import (
+    capture_rng,
+    check_checkpoint_matches,
+    load_training_checkpoint,
+    restore_rng,
+    selected_weights,
+)
+from medsg.train.utils import amp_dtype, autocast, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -48,194 +55,9 @@ HISTORY_COLUMNS = [
 ]
 
 
-@dataclass
-class FoldData:
-    """The three disjoint parts of one outer fold. ``val`` is None when selection is ``last_epoch`` without one.
-
-    Each dataset yields dicts with ``image`` (3,H,W) float tensor, ``label`` int and ``id`` str.
-    """
-
-    train: Dataset
-    train_labels: np.ndarray
-    val: Dataset | None
-    test: Dataset
-    class_names: list[str]
-
-
-# ---------------------------------------------------------------- model
-
-
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    """A timm model by name; ``img_size`` is passed only to models that take it (e.g. ViTs, SG-Former)."""
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_path_rate": cfg.model.drop_path}
-    if cfg.model.pretrained:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": cfg.model.pretrained})
-    try:
-        return timm.create_model(cfg.model.name, img_size=cfg.model.img_size, **kwargs)
-    except TypeError as exc:
-        if "img_size" not in str(exc):
-            raise
-        return timm.create_model(cfg.model.name, **kwargs)
-
-
-def selection_description(cfg: Config) -> str:
-    if cfg.train.selection == "last_epoch":
-        return f"fixed schedule: weights after the last epoch ({cfg.train.epochs})" + (
-            " (EMA)" if cfg.train.ema else ""
-        )
-    frac = cfg.splits.inner_val_fraction
-    return (
-        f"best inner-validation balanced accuracy (tie-break: lower val loss) on a grouped, stratified "
-        f"{frac:.0%} split of the training folds" + (", EMA weights" if cfg.train.ema else "")
-    )
-
-
-# ---------------------------------------------------------------- small pieces
-
-
 def compute_loss(criterion: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The training loss (a function of its own so tests can inject a divergence)."""
     return criterion(logits, targets)
-
-
-def _as_tensor(x: Any) -> torch.Tensor:
-    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-
-
-def _batch(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    images = _as_tensor(batch["image"]).to(device, non_blocking=True).float()
-    labels = _as_tensor(batch["label"]).to(device).long().view(-1)
-    return images, labels
-
-
-def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """'balanced' weights n / (C * n_c), as in sklearn; absent classes get weight 0."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def epoch_indices(
-    labels: np.ndarray, seed: int, balanced: bool, rank: int = 0, world_size: int = 1
-) -> list[int]:
-    """The sample order of one epoch, drawn from a generator seeded by ``seed``; a rank's shard under DDP.
-
-    Shuffled (or class-balanced with replacement), then padded to a multiple of ``world_size`` and strided like
-    ``DistributedSampler``, so every rank sees the same number of batches and a resume replays the same order.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    n = len(labels)
-    if balanced:
-        counts = np.bincount(labels)
-        weights = torch.tensor(1.0 / counts[labels], dtype=torch.float64)
-        order = torch.multinomial(weights, n, replacement=True, generator=gen).tolist()
-    else:
-        order = torch.randperm(n, generator=gen).tolist()
-    if world_size > 1:
-        pad = (-n) % world_size
-        order = (order + order[:pad])[rank::world_size]
-    return order
-
-
-def make_loader(
-    dataset: Dataset, batch_size: int, workers: int, seed: int, sampler: Sequence[int] | None = None
-):
-    """A MONAI DataLoader (it seeds the dataset's random transforms from ``seed``, also in workers)."""
-    from monai.data import DataLoader
-
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False,
-        num_workers=workers,
-        generator=gen,
-        drop_last=False,
-        pin_memory=torch.cuda.is_available(),
-    )
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int, workers: int, dtype=None
-) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(ids, y_true, probabilities) of a whole dataset, in dataset order."""
-    model.eval()
-    ids: list[str] = []
-    ys, probs = [], []
-    for batch in make_loader(dataset, batch_size, workers, seed=0):
-        images, labels = _batch(batch, device)
-        with autocast(device, dtype):
-            logits = model(images)
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-        ys.append(labels.cpu())
-        ids.extend(str(i) for i in batch["id"])
-    out = torch.cat(probs).numpy().astype(np.float64)
-    return ids, torch.cat(ys).numpy(), out / out.sum(axis=1, keepdims=True)
-
-
-def val_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Loss, accuracy, balanced accuracy and macro AUROC for the per-epoch history (cheap, no bootstrap)."""
-    num_classes = probs.shape[1]
-    pred = probs.argmax(1)
-    with warnings.catch_warnings():  # tiny inner splits may miss a class; the NaN/partial value is recorded
-        warnings.simplefilter("ignore")
-        return _val_metrics(y, probs, pred, num_classes)
-
-
-def _val_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, num_classes: int) -> dict[str, float]:
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-
-    loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(y)).item())
-    try:
-        if num_classes == 2:
-            auroc = float(roc_auc_score(y, probs[:, 1]))
-        else:
-            auroc = float(
-                roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=range(num_classes))
-            )
-    except ValueError:  # a class is absent from this small split
-        auroc = float("nan")
-    return {
-        "val_loss": loss,
-        "val_accuracy": float((pred == y).mean()),
-        "val_balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-        "val_macro_auroc": auroc,
-    }
-
-
-def is_better(row: dict[str, float], best: dict[str, float], selection: str) -> bool:
-    """Selection rule: higher val balanced accuracy, ties broken by lower val loss; always for last_epoch."""
-    if selection == "last_epoch":
-        return True
-    acc, loss = row["val_balanced_accuracy"], row["val_loss"]
-    best_acc, best_loss = best["val_balanced_accuracy"], best["val_loss"]
-    return acc > best_acc + 1e-12 or (abs(acc - best_acc) <= 1e-12 and loss < best_loss)
-
-
-def _numpy_state_to_torch(state: dict[str, Any]) -> dict[str, Any]:
-    """numpy's RNG state holds an ndarray; store it as a tensor so ``weights_only=True`` can read it back."""
-    out = dict(state)
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    out["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
-    return out
-
-
-def _numpy_state_from_torch(state: dict[str, Any]) -> dict[str, Any]:
-    out = dict(state)
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    out["numpy"] = (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
-    return out
-
-
-def load_training_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({exc}); delete it to restart this fold from scratch"
-        ) from exc
 
 
 def _finite_params(model: nn.Module) -> bool:
@@ -244,9 +66,6 @@ def _finite_params(model: nn.Module) -> bool:
 
 def _current_lr(optimizer: torch.optim.Optimizer) -> float:
     return max(group["lr"] for group in optimizer.param_groups)
-
-
-# ---------------------------------------------------------------- the loop
 
 
 class FoldTrainer:
@@ -345,7 +164,7 @@ class FoldTrainer:
             "history": [dict(h) for h in self.history],
             "stopped_early": self.stopped_early,
             "selection": self.cfg.train.selection,
-            "rng": _numpy_state_to_torch(get_rng_states()),
+            "rng": capture_rng(),
         }
         if with_optimizer:
             state["optimizer"] = self.optimizer.state_dict()
@@ -357,11 +176,7 @@ class FoldTrainer:
         if not self.last_path.exists():
             return False
         state = load_training_checkpoint(self.last_path)
-        if state.get("num_classes") != self.num_classes or state.get("arch") != self.cfg.model.name:
-            raise CheckpointError(
-                f"{self.last_path} is for {state.get('arch')} with {state.get('num_classes')} classes, not "
-                f"{self.cfg.model.name} with {self.num_classes}; delete the fold folder to start it again"
-            )
+        check_checkpoint_matches(state, self.last_path, self.cfg.model.name, self.num_classes)
         self.model.load_state_dict(state["state_dict"])
         if self.ema is not None and state.get("state_dict_ema") is not None:
             self.ema.module.load_state_dict(state["state_dict_ema"])
@@ -372,7 +187,7 @@ class FoldTrainer:
         self.epoch, self.num_updates = int(state["epoch"]), int(state["num_updates"])
         self.best, self.history = dict(state["best"]), [dict(h) for h in state["history"]]
         self.stopped_early = bool(state.get("stopped_early", False))
-        set_rng_states(_numpy_state_from_torch(state["rng"]))
+        restore_rng(state["rng"])
         log.info("fold %d: resuming after epoch %d from %s", self.fold, self.epoch, self.last_path)
         return True
 
@@ -392,7 +207,7 @@ class FoldTrainer:
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"fold {self.fold} epoch {epoch}/{t.epochs}", disable=not show, leave=False)
         for step, batch in enumerate(bar, start=1):
-            images, labels = self._to_device(batch)
+            images, labels = to_device(batch, self.device)
             with autocast(self.device, self.amp_dtype):
                 logits = self.train_model(images)
             loss = compute_loss(self.criterion, logits.float(), labels)
@@ -432,9 +247,6 @@ class FoldTrainer:
             step,
         )
         return ddp.all_reduce_mean(total / max(count, 1), self.device)
-
-    def _to_device(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        return _batch(batch, self.device)
 
     def _validate(self) -> dict[str, float]:
         if self.data.val is None or len(self.data.val) == 0:
@@ -505,12 +317,7 @@ class FoldTrainer:
         """The selected weights (EMA when on) in a copy of the model, read back from ``checkpoint_best.pt``."""
         state = load_training_checkpoint(self.best_path)
         model = copy.deepcopy(self.model)
-        key = (
-            "state_dict_ema"
-            if self.ema is not None and state.get("state_dict_ema") is not None
-            else "state_dict"
-        )
-        model.load_state_dict(state[key])
+        model.load_state_dict(selected_weights(state, prefer_ema=self.ema is not None))
         return model
 
     def test(self) -> dict[str, Any]:
@@ -540,8 +347,6 @@ class FoldTrainer:
             stopped_early=self.stopped_early,
         )
         if self.dist.is_main:
-            import json
-
             atomic_write_text(self.fold_dir / "predictions.csv", frame.to_csv(index=False))
             atomic_write_text(self.fold_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
             atomic_write_text(self.fold_dir / "DONE", f"fold {self.fold} finished\n")

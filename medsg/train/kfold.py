@@ -16,8 +16,10 @@ from torch import nn
 
 from medsg.config import Config
 from medsg.train import ddp
-from medsg.train.fold import FoldData, FoldTrainer, build_model
+from medsg.train.fold import FoldTrainer
+from medsg.train.loader import FoldData
 from medsg.train.lock import FileLock
+from medsg.train.model import build_model
 from medsg.train.utils import derive_seed, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
