@@ -32,6 +32,7 @@ from medsg.train import ddp
 from medsg.train.evaluate import predict, val_metrics
 from medsg.train.loader import FoldData, class_weights, epoch_indices, make_loader, to_device
 from medsg.train.selection import is_better, selection_description
+from medsg.train.significance import SIGNIFICANCE_FILE, export_significance
 from medsg.train.state import (
     capture_rng,
     check_checkpoint_matches,
@@ -321,7 +322,8 @@ class FoldTrainer:
         return model
 
     def test(self) -> dict[str, Any]:
-        """Predict the outer test fold once with the selected weights; write predictions and metrics (rank 0)."""
+        """Predict the outer test fold once with the selected weights; write predictions, metrics and the
+        significance maps of ``explain.cases_per_fold`` test cases (rank 0), then the DONE marker."""
         from medsg.metrics import classification_metrics
 
         model = self.load_selected()
@@ -349,6 +351,16 @@ class FoldTrainer:
         if self.dist.is_main:
             atomic_write_text(self.fold_dir / "predictions.csv", frame.to_csv(index=False))
             atomic_write_text(self.fold_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
+            export_significance(
+                model,
+                self.data.test,
+                (ids, y, probs),
+                names,
+                self.cfg.explain.cases_per_fold,
+                self.fold_dir / SIGNIFICANCE_FILE,
+                self.device,
+                self.cfg.train.batch_size,
+            )
             atomic_write_text(self.fold_dir / "DONE", f"fold {self.fold} finished\n")
         ddp.barrier()
         return metrics
