@@ -26,17 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-KVASIR_CLASSES = (
-    "dyed-lifted-polyps",
-    "dyed-resection-margins",
-    "esophagitis",
-    "normal-cecum",
-    "normal-pylorus",
-    "normal-z-line",
-    "polyps",
-    "ulcerative-colitis",
-)
-ISIC_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+from medsg.data.isic2018 import ISIC_CLASSES
+from medsg.data.kvasir import KVASIR_CLASSES
 
 
 def texture(rng: np.random.Generator, size: tuple[int, int], channels: int = 3) -> np.ndarray:

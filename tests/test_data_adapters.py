@@ -67,7 +67,7 @@ def test_kvasir_manifest(tmp_path: Path) -> None:
     root = make_kvasir_replica(tmp_path, n_per_class=2, with_problems=False)
     df = load_manifest("kvasir", root)
     assert len(df) == 16
-    assert class_names("kvasir") == sorted(class_names("kvasir"))
+    assert class_names("kvasir") == sorted(class_names("kvasir")) and len(class_names("kvasir")) == 8
     assert df.groupby("label_name")["label"].first().to_dict() == {
         c: i for i, c in enumerate(class_names("kvasir"))
     }
@@ -88,7 +88,7 @@ def test_isic_with_metadata_groups_by_lesion(tmp_path: Path) -> None:
     assert len(df) == 7 * 2 * 3
     assert df["group"].nunique() == 14
     assert df.groupby("group")["label"].nunique().max() == 1
-    assert class_names("isic2018") == list(ISIC_CLASSES)
+    assert class_names("isic2018") == list(ISIC_CLASSES) == ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
     assert df.groupby("label_name")["label"].first().to_dict() == {c: i for i, c in enumerate(ISIC_CLASSES)}
 
 
@@ -185,3 +185,34 @@ def test_real_busi_and_isic_counts() -> None:
     isic = load_manifest("isic2018", SHARED / "isic2018")
     assert len(isic) == 5984 and isic["group"].str.startswith("HAM_").all()
     assert isic["label_name"].value_counts()["NV"] == 4323
+
+
+def test_package_exports_resolve_and_stay_lazy() -> None:
+    import subprocess
+    import sys
+
+    import medsg.data
+
+    for name in medsg.data.__all__:
+        assert getattr(medsg.data, name) is not None, name
+    assert set(medsg.data._LAZY) <= set(medsg.data.__all__)
+    assert medsg.data.build_transforms.__module__ == "medsg.data.transforms"
+    with pytest.raises(AttributeError, match="no_such_name"):
+        medsg.data.no_such_name  # noqa: B018
+    code = "import sys, medsg.data; print(sorted({'monai', 'sklearn'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_hidden_and_foreign_files_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = make_kvasir_replica(tmp_path, n_per_class=1, with_problems=False)
+    polyps = root / "kvasir-dataset-v2" / "polyps"
+    (polyps / "._img_0.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    (polyps / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING):
+        df = load_manifest("kvasir", root)
+    assert df[df["label_name"] == "polyps"]["id"].tolist() == ["polyps/img_0"]
+    assert "notes.txt" in caplog.text and "._img_0" not in caplog.text
+    folder = tmp_path / "folder"
+    shutil.copytree(root / "kvasir-dataset-v2", folder)
+    assert "polyps/._img_0.jpg" not in set(load_manifest("imagefolder", folder)["id"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medsg.data.manifest import make_manifest, sorted_class_dirs
+from medsg.data.manifest import list_image_files, make_manifest, natural_key, sorted_class_dirs
 from medsg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,6 @@ _MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<n>\d+))?$")
 def busi_class_names(root: str | Path | None = None) -> list[str]:
     """BUSI's fixed class order (alphabetical, as the folders sort)."""
     return list(BUSI_CLASSES)
-
-
-def natural_key(text: str) -> list[object]:
-    """Sort ``benign (2)`` before ``benign (10)``."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
 def resolve_busi_root(root: str | Path) -> Path:
@@ -49,14 +44,10 @@ def resolve_busi_root(root: str | Path) -> Path:
 
 
 def _scan_class(folder: Path) -> tuple[dict[str, Path], dict[str, list[tuple[int, Path]]]]:
+    """(image stem -> path, image stem -> [(mask number, mask path)]) of one class folder."""
     images: dict[str, Path] = {}
     masks: dict[str, list[tuple[int, Path]]] = {}
-    for path in folder.iterdir():
-        if not path.is_file() or path.name.startswith("."):
-            continue
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            log.warning("BUSI: ignoring non-PNG file %s", path)
-            continue
+    for path in list_image_files(folder, IMAGE_SUFFIXES, "BUSI"):
         match = _MASK_RE.match(path.stem)
         if match:
             order = int(match.group("n")) if match.group("n") else 0

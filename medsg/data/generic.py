@@ -8,16 +8,12 @@ class order is their sorted set (integers sort numerically).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pandas as pd
 
-from medsg.data.busi import natural_key
-from medsg.data.manifest import MASK_SEP, make_manifest, sorted_class_dirs
+from medsg.data.manifest import MASK_SEP, list_image_files, make_manifest, sorted_class_dirs
 from medsg.errors import DataError
-
-log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 CSV_REQUIRED = ("path", "label")
@@ -40,18 +36,21 @@ def load_imagefolder(root: str | Path, classes: list[str] | None = None) -> pd.D
         raise DataError(f"{root}: no class sub-folders found; expected root/<class>/<image>.")
     rows = []
     for label, name in enumerate(order):
-        files = [p for p in (root / name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        files = list_image_files(root / name, IMAGE_SUFFIXES, "imagefolder")
         if not files:
             raise DataError(f"{root / name}: no images with suffix {IMAGE_SUFFIXES}.")
-        for path in sorted(files, key=lambda p: natural_key(p.name)):
+        for path in files:
             rows.append({"id": f"{name}/{path.name}", "path": str(path), "label": label, "label_name": name})
     return make_manifest(rows)
 
 
 def _read_csv(path: str | Path) -> tuple[Path, pd.DataFrame]:
+    """(resolved path, table of str cells) of a CSV listing, with its columns checked."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
-        raise DataError(f"CSV manifest not found: {path}.")
+        raise DataError(
+            f"CSV manifest not found: {path}. For adapter 'csv', root must be the CSV file itself."
+        )
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in CSV_REQUIRED if c not in table.columns]
     unknown = [c for c in table.columns if c not in CSV_REQUIRED + CSV_OPTIONAL]
@@ -60,14 +59,17 @@ def _read_csv(path: str | Path) -> tuple[Path, pd.DataFrame]:
             f"{path}: expected columns {list(CSV_REQUIRED)} plus optional {list(CSV_OPTIONAL)}; "
             f"missing {missing}, unknown {unknown}."
         )
-    if (table["label"] == "").any() or (table["path"] == "").any():
+    empty = (table["label"] == "") | (table["path"] == "")
+    if empty.any():
+        lines = (table.index[empty][:5] + 2).tolist()  # +2: 1-based, after the header line
         raise DataError(
-            f"{path}: empty 'path' or 'label' cell in row(s) {list(table.index[(table['label'] == '') | (table['path'] == '')][:5] + 2)}."
+            f"{path}: empty 'path' or 'label' cell on line(s) {lines}; fill them or drop the rows."
         )
     return path, table
 
 
 def _sorted_labels(values: pd.Series) -> list[str]:
+    """Distinct labels, sorted; numerically when all are integers (so "10" follows "9")."""
     labels = sorted(set(values))
     if all(v.lstrip("-").isdigit() for v in labels):
         labels = sorted(labels, key=int)

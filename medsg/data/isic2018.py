@@ -33,6 +33,7 @@ def isic_class_names(root: str | Path | None = None) -> list[str]:
 
 
 def _find_groundtruth(root: Path, subset: str) -> Path:
+    """The subset's one-hot CSV, beside the input folder or inside the official GroundTruth folder."""
     name = f"ISIC2018_Task3_{SUBSETS[subset]}_GroundTruth"
     for candidate in (root / f"{name}.csv", root / name / f"{name}.csv"):
         if candidate.is_file():
@@ -69,12 +70,23 @@ def read_groundtruth(path: str | Path) -> pd.DataFrame:
     )
 
 
+def _read_metadata(path: str | Path, needed: set[str]) -> pd.DataFrame:
+    """``HAM10000_metadata.csv`` as str cells, checked to hold the ``needed`` columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"HAM10000 metadata not found: {path}. Pass the path of HAM10000_metadata.csv.")
+    try:
+        meta = pd.read_csv(path, dtype=str)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the HAM10000 metadata CSV ({exc}).") from exc
+    if not needed <= set(meta.columns):
+        raise DataError(f"{path}: expected columns {sorted(needed)}, found {list(meta.columns)}.")
+    return meta
+
+
 def read_lesion_groups(path: str | Path) -> dict[str, str]:
     """image id -> lesion id from ``HAM10000_metadata.csv`` (columns lesion_id, image_id)."""
-    path = Path(path)
-    meta = pd.read_csv(path, dtype=str)
-    if not {"lesion_id", "image_id"} <= set(meta.columns):
-        raise DataError(f"{path}: expected columns lesion_id and image_id, found {list(meta.columns)}.")
+    meta = _read_metadata(path, {"lesion_id", "image_id"})
     return dict(zip(meta["image_id"], meta["lesion_id"], strict=True))
 
 
@@ -124,9 +136,8 @@ def load_isic2018(
 
 
 def _lesion_groups(root: Path, metadata: str | Path | None) -> dict[str, str]:
+    """image id -> lesion id from ``metadata`` or ``root/HAM10000_metadata.csv``; {} (warned) without either."""
     if metadata is not None:
-        if not Path(metadata).is_file():
-            raise DataError(f"ISIC 2018 metadata file not found: {metadata}.")
         return read_lesion_groups(metadata)
     if (root / METADATA_FILE).is_file():
         return read_lesion_groups(root / METADATA_FILE)
@@ -144,12 +155,7 @@ def metadata_manifest(metadata_csv: str | Path) -> pd.DataFrame:
     Used to build the canonical ISIC split over all 10015 training ids without needing the images.
     """
     path = Path(metadata_csv)
-    if not path.is_file():
-        raise DataError(f"HAM10000 metadata not found: {path}.")
-    meta = pd.read_csv(path, dtype=str)
-    needed = {"lesion_id", "image_id", "dx"}
-    if not needed <= set(meta.columns):
-        raise DataError(f"{path}: expected columns {sorted(needed)}, found {list(meta.columns)}.")
+    meta = _read_metadata(path, {"lesion_id", "image_id", "dx"})
     unknown = sorted(set(meta["dx"]) - set(DX_TO_CLASS))
     if unknown:
         raise DataError(f"{path}: unknown dx value(s) {unknown}; expected {sorted(DX_TO_CLASS)}.")

@@ -7,16 +7,12 @@ published, so ``group`` is the image id until the audit merges duplicates.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pandas as pd
 
-from medsg.data.busi import natural_key
-from medsg.data.manifest import make_manifest, sorted_class_dirs
+from medsg.data.manifest import list_image_files, make_manifest, sorted_class_dirs
 from medsg.errors import DataError
-
-log = logging.getLogger(__name__)
 
 KVASIR_CLASSES: tuple[str, ...] = (
     "dyed-lifted-polyps",
@@ -53,16 +49,9 @@ def load_kvasir(root: str | Path) -> pd.DataFrame:
     sorted_class_dirs(base, KVASIR_CLASSES)
     rows = []
     for label, name in enumerate(KVASIR_CLASSES):
-        files = []
-        for path in (base / name).iterdir():
-            if not path.is_file() or path.name.startswith("."):
-                continue
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                log.warning("Kvasir: ignoring non-JPEG file %s", path)
-                continue
-            files.append(path)
+        files = list_image_files(base / name, IMAGE_SUFFIXES, "Kvasir")
         if not files:
             raise DataError(f"Kvasir class folder {base / name} holds no .jpg images.")
-        for path in sorted(files, key=lambda p: natural_key(p.name)):
+        for path in files:
             rows.append({"id": f"{name}/{path.stem}", "path": str(path), "label": label, "label_name": name})
     return make_manifest(rows)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import io
+import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,14 @@ import pandas as pd
 from medsg.errors import DataError
 from medsg.io import atomic_write_text
 
+log = logging.getLogger(__name__)
+
 COLUMNS: tuple[str, ...] = ("id", "path", "label", "label_name", "group", "mask_paths")
 MASK_SEP = ";"
 
 # adapter name -> (module, loader function, class-name function); imported lazily so an adapter's
 # optional dependencies never slow down the others.
+_LOADER, _CLASS_NAMES = 1, 2
 _ADAPTERS: dict[str, tuple[str, str, str]] = {
     "busi": ("medsg.data.busi", "load_busi", "busi_class_names"),
     "kvasir": ("medsg.data.kvasir", "load_kvasir", "kvasir_class_names"),
@@ -39,6 +44,7 @@ def adapter_names() -> list[str]:
 
 
 def _adapter(name: str, which: int) -> Any:
+    """The adapter's function ``which`` (``_LOADER`` or ``_CLASS_NAMES``), importing its module now."""
     if name not in _ADAPTERS:
         raise DataError(f"Unknown dataset adapter {name!r}; expected one of {adapter_names()}.")
     module = importlib.import_module(_ADAPTERS[name][0])
@@ -47,12 +53,12 @@ def _adapter(name: str, which: int) -> Any:
 
 def load_manifest(adapter: str, root: str | Path, **options: Any) -> pd.DataFrame:
     """Read a dataset in its downloaded layout and return its manifest (see module docstring)."""
-    return _adapter(adapter, 1)(root, **options)
+    return _adapter(adapter, _LOADER)(root, **options)
 
 
 def class_names(adapter: str, root: str | Path | None = None) -> list[str]:
     """The fixed class order of a dataset; ``root`` is needed only for imagefolder/csv datasets."""
-    return list(_adapter(adapter, 2)(root))
+    return list(_adapter(adapter, _CLASS_NAMES)(root))
 
 
 def make_manifest(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -115,6 +121,28 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     except ValueError as exc:
         raise DataError(f"{path}: column 'label' must hold integers ({exc}).") from exc
     return df.loc[:, list(COLUMNS)]
+
+
+def natural_key(text: str) -> list[object]:
+    """Sort key that puts ``benign (2)`` before ``benign (10)``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def list_image_files(folder: Path, suffixes: Sequence[str], dataset: str) -> list[Path]:
+    """Files of ``folder`` with an image suffix, naturally sorted by name.
+
+    Hidden files are skipped (macOS copies leave ``._name.jpg`` resource forks that look like images);
+    other files are skipped with a warning, so a stray README or archive is seen but never read as an image.
+    """
+    files = []
+    for path in folder.iterdir():
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in suffixes:
+            log.warning("%s: ignoring %s (not one of %s)", dataset, path, list(suffixes))
+            continue
+        files.append(path)
+    return sorted(files, key=lambda p: natural_key(p.name))
 
 
 def sorted_class_dirs(root: Path, expected: Sequence[str] | None = None) -> list[str]:
