@@ -1,7 +1,13 @@
 """Datasets as manifests: adapters for BUSI, Kvasir v2, ISIC 2018 and generic layouts, audit, splits, pipelines.
 
-Importing this package is cheap: the MONAI pipelines live in ``medsg.data.transforms`` / ``medsg.data.dataset``.
+Everything a user needs is importable from here. Importing this package stays cheap: the audit (PIL
+decoding), the splits (scikit-learn) and the MONAI pipelines are imported on first use of one of their names.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from medsg.data.manifest import (
     COLUMNS,
@@ -12,9 +18,41 @@ from medsg.data.manifest import (
     mask_list,
     read_manifest,
     save_manifest,
+    validate_manifest,
 )
 
+# public name -> module that defines it, imported on first access (PEP 562)
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "AuditReport",
+            "apply_audit_policy",
+            "audit_manifest",
+            "read_audit",
+            "run_audit_cli",
+            "summarize",
+            "write_audit",
+        ),
+        "medsg.data.audit",
+    ),
+    **dict.fromkeys(
+        (
+            "check_no_leakage",
+            "inner_split",
+            "load_or_create_splits",
+            "make_kfold_splits",
+            "read_splits",
+            "save_splits",
+            "split_filename",
+        ),
+        "medsg.data.splits",
+    ),
+    **dict.fromkeys(("aug_defaults", "build_transforms"), "medsg.data.transforms"),
+    **dict.fromkeys(("build_dataset", "manifest_to_records"), "medsg.data.dataset"),
+}
+
 __all__ = [
+    # manifest (imported eagerly: pandas only)
     "COLUMNS",
     "adapter_names",
     "class_names",
@@ -23,4 +61,38 @@ __all__ = [
     "mask_list",
     "read_manifest",
     "save_manifest",
+    "validate_manifest",
+    # audit
+    "AuditReport",
+    "apply_audit_policy",
+    "audit_manifest",
+    "read_audit",
+    "run_audit_cli",
+    "summarize",
+    "write_audit",
+    # splits
+    "check_no_leakage",
+    "inner_split",
+    "load_or_create_splits",
+    "make_kfold_splits",
+    "read_splits",
+    "save_splits",
+    "split_filename",
+    # MONAI pipelines
+    "aug_defaults",
+    "build_transforms",
+    "build_dataset",
+    "manifest_to_records",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'medsg.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -129,6 +129,7 @@ class UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
     def groups(self) -> list[list[Any]]:
+        """Every set, each sorted (singletons included)."""
         out: dict[Any, list[Any]] = defaultdict(list)
         for x in self.parent:
             out[self.find(x)].append(x)
@@ -136,6 +137,7 @@ class UnionFind:
 
 
 def _clusters_by_key(ids: Sequence[str], keys: Sequence[str | None]) -> list[list[str]]:
+    """Sorted clusters of 2+ ids sharing a key (a hash); ids whose key is None take no part."""
     by: dict[str, list[str]] = defaultdict(list)
     for i, k in zip(ids, keys, strict=True):
         if k:
@@ -322,7 +324,12 @@ def read_audit(path: str | Path) -> AuditReport:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Audit report not found: {path}. Run `medsg audit` first.")
-    return AuditReport.from_dict(json.loads(path.read_text()))
+    try:
+        return AuditReport.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise DataError(
+            f"{path}: not a medsg audit report ({exc}); delete it and run `medsg audit` again."
+        ) from exc
 
 
 def summarize(report: AuditReport, max_items: int = 10) -> str:

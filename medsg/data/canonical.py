@@ -62,6 +62,7 @@ def isic_canonical(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: build one canonical split file and write it (atomically) into ``--out-dir``."""
     parser = argparse.ArgumentParser(description="Write a canonical split file into data_splits/.")
     parser.add_argument("dataset", choices=["busi", "isic2018"])
     parser.add_argument("source", help="BUSI root, or HAM10000_metadata.csv for isic2018")
@@ -75,14 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dataset == "busi":
         header, folds = busi_canonical(args.source, args.k, args.seed)
     else:
-        extra: list[list[str]] = []
-        if args.audit_root:
-            report = audit_manifest(load_isic2018(args.audit_root))
-            extra = report.near_duplicates
-            header_note = report.manifest_hash
+        report = audit_manifest(load_isic2018(args.audit_root)) if args.audit_root else None
+        extra = report.near_duplicates if report is not None else []
         header, folds = isic_canonical(args.source, args.k, args.seed, extra)
-        if args.audit_root:
-            header["audit_hash"] = header_note
+        if report is not None:
+            header["audit_hash"] = report.manifest_hash
             header["audit_of"] = (
                 "the local ISIC 2018 Task 3 training subset used for the near-duplicate merge"
             )

@@ -36,7 +36,8 @@ def split_filename(dataset: str, k: int, seed: int) -> str:
     return f"{dataset}_{k}fold_seed{seed}.json"
 
 
-def _sorted(manifest: pd.DataFrame, group_col: str) -> pd.DataFrame:
+def _sorted_by_id(manifest: pd.DataFrame, group_col: str) -> pd.DataFrame:
+    """Rows sorted by id (so folds do not depend on row order), after checking the needed columns."""
     for col in ("id", "label", group_col):
         if col not in manifest.columns:
             raise DataError(f"manifest has no column {col!r} (columns: {list(manifest.columns)}).")
@@ -45,7 +46,7 @@ def _sorted(manifest: pd.DataFrame, group_col: str) -> pd.DataFrame:
 
 def make_kfold_splits(manifest: pd.DataFrame, k: int, seed: int, group_col: str = "group") -> Folds:
     """Stratified (by ``label``), grouped (by ``group_col``) k-fold split of ``manifest['id']``."""
-    df = _sorted(manifest, group_col)
+    df = _sorted_by_id(manifest, group_col)
     n_groups = df[group_col].nunique()
     if k < 2 or n_groups < k:
         raise DataError(
@@ -219,18 +220,19 @@ def inner_split(
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}.")
-    df = _sorted(manifest_subset, group_col)
+    df = _sorted_by_id(manifest_subset, group_col)
     n_groups = df[group_col].nunique()
     if n_groups < 2:
         raise DataError(f"inner_split needs at least 2 groups, got {n_groups} ({len(df)} images).")
     n_splits = min(max(2, round(1 / val_fraction)), n_groups)
     y, groups = df["label"].to_numpy(), df[group_col].to_numpy()
     if df["label"].value_counts().max() >= n_splits:
-        cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        train_idx, val_idx = next(cv.split(np.zeros(len(df)), y, groups))
+        cv: StratifiedGroupKFold | GroupShuffleSplit = StratifiedGroupKFold(
+            n_splits=n_splits, shuffle=True, random_state=seed
+        )
     else:  # every class is smaller than n_splits: stratification is impossible, keep the grouping
         log.warning("inner_split: classes too small to stratify %d images; grouped shuffle split", len(df))
         cv = GroupShuffleSplit(n_splits=1, test_size=1 / n_splits, random_state=seed)
-        train_idx, val_idx = next(cv.split(np.zeros(len(df)), y, groups))
+    train_idx, val_idx = next(cv.split(np.zeros(len(df)), y, groups))
     ids = df["id"].to_numpy()
     return sorted(ids[train_idx].tolist()), sorted(ids[val_idx].tolist())

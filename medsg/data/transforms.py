@@ -167,6 +167,16 @@ def color_transform(strength: float = 1.0) -> Any:
     )
 
 
+class BinarizeMaskd(MapTransform):
+    """Re-binarise masks (> 0.5) after interpolation, so they stay in {0, 1}."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = (d[key] > 0.5).to(torch.float32) if isinstance(d[key], torch.Tensor) else d[key]
+        return d
+
+
 def build_transforms(
     img_size: int,
     mean: Sequence[float],
@@ -180,7 +190,7 @@ def build_transforms(
     if len(mean) != 3 or len(std) != 3:
         raise DataError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}.")
     keys = ["image", "mask"] if with_mask else ["image"]
-    smooth = ("bilinear", "nearest") if with_mask else ("bilinear",)
+    warp_modes = ("bilinear", "nearest")[: len(keys)]  # masks stay binary under rotation / zoom
     steps: list[Any] = [
         LoadImaged("image", reader=PILReader(converter=pil_to_rgb, reverse_indexing=False), image_only=True),
         EnsureChannelFirstd("image", channel_dim=-1),
@@ -198,8 +208,8 @@ def build_transforms(
         if vertical_flip:
             steps += [RandFlipd(keys, prob=0.5, spatial_axis=0)]
         steps += [
-            RandRotated(keys, range_x=np.deg2rad(15), prob=0.5, mode=smooth, padding_mode="zeros"),
-            RandZoomd(keys, min_zoom=0.9, max_zoom=1.15, prob=0.5, mode=smooth, padding_mode="constant"),
+            RandRotated(keys, range_x=np.deg2rad(15), prob=0.5, mode=warp_modes, padding_mode="zeros"),
+            RandZoomd(keys, min_zoom=0.9, max_zoom=1.15, prob=0.5, mode=warp_modes, padding_mode="constant"),
         ]
         if color_aug:
             steps.append(AlbumentationsColord("image", color_transform()))
@@ -214,13 +224,3 @@ def build_transforms(
         EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=False),
     ]
     return Compose(steps)
-
-
-class BinarizeMaskd(MapTransform):
-    """Re-binarise masks (> 0.5) after interpolation, so they stay in {0, 1}."""
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = (d[key] > 0.5).to(torch.float32) if isinstance(d[key], torch.Tensor) else d[key]
-        return d
