@@ -21,38 +21,32 @@ from medsg.data.manifest import (
     validate_manifest,
 )
 
-# public name -> module that defines it, imported on first access (PEP 562)
-_LAZY: dict[str, str] = {
-    **dict.fromkeys(
-        (
-            "AuditReport",
-            "apply_audit_policy",
-            "audit_manifest",
-            "read_audit",
-            "run_audit_cli",
-            "summarize",
-            "write_audit",
-        ),
-        "medsg.data.audit",
+# names imported on first access (PEP 562), by defining module
+_LAZY_MODULES: dict[str, tuple[str, ...]] = {
+    "medsg.data.audit": (
+        "AuditReport",
+        "apply_audit_policy",
+        "audit_manifest",
+        "read_audit",
+        "run_audit_cli",
+        "summarize",
+        "write_audit",
     ),
-    **dict.fromkeys(
-        (
-            "check_no_leakage",
-            "inner_split",
-            "load_or_create_splits",
-            "make_kfold_splits",
-            "read_splits",
-            "save_splits",
-            "split_filename",
-        ),
-        "medsg.data.splits",
+    "medsg.data.splits": (
+        "check_no_leakage",
+        "inner_split",
+        "load_or_create_splits",
+        "make_kfold_splits",
+        "read_splits",
+        "save_splits",
+        "split_filename",
     ),
-    **dict.fromkeys(("aug_defaults", "build_transforms"), "medsg.data.transforms"),
-    **dict.fromkeys(("build_dataset", "manifest_to_records"), "medsg.data.dataset"),
+    "medsg.data.transforms": ("aug_defaults", "build_transforms"),
+    "medsg.data.dataset": ("build_dataset", "manifest_to_records"),
 }
+_LAZY: dict[str, str] = {name: module for module, names in _LAZY_MODULES.items() for name in names}
 
 __all__ = [
-    # manifest (imported eagerly: pandas only)
     "COLUMNS",
     "adapter_names",
     "class_names",
@@ -62,27 +56,7 @@ __all__ = [
     "read_manifest",
     "save_manifest",
     "validate_manifest",
-    # audit
-    "AuditReport",
-    "apply_audit_policy",
-    "audit_manifest",
-    "read_audit",
-    "run_audit_cli",
-    "summarize",
-    "write_audit",
-    # splits
-    "check_no_leakage",
-    "inner_split",
-    "load_or_create_splits",
-    "make_kfold_splits",
-    "read_splits",
-    "save_splits",
-    "split_filename",
-    # MONAI pipelines
-    "aug_defaults",
-    "build_transforms",
-    "build_dataset",
-    "manifest_to_records",
+    *_LAZY,
 ]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medsg.data.manifest import MASK_SEP, list_image_files, make_manifest, sorted_class_dirs
+from medsg.data.manifest import MASK_SEP, class_folder_rows, make_manifest, sorted_class_dirs
 from medsg.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -34,14 +34,7 @@ def load_imagefolder(root: str | Path, classes: list[str] | None = None) -> pd.D
     order = list(classes) if classes is not None else found
     if not order:
         raise DataError(f"{root}: no class sub-folders found; expected root/<class>/<image>.")
-    rows = []
-    for label, name in enumerate(order):
-        files = list_image_files(root / name, IMAGE_SUFFIXES, "imagefolder")
-        if not files:
-            raise DataError(f"{root / name}: no images with suffix {IMAGE_SUFFIXES}.")
-        for path in files:
-            rows.append({"id": f"{name}/{path.name}", "path": str(path), "label": label, "label_name": name})
-    return make_manifest(rows)
+    return make_manifest(class_folder_rows(root, order, IMAGE_SUFFIXES, "imagefolder", id_with_suffix=True))
 
 
 def _read_csv(path: str | Path) -> tuple[Path, pd.DataFrame]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medsg.data.manifest import list_image_files, make_manifest, sorted_class_dirs
+from medsg.data.manifest import class_folder_rows, make_manifest, sorted_class_dirs
 from medsg.errors import DataError
 
 KVASIR_CLASSES: tuple[str, ...] = (
@@ -47,11 +47,6 @@ def load_kvasir(root: str | Path) -> pd.DataFrame:
     """Manifest of Kvasir v2 (8000 rows for the official release)."""
     base = resolve_kvasir_root(root)
     sorted_class_dirs(base, KVASIR_CLASSES)
-    rows = []
-    for label, name in enumerate(KVASIR_CLASSES):
-        files = list_image_files(base / name, IMAGE_SUFFIXES, "Kvasir")
-        if not files:
-            raise DataError(f"Kvasir class folder {base / name} holds no .jpg images.")
-        for path in files:
-            rows.append({"id": f"{name}/{path.stem}", "path": str(path), "label": label, "label_name": name})
-    return make_manifest(rows)
+    return make_manifest(
+        class_folder_rows(base, KVASIR_CLASSES, IMAGE_SUFFIXES, "Kvasir", id_with_suffix=False)
+    )

@@ -145,6 +145,27 @@ def list_image_files(folder: Path, suffixes: Sequence[str], dataset: str) -> lis
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
+def class_folder_rows(
+    base: Path, classes: Sequence[str], suffixes: Sequence[str], dataset: str, id_with_suffix: bool
+) -> list[dict[str, Any]]:
+    """Manifest rows of ``base/<class>/<image>``: label = index in ``classes``, id ``<class>/<file>``.
+
+    Ids keep the class folder so two folders may reuse a file name; ``id_with_suffix=False`` drops the
+    suffix (Kvasir's published ids are the file stems).
+    """
+    rows = []
+    for label, name in enumerate(classes):
+        files = list_image_files(base / name, suffixes, dataset)
+        if not files:
+            raise DataError(
+                f"{dataset}: class folder {base / name} holds no images with suffix {list(suffixes)}."
+            )
+        for path in files:
+            image_id = f"{name}/{path.name if id_with_suffix else path.stem}"
+            rows.append({"id": image_id, "path": str(path), "label": label, "label_name": name})
+    return rows
+
+
 def sorted_class_dirs(root: Path, expected: Sequence[str] | None = None) -> list[str]:
     """Sub-folder names of ``root`` (hidden ones skipped), checked against ``expected`` when given."""
     if not root.is_dir():
