@@ -120,16 +120,21 @@ class Config(_Strict):
     # Derived values, so every module reads the same defaults.
     @property
     def run_dir(self) -> Path:
+        """``<output_dir>/<name>``: the run folder."""
         return Path(self.experiment.output_dir) / self.experiment.name
 
     @property
     def report_dir(self) -> Path:
+        """``experiment.report_dir``, or ``reports/<name>`` relative to the working directory."""
         return Path(self.experiment.report_dir or Path("reports") / self.experiment.name)
 
     @property
     def split_file(self) -> Path:
-        name = f"{self.data.adapter}_{self.splits.k}fold_seed{self.splits.seed}.json"
-        return Path(self.splits.file or Path("data_splits") / name)
+        """``splits.file``, or ``data_splits/<adapter>_<k>fold_seed<seed>.json`` relative to the working dir."""
+        from medsg.data.splits import split_filename
+
+        default = Path("data_splits") / split_filename(self.data.adapter, self.splits.k, self.splits.seed)
+        return Path(self.splits.file or default)
 
     @property
     def color_aug(self) -> bool:
@@ -273,7 +278,9 @@ def git_hash(path: str | Path | None = None) -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 def provenance() -> dict[str, Any]:
@@ -302,10 +309,12 @@ def resolved_config(cfg: Config) -> dict[str, Any]:
 
 
 def dump_config(data: dict[str, Any]) -> str:
+    """YAML text of a config dict, keys in schema order (as ``config.yaml`` stores it)."""
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
     if isinstance(data, dict):
         out: dict[str, Any] = {}
         for key, value in data.items():
