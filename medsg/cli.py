@@ -32,6 +32,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         metavar="K",
         help="run only fold K (repeatable); default: all folds",
     )
+    _add_overrides(p)
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
         dest="overrides",
@@ -43,6 +47,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``medsg`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
         prog="medsg", description="Transfer learning for medical images with SG-Former."
     )
@@ -56,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "splits", help="write the split file of an experiment once (before parallel fold jobs)"
     )
-    p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("config", help="experiment YAML")
+    _add_overrides(p)
     p = sub.add_parser("audit", help="check a dataset: unreadable files, duplicates, label conflicts")
     p.add_argument("--adapter", required=True, choices=["busi", "kvasir", "isic2018", "imagefolder", "csv"])
     p.add_argument("--root", required=True, help="dataset folder")
@@ -94,6 +99,7 @@ def cmd_info() -> int:
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed subcommand; returns the exit status."""
     from medsg import experiment
 
     if args.command == "run":
@@ -110,8 +116,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return run_audit_cli(args.adapter, args.root, args.out)
     elif args.command == "demo":
         start = time.perf_counter()
-        experiment.run_demo(args.out, quick=args.quick, quiet=args.quiet)
-        print(f"demo finished in {time.perf_counter() - start:.0f} s; report: {Path(args.out) / 'reports'}")
+        result = experiment.run_demo(args.out, quick=args.quick, quiet=args.quiet)
+        print(f"demo finished in {time.perf_counter() - start:.0f} s")
+        print("\n".join(experiment.run_summary_lines(result.run_dir)))
+        print(f"report: {result.report}")
     elif args.command == "info":
         return cmd_info()
     return 0

@@ -129,10 +129,9 @@ class ManifestFolds:
             raise ConfigError(
                 "train.selection: inner_val needs splits.inner_val_fraction > 0 (or use last_epoch)"
             )
+        # Cannot happen with a valid split file; checked because it would silently inflate results.
         overlap = set(test_ids) & (set(train_ids) | set(val_ids))
-        if (
-            overlap
-        ):  # cannot happen with a valid split file; checked because it would silently inflate results
+        if overlap:
             raise ConfigError(
                 f"fold {fold}: {len(overlap)} test ids also in training/selection, e.g. {sorted(overlap)[:3]}"
             )
@@ -210,6 +209,7 @@ def save_or_check_config(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
 
 def all_folds_done(run_dir: Path, k: int) -> bool:
+    """Whether folds 0..k-1 all have their DONE marker (then the report can be written)."""
     return all(fold_is_done(run_dir, f) for f in range(k))
 
 
@@ -294,6 +294,7 @@ def run_from_file(
     folds: list[int] | None = None,
     quiet: bool = False,
 ) -> Path:
+    """``medsg run``: load and check the config file, then ``run_experiment``; returns the run folder."""
     return run_experiment(load_config(config_path, overrides), folds, quiet)
 
 
@@ -328,14 +329,48 @@ def demo_config(out: Path, quick: bool = False) -> Config:
     return cfg
 
 
-def run_demo(out: str | Path = "medsg_demo", quick: bool = False, quiet: bool = False) -> Path:
-    """``medsg demo``: synthetic BUSI-like data, a short k-fold run of sgformer_tiny, and its report."""
+@dataclass(frozen=True)
+class DemoResult:
+    """Where ``medsg demo`` put its run folder and its report."""
+
+    run_dir: Path
+    report: Path
+
+
+def run_demo(out: str | Path = "medsg_demo", quick: bool = False, quiet: bool = False) -> DemoResult:
+    """``medsg demo``: synthetic BUSI-like data, a short k-fold run of sgformer_tiny, and its report.
+
+    Everything (data, split file, runs, report) goes below ``out``, which ignores itself in git (a
+    ``.gitignore`` of ``*``), so a demo run inside a clone leaves no untracked files.
+    """
     from medsg.demo import make_synthetic_busi
 
     out = Path(out)
+    ignore = out / ".gitignore"
+    if not ignore.exists():
+        atomic_write_text(ignore, "# written by medsg demo: everything here is generated\n*\n")
     n_per_class = 10 if quick else 24
     make_synthetic_busi(out / "data", n_per_class=n_per_class, size=96, seed=0)
     cfg = demo_config(out, quick)
     run_dir = run_experiment(cfg, quiet=quiet)
-    log.info("demo finished: report in %s", cfg.report_dir / "report.html")
-    return run_dir
+    return DemoResult(run_dir=run_dir, report=cfg.report_dir / "report.html")
+
+
+def _plural(count: object, word: str) -> str:
+    return f"{count} {word}" + ("" if str(count) == "1" else "s")
+
+
+def run_summary_lines(run_dir: Path) -> list[str]:
+    """Three lines on a finished run from its summary.json: data and protocol, pooled metrics, per fold."""
+    summary = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
+    proto, pooled = summary["protocol"], summary["pooled"]
+    ci = summary.get("bootstrap_ci", {}).get("balanced_accuracy", {})
+    ci_text = f" (95% CI {ci['low']:.2f}-{ci['high']:.2f})" if {"low", "high"} <= set(ci) else ""
+    per_fold = ", ".join(f"{f['balanced_accuracy']:.2f}" for f in summary["per_fold"])
+    return [
+        f"{proto['experiment']}: {summary['n_pooled']} images ({proto['classes']}), {proto['cross-validation']}, "
+        f"{proto['model']}, {_plural(proto['epochs'], 'epoch')}",
+        f"pooled out-of-fold: balanced accuracy {pooled['balanced_accuracy']:.2f}{ci_text}, "
+        f"macro AUROC {pooled['macro_auroc']:.2f}, accuracy {pooled['accuracy']:.2f}",
+        f"balanced accuracy per fold: {per_fold}",
+    ]

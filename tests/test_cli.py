@@ -175,3 +175,58 @@ def test_demo_quick_end_to_end(tmp_path):
     assert cli.main(["-q", "demo", "--out", str(tmp_path), "--quick"]) == 0
     assert (tmp_path / "reports" / "demo_quick" / "report.html").is_file()
     assert (tmp_path / "runs" / "demo_quick" / "summary.json").is_file()
+
+
+def test_demo_prints_report_path_and_three_line_summary(monkeypatch, tmp_path, capsys):
+    from medsg.experiment import DemoResult
+
+    run_dir = tmp_path / "runs" / "demo"
+    run_dir.mkdir(parents=True)
+    summary = {
+        "protocol": {
+            "experiment": "demo",
+            "classes": "benign, malignant, normal",
+            "cross-validation": "3-fold, split seed 0",
+            "model": "sgformer_tiny",
+            "epochs": "20",
+        },
+        "n_pooled": 72,
+        "pooled": {"balanced_accuracy": 0.667, "macro_auroc": 0.81, "accuracy": 0.7},
+        "bootstrap_ci": {"balanced_accuracy": {"mean": 0.66, "low": 0.55, "high": 0.78}},
+        "per_fold": [{"balanced_accuracy": v} for v in (0.6, 0.7, 0.71)],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    report = tmp_path / "reports" / "demo" / "report.html"
+    monkeypatch.setattr(
+        "medsg.experiment.run_demo", lambda out, quick, quiet: DemoResult(run_dir=run_dir, report=report)
+    )
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("demo finished in ")
+    assert out[1:4] == [
+        "demo: 72 images (benign, malignant, normal), 3-fold, split seed 0, sgformer_tiny, 20 epochs",
+        "pooled out-of-fold: balanced accuracy 0.67 (95% CI 0.55-0.78), macro AUROC 0.81, accuracy 0.70",
+        "balanced accuracy per fold: 0.60, 0.70, 0.71",
+    ]
+    assert out[4] == f"report: {report}" and len(out) == 5
+
+
+def test_demo_writes_split_files_only_inside_its_folder(monkeypatch, tmp_path):
+    """The demo's split file goes to <out>/data_splits, never the repo's; <out> ignores itself in git."""
+    from medsg import experiment
+
+    repo_splits = Path(__file__).resolve().parents[1] / "data_splits"
+    before = sorted(repo_splits.iterdir()) if repo_splits.is_dir() else []
+
+    def prepare_only(cfg, quiet=False):  # the data half of run_experiment: manifest, audit, split file
+        experiment.prepare_data(cfg)
+        return cfg.run_dir
+
+    monkeypatch.setattr(experiment, "run_experiment", prepare_only)
+    monkeypatch.chdir(repo_splits.parent)  # even from the clone's root, a relative default would land here
+    out = tmp_path / "demo"
+    result = experiment.run_demo(out, quick=True)
+    assert sorted(p.name for p in (out / "data_splits").iterdir()) == ["busi_2fold_seed0.json"]
+    assert (sorted(repo_splits.iterdir()) if repo_splits.is_dir() else []) == before
+    assert (out / ".gitignore").read_text().splitlines()[-1] == "*"
+    assert result.report == (out / "reports" / "demo_quick" / "report.html").resolve()
