@@ -227,3 +227,10 @@ def test_report_says_trained_from_scratch(tmp_path):
     assert summary["protocol"]["epochs"] == "unknown"
     assert "none (trained from scratch)" in html_path.read_text()
     assert "**pretrained weights**: none (trained from scratch)" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_unreadable_fold_csv_names_the_file(tmp_path):
+    run = _make_run(tmp_path)
+    (run / "fold_1" / "history.csv").write_bytes(b"")
+    with pytest.raises(DataError, match=r"fold_1.history\.csv.*re-run fold 1"):
+        write_report(run, tmp_path / "r", n_bootstrap=20)

@@ -110,7 +110,8 @@ class LoadMaskUniond(MapTransform):
                 mask = read_mask(path)
                 if mask.shape != shape:
                     raise DataError(
-                        f"Mask {path} has size {mask.shape[::-1]} but its image has {shape[::-1]} (width, height)."
+                        f"Mask {path} has size {mask.shape[::-1]} but its image has {shape[::-1]} (width, height). "
+                        "Run `medsg audit`: its policy removes masks that do not fit their image."
                     )
                 union |= mask
             d[key] = MetaTensor(torch.from_numpy(union[None].astype(np.float32)))

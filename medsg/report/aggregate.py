@@ -92,7 +92,7 @@ def load_run(run_dir: Path) -> RunData:
         run.fold_meta[fold] = _read_json(fold_dirs[fold] / "metrics.json")
         history = fold_dirs[fold] / "history.csv"
         if history.exists():
-            run.histories[fold] = pd.read_csv(history)
+            run.histories[fold] = _read_csv(history, f"re-run fold {fold} or delete the file")
     run.class_names = class_names or []
     run.oof = pd.concat(frames, ignore_index=True)
     if run.oof["id"].duplicated().any():
@@ -201,10 +201,18 @@ def _read_json(path: Path) -> dict[str, Any]:
         ) from exc
 
 
+def _read_csv(path: Path, advice: str, **kwargs: Any) -> pd.DataFrame:
+    """pandas.read_csv whose errors name the file and say what to do."""
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a readable CSV ({exc}); {advice}") from exc
+
+
 def _read_predictions(path: Path, fold: int) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"{path} is missing although the fold is marked DONE; re-run fold {fold}")
-    frame = pd.read_csv(path, dtype={"id": str}, keep_default_na=False, na_values=[""])
+    frame = _read_csv(path, f"re-run fold {fold}", dtype={"id": str}, keep_default_na=False, na_values=[""])
     missing = [c for c in ("id", "y_true") if c not in frame.columns]
     if missing or not any(c.startswith("p_") for c in frame.columns):
         raise DataError(
