@@ -14,6 +14,8 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in a torchrun job; the defaults describe a single process."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -47,12 +49,14 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
 
 
 def shutdown_distributed() -> None:
+    """Wait for every rank, then tear the process group down (no-op without one)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
 
 def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 

@@ -366,6 +366,7 @@ class FoldTrainer:
         return metrics
 
     def run(self) -> dict[str, Any]:
+        """Resume if possible, train the remaining epochs, then test once; returns the fold's metrics."""
         self.fold_dir.mkdir(parents=True, exist_ok=True)
         self.resume()
         self.fit()

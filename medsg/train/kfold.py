@@ -34,10 +34,12 @@ class FoldDataFactory(Protocol):
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
+    """``<run_dir>/fold_<fold>``."""
     return Path(run_dir) / f"fold_{fold}"
 
 
 def fold_is_done(run_dir: Path, fold: int) -> bool:
+    """A fold is finished once its DONE marker exists (written last, after predictions and metrics)."""
     return (fold_dir(run_dir, fold) / "DONE").exists()
 
 

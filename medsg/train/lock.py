@@ -43,6 +43,7 @@ class FileLock:
         self.held = False
 
     def acquire(self) -> FileLock:
+        """Create the lock file (taking over a stale one of a dead local pid) or raise ``RunLocked``."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = f"{os.getpid()} {socket.gethostname()}"
         for _ in range(2):
@@ -66,6 +67,7 @@ class FileLock:
         raise RunLocked(f"could not take lock {self.path}")
 
     def release(self) -> None:
+        """Remove the lock file if this object holds it."""
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False

@@ -42,6 +42,7 @@ def get_rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore states captured by ``get_rng_states`` (CUDA only where a GPU is visible)."""
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
@@ -70,6 +71,7 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """Mixed precision in ``dtype`` on ``device``, or a no-op for fp32 (``dtype`` None)."""
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
