@@ -19,7 +19,7 @@ import yaml
 
 from medsg.demo import make_synthetic_busi
 
-EPOCHS = 6
+EPOCHS = 12
 
 
 def _write_config(data_root: Path, out: Path, splits: Path) -> Path:
