@@ -28,8 +28,7 @@ def test_maps_match_reference_fixture() -> None:
     model = SGFormer(**expected["config"])
     load_checkpoint(model, OFFICIAL, use_ema=False)
     model.double().eval()
-    with torch.no_grad():
-        maps = significance_maps(model, expected["input"])
+    maps = significance_maps(model, expected["input"])  # no torch.no_grad needed: it runs under one
     assert sorted(maps) == sorted(expected["significance"])
     for name, want in expected["significance"].items():
         assert maps[name].shape == want.shape
@@ -63,9 +62,25 @@ def test_recorder_is_cleared_after_an_error() -> None:
     assert model.significance_recorder is None
 
 
-def test_works_in_train_mode_with_grad() -> None:
-    model = timm.create_model("sgformer_tiny", num_classes=2).train()
-    maps = significance_maps(model, torch.randn(1, 3, 224, 224))
-    assert maps["block3.2"].shape == (1, 14, 14) and model.significance_recorder is None
+class _GradProbe(torch.nn.Module):
+    """Wraps a model and notes whether autograd was on during its forward (no hooks involved)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.grad_enabled = inner, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.grad_enabled.append(torch.is_grad_enabled())
+        return self.inner(x)
+
+
+def test_runs_without_grad_and_keeps_the_callers_mode() -> None:
+    probe = _GradProbe(timm.create_model("sgformer_tiny", num_classes=2)).train()
+    assert torch.is_grad_enabled()
+    maps = significance_maps(probe, torch.randn(1, 3, 224, 224))
+    assert probe.grad_enabled == [False] and torch.is_grad_enabled()
+    assert probe.training and probe.inner.training  # the caller's mode is left alone
+    assert maps["block3.2"].shape == (1, 14, 14) and probe.inner.significance_recorder is None
+    assert all(p.grad is None for p in probe.parameters())
     with pytest.raises(TypeError, match="SG-Former"):
         significance_maps(torch.nn.Linear(2, 2), torch.randn(1, 2))

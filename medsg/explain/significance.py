@@ -23,7 +23,10 @@ def _find_sgformer(model: nn.Module) -> nn.Module:
 def significance_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Run ``model`` on ``x`` and return {"block1.0": (B, H, W), ...} for every hybrid block.
 
-    Works in any mode and under ``torch.no_grad``; the recorder is removed again even on error.
+    The forward runs under ``torch.no_grad()``: the maps are detached by design, so building an autograd
+    graph would only cost memory. The caller chooses the mode; use ``model.eval()`` (dropout and drop-path
+    off) so the maps describe the deterministic prediction. The mode is not changed here. The recorder is
+    removed again even on error, and no hooks are installed.
     """
     backbone = _find_sgformer(model)
     if backbone.significance_recorder is not None:
@@ -31,7 +34,8 @@ def significance_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tens
     recorded: dict[str, torch.Tensor] = {}
     backbone.significance_recorder = recorded
     try:
-        model(x)
+        with torch.no_grad():
+            model(x)
     finally:
         backbone.significance_recorder = None
     return recorded
