@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medsg.data.audit import MIN_CORRELATION, NEAR_DUP_THRESHOLD
 from medsg.errors import ConfigError
 
 # Keys that do not change results: a resumed run may differ in these.
@@ -34,6 +35,11 @@ NON_RESULT_KEYS = frozenset(
 )
 
 
+# Keys added to the schema after runs were saved: a saved config.yaml without one is read with the value the
+# older code used implicitly, so resuming such a run is not refused for a key it never had.
+ADDED_KEYS = {"data.audit.min_correlation": MIN_CORRELATION}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -46,8 +52,11 @@ class ExperimentConfig(_Strict):
 
 
 class AuditConfig(_Strict):
+    """``medsg.data.audit.audit_manifest`` settings; the defaults are the audit module's own constants."""
+
     conflicts: Literal["drop", "keep"] = "drop"
-    near_dup_threshold: int = Field(4, ge=0)
+    near_dup_threshold: int = Field(NEAR_DUP_THRESHOLD, ge=0, le=256)  # dHash-256 Hamming distance
+    min_correlation: float = Field(MIN_CORRELATION, ge=-1.0, le=1.0)  # thumbnail Pearson correlation
 
 
 class DataConfig(_Strict):
@@ -325,7 +334,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def result_diff(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ in a way that changes results (provenance and I/O knobs ignored)."""
-    a, b = _flatten(saved), _flatten(new)
+    a, b = {**ADDED_KEYS, **_flatten(saved)}, _flatten(new)
     keys = sorted(set(a) | set(b))
     ignored = tuple(k + "." for k in NON_RESULT_KEYS)
     return [

@@ -56,7 +56,11 @@ def prepare_data(cfg: Config, run_dir: Path | None = None, dist: ddp.DistInfo | 
     raw = load_manifest(cfg.data.adapter, cfg.data.root, **cfg.data.options)
     audit_path = (run_dir / "audit.json") if run_dir else None
     if dist.is_main or audit_path is None:
-        report = audit_manifest(raw, near_dup_threshold=cfg.data.audit.near_dup_threshold)
+        report = audit_manifest(
+            raw,
+            near_dup_threshold=cfg.data.audit.near_dup_threshold,
+            min_correlation=cfg.data.audit.min_correlation,
+        )
         if audit_path is not None:
             write_audit(report, audit_path)
     ddp.barrier()

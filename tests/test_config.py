@@ -127,6 +127,33 @@ def test_resolved_config_round_trips_with_provenance(tmp_path):
     assert result_diff(loaded, resolved_config(again)) == []
 
 
+def test_audit_defaults_are_the_audit_modules_own(tmp_path):
+    """A YAML without data.audit must audit exactly like ``audit_manifest`` called with its defaults."""
+    import inspect
+
+    from medsg.data import audit
+
+    cfg = config_from_dict(minimal(tmp_path))
+    params = inspect.signature(audit.audit_manifest).parameters
+    assert (
+        cfg.data.audit.near_dup_threshold == params["near_dup_threshold"].default == audit.NEAR_DUP_THRESHOLD
+    )
+    assert cfg.data.audit.min_correlation == params["min_correlation"].default == audit.MIN_CORRELATION
+    cfg = config_from_dict(minimal(tmp_path), ["data.audit.min_correlation=0.9"])
+    assert cfg.data.audit.min_correlation == 0.9
+    with pytest.raises(ConfigError, match="near_dup_threshold"):
+        config_from_dict(minimal(tmp_path), ["data.audit.near_dup_threshold=300"])
+
+
+def test_a_config_saved_before_min_correlation_existed_still_resumes(tmp_path):
+    saved = resolved_config(config_from_dict(minimal(tmp_path)))
+    new = copy.deepcopy(saved)
+    del saved["data"]["audit"]["min_correlation"]
+    assert result_diff(saved, new) == []
+    new["data"]["audit"]["min_correlation"] = 0.5
+    assert result_diff(saved, new) == ["data.audit.min_correlation: 0.95 -> 0.5"]
+
+
 def test_result_diff_ignores_io_knobs_and_flags_the_rest(tmp_path):
     saved = resolved_config(config_from_dict(minimal(tmp_path)))
     new = copy.deepcopy(saved)
