@@ -175,13 +175,34 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path
 
 
 def test_huge_lr_never_saves_a_non_finite_model(tmp_path):
-    cfg = make_cfg(tmp_path, lr=1e30, warmup_epochs=0, weight_decay=0.0, layer_decay=None)
-    with pytest.raises(TrainingDiverged):
+    # One epoch: checkpoints are written only after an epoch whose loss and weights stayed finite, so a
+    # divergence inside that epoch must leave no checkpoint at all (a later resume then starts clean).
+    cfg = make_cfg(tmp_path, epochs=1, lr=1e30, warmup_epochs=0, weight_decay=0.0, layer_decay=None)
+    with pytest.raises(TrainingDiverged) as err:
         train_one_fold(cfg, 0, Factory(), tmp_path)
-    last = tmp_path / "fold_0" / "checkpoint_last.pt"
-    if last.exists():
-        state = torch.load(last, weights_only=True)["state_dict"]
-        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert err.value.fold == 0 and err.value.epoch == 1
+    fold = tmp_path / "fold_0"
+    assert not (fold / "checkpoint_last.pt").exists() and not (fold / "checkpoint_best.pt").exists()
+    assert not (fold / "DONE").exists()
+
+
+def test_divergence_in_epoch_two_keeps_the_finite_epoch_one_checkpoint(tmp_path, monkeypatch):
+    cfg = make_cfg(tmp_path, epochs=2)
+    real_loss, calls = fold_mod.compute_loss, []
+    steps_per_epoch = math.ceil(15 / 8)  # 24 non-test ids minus 9 inner-val ids, batch 8
+
+    def nan_in_epoch_two(criterion, logits, targets):
+        calls.append(1)
+        loss = real_loss(criterion, logits, targets)
+        return loss * float("nan") if len(calls) > steps_per_epoch else loss
+
+    monkeypatch.setattr(fold_mod, "compute_loss", nan_in_epoch_two)
+    with pytest.raises(TrainingDiverged) as err:
+        train_one_fold(cfg, 0, Factory(), tmp_path)
+    assert err.value.epoch == 2 and err.value.step == 1
+    saved = torch.load(tmp_path / "fold_0" / "checkpoint_last.pt", weights_only=True)
+    assert saved["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
 
 
 def test_last_epoch_selection_and_fold_skipping(tmp_path, monkeypatch):
