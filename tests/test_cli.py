@@ -170,8 +170,8 @@ def test_console_script_is_declared():
     assert 'medsg = "medsg.cli:main"' in text
 
 
-@pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
+    """The README's main command, run by the default test suite (--quick: 2 folds, 1 epoch, 30 images)."""
     assert cli.main(["-q", "demo", "--out", str(tmp_path), "--quick"]) == 0
     assert (tmp_path / "reports" / "demo_quick" / "report.html").is_file()
     assert (tmp_path / "runs" / "demo_quick" / "summary.json").is_file()
