@@ -160,8 +160,21 @@ def test_imagefolder_and_csv(tmp_path: Path) -> None:
 def test_csv_wrong_columns(tmp_path: Path) -> None:
     csv = tmp_path / "list.csv"
     csv.write_text("file,label\na.png,x\n")
-    with pytest.raises(DataError, match=r"list\.csv.*missing \['path'\].*unknown \['file'\]"):
+    with pytest.raises(DataError, match=r"list\.csv.*missing \['path'\]"):
         load_manifest("csv", csv)
+    csv.write_text("path,label,label_name\na.png,x,y\n")
+    with pytest.raises(DataError, match=r"list\.csv.*not allowed \['label_name'\]"):
+        load_manifest("csv", csv)
+
+
+def test_csv_extra_columns_pass_through_and_roundtrip(tmp_path: Path) -> None:
+    csv = tmp_path / "list.csv"
+    csv.write_text("path,label,patient_id,site\na.png,x,P7,north\nb.png,y,,south\n")
+    df = load_manifest("csv", csv)
+    assert list(df.columns) == [*COLUMNS, "patient_id", "site"]
+    assert df["patient_id"].tolist() == ["P7", ""] and df["site"].tolist() == ["north", "south"]
+    save_manifest(df, tmp_path / "m.csv")
+    pd.testing.assert_frame_equal(read_manifest(tmp_path / "m.csv"), df)
 
 
 def test_unknown_adapter() -> None:

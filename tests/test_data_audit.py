@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from synthetic import make_busi_replica, make_isic_replica, make_kvasir_replica, texture
+from synthetic import garbled_png, make_busi_replica, make_isic_replica, make_kvasir_replica, texture
 
 from medsg.data import load_manifest, make_manifest
 from medsg.data.audit import (
@@ -95,6 +95,30 @@ def test_inspect_unsupported_mode(tmp_path: Path) -> None:
     assert inspect_file(tmp_path / "absent.png")["problem"] == "missing_file"
 
 
+def test_garbled_pixel_data_is_corrupt_and_dropped(tmp_path: Path) -> None:
+    arr = texture(np.random.default_rng(0), (24, 20))
+    bad = garbled_png(arr, tmp_path / "bad.png")
+    with Image.open(bad) as im:  # the header is fine: PIL fails only when decoding the pixels
+        assert im.size == (24, 20)
+    result = inspect_file(bad)
+    assert result["problem"] == "corrupt" and result["size"] == [24, 20] and result["detail"]
+    _save_png(texture(np.random.default_rng(1), (24, 20)), tmp_path / "good.png")
+    df = make_manifest(
+        [
+            {"id": "bad", "path": bad, "label": 0, "label_name": "x"},
+            {"id": "good", "path": tmp_path / "good.png", "label": 0, "label_name": "x"},
+        ]
+    )
+    report = audit_manifest(df)
+    assert _kinds(report) == {("bad", "image"): "corrupt"} and report.broken_ids() == {"bad"}
+    assert apply_audit_policy(df, report)["id"].tolist() == ["good"]
+
+
+def _save_png(arr: np.ndarray, path: Path) -> Path:
+    Image.fromarray(arr).save(path)
+    return path
+
+
 def test_near_duplicate_threshold_is_applied() -> None:
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 256, size=(3, 32), dtype=np.uint8)
@@ -135,6 +159,31 @@ def test_duplicate_clusters_merge_with_lesion_groups_transitively() -> None:
     uf = UnionFind([1, 2, 3])
     uf.union(3, 2)
     assert sorted(uf.groups()) == [[1], [2, 3]]
+
+
+def test_policy_keeps_extra_columns_and_merges_the_split_column(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    arrs = [texture(rng, (24, 20)) for _ in range(3)]
+    paths = [_save_png(a, tmp_path / f"{i}.png") for i, a in enumerate(arrs)]
+    dup = _save_png(arrs[0], tmp_path / "dup.png")  # byte-identical to 0.png, filed under another patient
+    rows = [
+        {"id": "a", "path": paths[0], "label": 0, "label_name": "x", "patient_id": "P2", "site": "s1"},
+        {"id": "b", "path": paths[1], "label": 0, "label_name": "x", "patient_id": "P3", "site": "s1"},
+        {"id": "c", "path": paths[2], "label": 0, "label_name": "x", "patient_id": "", "site": "s2"},
+        {"id": "d", "path": dup, "label": 0, "label_name": "x", "patient_id": "P1", "site": "s2"},
+    ]
+    df = make_manifest(rows)
+    report = audit_manifest(df)
+    clean = apply_audit_policy(df, report, group_col="patient_id").set_index("id")
+    assert list(clean.columns[-2:]) == ["patient_id", "site"]
+    assert clean["site"].tolist() == ["s1", "s1", "s2", "s2"]  # other extra columns untouched
+    # the duplicate pair a~d joins patients P2 and P1; an empty patient id stays the image's own group
+    assert clean["patient_id"].tolist() == ["P1", "P3", "c", "P1"]
+    assert clean.loc["a", "group"] == clean.loc["d", "group"]
+    plain = apply_audit_policy(df, report).set_index("id")  # default: only `group` is merged
+    assert plain["patient_id"].tolist() == ["P2", "P3", "", "P1"]
+    with pytest.raises(ValueError, match="patient"):
+        apply_audit_policy(df.drop(columns="patient_id"), report, group_col="patient_id")
 
 
 def test_isic_policy_keeps_lesion_groups(tmp_path: Path) -> None:

@@ -361,16 +361,32 @@ def summarize(report: AuditReport, max_items: int = 10) -> str:
 
 
 # --------------------------------------------------------------------------------------------- policy
-def apply_audit_policy(manifest: pd.DataFrame, report: AuditReport, conflicts: str = "drop") -> pd.DataFrame:
+def apply_audit_policy(
+    manifest: pd.DataFrame,
+    report: AuditReport,
+    conflicts: str = "drop",
+    group_col: str = "group",
+) -> pd.DataFrame:
     """Clean a manifest by the report: drop broken images (always), conflicts (if ``"drop"``), bad masks;
     then merge groups so every duplicate cluster and every existing group (e.g. a lesion) is one group.
+
+    Extra manifest columns are kept. Merging is done on ``group`` and, when it differs, on ``group_col`` (the
+    column the splits will group by, e.g. a CSV's ``patient_id``): a duplicate pair of two patients makes
+    their ids one group in that column too, so no duplicate can straddle folds whichever column is used.
+    Callers must pass the column they split by; other extra columns are left as they are.
 
     Merging is transitive (union-find): a lesion group touching a duplicate cluster absorbs it. The merged
     group's name is the smallest original group name in it, so names stay readable and deterministic.
     """
     if conflicts not in ("drop", "keep"):
         raise DataError(f"conflicts policy must be 'drop' or 'keep', got {conflicts!r}.")
-    df = manifest.loc[:, list(COLUMNS)].copy()
+    if group_col not in manifest.columns:
+        raise DataError(
+            f"grouping column {group_col!r} is not in the manifest (columns: {list(manifest.columns)}); "
+            "add it to the data (a CSV column is passed through) or set splits.grouping to 'group'."
+        )
+    extras = [c for c in manifest.columns if c not in COLUMNS]
+    df = manifest.loc[:, [*COLUMNS, *extras]].copy()
     broken = report.broken_ids() & set(df["id"])
     if broken:
         log.warning("Audit policy: dropping %d broken image(s): %s", len(broken), sorted(broken)[:10])
@@ -392,17 +408,22 @@ def apply_audit_policy(manifest: pd.DataFrame, report: AuditReport, conflicts: s
         df["mask_paths"] = [
             MASK_SEP.join(m for m in mask_list(v) if m not in bad_masks) for v in df["mask_paths"]
         ]
-    df["group"] = merged_groups(
-        df, report.near_duplicates + report.pixel_duplicates + report.exact_duplicates
-    )
+    clusters = report.near_duplicates + report.pixel_duplicates + report.exact_duplicates
+    for col in dict.fromkeys(("group", group_col)):
+        df[col] = merged_groups(df, clusters, col)
     return df
 
 
-def merged_groups(df: pd.DataFrame, clusters: Iterable[Sequence[str]]) -> list[str]:
-    """Group names after uniting ``df['group']`` with id clusters (ids not in ``df`` are ignored)."""
+def merged_groups(df: pd.DataFrame, clusters: Iterable[Sequence[str]], group_col: str = "group") -> list[str]:
+    """Names of ``df[group_col]`` after uniting it with id clusters (ids not in ``df`` are ignored).
+
+    An empty or missing cell means "no known group": the row starts as its own group (its id), so rows
+    lacking e.g. a patient id are not all lumped together.
+    """
     uf = UnionFind()
     present = set(df["id"])
-    group_of = dict(zip(df["id"], df["group"].astype(str), strict=True))
+    cells = ["" if pd.isna(g) else str(g) for g in df[group_col]]
+    group_of = {rid: grp or str(rid) for rid, grp in zip(df["id"], cells, strict=True)}
     for rid, grp in group_of.items():
         uf.union(("g", grp), ("i", rid))
     for cluster in clusters:

@@ -3,7 +3,9 @@
 ImageFolder: ``root/<class>/<image>``; classes are the sorted folder names (torchvision's convention), ids are
 ``<class>/<file name>``. CSV: columns ``path,label`` plus optional ``id``, ``group`` and ``mask`` (several mask
 paths joined by ``;``); relative paths are resolved against the CSV's folder; labels are class names and the
-class order is their sorted set (integers sort numerically).
+class order is their sorted set (integers sort numerically). Any other column (``patient_id``, ``site``, ...)
+is passed through to the manifest as a str column, so ``splits.grouping: patient_id`` can group by it; only
+the manifest's own derived names (``label_name``, ``mask_paths``) are refused, being ambiguous.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from medsg.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 CSV_REQUIRED = ("path", "label")
 CSV_OPTIONAL = ("id", "group", "mask")
+CSV_RESERVED = ("label_name", "mask_paths")  # manifest columns derived from label/mask, not user input
 
 
 def imagefolder_class_names(root: str | Path | None) -> list[str]:
@@ -46,11 +49,11 @@ def _read_csv(path: str | Path) -> tuple[Path, pd.DataFrame]:
         )
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in CSV_REQUIRED if c not in table.columns]
-    unknown = [c for c in table.columns if c not in CSV_REQUIRED + CSV_OPTIONAL]
-    if missing or unknown:
+    reserved = [c for c in table.columns if c in CSV_RESERVED]
+    if missing or reserved:
         raise DataError(
-            f"{path}: expected columns {list(CSV_REQUIRED)} plus optional {list(CSV_OPTIONAL)}; "
-            f"missing {missing}, unknown {unknown}."
+            f"{path}: expected columns {list(CSV_REQUIRED)} plus optional {list(CSV_OPTIONAL)} and any extra "
+            f"columns; missing {missing}, not allowed {reserved} (derived by medsg: rename or drop them)."
         )
     empty = (table["label"] == "") | (table["path"] == "")
     if empty.any():
@@ -86,6 +89,7 @@ def load_csv(root: str | Path) -> pd.DataFrame:
         q = Path(p).expanduser()
         return str(q if q.is_absolute() else (base / q).resolve())
 
+    extras = [c for c in table.columns if c not in CSV_REQUIRED + CSV_OPTIONAL]
     rows = []
     for _, row in table.iterrows():
         masks = [resolve(m) for m in row.get("mask", "").split(MASK_SEP) if m.strip()]
@@ -98,5 +102,6 @@ def load_csv(root: str | Path) -> pd.DataFrame:
                 "group": row.get("group") or None,
                 "mask_paths": masks,
             }
+            | {c: row[c] for c in extras}
         )
     return make_manifest(rows)

@@ -4,6 +4,9 @@ Every dataset is reduced to the same six columns so the rest of medsg never need
 ``id`` (unique str), ``path`` (absolute image path), ``label`` (int index into the class list), ``label_name``,
 ``group`` (lesion id / duplicate cluster / the image id when nothing better is known) and ``mask_paths``
 (mask files joined by ``;``, empty when none).
+
+Extra columns (e.g. a ``patient_id`` from a CSV listing, usable as ``splits.grouping``) may follow the six;
+they are kept as strings by ``make_manifest``, the audit policy, ``save_manifest`` and ``read_manifest``.
 """
 
 from __future__ import annotations
@@ -62,9 +65,16 @@ def class_names(adapter: str, root: str | Path | None = None) -> list[str]:
 
 
 def make_manifest(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Build a validated manifest from dict rows (missing ``group`` -> id, missing ``mask_paths`` -> "")."""
-    records = []
+    """Build a validated manifest from dict rows (missing ``group`` -> id, missing ``mask_paths`` -> "").
+
+    Keys other than the six columns become extra str columns after them (missing cells -> ""), so a
+    user-given grouping such as ``patient_id`` travels with the manifest.
+    """
+    records, extras = [], []
     for row in rows:
+        for key in row:
+            if key not in COLUMNS and key not in extras:
+                extras.append(key)
         masks = row.get("mask_paths", "")
         if not isinstance(masks, str):
             masks = MASK_SEP.join(str(m) for m in masks)
@@ -77,8 +87,12 @@ def make_manifest(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
                 "group": str(row.get("group") or row["id"]),
                 "mask_paths": masks,
             }
+            | {key: "" if row.get(key) is None else str(row[key]) for key in extras}
         )
-    df = pd.DataFrame.from_records(records, columns=list(COLUMNS))
+    for record in records:  # rows seen before an extra key appeared
+        for key in extras:
+            record.setdefault(key, "")
+    df = pd.DataFrame.from_records(records, columns=[*COLUMNS, *extras])
     validate_manifest(df)
     return df.reset_index(drop=True)
 
@@ -102,15 +116,15 @@ def mask_list(value: Any) -> list[str]:
 
 
 def save_manifest(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a manifest as CSV, atomically."""
+    """Write a manifest as CSV (the six columns, then any extra ones), atomically."""
     validate_manifest(df, str(path))
     buffer = io.StringIO()
-    df.loc[:, list(COLUMNS)].to_csv(buffer, index=False)
+    df.to_csv(buffer, index=False)
     return atomic_write_text(path, buffer.getvalue())
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a manifest CSV written by ``save_manifest`` (all columns as str except ``label``)."""
+    """Read a manifest CSV written by ``save_manifest`` (all columns, extra ones too, as str except ``label``)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Manifest file not found: {path}. Create it with save_manifest or `medsg audit`.")
@@ -120,7 +134,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         df["label"] = df["label"].astype(int)
     except ValueError as exc:
         raise DataError(f"{path}: column 'label' must hold integers ({exc}).") from exc
-    return df.loc[:, list(COLUMNS)]
+    return df
 
 
 def natural_key(text: str) -> list[object]:
