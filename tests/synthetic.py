@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +183,20 @@ def jpeg_bytes(arr: np.ndarray, quality: int = 90) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(arr).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def garbled_png(arr: np.ndarray, path: Path, seed: int = 1) -> Path:
+    """A PNG whose signature, IHDR and chunk CRCs are valid but whose pixel data (IDAT) is random bytes.
+
+    PIL opens it (size and mode read fine) and fails only in ``load()``: the audit's ``corrupt`` kind, unlike
+    a truncated file (data missing) or a non-image (no valid header).
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(arr).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    start = data.index(b"IDAT")
+    length = struct.unpack(">I", data[start - 4 : start])[0]
+    garbage = np.random.default_rng(seed).integers(0, 256, length, dtype=np.uint8).tobytes()
+    crc = struct.pack(">I", zlib.crc32(b"IDAT" + garbage))
+    path.write_bytes(data[: start + 4] + garbage + crc + data[start + 8 + length :])
+    return path
