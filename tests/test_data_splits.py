@@ -152,6 +152,51 @@ def _canonical(name: str) -> tuple[dict, list]:
     return read_splits(REPO / "data_splits" / name)
 
 
+@pytest.mark.parametrize("name", ["busi_5fold_seed0.json", "isic2018_5fold_seed0.json"])
+def test_committed_split_file_structure(name: str) -> None:
+    """Cheap check of the committed files themselves (no data needed): a valid k-fold partition."""
+    header, folds = _canonical(name)
+    assert {"dataset", "k", "seed", "grouping", "n_images", "n_groups", "audit_hash", "method"} <= set(header)
+    assert header["k"] == len(folds) == 5 and header["seed"] == 0
+    assert name.startswith(header["dataset"])
+    vals = [fold["val"] for fold in folds]
+    ids = [i for val in vals for i in val]
+    assert len(ids) == len(set(ids)) == header["n_images"]  # every id in exactly one val list
+    all_ids = set(ids)
+    for fold in folds:
+        train, val = fold["train"], set(fold["val"])
+        assert len(train) == len(set(train)) and not set(train) & val
+        assert set(train) | val == all_ids
+    sizes = [len(v) for v in vals]
+    assert max(sizes) - min(sizes) <= 0.1 * len(ids) / len(folds)  # grouping keeps folds near equal
+
+
+def test_split_by_a_csv_patient_column_after_the_audit(tmp_path: Path) -> None:
+    from PIL import Image
+    from synthetic import texture
+
+    from medsg.data.audit import apply_audit_policy, audit_manifest
+
+    rng = np.random.default_rng(0)
+    lines = ["path,label,patient_id"]
+    for i in range(24):
+        Image.fromarray(texture(rng, (20, 20))).save(tmp_path / f"{i}.png")
+        lines.append(f"{i}.png,{'ab'[i % 2]},P{i // 2:02d}")  # 12 patients, one image per class each
+    (tmp_path / "dup.png").write_bytes((tmp_path / "0.png").read_bytes())
+    lines.append("dup.png,a,P11")  # P00's image again, under patient P11
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    raw = load_manifest("csv", tmp_path / "list.csv")
+    clean = apply_audit_policy(raw, audit_manifest(raw), group_col="patient_id")
+    assert clean["patient_id"].nunique() == 11  # P00 and P11 merged through the duplicate
+    folds = make_kfold_splits(clean, k=3, seed=0, group_col="patient_id")
+    check_no_leakage(clean, folds, group_col="patient_id")
+    fold_of = {i: f for f, fold in enumerate(folds) for i in fold["val"]}
+    for _, ids in clean.groupby("patient_id")["id"]:
+        assert len({fold_of[i] for i in ids}) == 1
+    assert fold_of["0.png"] == fold_of["dup.png"] == fold_of["22.png"]
+
+
+@pytest.mark.slow
 def test_canonical_isic_file_matches_metadata() -> None:
     meta = SHARED / "isic2018" / "HAM10000_metadata.csv"
     if not meta.is_file():
