@@ -38,12 +38,17 @@ def _make_run(root: Path) -> Path:
     run.mkdir(parents=True)
     config = {
         "experiment": {"name": f"exp{EVIL}", "seed": 7},
-        "data": {"adapter": "busi", "root": "/data/busi"},
+        "data": {
+            "adapter": "busi",
+            "root": "/data/busi",
+            "audit": {"conflicts": "drop", "near_dup_threshold": 40},
+        },
         "splits": {
             "k": 4,
             "seed": 0,
-            "grouping": "duplicate clusters",
+            "grouping": "group",
             "file": "data_splits/busi_4fold_seed0.json",
+            "inner_val_fraction": 0.15,
         },
         "model": {"name": "sgformer_tiny", "pretrained": "/weights/sgformer.pth"},
         "train": {"selection": "inner_val", "epochs": 3},
@@ -74,7 +79,26 @@ def _make_run(root: Path) -> Path:
         (fold_dir / "DONE").write_text("")
     (run / "fold_3").mkdir()  # started, not finished: must be reported as missing
     _fold_predictions(3).to_csv(run / "fold_3" / "predictions.csv", index=False)
+    _write_data_files(run)
     return run
+
+
+def _write_data_files(run: Path) -> None:
+    """audit.json (163 images: 1 broken, 2 in conflict), manifest.csv (the 160 kept), splits.json."""
+    kept = [f"f{fold}_{i:03d}" for fold in range(4) for i in range(40)]
+    problem = {"id": "broken.png", "role": "image", "severity": "error", "kind": "corrupt"}
+    warning = {"id": kept[0], "role": "mask", "severity": "warning", "kind": "missing_mask"}
+    audit = {
+        "n_images": 163,
+        "problems": [problem, warning],
+        "conflicts": [{"ids": ["x (1)", "y (1)"], "labels": ["x", "y"], "kind": "exact"}],
+        "near_dup_threshold": 40,
+        "min_correlation": 0.95,
+    }
+    (run / "audit.json").write_text(json.dumps(audit))
+    pd.DataFrame({"id": kept, "path": "", "label": 0}).to_csv(run / "manifest.csv", index=False)
+    header = {"dataset": "busi", "grouping": "group", "grouping_description": f"duplicate clusters{EVIL}"}
+    (run / "splits.json").write_text(json.dumps({"header": header, "folds": []}))
 
 
 class _Collector(HTMLParser):
@@ -160,6 +184,59 @@ def test_markdown_tables(report):
     assert "normal $\\|x" in md  # the pipe in a class name must not split the table row
     assert "![Reliability diagram (pooled OOF)](figures/reliability.png)" in md
     assert "inner validation split" in md
+
+
+def test_protocol_states_audit_policy_drops_and_grouping(report):
+    run, report_dir, html_path = report
+    proto = json.loads((run / "summary.json").read_text())["protocol"]
+    assert proto["audit policy"] == (
+        "conflicts drop; near duplicates: dHash-256 distance <= 40 bits and thumbnail correlation >= 0.95"
+    )
+    assert proto["images dropped by the audit policy"] == (
+        "3 of 163 (broken.png, x (1), y (1)) [audit.json vs manifest.csv]"
+    )
+    assert proto["inner validation fraction"] == "0.15"
+    assert proto["grouping description"] == f"duplicate clusters{EVIL}"  # from the split header
+    md, html = (report_dir / "report.md").read_text(), html_path.read_text()
+    assert "**images dropped by the audit policy**: 3 of 163" in md
+    assert "duplicate clusters&lt;script&gt;" in html and "inner validation fraction" in html
+
+
+def test_protocol_without_data_files_derives_or_says_unknown(tmp_path):
+    run = _make_run(tmp_path)
+    for name in ("manifest.csv", "audit.json"):
+        (run / name).unlink()
+    (run / "splits.json").write_text("{not json")  # unreadable: ignored, never fatal for a report
+    proto = protocol(load_run(run))
+    assert proto["images dropped by the audit policy"] == "unknown"
+    assert proto["grouping description"].startswith("duplicate clusters from the audit")
+    assert proto["grouping description"].endswith("(derived from data.adapter)")
+    assert proto["audit policy"].startswith("conflicts drop; near duplicates: dHash-256 distance <= 40 bits")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["adapter"], config["splits"]["grouping"] = "isic2018", "group"
+    del config["data"]["audit"], config["splits"]["inner_val_fraction"]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    proto = protocol(load_run(run))
+    assert proto["grouping description"].startswith("lesion_id")
+    assert proto["audit policy"] == "conflicts unknown; near duplicates: dHash-256 distance <= unknown bits"
+    assert proto["inner validation fraction"] == "unknown"
+    config["splits"]["grouping"] = "patient_id"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert "'patient_id'" in protocol(load_run(run))["grouping description"]
+
+
+def test_dropped_images_from_audit_alone(tmp_path):
+    run = _make_run(tmp_path)
+    (run / "manifest.csv").unlink()
+    assert protocol(load_run(run))["images dropped by the audit policy"] == (
+        "3 of 163 (broken.png, x (1), y (1)) [audit.json, by the policy]"
+    )
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["audit"]["conflicts"] = "keep"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert protocol(load_run(run))["images dropped by the audit policy"] == (
+        "1 of 163 (broken.png) [audit.json, by the policy]"
+    )
 
 
 def test_missing_config_is_unknown_and_no_done_raises(tmp_path):

@@ -13,6 +13,13 @@ import yaml
 
 from medsg.errors import ConfigError, DataError
 from medsg.metrics import HEADLINE, bootstrap_ci, classification_metrics, summarize_folds
+from medsg.report.run_files import (
+    audit_policy_text,
+    dropped_text,
+    grouping_description,
+    manifest_ids,
+    read_json_or_none,
+)
 
 UNKNOWN = "unknown"
 FROM_SCRATCH = "none (trained from scratch)"
@@ -104,11 +111,19 @@ def load_run(run_dir: Path) -> RunData:
 
 
 def protocol(run: RunData) -> dict[str, str]:
-    """The evaluation protocol in words, from config.yaml ('unknown' where a key is absent)."""
+    """The evaluation protocol in words, from config.yaml ('unknown' where a key is absent).
+
+    The audit and grouping lines also read audit.json, manifest.csv and splits.json of the run folder when
+    present, so a reader sees what the data policy removed and what a group is, not only a column name.
+    """
     cfg = run.config
     selection = cfg_get(cfg, "train.selection")
     if selection != UNKNOWN:
         selection = SELECTION_TEXT.get(str(selection), f"{selection} (rule not documented)")
+    audit = read_json_or_none(run.run_dir / "audit.json")
+    split_file = read_json_or_none(run.run_dir / "splits.json") or {}
+    header = split_file.get("header") if isinstance(split_file.get("header"), dict) else None
+    conflicts = cfg_get(cfg, "data.audit.conflicts")
     return {
         "experiment": str(cfg_get(cfg, "experiment.name", run.run_dir.name)),
         "dataset": str(cfg_get(cfg, "data.adapter")),
@@ -117,7 +132,20 @@ def protocol(run: RunData) -> dict[str, str]:
         "classes": ", ".join(run.class_names),
         "cross-validation": f"{cfg_get(cfg, 'splits.k')}-fold, split seed {cfg_get(cfg, 'splits.seed')}",
         "grouping": str(cfg_get(cfg, "splits.grouping")),
+        "grouping description": grouping_description(
+            header, cfg_get(cfg, "data.adapter"), cfg_get(cfg, "splits.grouping")
+        ),
         "split file": str(cfg_get(cfg, "splits.file")),
+        "audit policy": audit_policy_text(
+            conflicts,
+            cfg_get(cfg, "data.audit.near_dup_threshold"),
+            cfg_get(cfg, "data.audit.min_correlation"),
+            audit,
+        ),
+        "images dropped by the audit policy": dropped_text(
+            audit, manifest_ids(run.run_dir / "manifest.csv"), conflicts
+        ),
+        "inner validation fraction": str(cfg_get(cfg, "splits.inner_val_fraction")),
         "folds included": ", ".join(map(str, run.folds)),
         "folds missing": ", ".join(map(str, run.missing)) or "none",
         "experiment seed": str(cfg_get(cfg, "experiment.seed")),

@@ -1,0 +1,116 @@
+"""Protocol lines from the run folder's audit.json, manifest.csv and splits.json (read defensively).
+
+These files only enrich the protocol text: a report must still be written when one is absent or unreadable
+(an old run, a hand-made folder), so every reader here returns None or 'unknown' instead of raising.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+MAX_IDS = 10  # dropped ids listed in the protocol; the rest are counted
+# Where the split header does not describe its grouping, say what each adapter's default grouping is.
+ADAPTER_GROUPING = {
+    "busi": "duplicate clusters from the audit (byte-identical, pixel-identical and near-duplicate images); "
+    "BUSI has no patient ids",
+    "isic2018": "lesion_id (HAM10000 metadata) merged with the audit's duplicate clusters",
+    "kvasir": "the audit's duplicate clusters (each other image is its own group)",
+    "imagefolder": "the audit's duplicate clusters (each other image is its own group)",
+    "csv": "the CSV's group column (the image itself when empty) merged with the audit's duplicate clusters",
+}
+
+
+def read_json_or_none(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None (logged) when it is absent, unreadable or not an object."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning("report: ignoring unreadable %s (%s)", path, exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def manifest_ids(path: Path) -> set[str] | None:
+    """Ids of the run's manifest.csv (after the audit policy), or None when absent or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=["id"])
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        log.warning("report: ignoring unreadable %s (%s)", path, exc)
+        return None
+    return set(frame["id"])
+
+
+def audit_policy_text(conflicts: Any, threshold: Any, min_corr: Any, audit: dict[str, Any] | None) -> str:
+    """'conflicts drop; near duplicates: dHash-256 distance <= 40 bits and thumbnail correlation >= 0.95'.
+
+    Config values win; the thresholds the audit actually used (audit.json) fill the gaps.
+    """
+    audit = audit or {}
+    threshold = audit.get("near_dup_threshold", UNKNOWN) if threshold == UNKNOWN else threshold
+    min_corr = audit.get("min_correlation") if min_corr == UNKNOWN else min_corr
+    text = f"conflicts {conflicts}; near duplicates: dHash-256 distance <= {threshold} bits"
+    if min_corr is not None:
+        text += f" and thumbnail correlation >= {min_corr}"
+    return text
+
+
+def _policy_ids(audit: dict[str, Any], conflicts: Any) -> set[str]:
+    """Ids the policy drops by the audit alone: broken images, plus conflicts when they are dropped."""
+    problems = audit.get("problems") or []
+    ids = {
+        str(p.get("id"))
+        for p in problems
+        if isinstance(p, dict) and p.get("role") == "image" and p.get("severity") == "error"
+    }
+    if conflicts == "drop":
+        ids |= {str(i) for c in audit.get("conflicts") or [] if isinstance(c, dict) for i in c.get("ids", [])}
+    return ids
+
+
+def dropped_text(audit: dict[str, Any] | None, kept: set[str] | None, conflicts: Any) -> str:
+    """How many images the audit policy removed, e.g. '2 of 780 (benign (433), malignant (145))'.
+
+    With manifest.csv the count is audit images minus manifest rows (what really happened); without it, the
+    ids the policy would drop by audit.json. Neither file: 'unknown'.
+    """
+    if audit is None or not isinstance(audit.get("n_images"), int):
+        return UNKNOWN if kept is None else f"unknown (no audit.json; {len(kept)} images kept)"
+    total = audit["n_images"]
+    candidates = _policy_ids(audit, conflicts)
+    if kept is not None:
+        count = total - len(kept)
+        ids = sorted(candidates - kept)
+        source = "audit.json vs manifest.csv"
+    else:
+        ids = sorted(candidates)
+        count = len(ids)
+        source = "audit.json, by the policy"
+    shown = ", ".join(ids[:MAX_IDS]) + (f", ... ({len(ids) - MAX_IDS} more)" if len(ids) > MAX_IDS else "")
+    return f"{count} of {total}" + (f" ({shown})" if shown and count else "") + f" [{source}]"
+
+
+def grouping_description(header: dict[str, Any] | None, adapter: Any, grouping: Any) -> str:
+    """The split header's own description of its groups, else one derived from the adapter (said so)."""
+    header = header or {}
+    keys = ["grouping_description", *sorted(k for k in header if "description" in str(k).lower())]
+    for key in keys:
+        value = header.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    if grouping not in ("group", UNKNOWN):
+        return f"the manifest column {grouping!r} (derived from splits.grouping)"
+    if adapter in ADAPTER_GROUPING:
+        return f"{ADAPTER_GROUPING[adapter]} (derived from data.adapter)"
+    return UNKNOWN
