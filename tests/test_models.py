@@ -15,6 +15,7 @@ import torch
 import medsg  # noqa: F401  (registers the timm variants)
 from medsg.errors import CheckpointError, ConfigError, InputSizeError
 from medsg.models import SGFormer, load_checkpoint, sincos_pos_embed_2d, valid_img_sizes
+from medsg.models.sgformer import sgformer_tiny
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 EXPECTED = FIXTURES / "sgformer_tiny_expected.pt"
@@ -160,6 +161,17 @@ def test_classifier_api_and_no_weight_decay() -> None:
         assert model(x).shape == (1, 128)
     names = model.no_weight_decay()
     assert names == {"pos_embed"} and isinstance(model.pos_embed, torch.nn.Parameter)
+
+
+def test_tiny_parameter_count_matches_the_docs() -> None:
+    """The sgformer_tiny docstring (and README) say 0.50 M with a few-class head, +0.13 M for ImageNet's."""
+    count = {
+        n: sum(p.numel() for p in timm.create_model("sgformer_tiny", num_classes=n).parameters())
+        for n in (3, 1000)
+    }
+    assert f"{count[3] / 1e6:.2f}" == "0.50"
+    assert f"{(count[1000] - count[3]) / 1e6:.2f}" == "0.13"
+    assert "0.50 M" in (sgformer_tiny.__doc__ or "")
 
 
 def test_layer_decay_gives_distinct_lr_scales() -> None:
