@@ -23,6 +23,7 @@ from medsg.config import Config, dump_config, load_config, resolved_config, resu
 from medsg.errors import ConfigError
 from medsg.io import atomic_write_text
 from medsg.train import ddp
+from medsg.train.decoded import RunDecodes, shared_head
 from medsg.train.kfold import fold_dir, fold_is_done, run_folds
 from medsg.train.loader import FoldData
 from medsg.train.utils import derive_seed, resolve_device, seed_everything
@@ -101,7 +102,11 @@ def prepare_data(cfg: Config, run_dir: Path | None = None, dist: ddp.DistInfo | 
 
 
 class ManifestFolds:
-    """The real ``FoldDataFactory``: outer fold from the split file, inner split for selection, MONAI datasets."""
+    """The real ``FoldDataFactory``: outer fold from the split file, inner split for selection, MONAI datasets.
+
+    With ``data.cache`` memory or disk, every image is decoded and resized once per run (``RunDecodes``): all
+    folds read that cache and apply only augmentation and normalisation themselves.
+    """
 
     def __init__(
         self, cfg: Config, data: PreparedData, run_dir: Path, dist: ddp.DistInfo | None = None
@@ -109,6 +114,7 @@ class ManifestFolds:
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.dist = dist or ddp.DistInfo()
         self.class_names = data.class_names
+        self._decodes: RunDecodes | None = None  # filled by the first fold, reused by the others
 
     def fold_ids(self, fold: int) -> dict[str, list[str]]:
         """train / val (inner, for selection) / test (outer fold) ids; the test ids never reach selection."""
@@ -141,44 +147,93 @@ class ManifestFolds:
             )
         return {"train": sorted(train_ids), "val": sorted(val_ids), "test": sorted(test_ids)}
 
-    def __call__(self, fold: int, model: nn.Module) -> FoldData:
+    def _pipelines(self, model: nn.Module) -> dict[bool, Any]:
+        """The train (True) and eval (False) pipelines for ``model``'s mean/std."""
         import timm
 
-        from medsg.data.dataset import build_dataset, manifest_to_records
         from medsg.data.transforms import aug_defaults, build_transforms
+
+        data_cfg = timm.data.resolve_data_config({}, model=model)
+        vflip = aug_defaults(self.cfg.data.adapter)["vertical_flip"]  # ultrasound has a fixed up/down
+        return {
+            train: build_transforms(
+                self.cfg.model.img_size,
+                tuple(data_cfg["mean"]),
+                tuple(data_cfg["std"]),
+                train=train,
+                color_aug=self.cfg.color_aug,
+                with_mask=False,  # classification only: a varying number of mask paths would not collate
+                vertical_flip=vflip,
+            )
+            for train in (True, False)
+        }
+
+    def _records(self, ids: list[str]) -> list[dict[str, Any]]:
+        from medsg.data.dataset import manifest_to_records
+
+        frame = self.data.manifest.set_index("id", drop=False)
+        records = manifest_to_records(frame.loc[ids].reset_index(drop=True))
+        for record in records:
+            record.pop("mask", None)
+        return records
+
+    @property
+    def cache_dir(self) -> Path:
+        """``data.cache_dir``, or ``<run_dir>/cache`` (kept across folds, resumes and kill -9)."""
+        return Path(self.cfg.data.cache_dir) if self.cfg.data.cache_dir else self.run_dir / "cache"
+
+    def _shared(self, pipelines: dict[bool, Any]) -> tuple[RunDecodes, dict[bool, Any]] | None:
+        """The run-wide decode cache (built on the first fold) and each pipeline's remaining steps."""
+        from monai.transforms import Compose
+
+        from medsg.data.dataset import build_dataset
+
+        if self.cfg.data.cache == "none":
+            return None
+        n = shared_head(pipelines[True], pipelines[False])
+        if n is None:  # cannot happen with build_transforms today; caching per fold part still works
+            log.warning("train and eval pipelines share no deterministic head: decoding once per fold")
+            return None
+        if self._decodes is None:
+            ids = list(self.data.manifest["id"])
+            head = Compose(pipelines[True].transforms[:n])
+            base = build_dataset(
+                self._records(ids),
+                head,
+                cache=self.cfg.data.cache,
+                cache_dir=self.cache_dir,
+                num_workers=self.cfg.train.workers,
+            )
+            self._decodes = RunDecodes(ids, base)
+        return self._decodes, {train: Compose(p.transforms[n:]) for train, p in pipelines.items()}
+
+    def __call__(self, fold: int, model: nn.Module) -> FoldData:
+        from medsg.data.dataset import build_dataset
 
         ids = self.fold_ids(fold)
         if self.dist.is_main:
             atomic_write_text(fold_dir(self.run_dir, fold) / "inner_split.json", json.dumps(ids, indent=1))
-        data_cfg = timm.data.resolve_data_config({}, model=model)
-        mean, std = tuple(data_cfg["mean"]), tuple(data_cfg["std"])
-        size, cache = self.cfg.model.img_size, self.cfg.data.cache
-        cache_dir = Path(self.cfg.data.cache_dir) if self.cfg.data.cache_dir else self.run_dir / "cache"
-        frame = self.data.manifest.set_index("id", drop=False)
-        vflip = aug_defaults(self.cfg.data.adapter)["vertical_flip"]  # ultrasound has a fixed up/down
-        workers = self.cfg.train.workers
+        pipelines = self._pipelines(model)
+        shared = self._shared(pipelines)
 
         def dataset(part: str, train: bool):
             if not ids[part]:
                 return None
-            records = manifest_to_records(frame.loc[ids[part]].reset_index(drop=True))
-            for record in records:  # classification only: a varying number of mask paths would not collate
-                record.pop("mask", None)
-            transform = build_transforms(
-                size,
-                mean,
-                std,
-                train=train,
-                color_aug=self.cfg.color_aug,
-                with_mask=False,
-                vertical_flip=vflip,
+            if shared is not None:
+                decodes, rest = shared
+                return decodes.view(ids[part], rest[train])
+            return build_dataset(
+                self._records(ids[part]),
+                pipelines[train],
+                cache=self.cfg.data.cache,
+                cache_dir=self.cache_dir,
+                num_workers=self.cfg.train.workers,
             )
-            return build_dataset(records, transform, cache=cache, cache_dir=cache_dir, num_workers=workers)
 
-        train_labels = frame.loc[ids["train"], "label"].to_numpy(dtype=np.int64)
+        frame = self.data.manifest.set_index("id", drop=False)
         return FoldData(
             train=dataset("train", True),
-            train_labels=train_labels,
+            train_labels=frame.loc[ids["train"], "label"].to_numpy(dtype=np.int64),
             val=dataset("val", False),
             test=dataset("test", False),
             class_names=self.class_names,

@@ -153,9 +153,11 @@ def test_demo_config_points_at_its_folder(tmp_path):
     assert cfg.run_dir.parent == (tmp_path / "runs").resolve()
 
 
-def test_resume_with_random_monai_augmentations_is_exact(busi_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("cache", ["none", "memory"])
+def test_resume_with_random_monai_augmentations_is_exact(busi_root, tmp_path, monkeypatch, cache):
     """Kill after epoch 1 (data pipeline with random flips/rotations/zoom), resume: same numbers as one go."""
-    full = run_experiment(make_cfg(busi_root, tmp_path / "a", "splits.k=2"), folds=[0], quiet=True)
+    cached = f"data.cache={cache}"
+    full = run_experiment(make_cfg(busi_root, tmp_path / "a", "splits.k=2", cached), folds=[0], quiet=True)
     real_fit = fold_mod.FoldTrainer.fit
 
     def fit_one_epoch_then_die(self):
@@ -163,18 +165,69 @@ def test_resume_with_random_monai_augmentations_is_exact(busi_root, tmp_path, mo
         real_fit(self)
         raise KeyboardInterrupt
 
-    cfg_b = make_cfg(busi_root, tmp_path / "b")
+    cfg_b = make_cfg(busi_root, tmp_path / "b", cached)
     monkeypatch.setattr(fold_mod.FoldTrainer, "fit", fit_one_epoch_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg_b.model_copy(deep=True), folds=[0], quiet=True)
     monkeypatch.setattr(fold_mod.FoldTrainer, "fit", real_fit)
-    resumed = run_experiment(make_cfg(busi_root, tmp_path / "b"), folds=[0], quiet=True)
+    resumed = run_experiment(make_cfg(busi_root, tmp_path / "b", cached), folds=[0], quiet=True)
     a = json.loads((full / "fold_0" / "metrics.json").read_text())
     b = json.loads((resumed / "fold_0" / "metrics.json").read_text())
     assert a == b and a["epochs_trained"] == 2
     pd.testing.assert_frame_equal(
         pd.read_csv(full / "fold_0" / "predictions.csv"), pd.read_csv(resumed / "fold_0" / "predictions.csv")
     )
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_each_image_is_decoded_once_per_run_not_once_per_fold(busi_root, tmp_path, monkeypatch, cache):
+    """Two folds' train/val/test sets read one run-wide cache; disk also serves a new process (resume)."""
+    import torch
+    from monai.data import PILReader
+
+    from medsg.data.dataset import manifest_to_records
+    from medsg.experiment import ManifestFolds, prepare_data
+    from medsg.train.model import build_model
+
+    reads: list[str] = []
+    real_read = PILReader.read
+
+    def counting_read(self, data, **kwargs):
+        reads.extend(str(f) for f in ((data,) if isinstance(data, str | Path) else data))
+        return real_read(self, data, **kwargs)
+
+    monkeypatch.setattr(PILReader, "read", counting_read)
+    cfg = make_cfg(busi_root, tmp_path, f"data.cache={cache}")
+    data = prepare_data(cfg)
+    model = build_model(cfg, len(data.class_names))
+
+    def read_all_folds(factory: ManifestFolds) -> dict[str, torch.Tensor]:
+        images = {}
+        for fold in (0, 1):
+            parts = factory(fold, model)
+            for part in (parts.train, parts.val, parts.test):
+                for i in range(len(part)):
+                    item = part[i]
+                    images.setdefault(f"{fold}/{item['id']}/{part is parts.train}", item["image"])
+        return images
+
+    images = read_all_folds(ManifestFolds(cfg, data, cfg.run_dir))
+    n = len(data.manifest)
+    assert len(images) == 2 * n  # every image was used in both folds ...
+    assert sorted(reads) == sorted(data.manifest["path"])  # ... but decoded once
+
+    # A new factory is a new process (a resume after kill -9): the disk cache already holds every image.
+    reads.clear()
+    factory = ManifestFolds(cfg, data, cfg.run_dir)
+    test_part = factory(0, model).test
+    item = test_part[0]
+    assert len(reads) == (0 if cache == "disk" else n)
+
+    # The shared cache changes nothing: a test sample equals the full eval pipeline applied to its file.
+    record = next(r for r in manifest_to_records(data.manifest) if r["id"] == item["id"])
+    record.pop("mask")
+    expected = factory._pipelines(model)[False](record)["image"]
+    torch.testing.assert_close(torch.as_tensor(item["image"]), torch.as_tensor(expected))
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
