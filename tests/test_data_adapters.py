@@ -14,8 +14,6 @@ from medsg.data import COLUMNS, class_names, load_manifest, mask_list, read_mani
 from medsg.data.isic2018 import ISIC_CLASSES, metadata_manifest
 from medsg.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 @pytest.fixture()
 def busi_root(tmp_path: Path) -> Path:
@@ -189,13 +187,11 @@ def test_manifest_roundtrip(busi_root: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_real_busi_and_isic_counts() -> None:
-    if not SHARED.is_dir():
-        pytest.skip(f"shared data not found at {SHARED}")
-    busi = load_manifest("busi", SHARED / "busi")
+def test_real_busi_and_isic_counts(shared) -> None:
+    busi = load_manifest("busi", shared("data", "busi"))  # slow: skips without ../shared, even in CI
     assert busi["label_name"].value_counts().to_dict() == {"benign": 437, "malignant": 210, "normal": 133}
     assert max(len(mask_list(m)) for m in busi["mask_paths"]) == 3
-    isic = load_manifest("isic2018", SHARED / "isic2018")
+    isic = load_manifest("isic2018", shared("data", "isic2018"))
     assert len(isic) == 5984 and isic["group"].str.startswith("HAM_").all()
     assert isic["label_name"].value_counts()["NV"] == 4323
 
@@ -229,3 +225,20 @@ def test_hidden_and_foreign_files_are_skipped(tmp_path: Path, caplog: pytest.Log
     folder = tmp_path / "folder"
     shutil.copytree(root / "kvasir-dataset-v2", folder)
     assert "polyps/._img_0.jpg" not in set(load_manifest("imagefolder", folder)["id"])
+
+
+def test_missing_shared_data_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    import conftest
+
+    absent = ("data", "no_such_dataset_xyz")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no_such_dataset_xyz not found"):
+        conftest.require_shared(*absent)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"no_such_dataset_xyz not found \(looked in .*shared"):
+        conftest.require_shared(*absent)
+    with pytest.raises(pytest.skip.Exception):  # slow/bench real-data tests keep skipping in CI
+        conftest.require_shared(*absent, required_in_ci=False)
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception):
+        conftest.require_shared(*absent)

@@ -26,8 +26,6 @@ from medsg.data.audit import (
     write_audit,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 @pytest.fixture(scope="module")
 def busi(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, AuditReport]:
@@ -218,10 +216,8 @@ def test_manifest_hash_ignores_location_and_order(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_real_busi_conflict() -> None:
-    if not (SHARED / "busi").is_dir():
-        pytest.skip(f"BUSI not found at {SHARED / 'busi'}")
-    report = audit_manifest(load_manifest("busi", SHARED / "busi"))
+def test_real_busi_conflict(shared) -> None:
+    report = audit_manifest(load_manifest("busi", shared("data", "busi")))
     assert {
         "ids": ["benign (433)", "malignant (145)"],
         "labels": ["benign", "malignant"],

@@ -21,7 +21,6 @@ from medsg.data.splits import (
 from medsg.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
 
 
 def toy(n_groups: int = 60, per_group: int = 3, n_classes: int = 3, seed: int = 0) -> pd.DataFrame:
@@ -197,17 +196,15 @@ def test_split_by_a_csv_patient_column_after_the_audit(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_canonical_isic_file_matches_metadata() -> None:
-    meta = SHARED / "isic2018" / "HAM10000_metadata.csv"
-    if not meta.is_file():
-        pytest.skip(f"ISIC metadata not found at {meta}")
+def test_canonical_isic_file_matches_metadata(shared) -> None:
+    meta = shared("data", "isic2018", "HAM10000_metadata.csv")
     from medsg.data.isic2018 import metadata_manifest
 
     header, folds = _canonical("isic2018_5fold_seed0.json")
     manifest = metadata_manifest(meta)
     assert header["n_images"] == len(manifest) == 10015
     check_no_leakage(manifest, folds)  # lesion_id groups never span folds
-    local = load_manifest("isic2018", SHARED / "isic2018")
+    local = load_manifest("isic2018", meta.parent)
     restricted = load_or_create_splits(
         local,
         REPO / "data_splits" / "isic2018_5fold_seed0.json",
@@ -222,16 +219,15 @@ def test_canonical_isic_file_matches_metadata() -> None:
 
 
 @pytest.mark.slow
-def test_canonical_busi_file_reproduces_and_has_no_leakage() -> None:
-    if not (SHARED / "busi").is_dir():
-        pytest.skip(f"BUSI not found at {SHARED / 'busi'}")
+def test_canonical_busi_file_reproduces_and_has_no_leakage(shared) -> None:
+    busi = shared("data", "busi")
     from medsg.data.audit import apply_audit_policy, audit_manifest
     from medsg.data.canonical import busi_canonical
 
     header, folds = _canonical("busi_5fold_seed0.json")
-    new_header, new_folds = busi_canonical(SHARED / "busi")
+    new_header, new_folds = busi_canonical(busi)
     assert new_folds == folds and new_header["audit_hash"] == header["audit_hash"]
-    manifest = load_manifest("busi", SHARED / "busi")
+    manifest = load_manifest("busi", busi)
     report = audit_manifest(manifest)
     clean = apply_audit_policy(manifest, report, conflicts="drop")
     dropped = sorted(set(manifest["id"]) - set(clean["id"]))

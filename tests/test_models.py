@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 from pathlib import Path
@@ -17,13 +18,6 @@ from medsg.errors import CheckpointError, ConfigError, InputSizeError
 from medsg.models import SGFormer, load_checkpoint, sincos_pos_embed_2d, valid_img_sizes
 from medsg.models.sgformer import sgformer_tiny
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-EXPECTED = FIXTURES / "sgformer_tiny_expected.pt"
-OFFICIAL = FIXTURES / "sgformer_tiny_official.pth"
-KEYS = FIXTURES / "sgformer_official_keys.json"
-needs_fixtures = pytest.mark.skipif(
-    not (EXPECTED.is_file() and OFFICIAL.is_file()), reason=f"SG-Former fixtures not found in {FIXTURES}"
-)
 TOL = 1e-9
 
 
@@ -31,22 +25,32 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-@pytest.fixture(scope="module")
-def expected() -> dict:
-    if not EXPECTED.is_file():
-        pytest.skip(f"fixture missing: {EXPECTED}")
-    return torch.load(EXPECTED, weights_only=True)
+@functools.cache
+def _load_expected(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
 
 
-def _tiny(expected: dict, use_ema: bool) -> SGFormer:
+@pytest.fixture
+def official(shared) -> Path:
+    """The reference trainer's sgformer_tiny checkpoint (../shared/fixtures; CI fails if absent)."""
+    return shared("fixtures", "sgformer_tiny_official.pth")
+
+
+@pytest.fixture
+def expected(shared, official: Path) -> dict:
+    """Reference outputs for ``official`` (loaded once per session; callers must not modify it)."""
+    return _load_expected(shared("fixtures", "sgformer_tiny_expected.pt"))
+
+
+def _tiny(expected: dict, official: Path, use_ema: bool) -> SGFormer:
     model = SGFormer(**expected["config"])
-    load_checkpoint(model, OFFICIAL, use_ema=use_ema)
+    load_checkpoint(model, official, use_ema=use_ema)
     return model.double().eval()
 
 
-@pytest.fixture(scope="module")
-def tiny64(expected: dict) -> SGFormer:
-    return _tiny(expected, use_ema=False)
+@pytest.fixture
+def tiny64(expected: dict, official: Path) -> SGFormer:
+    return _tiny(expected, official, use_ema=False)
 
 
 def _reference_format_checkpoint(path: Path, num_classes: int = 1000) -> dict:
@@ -62,7 +66,6 @@ def _reference_format_checkpoint(path: Path, num_classes: int = 1000) -> dict:
 
 
 # ----------------------------------------------------------------------------------- parity (float64)
-@needs_fixtures
 def test_logits_and_features_match_reference(expected: dict, tiny64: SGFormer) -> None:
     with torch.no_grad():
         tokens = tiny64.forward_features(expected["input"])
@@ -70,39 +73,35 @@ def test_logits_and_features_match_reference(expected: dict, tiny64: SGFormer) -
         assert rel_diff(tiny64.forward_head(tokens, pre_logits=True), expected["features"]) <= TOL
 
 
-@needs_fixtures
-def test_ema_logits_match_reference(expected: dict) -> None:
-    model = _tiny(expected, use_ema=True)
+def test_ema_logits_match_reference(expected: dict, official: Path) -> None:
+    model = _tiny(expected, official, use_ema=True)
     with torch.no_grad():
         logits = model(expected["input"])
     assert rel_diff(logits, expected["logits_ema"]) <= TOL
     assert rel_diff(logits, expected["logits"]) > 1e-3  # EMA weights really differ from the raw ones
 
 
-@needs_fixtures
 def test_input_gradient_matches_reference(expected: dict, tiny64: SGFormer) -> None:
     x = expected["input"].clone().requires_grad_(True)
     (tiny64(x) * expected["grad_weights"]).sum().backward()
     assert rel_diff(x.grad, expected["input_grad"]) <= TOL
 
 
-@needs_fixtures
-def test_float32_forward_is_close(expected: dict) -> None:
+def test_float32_forward_is_close(expected: dict, official: Path) -> None:
     model = SGFormer(**expected["config"]).eval()
-    load_checkpoint(model, OFFICIAL, use_ema=False)
+    load_checkpoint(model, official, use_ema=False)
     with torch.no_grad():
         logits = model(expected["input"].float())
     assert rel_diff(logits, expected["logits_float32"]) <= 1e-2
 
 
 # ------------------------------------------------------------------------- checkpoint compatibility
-@pytest.mark.skipif(not KEYS.is_file(), reason=f"fixture missing: {KEYS}")
 @pytest.mark.parametrize("variant", ["sgformer_s", "sgformer_m", "sgformer_b"])
-def test_state_dict_keys_and_shapes_match_released_checkpoints(variant: str) -> None:
-    official = json.loads(KEYS.read_text())[variant]
+def test_state_dict_keys_and_shapes_match_released_checkpoints(variant: str, shared) -> None:
+    released = json.loads(shared("fixtures", "sgformer_official_keys.json").read_text())[variant]
     model = timm.create_model(variant, num_classes=1000)
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    assert ours == {k: list(v) for k, v in official.items()}
+    assert ours == {k: list(v) for k, v in released.items()}
 
 
 # ---------------------------------------------------------------------------------- timm integration
@@ -234,10 +233,11 @@ def test_forward_with_wrong_size_names_valid_sizes() -> None:
     assert valid_img_sizes(3) == [224, 448, 672]
 
 
-@needs_fixtures
-def test_448_loads_224_checkpoint_with_interpolated_pos_embed(expected: dict, tmp_path: Path) -> None:
+def test_448_loads_224_checkpoint_with_interpolated_pos_embed(
+    expected: dict, official: Path, tmp_path: Path
+) -> None:
     model = SGFormer(**dict(expected["config"], img_size=448)).eval()
-    report = load_checkpoint(model, OFFICIAL)
+    report = load_checkpoint(model, official)
     assert report["resized"] == ["pos_embed"] and model.pos_embed.shape == (1, 112 * 112, 16)
     with torch.no_grad():
         out = model(torch.randn(1, 3, 448, 448))
@@ -247,7 +247,7 @@ def test_448_loads_224_checkpoint_with_interpolated_pos_embed(expected: dict, tm
     via_timm = timm.create_model(
         "sgformer_tiny",
         pretrained=True,
-        pretrained_cfg_overlay=dict(file=str(OFFICIAL)),
+        pretrained_cfg_overlay=dict(file=str(official)),
         num_classes=3,
         img_size=448,
     )

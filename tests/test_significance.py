@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import timm
 import torch
@@ -13,20 +11,16 @@ from medsg.errors import InputSizeError
 from medsg.explain import significance_maps
 from medsg.models import SGFormer, load_checkpoint
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-EXPECTED = FIXTURES / "sgformer_tiny_expected.pt"
-OFFICIAL = FIXTURES / "sgformer_tiny_official.pth"
-
 
 def _hooks(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-@pytest.mark.skipif(not (EXPECTED.is_file() and OFFICIAL.is_file()), reason=f"fixtures missing in {FIXTURES}")
-def test_maps_match_reference_fixture() -> None:
-    expected = torch.load(EXPECTED, weights_only=True)
+def test_maps_match_reference_fixture(shared) -> None:
+    official = shared("fixtures", "sgformer_tiny_official.pth")  # CI fails if absent, local runs skip
+    expected = torch.load(shared("fixtures", "sgformer_tiny_expected.pt"), weights_only=True)
     model = SGFormer(**expected["config"])
-    load_checkpoint(model, OFFICIAL, use_ema=False)
+    load_checkpoint(model, official, use_ema=False)
     model.double().eval()
     maps = significance_maps(model, expected["input"])  # no torch.no_grad needed: it runs under one
     assert sorted(maps) == sorted(expected["significance"])
