@@ -1,7 +1,8 @@
 """Orchestration of ``medsg run``: config -> manifest -> audit -> splits -> k folds -> report.
 
 The run folder (``<output_dir>/<name>/``) gets ``config.yaml`` (resolved, with provenance), ``audit.json``,
-``manifest.csv`` (after the audit policy), ``splits.json`` and one ``fold_K/`` per fold; see
+``manifest.csv`` (after the audit policy), ``splits.json``, ``protocol.json`` (audit settings, dropped ids,
+what the groups are) and one ``fold_K/`` per fold; see
 ``medsg.train.fold`` for a fold's files. Under ``torchrun`` only rank 0 writes.
 """
 
@@ -44,10 +45,71 @@ class PreparedData:
 # ---------------------------------------------------------------- data preparation
 
 
-def prepare_data(cfg: Config, run_dir: Path | None = None, dist: ddp.DistInfo | None = None) -> PreparedData:
+def grouping_description(cfg: Config) -> str:
+    """What the split's groups are, in words, for the split header and the report's protocol text."""
+    audit = cfg.data.audit
+    clusters = (
+        "duplicate clusters from the audit (identical bytes or pixels, or dHash-256 distance <= "
+        f"{audit.near_dup_threshold} and thumbnail correlation >= {audit.min_correlation})"
+    )
+    if cfg.splits.grouping != "group":
+        # apply_audit_policy merges the duplicate clusters into the 'group' column only.
+        return f"column '{cfg.splits.grouping}' (not merged with the audit's duplicate clusters)"
+    if cfg.data.adapter == "isic2018":
+        return f"lesion_id merged with {clusters}"
+    if cfg.data.adapter == "csv":
+        return f"the CSV's group column (the image id where empty) merged with {clusters}"
+    return f"{clusters}; every other image is its own group"
+
+
+def _note_new_split_file(path: Path, expected: bool) -> None:
+    """A new split file means new folds: say where it went, since a relative path follows the working dir."""
+    import medsg
+
+    canonical = Path(medsg.__file__).resolve().parents[1] / "data_splits"
+    level = logging.INFO if expected else logging.WARNING
+    log.log(
+        level,
+        "created a NEW split file %s. Committed canonical split files live in the repository's data_splits/ "
+        "(%s); relative paths resolve against the working directory, so start runs from the repository root "
+        "or set splits.file to reuse a canonical file.",
+        path.resolve(),
+        canonical,
+    )
+
+
+def _describe_new_split_file(path: Path, description: str) -> None:
+    """Add ``grouping_description`` to the header of a split file this run just created."""
+    from medsg.data.splits import read_splits, save_splits
+
+    header, folds = read_splits(path)
+    save_splits(path, {**header, "grouping_description": description}, folds)
+
+
+def protocol_record(cfg: Config, raw_ids: list[str], dropped: list[str], split_file: Path) -> dict[str, Any]:
+    """What ``protocol.json`` holds: audit settings, dropped ids and the grouping, for the report's text."""
+    return {
+        "grouping": cfg.splits.grouping,
+        "grouping_description": grouping_description(cfg),
+        "audit": cfg.data.audit.model_dump(mode="json"),
+        "n_images_listed": len(raw_ids),
+        "n_dropped": len(dropped),
+        "dropped_ids": dropped,
+        "split_file": str(Path(split_file).resolve()),
+    }
+
+
+def prepare_data(
+    cfg: Config,
+    run_dir: Path | None = None,
+    dist: ddp.DistInfo | None = None,
+    new_split_expected: bool = False,
+) -> PreparedData:
     """Manifest, audit + policy, and the split file (created once, atomically, if absent).
 
-    With ``run_dir``, writes audit.json, manifest.csv and splits.json there (main rank only).
+    With ``run_dir``, writes audit.json, manifest.csv, splits.json and protocol.json there (main rank only).
+    Creating a split file logs a WARNING with its absolute path unless ``new_split_expected`` (``medsg splits``,
+    the demo): a run that silently makes new folds is not comparable with runs on the canonical ones.
     """
     from medsg.data import class_names, load_manifest, save_manifest
     from medsg.data.audit import apply_audit_policy, audit_manifest, read_audit, write_audit
@@ -88,7 +150,11 @@ def prepare_data(cfg: Config, run_dir: Path | None = None, dist: ddp.DistInfo | 
         allow_subset=cfg.splits.allow_subset,
     )
     if dist.is_main:  # rank 0 creates the file once; the others then read it
+        created = not Path(split_args["path"]).exists()
         splits = load_or_create_splits(manifest, **split_args)
+        if created:
+            _describe_new_split_file(Path(split_args["path"]), grouping_description(cfg))
+            _note_new_split_file(Path(split_args["path"]), new_split_expected)
     ddp.barrier()
     if not dist.is_main:
         splits = load_or_create_splits(manifest, **split_args)
@@ -98,6 +164,8 @@ def prepare_data(cfg: Config, run_dir: Path | None = None, dist: ddp.DistInfo | 
         save_manifest(manifest, run_dir / "manifest.csv")
         if used is None:
             atomic_write_text(run_dir / "splits.json", Path(cfg.split_file).read_text(encoding="utf-8"))
+        protocol = protocol_record(cfg, list(raw["id"]), dropped, cfg.split_file)
+        atomic_write_text(run_dir / "protocol.json", json.dumps(protocol, indent=1) + "\n")
     return PreparedData(manifest, names, splits, report.manifest_hash)
 
 
@@ -301,9 +369,16 @@ def write_run_report(run_dir: Path, report_dir: Path | None = None) -> Path:
 
 
 def run_experiment(
-    cfg: Config, folds: list[int] | None = None, quiet: bool = False, report: bool = True
+    cfg: Config,
+    folds: list[int] | None = None,
+    quiet: bool = False,
+    report: bool = True,
+    new_split_expected: bool = False,
 ) -> Path:
-    """Train and test the requested folds (all by default); write the report once every fold is done."""
+    """Train and test the requested folds (all by default); write the report once every fold is done.
+
+    ``new_split_expected``: creating the split file is the plan (the demo), so it is logged as INFO.
+    """
     if cfg.train.deterministic:  # must be set before the first CUDA context (deterministic cuBLAS)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     dist = ddp.dist_info_from_env()
@@ -320,7 +395,7 @@ def run_experiment(
             run_dir.mkdir(parents=True, exist_ok=True)
             save_or_check_config(cfg, run_dir)
         ddp.barrier()
-        data = prepare_data(cfg, run_dir, dist)
+        data = prepare_data(cfg, run_dir, dist, new_split_expected)
         log.info(
             "%s: %d images, %d classes %s, %d folds; running folds %s on %s%s",
             cfg.experiment.name,
@@ -360,7 +435,7 @@ def run_from_file(
 def make_splits(config_path: str | Path, overrides: list[str] | None = None) -> Path:
     """``medsg splits``: audit the data and write the split file once (before parallel fold jobs)."""
     cfg = load_config(config_path, overrides)
-    data = prepare_data(cfg)
+    data = prepare_data(cfg, new_split_expected=True)
     sizes = [len(f["val"]) for f in data.splits]
     log.info("split file %s: %d folds, test sizes %s", cfg.split_file, len(sizes), sizes)
     return Path(cfg.split_file)
@@ -411,7 +486,7 @@ def run_demo(out: str | Path = "medsg_demo", quick: bool = False, quiet: bool = 
     n_per_class = 10 if quick else 24
     make_synthetic_busi(out / "data", n_per_class=n_per_class, size=96, seed=0)
     cfg = demo_config(out, quick)
-    run_dir = run_experiment(cfg, quiet=quiet)
+    run_dir = run_experiment(cfg, quiet=quiet, new_split_expected=True)
     return DemoResult(run_dir=run_dir, report=cfg.report_dir / "report.html")
 
 

@@ -218,8 +218,8 @@ def test_demo_writes_split_files_only_inside_its_folder(monkeypatch, tmp_path):
     repo_splits = Path(__file__).resolve().parents[1] / "data_splits"
     before = sorted(repo_splits.iterdir()) if repo_splits.is_dir() else []
 
-    def prepare_only(cfg, quiet=False):  # the data half of run_experiment: manifest, audit, split file
-        experiment.prepare_data(cfg)
+    def prepare_only(cfg, quiet=False, new_split_expected=False):  # the data half: manifest, audit, splits
+        experiment.prepare_data(cfg, new_split_expected=new_split_expected)
         return cfg.run_dir
 
     monkeypatch.setattr(experiment, "run_experiment", prepare_only)

@@ -100,6 +100,11 @@ def test_full_run_writes_run_folder_and_report_and_never_selects_on_test(busi_ro
         assert metrics["n_test"] == len(test) and "inner-validation" in metrics["selection"]
     splits = json.loads((run_dir / "splits.json").read_text())
     assert sorted(i for f in splits["folds"] for i in f["val"]) == sorted(oof["id"])
+    assert splits["header"]["grouping_description"].startswith("duplicate clusters from the audit")
+    protocol = json.loads((run_dir / "protocol.json").read_text())
+    assert protocol["audit"] == {"conflicts": "drop", "near_dup_threshold": 40, "min_correlation": 0.95}
+    assert protocol["n_dropped"] == len(protocol["dropped_ids"]) == protocol["n_images_listed"] - len(oof)
+    assert protocol["grouping"] == "group" and protocol["split_file"] == str(Path(cfg.split_file).resolve())
 
     # Re-running skips the finished folds; a changed result-affecting key is refused with the key named.
     # The run keeps its own splits.json: the shared split file is not needed (nor recreated) to resume.
@@ -115,6 +120,51 @@ def test_full_run_writes_run_folder_and_report_and_never_selects_on_test(busi_ro
     # `medsg report RUN_DIR --out` aggregates again into another folder.
     html = write_run_report(run_dir, tmp_path / "again")
     assert html.is_file() and html.parent == tmp_path / "again"
+
+
+def test_new_split_file_is_announced_with_its_absolute_path_and_described(
+    busi_root, tmp_path, monkeypatch, caplog
+):
+    from medsg.data.splits import read_splits
+    from medsg.experiment import prepare_data
+
+    monkeypatch.chdir(tmp_path)  # the default split file is relative: it follows the working directory
+    cfg = make_cfg(busi_root, tmp_path)
+    cfg.splits.file = None
+    path = (tmp_path / "data_splits" / "busi_2fold_seed0.json").resolve()
+    with caplog.at_level("INFO", logger="medsg.experiment"):
+        prepare_data(cfg)
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "NEW split" in r.message
+    ]
+    assert len(warnings) == 1 and str(path) in warnings[0]
+    assert "data_splits/" in warnings[0] and "repository root" in warnings[0] and "splits.file" in warnings[0]
+    header, _ = read_splits(path)
+    assert header["grouping"] == "group"
+    assert header["grouping_description"].startswith("duplicate clusters from the audit")
+    assert "dHash-256 distance <= 40 and thumbnail correlation >= 0.95" in header["grouping_description"]
+
+    caplog.clear()  # reusing the file says nothing; a planned new file (medsg splits, demo) is only INFO
+    with caplog.at_level("INFO", logger="medsg.experiment"):
+        prepare_data(cfg)
+        path.unlink()
+        prepare_data(cfg, new_split_expected=True)
+    news = [r for r in caplog.records if "NEW split" in r.getMessage()]
+    assert [r.levelname for r in news] == ["INFO"]
+
+
+def test_grouping_descriptions(tmp_path):
+    def describe(adapter: str, *overrides: str) -> str:
+        from medsg.experiment import grouping_description
+
+        cfg = make_cfg(tmp_path, tmp_path, f"data.adapter={adapter}", *overrides)
+        return grouping_description(cfg)
+
+    assert describe("isic2018").startswith("lesion_id merged with duplicate clusters from the audit")
+    assert "<= 12 and thumbnail correlation >= 0.9)" in describe(
+        "busi", "data.audit.near_dup_threshold=12", "data.audit.min_correlation=0.9"
+    )
+    assert describe("csv", "splits.grouping=patient").startswith("column 'patient'")
 
 
 def test_single_fold_jobs_then_report(busi_root, tmp_path):
