@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from medsg.demo import make_synthetic_busi
+from medsg.train.state import weights_checksum
 
 
 def torchrun() -> list[str]:
@@ -61,9 +63,9 @@ def test_ddp_two_cpu_processes_train_one_fold(tmp_path):
         pytest.fail("torchrun with 2 gloo processes did not finish in 240 s")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
-    steps = {
-        int(r): int(s) for r, s in re.findall(r"rank (\d)/2: fold 0 done after (\d+) optimizer steps", output)
-    }
+    done = re.findall(r"rank (\d)/2: fold 0 done after (\d+) optimizer steps, weights checksum (\w+)", output)
+    steps = {int(r): int(s) for r, s, _ in done}
+    checksums = {int(r): c for r, _, c in done}
     assert set(steps) == {0, 1}, output[-3000:]
     fold = tmp_path / "runs" / "ddp" / "fold_0"
     ids = json.loads((fold / "inner_split.json").read_text())
@@ -79,6 +81,9 @@ def test_ddp_two_cpu_processes_train_one_fold(tmp_path):
         "checkpoint_best.pt",
     ):
         assert (fold / name).is_file(), name
+    # The ranks really synchronised: bit-identical weights after training, the ones rank 0 saved.
+    saved = torch.load(fold / "checkpoint_last.pt", weights_only=True)["state_dict"]
+    assert checksums[0] == checksums[1] == weights_checksum(saved)
     assert len(pd.read_csv(fold / "predictions.csv")) == len(ids["test"])
     assert not list(fold.glob(".*.tmp")) and not (fold / ".lock").exists()
     assert not (tmp_path / "runs" / "ddp" / "fold_1").exists()

@@ -20,7 +20,7 @@ from medsg.train.kfold import run_folds, train_one_fold
 from medsg.train.loader import FoldData, class_weights, epoch_indices
 from medsg.train.model import build_model
 from medsg.train.selection import is_better
-from medsg.train.state import numpy_state_from_torch, numpy_state_to_torch
+from medsg.train.state import numpy_state_from_torch, numpy_state_to_torch, weights_checksum
 from medsg.train.utils import get_rng_states
 
 CLASSES = ["a", "b", "c"]
@@ -259,3 +259,12 @@ def test_early_stopping_survives_resume(tmp_path, monkeypatch):
     (tmp_path / "fold_0" / "DONE").unlink()  # as if killed before the test-fold prediction
     again = train_one_fold(cfg, 0, Factory(), tmp_path)
     assert again["epochs_trained"] == 3 and again == metrics
+
+
+def test_weights_checksum_sees_one_changed_value():
+    state = {"w": torch.arange(6, dtype=torch.float32).view(2, 3), "n": torch.tensor(3)}
+    same = {"n": torch.tensor(3), "w": torch.arange(6, dtype=torch.float32).view(2, 3)}
+    assert weights_checksum(state) == weights_checksum(same)  # key order does not matter
+    changed = {**same, "w": same["w"].clone()}
+    changed["w"][1, 2] = torch.nextafter(changed["w"][1, 2], torch.tensor(100.0))
+    assert weights_checksum(state) != weights_checksum(changed)

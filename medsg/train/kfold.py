@@ -20,6 +20,7 @@ from medsg.train.fold import FoldTrainer
 from medsg.train.loader import FoldData
 from medsg.train.lock import FileLock
 from medsg.train.model import build_model
+from medsg.train.state import weights_checksum
 from medsg.train.utils import derive_seed, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,13 @@ def train_one_fold(
     trainer = FoldTrainer(cfg, fold, model, data, fold_dir(run_dir, fold), device, dist, quiet)
     result = trainer.run()
     if dist.enabled:
-        log.info(
-            "rank %d/%d: fold %d done after %d optimizer steps",
+        log.info(  # the checksum lets a reader (and test_ddp) see that the ranks ended with the same weights
+            "rank %d/%d: fold %d done after %d optimizer steps, weights checksum %s",
             dist.rank,
             dist.world_size,
             fold,
             trainer.num_updates,
+            weights_checksum(trainer.model.state_dict()),
         )
     return result
 

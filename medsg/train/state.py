@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,14 @@ def selected_weights(state: dict[str, Any], prefer_ema: bool) -> dict[str, Any]:
     if prefer_ema and state.get("state_dict_ema") is not None:
         return state["state_dict_ema"]
     return state["state_dict"]
+
+
+def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 (16 hex digits) of a state dict's names and tensor bytes: equal on DDP ranks that stayed in sync."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
