@@ -53,8 +53,7 @@ def grouping_description(cfg: Config) -> str:
         f"{audit.near_dup_threshold} and thumbnail correlation >= {audit.min_correlation})"
     )
     if cfg.splits.grouping != "group":
-        # apply_audit_policy merges the duplicate clusters into the 'group' column only.
-        return f"column '{cfg.splits.grouping}' (not merged with the audit's duplicate clusters)"
+        return f"column '{cfg.splits.grouping}' merged with {clusters}"
     if cfg.data.adapter == "isic2018":
         return f"lesion_id merged with {clusters}"
     if cfg.data.adapter == "csv":
@@ -129,13 +128,16 @@ def prepare_data(
     ddp.barrier()
     if not dist.is_main and audit_path is not None:
         report = read_audit(audit_path)
-    manifest = apply_audit_policy(raw, report, conflicts=cfg.data.audit.conflicts)
-    dropped = sorted(set(raw["id"]) - set(manifest["id"]))
-    if cfg.splits.grouping not in manifest.columns:
+    if cfg.splits.grouping not in raw.columns:
         raise ConfigError(
             f"splits.grouping: column {cfg.splits.grouping!r} is not in the manifest (columns: "
-            f"{list(manifest.columns)})"
+            f"{list(raw.columns)}); use 'group' or a column of your CSV"
         )
+    # Duplicate clusters are merged into the column the splits group by, so none can straddle folds.
+    manifest = apply_audit_policy(
+        raw, report, conflicts=cfg.data.audit.conflicts, group_col=cfg.splits.grouping
+    )
+    dropped = sorted(set(raw["id"]) - set(manifest["id"]))
     # A resumed run keeps the folds it started with, whatever the working directory is now.
     used = run_dir / "splits.json" if run_dir is not None and (run_dir / "splits.json").is_file() else None
     split_args = dict(

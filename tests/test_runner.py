@@ -153,6 +153,27 @@ def test_new_split_file_is_announced_with_its_absolute_path_and_described(
     assert [r.levelname for r in news] == ["INFO"]
 
 
+def test_csv_patient_grouping_keeps_a_duplicate_filed_under_another_patient_in_one_fold(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from medsg.experiment import prepare_data
+
+    rng = np.random.default_rng(0)
+    rows = ["path,label,patient_id"]
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'ab'[i % 2]},P{i}")
+    (tmp_path / "copy.png").write_bytes((tmp_path / "0.png").read_bytes())
+    rows.append("copy.png,a,P99")  # the same scan filed under another patient id
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    cfg = make_cfg(tmp_path / "list.csv", tmp_path, "data.adapter=csv", "splits.grouping=patient_id")
+    data = prepare_data(cfg)
+    fold_of = {i: n for n, fold in enumerate(data.splits) for i in fold["val"]}
+    ids = dict(zip(data.manifest["path"].map(lambda p: Path(p).name), data.manifest["id"], strict=True))
+    assert len(fold_of) == 13 and fold_of[ids["copy.png"]] == fold_of[ids["0.png"]]
+
+
 def test_grouping_descriptions(tmp_path):
     def describe(adapter: str, *overrides: str) -> str:
         from medsg.experiment import grouping_description
@@ -164,7 +185,9 @@ def test_grouping_descriptions(tmp_path):
     assert "<= 12 and thumbnail correlation >= 0.9)" in describe(
         "busi", "data.audit.near_dup_threshold=12", "data.audit.min_correlation=0.9"
     )
-    assert describe("csv", "splits.grouping=patient").startswith("column 'patient'")
+    assert describe("csv", "splits.grouping=patient").startswith(
+        "column 'patient' merged with duplicate clusters from the audit"
+    )
 
 
 def test_single_fold_jobs_then_report(busi_root, tmp_path):
