@@ -77,14 +77,6 @@ def _note_new_split_file(path: Path, expected: bool) -> None:
     )
 
 
-def _describe_new_split_file(path: Path, description: str) -> None:
-    """Add ``grouping_description`` to the header of a split file this run just created."""
-    from medsg.data.splits import read_splits, save_splits
-
-    header, folds = read_splits(path)
-    save_splits(path, {**header, "grouping_description": description}, folds)
-
-
 def protocol_record(cfg: Config, raw_ids: list[str], dropped: list[str], split_file: Path) -> dict[str, Any]:
     """What ``protocol.json`` holds: audit settings, dropped ids and the grouping, for the report's text."""
     return {
@@ -150,12 +142,12 @@ def prepare_data(
         group_col=cfg.splits.grouping,
         excluded_ids=dropped,
         allow_subset=cfg.splits.allow_subset,
+        grouping_description=grouping_description(cfg),
     )
     if dist.is_main:  # rank 0 creates the file once; the others then read it
         created = not Path(split_args["path"]).exists()
         splits = load_or_create_splits(manifest, **split_args)
         if created:
-            _describe_new_split_file(Path(split_args["path"]), grouping_description(cfg))
             _note_new_split_file(Path(split_args["path"]), new_split_expected)
     ddp.barrier()
     if not dist.is_main:

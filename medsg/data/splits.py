@@ -123,15 +123,18 @@ def make_header(
     grouping: str,
     audit_hash: str,
     group_col: str = "group",
+    grouping_description: str | None = None,
 ) -> dict[str, Any]:
-    """The header recorded with a split file."""
+    """The header recorded with a split file; ``grouping_description`` says in words what a group is."""
     from medsg import __version__
 
+    described = {"grouping_description": grouping_description} if grouping_description else {}
     return {
         "dataset": dataset,
         "k": k,
         "seed": seed,
         "grouping": grouping,
+        **described,
         "n_images": len(manifest),
         "n_groups": int(manifest[group_col].nunique()),
         "audit_hash": audit_hash,
@@ -152,6 +155,7 @@ def load_or_create_splits(
     group_col: str = "group",
     allow_subset: bool = False,
     excluded_ids: Iterable[str] = (),
+    grouping_description: str | None = None,
 ) -> Folds:
     """Reuse the split file at ``path`` if it exists, else create and write it.
 
@@ -166,7 +170,10 @@ def load_or_create_splits(
     if not path.exists():
         splits = make_kfold_splits(manifest, k, seed, group_col)
         check_no_leakage(manifest, splits, group_col)
-        save_splits(path, make_header(manifest, dataset, k, seed, grouping, audit_hash, group_col), splits)
+        header = make_header(
+            manifest, dataset, k, seed, grouping, audit_hash, group_col, grouping_description
+        )
+        save_splits(path, header, splits)
         log.info("Wrote new split file %s (%d folds, %d images)", path, k, len(manifest))
         return splits
     header, splits = read_splits(path)
