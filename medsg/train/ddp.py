@@ -48,22 +48,27 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
 
 
+def _active() -> bool:
+    """Whether a process group is running (torchrun with more than one rank)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def shutdown_distributed() -> None:
     """Wait for every rank, then tear the process group down (no-op without one)."""
-    if dist.is_available() and dist.is_initialized():
+    if _active():
         dist.barrier()
         dist.destroy_process_group()
 
 
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
-    if dist.is_available() and dist.is_initialized():
+    if _active():
         dist.barrier()
 
 
 def all_reduce_mean(value: float, device: torch.device) -> float:
     """Average a Python float across ranks (identity in a single process)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _active():
         return value
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
@@ -72,17 +77,8 @@ def all_reduce_mean(value: float, device: torch.device) -> float:
 
 def broadcast_floats(values: list[float], device: torch.device) -> list[float]:
     """Rank 0's values on every rank, so decisions (best epoch, early stop) agree everywhere."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _active():
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.broadcast(tensor, src=0)
     return tensor.tolist()
-
-
-def broadcast_object(obj: object) -> object:
-    """Rank 0's picklable object on every rank."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
