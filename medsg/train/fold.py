@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from medsg.config import Config
@@ -249,17 +250,15 @@ class FoldTrainer:
         )
         return ddp.all_reduce_mean(total / max(count, 1), self.device)
 
+    def _predict(self, model: nn.Module, dataset: Dataset) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(ids, labels, probabilities) of ``dataset`` with the run's batch size, workers and precision."""
+        t = self.cfg.train
+        return predict(model, dataset, self.device, t.batch_size, t.workers, self.amp_dtype)
+
     def _validate(self) -> dict[str, float]:
         if self.data.val is None or len(self.data.val) == 0:
             return dict.fromkeys(HISTORY_COLUMNS[3:7], float("nan"))
-        _, y, probs = predict(
-            self.eval_model,
-            self.data.val,
-            self.device,
-            self.cfg.train.batch_size,
-            self.cfg.train.workers,
-            self.amp_dtype,
-        )
+        _, y, probs = self._predict(self.eval_model, self.data.val)
         result = val_metrics(y, probs)
         keys = list(result)
         values = ddp.broadcast_floats([result[k] for k in keys], self.device)  # rank 0 decides for all
@@ -327,14 +326,7 @@ class FoldTrainer:
         from medsg.metrics import classification_metrics
 
         model = self.load_selected()
-        ids, y, probs = predict(
-            model,
-            self.data.test,
-            self.device,
-            self.cfg.train.batch_size,
-            self.cfg.train.workers,
-            self.amp_dtype,
-        )
+        ids, y, probs = self._predict(model, self.data.test)
         names = self.data.class_names
         frame = pd.DataFrame({"id": ids, "fold": self.fold, "y_true": y, "y_pred": probs.argmax(1)})
         for c, name in enumerate(names):
