@@ -176,6 +176,7 @@ class ManifestFolds:
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.dist = dist or ddp.DistInfo()
         self.class_names = data.class_names
+        self._by_id = data.manifest.set_index("id", drop=False)  # rows looked up by id, for every fold
         self._decodes: RunDecodes | None = None  # filled by the first fold, reused by the others
 
     def fold_ids(self, fold: int) -> dict[str, list[str]]:
@@ -230,14 +231,20 @@ class ManifestFolds:
             for train in (True, False)
         }
 
-    def _records(self, ids: list[str]) -> list[dict[str, Any]]:
-        from medsg.data.dataset import manifest_to_records
+    def _dataset(self, ids: list[str], transform: Any) -> Any:
+        """A dataset of ``ids`` (masks left out) through ``transform``, cached as ``data.cache`` says."""
+        from medsg.data.dataset import build_dataset, manifest_to_records
 
-        frame = self.data.manifest.set_index("id", drop=False)
-        records = manifest_to_records(frame.loc[ids].reset_index(drop=True))
+        records = manifest_to_records(self._by_id.loc[ids].reset_index(drop=True))
         for record in records:
             record.pop("mask", None)
-        return records
+        return build_dataset(
+            records,
+            transform,
+            cache=self.cfg.data.cache,
+            cache_dir=self.cache_dir,
+            num_workers=self.cfg.train.workers,
+        )
 
     @property
     def cache_dir(self) -> Path:
@@ -248,8 +255,6 @@ class ManifestFolds:
         """The run-wide decode cache (built on the first fold) and each pipeline's remaining steps."""
         from monai.transforms import Compose
 
-        from medsg.data.dataset import build_dataset
-
         if self.cfg.data.cache == "none":
             return None
         n = shared_head(pipelines[True], pipelines[False])
@@ -259,19 +264,10 @@ class ManifestFolds:
         if self._decodes is None:
             ids = list(self.data.manifest["id"])
             head = Compose(pipelines[True].transforms[:n])
-            base = build_dataset(
-                self._records(ids),
-                head,
-                cache=self.cfg.data.cache,
-                cache_dir=self.cache_dir,
-                num_workers=self.cfg.train.workers,
-            )
-            self._decodes = RunDecodes(ids, base)
+            self._decodes = RunDecodes(ids, self._dataset(ids, head))
         return self._decodes, {train: Compose(p.transforms[n:]) for train, p in pipelines.items()}
 
     def __call__(self, fold: int, model: nn.Module) -> FoldData:
-        from medsg.data.dataset import build_dataset
-
         ids = self.fold_ids(fold)
         if self.dist.is_main:
             atomic_write_text(fold_dir(self.run_dir, fold) / "inner_split.json", json.dumps(ids, indent=1))
@@ -284,18 +280,11 @@ class ManifestFolds:
             if shared is not None:
                 decodes, rest = shared
                 return decodes.view(ids[part], rest[train])
-            return build_dataset(
-                self._records(ids[part]),
-                pipelines[train],
-                cache=self.cfg.data.cache,
-                cache_dir=self.cache_dir,
-                num_workers=self.cfg.train.workers,
-            )
+            return self._dataset(ids[part], pipelines[train])
 
-        frame = self.data.manifest.set_index("id", drop=False)
         return FoldData(
             train=dataset("train", True),
-            train_labels=frame.loc[ids["train"], "label"].to_numpy(dtype=np.int64),
+            train_labels=self._by_id.loc[ids["train"], "label"].to_numpy(dtype=np.int64),
             val=dataset("val", False),
             test=dataset("test", False),
             class_names=self.class_names,
