@@ -14,6 +14,7 @@ import yaml
 from medsg.errors import ConfigError, DataError
 from medsg.metrics import HEADLINE, bootstrap_ci, classification_metrics, summarize_folds
 from medsg.report.run_files import (
+    UNKNOWN,
     audit_policy_text,
     dropped_text,
     grouping_description,
@@ -21,7 +22,6 @@ from medsg.report.run_files import (
     read_json_or_none,
 )
 
-UNKNOWN = "unknown"
 FROM_SCRATCH = "none (trained from scratch)"
 _AS_DEFAULT = object()  # cfg_get: a null value counts as missing unless ``null=`` is given
 SELECTION_TEXT = {
