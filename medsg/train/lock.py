@@ -64,7 +64,11 @@ class FileLock:
                 handle.write(me)
             self.held = True
             return self
-        raise RunLocked(f"could not take lock {self.path}")
+        raise RunLocked(
+            f"could not take lock {self.path}: it named a dead process again after the stale one was removed "
+            "(two jobs taking it over at once?). Re-run the command, or delete the lock file if no medsg run "
+            "uses this folder."
+        )
 
     def release(self) -> None:
         """Remove the lock file if this object holds it."""
