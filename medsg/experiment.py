@@ -108,6 +108,11 @@ def prepare_data(
 
     dist = dist or ddp.DistInfo()
     raw = load_manifest(cfg.data.adapter, cfg.data.root, **cfg.data.options)
+    if cfg.splits.grouping not in raw.columns:  # checked before the audit, which can take minutes
+        raise ConfigError(
+            f"splits.grouping: column {cfg.splits.grouping!r} is not in the manifest (columns: "
+            f"{list(raw.columns)}); use 'group' or a column of your CSV"
+        )
     audit_path = (run_dir / "audit.json") if run_dir else None
     if dist.is_main or audit_path is None:
         report = audit_manifest(
@@ -120,11 +125,6 @@ def prepare_data(
     ddp.barrier()
     if not dist.is_main and audit_path is not None:
         report = read_audit(audit_path)
-    if cfg.splits.grouping not in raw.columns:
-        raise ConfigError(
-            f"splits.grouping: column {cfg.splits.grouping!r} is not in the manifest (columns: "
-            f"{list(raw.columns)}); use 'group' or a column of your CSV"
-        )
     # Duplicate clusters are merged into the column the splits group by, so none can straddle folds.
     manifest = apply_audit_policy(
         raw, report, conflicts=cfg.data.audit.conflicts, group_col=cfg.splits.grouping
