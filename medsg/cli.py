@@ -48,6 +48,8 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``medsg`` argument parser with its subcommands."""
+    from medsg.data.manifest import adapter_names
+
     parser = argparse.ArgumentParser(
         prog="medsg", description="Transfer learning for medical images with SG-Former."
     )
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML")
     _add_overrides(p)
     p = sub.add_parser("audit", help="check a dataset: unreadable files, duplicates, label conflicts")
-    p.add_argument("--adapter", required=True, choices=["busi", "kvasir", "isic2018", "imagefolder", "csv"])
+    p.add_argument("--adapter", required=True, choices=adapter_names())
     p.add_argument("--root", required=True, help="dataset folder")
     p.add_argument("--out", default=None, help="write the JSON report here")
     p = sub.add_parser("demo", help="synthetic BUSI-like data -> k-fold sgformer_tiny run -> report (CPU)")
