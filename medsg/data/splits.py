@@ -104,7 +104,7 @@ def read_splits(path: str | Path) -> tuple[dict[str, Any], Folds]:
     """Read a split file -> (header, folds); malformed files raise DataError naming the file."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         header, folds = data["header"], data["folds"]
         if not all(set(f) >= {"train", "val"} for f in folds):
             raise KeyError("train/val")

@@ -1,5 +1,5 @@
 """Explanations for SG-Former predictions."""
 
-from medsg.explain.significance import significance_maps
+from medsg.explain.significance import find_sgformer, significance_maps
 
-__all__ = ["significance_maps"]
+__all__ = ["find_sgformer", "significance_maps"]

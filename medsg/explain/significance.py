@@ -10,14 +10,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["significance_maps"]
+__all__ = ["find_sgformer", "significance_maps"]
 
 
-def _find_sgformer(model: nn.Module) -> nn.Module:
-    for module in model.modules():
-        if hasattr(module, "significance_recorder"):
-            return module
-    raise TypeError(f"{type(model).__name__} contains no SG-Former backbone (no significance_recorder).")
+def find_sgformer(model: nn.Module) -> nn.Module | None:
+    """The SG-Former backbone inside ``model`` (itself, or wrapped by DDP, EMA, ...), or None if there is none."""
+    return next((m for m in model.modules() if hasattr(m, "significance_recorder")), None)
 
 
 def significance_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -28,7 +26,9 @@ def significance_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tens
     off) so the maps describe the deterministic prediction. The mode is not changed here. The recorder is
     removed again even on error, and no hooks are installed.
     """
-    backbone = _find_sgformer(model)
+    backbone = find_sgformer(model)
+    if backbone is None:
+        raise TypeError(f"{type(model).__name__} contains no SG-Former backbone (no significance_recorder).")
     if backbone.significance_recorder is not None:
         raise RuntimeError("significance_maps is already recording on this model (nested call?).")
     recorded: dict[str, torch.Tensor] = {}

@@ -20,17 +20,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from medsg.explain import find_sgformer, significance_maps
 from medsg.io import atomic_write_bytes
 from medsg.train.loader import plain_tensor
 
 log = logging.getLogger(__name__)
 
 SIGNIFICANCE_FILE = "significance.npz"
-
-
-def has_significance_maps(model: nn.Module) -> bool:
-    """Whether ``model`` contains an SG-Former backbone that can record significance maps."""
-    return any(hasattr(m, "significance_recorder") for m in model.modules())
 
 
 def pick_cases(ids: Sequence[str], labels: Sequence[int], n: int) -> list[int]:
@@ -56,7 +52,6 @@ def to_uint8_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[f
 @torch.no_grad()
 def significance_arrays(model: nn.Module, images: torch.Tensor, batch_size: int) -> dict[str, np.ndarray]:
     """{block name: (N,h,w) float32} of ``medsg.explain.significance_maps``, in eval mode, ``batch_size`` at a time."""
-    from medsg.explain import significance_maps
 
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
@@ -86,7 +81,7 @@ def export_significance(
 
     if n <= 0:
         return None
-    if not has_significance_maps(model):
+    if find_sgformer(model) is None:
         log.info("%s has no significance maps (not an SG-Former): no %s", type(model).__name__, path.name)
         return None
     ids, labels, probs = predictions
