@@ -47,18 +47,12 @@ class PreparedData:
 
 def grouping_description(cfg: Config) -> str:
     """What the split's groups are, in words, for the split header and the report's protocol text."""
+    from medsg.data.audit import describe_grouping
+
     audit = cfg.data.audit
-    clusters = (
-        "duplicate clusters from the audit (identical bytes or pixels, or dHash-256 distance <= "
-        f"{audit.near_dup_threshold} and thumbnail correlation >= {audit.min_correlation})"
+    return describe_grouping(
+        cfg.data.adapter, cfg.splits.grouping, audit.near_dup_threshold, audit.min_correlation
     )
-    if cfg.splits.grouping != "group":
-        return f"column '{cfg.splits.grouping}' merged with {clusters}"
-    if cfg.data.adapter == "isic2018":
-        return f"lesion_id merged with {clusters}"
-    if cfg.data.adapter == "csv":
-        return f"the CSV's group column (the image id where empty) merged with {clusters}"
-    return f"{clusters}; every other image is its own group"
 
 
 def _note_new_split_file(path: Path, expected: bool) -> None:

@@ -361,6 +361,26 @@ def summarize(report: AuditReport, max_items: int = 10) -> str:
 
 
 # --------------------------------------------------------------------------------------------- policy
+def describe_grouping(
+    adapter: str,
+    grouping: str = "group",
+    near_dup_threshold: Any = NEAR_DUP_THRESHOLD,
+    min_correlation: Any = MIN_CORRELATION,
+) -> str:
+    """What a split's groups are, in words: the split header and the report's protocol both say it this way."""
+    clusters = (
+        "duplicate clusters from the audit (identical bytes or pixels, or dHash-256 distance <= "
+        f"{near_dup_threshold} and thumbnail correlation >= {min_correlation})"
+    )
+    if grouping != "group":
+        return f"column '{grouping}' merged with {clusters}"
+    if adapter == "isic2018":
+        return f"lesion_id merged with {clusters}"
+    if adapter == "csv":
+        return f"the CSV's group column (the image id where empty) merged with {clusters}"
+    return f"{clusters}; every other image is its own group"
+
+
 def apply_audit_policy(
     manifest: pd.DataFrame,
     report: AuditReport,

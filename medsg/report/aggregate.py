@@ -16,6 +16,7 @@ from medsg.metrics import HEADLINE, bootstrap_ci, classification_metrics, summar
 from medsg.report.run_files import (
     UNKNOWN,
     audit_policy_text,
+    audit_thresholds,
     dropped_text,
     grouping_description,
     manifest_ids,
@@ -124,6 +125,9 @@ def protocol(run: RunData) -> dict[str, str]:
     split_file = read_json_or_none(run.run_dir / "splits.json") or {}
     header = split_file.get("header") if isinstance(split_file.get("header"), dict) else None
     conflicts = cfg_get(cfg, "data.audit.conflicts")
+    threshold, min_corr = audit_thresholds(
+        cfg_get(cfg, "data.audit.near_dup_threshold"), cfg_get(cfg, "data.audit.min_correlation"), audit
+    )
     return {
         "experiment": str(cfg_get(cfg, "experiment.name", run.run_dir.name)),
         "dataset": str(cfg_get(cfg, "data.adapter")),
@@ -133,15 +137,14 @@ def protocol(run: RunData) -> dict[str, str]:
         "cross-validation": f"{cfg_get(cfg, 'splits.k')}-fold, split seed {cfg_get(cfg, 'splits.seed')}",
         "grouping": str(cfg_get(cfg, "splits.grouping")),
         "grouping description": grouping_description(
-            header, cfg_get(cfg, "data.adapter"), cfg_get(cfg, "splits.grouping")
+            header,
+            cfg_get(cfg, "data.adapter"),
+            cfg_get(cfg, "splits.grouping"),
+            threshold,
+            UNKNOWN if min_corr is None else min_corr,
         ),
         "split file": str(cfg_get(cfg, "splits.file")),
-        "audit policy": audit_policy_text(
-            conflicts,
-            cfg_get(cfg, "data.audit.near_dup_threshold"),
-            cfg_get(cfg, "data.audit.min_correlation"),
-            audit,
-        ),
+        "audit policy": audit_policy_text(conflicts, threshold, min_corr, audit),
         "images dropped by the audit policy": dropped_text(
             audit, manifest_ids(run.run_dir / "manifest.csv"), conflicts
         ),

@@ -13,19 +13,12 @@ from typing import Any
 
 import pandas as pd
 
+from medsg.data.audit import describe_grouping
+
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
 MAX_IDS = 10  # dropped ids listed in the protocol; the rest are counted
-# Where the split header does not describe its grouping, say what each adapter's default grouping is.
-ADAPTER_GROUPING = {
-    "busi": "duplicate clusters from the audit (byte-identical, pixel-identical and near-duplicate images); "
-    "BUSI has no patient ids",
-    "isic2018": "lesion_id (HAM10000 metadata) merged with the audit's duplicate clusters",
-    "kvasir": "the audit's duplicate clusters (each other image is its own group)",
-    "imagefolder": "the audit's duplicate clusters (each other image is its own group)",
-    "csv": "the CSV's group column (the image itself when empty) merged with the audit's duplicate clusters",
-}
 
 
 def read_json_or_none(path: Path) -> dict[str, Any] | None:
@@ -52,14 +45,17 @@ def manifest_ids(path: Path) -> set[str] | None:
     return set(frame["id"])
 
 
-def audit_policy_text(conflicts: Any, threshold: Any, min_corr: Any, audit: dict[str, Any] | None) -> str:
-    """'conflicts drop; near duplicates: dHash-256 distance <= 40 bits and thumbnail correlation >= 0.95'.
-
-    Config values win; the thresholds the audit actually used (audit.json) fill the gaps.
-    """
+def audit_thresholds(threshold: Any, min_corr: Any, audit: dict[str, Any] | None) -> tuple[Any, Any]:
+    """(near-duplicate threshold, min correlation): config values win, audit.json's fill the gaps."""
     audit = audit or {}
     threshold = audit.get("near_dup_threshold", UNKNOWN) if threshold == UNKNOWN else threshold
     min_corr = audit.get("min_correlation") if min_corr == UNKNOWN else min_corr
+    return threshold, min_corr
+
+
+def audit_policy_text(conflicts: Any, threshold: Any, min_corr: Any, audit: dict[str, Any] | None) -> str:
+    """'conflicts drop; near duplicates: dHash-256 distance <= 40 bits and thumbnail correlation >= 0.95'."""
+    threshold, min_corr = audit_thresholds(threshold, min_corr, audit)
     text = f"conflicts {conflicts}; near duplicates: dHash-256 distance <= {threshold} bits"
     if min_corr is not None:
         text += f" and thumbnail correlation >= {min_corr}"
@@ -101,16 +97,24 @@ def dropped_text(audit: dict[str, Any] | None, kept: set[str] | None, conflicts:
     return f"{count} of {total}" + (f" ({shown})" if shown and count else "") + f" [{source}]"
 
 
-def grouping_description(header: dict[str, Any] | None, adapter: Any, grouping: Any) -> str:
-    """The split header's own description of its groups, else one derived from the adapter (said so)."""
+def grouping_description(
+    header: dict[str, Any] | None,
+    adapter: Any,
+    grouping: Any,
+    near_dup_threshold: Any = UNKNOWN,
+    min_correlation: Any = UNKNOWN,
+) -> str:
+    """The split header's own description of its groups, else the runner's wording from the config (said so)."""
     header = header or {}
     keys = ["grouping_description", *sorted(k for k in header if "description" in str(k).lower())]
     for key in keys:
         value = header.get(key)
         if isinstance(value, str) and value.strip():
             return value.strip()
-    if grouping not in ("group", UNKNOWN):
-        return f"the manifest column {grouping!r} (derived from splits.grouping)"
-    if adapter in ADAPTER_GROUPING:
-        return f"{ADAPTER_GROUPING[adapter]} (derived from data.adapter)"
-    return UNKNOWN
+    if adapter == UNKNOWN:
+        return UNKNOWN
+    custom = grouping not in ("group", UNKNOWN)
+    text = describe_grouping(
+        str(adapter), str(grouping) if custom else "group", near_dup_threshold, min_correlation
+    )
+    return f"{text} (derived from {'splits.grouping' if custom else 'data.adapter'})"
