@@ -11,6 +11,10 @@ Definitions (so reports can be compared with papers):
   reported as ``None`` (JSON null); it is left out of balanced accuracy, macro F1 and macro AUROC, which
   average over the classes present in ``y_true``, and a note says so. With every class present these are
   the usual sklearn definitions.
+- Bootstrap: percentile intervals from count-matrix resamples (``resample_weights``). The resampled unit is
+  the image, or with ``groups`` the group (cluster, e.g. patient): a drawn group brings all its images, so
+  images of one patient are never treated as independent evidence. The one implementation serves
+  ``bootstrap_ci`` (classification) and ``grouped_bootstrap_ci`` (mean of per-image scores).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -158,12 +163,17 @@ def bootstrap_ci(
     seed: int = 0,
     alpha: float = 0.05,
     stratified: bool = False,
+    groups: ArrayLike | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Percentile bootstrap CIs of the headline metrics on pooled out-of-fold predictions.
 
     Each resample is expressed as a count vector over the samples, so every metric is a matrix product
     (1000 resamples of ~1000 samples take well under a second). ``mean`` is the mean of the bootstrap
     distribution, ``point`` the metric on the full data. ``stratified`` resamples within each true class.
+    ``groups`` (one label per sample, e.g. patient id) resamples whole groups instead of images, because
+    images of one patient are correlated and an image bootstrap would give too narrow intervals; with
+    ``stratified`` every group must then hold a single class. ``groups=None`` is the image bootstrap, with
+    the same numbers for a given seed as before groups existed.
     """
     y, p = validate_inputs(y_true, probs, class_names)
     if n_resamples < 1:
@@ -171,7 +181,13 @@ def bootstrap_ci(
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     rng = np.random.default_rng(seed)
-    weights = _resample_counts(y, n_resamples, rng, stratified)
+    if groups is None:
+        weights = _resample_counts(y, n_resamples, rng, stratified)
+        n_groups = None
+    else:
+        codes = _group_codes(groups, len(y))
+        n_groups = int(codes.max()) + 1
+        weights = resample_weights(n_resamples, groups=codes, seed=rng, strata=y if stratified else None)
     boot = _weighted_metrics(y, p, weights)
     point = _weighted_metrics(y, p, np.ones((1, len(y))))
     out = {}
@@ -193,31 +209,134 @@ def bootstrap_ci(
         "alpha": alpha,
         "stratified": stratified,
         "method": "percentile",
+        "unit": "image" if n_groups is None else "group",
+        "groups": n_groups,
     }
     return out
+
+
+def grouped_bootstrap_ci(
+    values: ArrayLike,
+    groups: ArrayLike | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Percentile bootstrap CI of the mean of per-image ``values``, resampling ``groups`` (or images if None).
+
+    For scores that exist per image (localisation, deletion AUC): the mean is a weighted mean under each
+    row of ``resample_weights``, so 1000 resamples of ~650 images are one matrix product. NaN values
+    (images that could not be scored) are dropped first, as if absent: the point estimate is the mean of
+    the rest, only groups with at least one valid image are resampled, and ``n`` / ``n_groups`` count what
+    was used. No valid value gives NaN estimates with ``n == 0``. ``point`` is the mean on the data,
+    ``mean`` the mean of the bootstrap distribution; ``unit`` is "image" or "group".
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"values must be one-dimensional (one score per image), got shape {v.shape}")
+    if np.isinf(v).any():
+        raise ValueError("values must be finite or NaN (NaN marks an image without a score), got inf")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    codes = None if groups is None else _group_codes(groups, len(v))
+    ok = ~np.isnan(v)
+    v = v[ok]
+    unit = "image" if codes is None else "group"
+    if v.size == 0:
+        empty = dict.fromkeys(("point", "low", "high", "mean"), math.nan)
+        return empty | {"n": 0, "n_groups": 0, "n_resamples": int(n_resamples), "unit": unit}
+    if codes is not None:
+        codes = _group_codes(codes[ok], v.size)  # renumber: groups left without a valid value vanish
+    weights = resample_weights(n_resamples, groups=codes, n=v.size, seed=seed)
+    boot = weights @ v / weights.sum(axis=1)
+    low, high = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return {
+        "point": float(v.mean()),
+        "low": float(low),
+        "high": float(high),
+        "mean": float(boot.mean()),
+        "n": int(v.size),
+        "n_groups": int(v.size if codes is None else codes.max() + 1),
+        "n_resamples": int(n_resamples),
+        "unit": unit,
+    }
+
+
+def resample_weights(
+    n_resamples: int,
+    groups: ArrayLike | None = None,
+    n: int | None = None,
+    seed: int | np.random.Generator = 0,
+    strata: ArrayLike | None = None,
+) -> np.ndarray:
+    """(n_resamples, n) float matrix: how often each sample is drawn in each bootstrap resample.
+
+    The unit drawn with replacement is the sample, or with ``groups`` (one label per sample) the group: as
+    many groups are drawn as there are, and a drawn group brings all its members, so members of a group
+    always share one count in a resample. Any statistic that accepts sample weights then works unchanged.
+    ``strata`` (one label per sample) draws within each stratum as many units as it holds; with groups,
+    every group must lie in one stratum. Groups are numbered by first appearance, so singleton groups give
+    exactly the sample bootstrap for the same seed, whatever their labels. ``n`` is needed only when
+    neither ``groups`` nor ``strata`` is given (and must match them otherwise).
+    """
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    sizes = {len(a) for a in (groups, strata) if a is not None} | ({n} if n is not None else set())
+    if len(sizes) != 1:
+        raise ValueError(f"n, groups and strata disagree on the number of samples (or none given): {sizes}")
+    (n,) = sizes
+    if n == 0:
+        raise ValueError("there are no samples to resample")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    unit_of = np.arange(n) if groups is None else _group_codes(groups, n)
+    n_units = int(unit_of.max()) + 1
+    if strata is None:
+        draws = rng.integers(0, n_units, size=(n_resamples, n_units))
+    else:
+        s = np.asarray(strata)
+        unit_stratum = np.empty(n_units, dtype=s.dtype)
+        unit_stratum[unit_of] = s
+        if np.any(unit_stratum[unit_of] != s):
+            raise ValueError("with strata, every group must lie within one stratum (one class per group)")
+        draws = np.concatenate(
+            [
+                members[rng.integers(0, len(members), size=(n_resamples, len(members)))]
+                for members in (np.flatnonzero(unit_stratum == c) for c in np.unique(unit_stratum))
+            ],
+            axis=1,
+        )
+    flat = (draws + np.arange(n_resamples)[:, None] * n_units).ravel()  # resample r's unit u -> r * U + u
+    counts = np.bincount(flat, minlength=n_resamples * n_units).reshape(n_resamples, n_units)
+    if n_units == n:  # every unit is one sample in order (codes follow first appearance): no gather needed
+        return counts.astype(np.float64)
+    return counts[:, unit_of].astype(np.float64)
+
+
+def _group_codes(groups: ArrayLike, n: int) -> np.ndarray:
+    """Group labels -> codes 0..G-1 in order of first appearance (so relabelling groups changes nothing)."""
+    g = np.asarray(groups)
+    if g.ndim != 1 or len(g) != n:
+        raise ValueError(f"groups must hold one label per sample, shape ({n},), got {g.shape}")
+    if g.dtype.kind == "f" and np.isnan(g).any() or g.dtype == object and any(x is None for x in g):
+        raise ValueError("groups has missing labels (NaN/None): give every sample a group")
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    try:
+        _, first, inverse = np.unique(g, return_index=True, return_inverse=True)
+    except TypeError as err:
+        raise ValueError(f"groups labels must be mutually comparable (one type): {err}") from err
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[inverse.reshape(-1)]
 
 
 def _resample_counts(
     y: np.ndarray, n_resamples: int, rng: np.random.Generator, stratified: bool
 ) -> np.ndarray:
-    """(n_resamples, n) matrix: how often each sample is drawn in each resample."""
-    n = len(y)
-    rows = np.arange(n_resamples)[:, None] * n
-    if not stratified:
-        idx = rng.integers(0, n, size=(n_resamples, n))
-    else:
-        idx = np.concatenate(
-            [
-                members[rng.integers(0, len(members), size=(n_resamples, len(members)))]
-                for members in (np.flatnonzero(y == c) for c in np.unique(y))
-            ],
-            axis=1,
-        )
-    return (
-        np.bincount((idx + rows).ravel(), minlength=n_resamples * n)
-        .reshape(n_resamples, n)
-        .astype(np.float64)
-    )
+    """(n_resamples, n) matrix: how often each sample is drawn in each resample (see ``resample_weights``)."""
+    return resample_weights(n_resamples, n=len(y), seed=rng, strata=y if stratified else None)
 
 
 def _weighted_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:

@@ -10,11 +10,14 @@ from sklearn.metrics import roc_auc_score
 
 from medsg.metrics import (
     HEADLINE,
+    _resample_counts,
     _weighted_metrics,
     bootstrap_ci,
     brier_score,
     classification_metrics,
     ece_score,
+    grouped_bootstrap_ci,
+    resample_weights,
     summarize_folds,
 )
 
@@ -190,3 +193,148 @@ def test_summarize_folds_mean_sd():
     assert s["macro_auroc"]["mean"] == pytest.approx(0.8)
     assert s["macro_auroc"]["n_folds"] == 2
     assert s["ece"]["mean"] is None and s["ece"]["n_folds"] == 0
+
+
+# Computed with the code before groups existed (commit e77e5bc): groups=None must not move any number.
+PINNED = {
+    False: {
+        "counts": (9003315, 6566),
+        "accuracy": (0.7065, 0.7933333333333333, 0.7506166666666667),
+        "macro_auroc": (0.8695731952104089, 0.9252781456175276, 0.8987212296003316),
+        "brier": (0.3192364308385941, 0.40741452730353034, 0.359632252151995),
+    },
+    True: {
+        "counts": (9002884, 6612),
+        "accuracy": (0.6998333333333333, 0.7933333333333333, 0.7487833333333334),
+        "macro_auroc": (0.8713516786550551, 0.9249718667210436, 0.8975674218151635),
+        "brier": (0.3170059866939793, 0.4021234504431881, 0.36101287637473817),
+    },
+}
+
+
+@pytest.mark.parametrize("stratified", [False, True])
+def test_bootstrap_without_groups_unchanged_by_grouping(stratified):
+    y, p = _synthetic()
+    w = _resample_counts(y, 200, np.random.default_rng(7), stratified)
+    pinned = PINNED[stratified]
+    assert (int((w * np.arange(len(y))).sum()), int((w[:, :17] ** 2).sum())) == pinned["counts"]
+    ci = bootstrap_ci(y, p, NAMES, n_resamples=200, seed=7, stratified=stratified)
+    for key in ("accuracy", "macro_auroc", "brier"):
+        got = (ci[key]["low"], ci[key]["high"], ci[key]["mean"])
+        # equal here to the last bit; the tolerance only allows for another BLAS's summation order
+        assert got == pytest.approx(pinned[key], rel=1e-12, abs=0), key
+    assert ci["_settings"]["unit"] == "image" and ci["_settings"]["groups"] is None
+
+
+def _clustered(n_groups=40, size=10, seed=0):
+    """Values nearly constant within a group and spread between groups, groups in shuffled order."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_groups), size)
+    values = rng.normal(size=n_groups)[groups] + 0.01 * rng.normal(size=groups.size)
+    order = rng.permutation(groups.size)
+    return values[order], np.char.add("patient-", groups[order].astype(str))
+
+
+def test_resample_weights_draw_whole_groups():
+    values, groups = _clustered()
+    w = resample_weights(100, groups=groups, seed=1)
+    assert w.shape == (100, values.size)
+    for g in np.unique(groups):
+        members = w[:, groups == g]
+        assert np.all(members == members[:, :1]), g  # one count per group and resample
+    per_group = np.stack([w[:, groups == g][:, 0] for g in np.unique(groups)], axis=1)
+    assert np.all(per_group.sum(axis=1) == 40)  # as many groups drawn as there are
+    assert np.all(w.sum(axis=1) == values.size)  # equal group sizes: every resample holds 400 images
+    plain = resample_weights(100, n=values.size, seed=1)
+    assert np.all(plain.sum(axis=1) == values.size)
+
+
+def test_resample_weights_uneven_group_sizes_and_reproducible():
+    groups = np.array(["b", "b", "b", "a", "c", "c"])
+    w = resample_weights(500, groups=groups, seed=3)
+    assert np.array_equal(w, resample_weights(500, groups=groups, seed=3))
+    assert not np.array_equal(w, resample_weights(500, groups=groups, seed=4))
+    assert np.all(w[:, 0] == w[:, 2]) and np.all(w[:, 4] == w[:, 5])
+    assert w.sum(axis=1).std() > 0  # unequal group sizes: the number of images drawn varies
+    # group counts over resamples average to 1 each
+    assert w[:, [0, 3, 4]].mean(axis=0) == pytest.approx([1, 1, 1], abs=0.15)
+
+
+def test_singleton_groups_are_the_image_bootstrap_exactly():
+    values = np.random.default_rng(0).normal(size=50)
+    labels = np.array([f"id{k}" for k in np.random.default_rng(1).permutation(50)])  # unsorted labels
+    assert np.array_equal(resample_weights(300, groups=labels, seed=5), resample_weights(300, n=50, seed=5))
+    assert grouped_bootstrap_ci(values, labels, seed=5) == grouped_bootstrap_ci(values, seed=5) | {
+        "unit": "group"
+    }
+    y, p = _synthetic(n=60)
+    a = bootstrap_ci(y, p, NAMES, n_resamples=100, seed=2)
+    b = bootstrap_ci(y, p, NAMES, n_resamples=100, seed=2, groups=np.arange(60)[::-1])
+    assert b.pop("_settings") == a.pop("_settings") | {"unit": "group", "groups": 60}
+    assert a == b
+
+
+def test_cluster_ci_wider_than_image_ci_on_clustered_data():
+    values, groups = _clustered()
+    image = grouped_bootstrap_ci(values, n_resamples=1000, seed=0)
+    cluster = grouped_bootstrap_ci(values, groups, n_resamples=1000, seed=0)
+    assert image["unit"] == "image" and cluster["unit"] == "group"
+    assert (image["n"], image["n_groups"]) == (400, 400)
+    assert (cluster["n"], cluster["n_groups"]) == (400, 40)
+    assert cluster["point"] == image["point"] == pytest.approx(values.mean())
+    # ten near-copies per group: the honest interval is about sqrt(10) times wider
+    assert cluster["high"] - cluster["low"] > 2.5 * (image["high"] - image["low"])
+    for ci in (image, cluster):
+        assert ci["low"] < ci["point"] < ci["high"]
+
+
+def test_grouped_bootstrap_reproducible_and_groups_none_is_image():
+    values, groups = _clustered(seed=2)
+    a = grouped_bootstrap_ci(values, groups, n_resamples=200, seed=9)
+    assert a == grouped_bootstrap_ci(values, groups, n_resamples=200, seed=9)
+    assert a != grouped_bootstrap_ci(values, groups, n_resamples=200, seed=10)
+    image = grouped_bootstrap_ci(values, None, n_resamples=200, seed=9)
+    w = resample_weights(200, n=values.size, seed=9)
+    boot = w @ values / w.sum(axis=1)
+    assert image["low"] == pytest.approx(np.percentile(boot, 2.5))
+    assert image["mean"] == pytest.approx(boot.mean())
+
+
+def test_grouped_bootstrap_ignores_nan():
+    values, groups = _clustered(n_groups=10, size=3, seed=4)
+    holed = values.copy()
+    holed[[0, 5, 6]] = np.nan
+    ok = ~np.isnan(holed)
+    assert grouped_bootstrap_ci(holed, groups, seed=1) == grouped_bootstrap_ci(values[ok], groups[ok], seed=1)
+    # a group whose every value is NaN vanishes from n_groups
+    whole = groups == groups[0]
+    holed[whole] = np.nan
+    ci = grouped_bootstrap_ci(holed, groups, seed=1)
+    assert (ci["n"], ci["n_groups"]) == (int((~np.isnan(holed)).sum()), 9)
+    assert np.isfinite([ci["low"], ci["high"]]).all()
+    empty = grouped_bootstrap_ci([np.nan, np.nan], ["a", "b"])
+    assert empty["n"] == 0 and np.isnan(empty["point"])
+
+
+def test_grouped_bootstrap_rejects_bad_input():
+    with pytest.raises(ValueError, match="one label per sample"):
+        grouped_bootstrap_ci([1.0, 2.0], ["a"])
+    with pytest.raises(ValueError, match="missing"):
+        grouped_bootstrap_ci([1.0, 2.0], ["a", None])
+    with pytest.raises(ValueError, match="inf"):
+        grouped_bootstrap_ci([1.0, np.inf])
+    y, p = _synthetic(n=30)
+    with pytest.raises(ValueError, match="one stratum"):
+        bootstrap_ci(y, p, NAMES, n_resamples=10, stratified=True, groups=np.arange(30) // 10)
+
+
+def test_bootstrap_ci_with_groups_records_unit_and_widens():
+    y, p = _synthetic(n=60)
+    groups = np.arange(60) // 6
+    y_c, p_c = np.repeat(y[:10], 6), np.repeat(p[:10], 6, axis=0)  # 10 patients, 6 identical images each
+    image = bootstrap_ci(y_c, p_c, NAMES, n_resamples=300, seed=0)
+    cluster = bootstrap_ci(y_c, p_c, NAMES, n_resamples=300, seed=0, groups=groups)
+    assert cluster["_settings"]["unit"] == "group" and cluster["_settings"]["groups"] == 10
+    width = {ci["_settings"]["unit"]: ci["brier"]["high"] - ci["brier"]["low"] for ci in (image, cluster)}
+    assert width["group"] > 1.5 * width["image"]
+    assert cluster["brier"]["point"] == image["brier"]["point"]
