@@ -1,0 +1,278 @@
+"""review.html: escaping and self-containment (always), and the page's behaviour in real headless Chromium.
+
+The browser test needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package (dev extra).
+Locally it skips without them; in CI (``CI`` set) it fails, because .ci/run installs them.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import importlib.util
+import io
+import json
+import re
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import in_ci
+from PIL import Image
+
+from medsg.explain.review import ReviewCase, render_review_page, write_review_page
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+HOSTILE = "<img src=x onerror=alert(1)>\"'&"
+CLASSES = ["benign", "malignant", "normal"]
+SIG, CAM = "significance (fused)", "Grad-CAM"
+
+
+def png(color: tuple[int, int, int], size: int = 32) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def case(
+    case_id: str, fold: int | None, true: str | None, pred: str, prob: float, k: int, **kw
+) -> ReviewCase:
+    """A case whose image and maps have colours unique to ``k``, so their data URIs differ."""
+    heatmaps = {SIG: png((200, k * 20, 0)), CAM: png((0, k * 20, 200))}
+    return ReviewCase(case_id, fold, true, pred, prob, png((k * 30, k * 30, k * 30)), heatmaps, **kw)
+
+
+def six_cases() -> list[ReviewCase]:
+    cases = [
+        case("a01", 0, "benign", "benign", 0.90, 0),
+        case("a02", 0, "benign", "malignant", 0.60, 1),
+        case("m01", 1, "malignant", "malignant", 0.80, 2),
+        case("m02", 1, "malignant", "benign", 0.55, 3),
+        case("n01", 1, "normal", "normal", 0.95, 4),
+        case(HOSTILE, None, None, "malignant", 0.70, 5, note="ensemble mean of 5 folds " + HOSTILE),
+    ]
+    cases[4] = replace(cases[4], heatmaps={SIG: cases[4].heatmaps[SIG]})  # n01 has no Grad-CAM
+    return cases
+
+
+def embedded_data(page: str) -> dict:
+    match = re.search(r'<script type="application/json" id="review-data">(.*?)</script>', page, re.S)
+    assert match
+    return json.loads(match.group(1))
+
+
+# ------------------------------------------------------------------------------------------ unit tests
+
+
+def test_hostile_text_is_escaped_everywhere(tmp_path: Path) -> None:
+    hostile_map = f"map {HOSTILE}"
+    cases = [
+        ReviewCase(
+            HOSTILE, 0, HOSTILE, "ok", 0.5, png((1, 2, 3)), {hostile_map: png((4, 5, 6))}, note=HOSTILE
+        )
+    ]
+    title = f"Review {HOSTILE}"
+    path = write_review_page(
+        tmp_path / "out" / "review.html", cases, [HOSTILE, "ok"], title, {hostile_map: HOSTILE}
+    )
+    page = path.read_text(encoding="utf-8")
+    assert path == tmp_path / "out" / "review.html"
+    assert page == render_review_page(cases, [HOSTILE, "ok"], title, {hostile_map: HOSTILE})
+    assert "<img src=x onerror" not in page and "onerror=alert(1)>" not in page
+    assert html.escape(HOSTILE, quote=True) in page  # shown as text
+    assert f"<title>Review {html.escape(HOSTILE, quote=True)}</title>" in page
+    data = embedded_data(page)  # the script's data round-trips exactly
+    assert data["cases"][0]["id"] == HOSTILE and data["maps"] == [
+        {"name": hostile_map, "description": HOSTILE}
+    ]
+    assert data["classes"] == [HOSTILE, "ok"]
+
+
+def test_page_is_self_contained(tmp_path: Path) -> None:
+    cases = six_cases()
+    colorbar = png((9, 9, 9), size=8)
+    page = render_review_page(cases, CLASSES, "Review", {SIG: "fused significance"}, colorbar)
+    assert not re.search(r"https?:", page, re.I)
+    sources = re.findall(r'\bsrc="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert uri(cases[0].image_png) in sources and uri(colorbar) in sources
+    data = embedded_data(page)
+    assert data["cases"][0]["overlays"] == [uri(cases[0].heatmaps[SIG]), uri(cases[0].heatmaps[CAM])]
+    assert data["cases"][4]["overlays"][1] is None
+    assert not re.search(r"\bfetch\(|XMLHttpRequest|<form|<link|@import", page)
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', page)
+    policy = html.unescape(csp.group(1)) if csp else ""
+    assert "default-src 'none'" in policy and "connect-src 'none'" in policy and "unsafe-inline" not in policy
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"predicted_class": "cyst"}, "not one of the class names"),
+        ({"true_class": "cyst"}, "not one of the class names"),
+        ({"probability": 1.5}, "not in \\[0, 1\\]"),
+        ({"probability": float("nan")}, "not in \\[0, 1\\]"),
+        ({"image_png": b"GIF89a" + bytes(30)}, "not a PNG"),
+        ({"heatmaps": {SIG: png((1, 1, 1), size=16)}}, "not the size of the image"),
+        ({"heatmaps": {}}, "no case has a heatmap"),
+    ],
+)
+def test_refuses_cases_it_would_show_wrongly(change: dict, message: str) -> None:
+    bad = replace(case("x", 0, "benign", "benign", 0.5, 1), **change)
+    with pytest.raises(ValueError, match=message):
+        render_review_page([bad], CLASSES, "t")
+
+
+def test_refuses_duplicates_and_empty_input() -> None:
+    one = case("x", 0, "benign", "benign", 0.5, 1)
+    with pytest.raises(ValueError, match="twice"):
+        render_review_page([one, one], CLASSES, "t")
+    with pytest.raises(ValueError, match="no cases"):
+        render_review_page([], CLASSES, "t")
+    with pytest.raises(ValueError, match="unique"):
+        render_review_page([one], ["benign", "benign"], "t")
+    render_review_page([one, replace(one, fold=1)], CLASSES, "t")  # same image, other fold: fine
+
+
+# ---------------------------------------------------------------------------------------- browser test
+
+
+def browser_or_skip() -> None:
+    """Skip without Chromium, chromedriver or selenium; in CI fail instead, since .ci/run installs them."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if importlib.util.find_spec("selenium") is None:
+        missing.append("the selenium package (pip install -e '.[dev]')")
+    if not missing:
+        return
+    reason = "browser test needs " + ", ".join(missing) + " (apt-get install chromium chromium-driver)"
+    if in_ci():
+        pytest.fail(f"{reason}; .ci/run should have installed them", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def driver(tmp_path: Path):
+    browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    chrome = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        chrome.execute_cdp_cmd(
+            "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+        )
+        chrome.downloads = downloads  # type: ignore[attr-defined]
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+def wait_for_file(path: Path, seconds: float = 10.0) -> bytes:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists() and not list(path.parent.glob("*.crdownload")):
+            return path.read_bytes()
+        time.sleep(0.1)
+    raise AssertionError(f"{path.name} not downloaded within {seconds} s: {list(path.parent.iterdir())}")
+
+
+def test_review_page_in_chromium(driver, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    cases = six_cases()
+    page = write_review_page(
+        tmp_path / "review.html", cases, CLASSES, f"Review {HOSTILE}", {CAM: "gradients"}
+    )
+    driver.get(page.as_uri())
+    by_css = driver.find_elements
+
+    def shown() -> list:
+        return [card for card in by_css(By.CSS_SELECTOR, ".card") if card.is_displayed()]
+
+    def count_text() -> str:
+        return driver.find_element(By.ID, "count").text
+
+    def card(i: int):
+        return driver.find_element(By.CSS_SELECTOR, f'.card[data-index="{i}"]')
+
+    def overlay_src(i: int) -> str | None:
+        return card(i).find_element(By.CSS_SELECTOR, ".overlay").get_attribute("src")
+
+    assert len(shown()) == 6 and count_text() == "6 of 6 cases shown"
+    assert driver.title == f"Review {HOSTILE}"
+    assert card(5).find_element(By.CSS_SELECTOR, ".case-id").text == HOSTILE  # text, not markup
+    assert not card(5).find_elements(By.CSS_SELECTOR, "img:not(.original):not(.overlay)")
+
+    # Filters: true class, outcome relative to a class (unlabelled cases drop out), confidence range.
+    Select(driver.find_element(By.ID, "f-true")).select_by_visible_text("malignant")
+    assert len(shown()) == 2 and count_text() == "2 of 6 cases shown"
+    Select(driver.find_element(By.ID, "f-true")).select_by_visible_text("any")
+    Select(driver.find_element(By.ID, "f-outcome-class")).select_by_visible_text("malignant")
+    Select(driver.find_element(By.ID, "f-outcome")).select_by_visible_text("FP")
+    assert [c.get_attribute("data-index") for c in shown()] == ["1"]  # a02: benign predicted malignant
+    Select(driver.find_element(By.ID, "f-outcome")).select_by_visible_text("any")
+    low = driver.find_element(By.ID, "f-min")
+    low.clear()
+    low.send_keys("75")
+    assert [c.get_attribute("data-index") for c in shown()] == ["0", "2", "4"]
+    low.clear()
+    low.send_keys("0")
+    assert len(shown()) == 6
+
+    # Map toggle: every card's overlay follows; a case without that map says so and cannot be rated.
+    assert overlay_src(0) == uri(cases[0].heatmaps[SIG])
+    assert driver.find_element(By.ID, "map-description").text == ""
+    driver.find_element(By.CSS_SELECTOR, 'input[name="map"][value="1"]').click()
+    assert overlay_src(0) == uri(cases[0].heatmaps[CAM]) and overlay_src(5) == uri(cases[5].heatmaps[CAM])
+    assert driver.find_element(By.ID, "map-description").text == "gradients"
+    assert card(4).find_element(By.CSS_SELECTOR, ".missing").is_displayed()
+    assert not card(4).find_element(By.CSS_SELECTOR, ".overlay").is_displayed()
+
+    # Rating of the shown (Grad-CAM) overlay of the hostile case, kept per map type.
+    note = '=cmd, "quoted"\nline2'
+    card(5).find_element(By.CSS_SELECTOR, 'input[value="implausible"]').click()
+    card(5).find_element(By.CSS_SELECTOR, ".rating-note").send_keys(note)
+    driver.find_element(By.CSS_SELECTOR, 'input[name="map"][value="0"]').click()
+    assert not card(5).find_element(By.CSS_SELECTOR, 'input[value="implausible"]').is_selected()
+    assert card(5).find_element(By.CSS_SELECTOR, ".rating-note").get_attribute("value") == ""
+    driver.find_element(By.CSS_SELECTOR, 'input[name="map"][value="1"]').click()
+    assert card(5).find_element(By.CSS_SELECTOR, 'input[value="implausible"]').is_selected()
+
+    driver.find_element(By.ID, "download").click()
+    text = wait_for_file(driver.downloads / "ratings.csv").decode("utf-8-sig")
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows == [
+        ["case_id", "fold", "true_class", "predicted_class", "map_type", "rating", "note"],
+        [HOSTILE, "", "", "malignant", CAM, "implausible", "'" + note],  # formula guard
+    ]
+
+    errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not errors, errors
+
+
+def test_browser_test_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no-chromium"):
+        browser_or_skip()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no-chromium"):
+        browser_or_skip()
