@@ -1,4 +1,4 @@
-"""The ``medsg`` command: run, report, splits, audit, demo, info.
+"""The ``medsg`` command: run, report, explain, splits, audit, demo, info.
 
 Errors a user can cause (``MedsgError``, or a missing file they named) print one line ``medsg: error: ...``
 and exit with status 2, also when a library wrapped them (MONAI raises ``RuntimeError("applying transform ...")``
@@ -35,6 +35,37 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     _add_overrides(p)
 
 
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="significance maps, token allocation and Grad-CAM of a run's test cases: panels, "
+        "scores against lesion masks, review.html",
+    )
+    p.add_argument("run_dir", help="<output_dir>/<experiment name> of a run with finished folds")
+    p.add_argument(
+        "--fold", type=int, action="append", default=None, metavar="K", help="only fold K (repeatable)"
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--cases", type=int, default=None, metavar="N", help="review cases per fold (default: config)"
+    )
+    which.add_argument(
+        "--images",
+        nargs="+",
+        default=(),
+        metavar="PATH",
+        help="review these images (ids or paths of the run's data)",
+    )
+    p.add_argument("--deletion-steps", type=int, default=20, help="deletion-AUC steps (0: off; default 20)")
+    p.add_argument(
+        "--gradient-free-cases",
+        type=int,
+        default=100,
+        metavar="N",
+        help="lesion images also explained with Score-CAM, a fixed seeded subset (default 100; 0: off)",
+    )
+
+
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
@@ -60,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="aggregate the finished folds of a run folder into a report")
     p.add_argument("run_dir", help="<output_dir>/<experiment name>")
     p.add_argument("--out", default=None, help="report folder (default: the one in the run's config.yaml)")
+    _add_explain(sub)
     p = sub.add_parser(
         "splits", help="write the split file of an experiment once (before parallel fold jobs)"
     )
@@ -110,6 +142,24 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "report":
         path = experiment.write_run_report(Path(args.run_dir), Path(args.out) if args.out else None)
         print(path)
+    elif args.command == "explain":
+        from medsg.explain_run import ExplainRequest, explain_run
+
+        request = ExplainRequest(
+            folds=tuple(args.fold) if args.fold else None,
+            cases_per_fold=args.cases,
+            images=tuple(args.images),
+            deletion_steps=args.deletion_steps,
+            gradient_free_cases=args.gradient_free_cases,
+        )
+        result = explain_run(Path(args.run_dir), request)
+        out = Path(args.run_dir) / "explain"
+        print(
+            f"{result['n_scored']} lesion images scored ({result['n_without_lesion']} without a lesion excluded), "
+            f"{result['n_review_cases']} review cases, {result['seconds_total']:.0f} s"
+        )
+        print(f"localization: {out / 'localization_summary.csv'}")
+        print(f"review page: {out / 'review.html'} (open it in a browser; nothing is sent anywhere)")
     elif args.command == "splits":
         print(experiment.make_splits(args.config, args.overrides))
     elif args.command == "audit":

@@ -30,7 +30,7 @@ NON_RESULT_KEYS = frozenset(
         "data.cache_dir",
         "train.workers",
         "eval.bootstrap",
-        "explain.cases_per_fold",
+        "explain",  # explanations are computed after training and never change its results
     }
 )
 
@@ -124,7 +124,13 @@ class EvalConfig(_Strict):
 
 
 class ExplainConfig(_Strict):
-    cases_per_fold: int = Field(8, ge=0)
+    """Explanations of each fold's test cases (``medsg.explain``), made after its test prediction."""
+
+    cases_per_fold: int = Field(8, ge=0)  # review cases per fold: a panel, raw maps and a card on review.html
+    localization: bool = True  # score every test image that has a lesion mask (pointing, energy, IoU)
+    # deletion-AUC steps for those images (0: off). Each step is a forward pass per map type (~200 per image
+    # at 20 steps), so runs leave it off and `medsg explain RUN_DIR` computes it (20 steps by default).
+    deletion_steps: int = Field(0, ge=0)
 
 
 class Config(_Strict):

@@ -282,6 +282,7 @@ class ManifestFolds:
             val=dataset("val", False),
             test=dataset("test", False),
             class_names=self.class_names,
+            test_rows=self._by_id.loc[ids["test"]],
         )
 
 
@@ -317,6 +318,23 @@ def all_folds_done(run_dir: Path, k: int) -> bool:
     return all(fold_is_done(run_dir, f) for f in range(k))
 
 
+def collect_run_explanations(run_dir: Path, saved: dict[str, Any]) -> None:
+    """Pool the folds' explanations into ``<run_dir>/explain/`` (scores with grouped CIs, review.html)."""
+    from medsg.explain import EXPLAIN_DIR, collect_explanations, fold_explain_dirs
+
+    folders = fold_explain_dirs(run_dir)
+    if not folders:
+        return
+    name = saved.get("experiment", {}).get("name", run_dir.name)
+    collect_explanations(
+        folders,
+        run_dir / EXPLAIN_DIR,
+        f"{name}: explanations of out-of-fold test cases",
+        n_bootstrap=int(saved.get("eval", {}).get("bootstrap", 1000)),
+        seed=int(saved.get("experiment", {}).get("seed", 0)),
+    )
+
+
 def write_run_report(run_dir: Path, report_dir: Path | None = None) -> Path:
     """``medsg report``: aggregate a run folder's finished folds into summary.json and report.md/html."""
     from medsg.report import write_report
@@ -332,6 +350,7 @@ def write_run_report(run_dir: Path, report_dir: Path | None = None) -> Path:
     out = Path(
         report_dir or experiment.get("report_dir") or Path("reports") / experiment.get("name", run_dir.name)
     )
+    collect_run_explanations(run_dir, saved)
     path = write_report(
         run_dir,
         out,

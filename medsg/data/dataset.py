@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.data.utils import pickle_hashing
 from monai.transforms import Compose
@@ -24,6 +25,11 @@ from medsg.data.manifest import mask_list
 from medsg.errors import DataError
 
 CACHE_MODES = ("memory", "disk", "none")
+
+
+def plain_tensor(x: Any) -> torch.Tensor:
+    """A plain ``torch.Tensor`` (MONAI's MetaTensor unwrapped) of ``x``."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
 def manifest_to_records(df: pd.DataFrame) -> list[dict[str, Any]]:

@@ -86,6 +86,20 @@ def read_mask(path: str) -> np.ndarray:
     return arr > (127 if arr.max() > 1 else 0)
 
 
+def mask_union(paths: Sequence[str], shape: tuple[int, int]) -> np.ndarray:
+    """The union of an image's mask files, bool (H, W); zeros when there are none (a lesion-free image)."""
+    union = np.zeros(shape, dtype=bool)
+    for path in paths:
+        mask = read_mask(path)
+        if mask.shape != tuple(shape):
+            raise DataError(
+                f"Mask {path} has size {mask.shape[::-1]} but its image has {tuple(shape)[::-1]} (width, height). "
+                "Run `medsg audit`: its policy removes masks that do not fit their image."
+            )
+        union |= mask
+    return union
+
+
 class LoadMaskUniond(MapTransform):
     """Load the mask files listed under ``keys`` and replace them by their union, a (1, H, W) float tensor.
 
@@ -104,16 +118,7 @@ class LoadMaskUniond(MapTransform):
         shape = tuple(d[self.ref_key].shape[-2:])
         for key in self.key_iterator(d):
             paths = d[key]
-            paths = [paths] if isinstance(paths, str) else list(paths)
-            union = np.zeros(shape, dtype=bool)
-            for path in paths:
-                mask = read_mask(path)
-                if mask.shape != shape:
-                    raise DataError(
-                        f"Mask {path} has size {mask.shape[::-1]} but its image has {shape[::-1]} (width, height). "
-                        "Run `medsg audit`: its policy removes masks that do not fit their image."
-                    )
-                union |= mask
+            union = mask_union([paths] if isinstance(paths, str) else list(paths), shape)
             d[key] = MetaTensor(torch.from_numpy(union[None].astype(np.float32)))
         return d
 

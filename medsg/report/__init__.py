@@ -7,6 +7,12 @@ from pathlib import Path
 
 from medsg.io import atomic_write_bytes, atomic_write_text
 from medsg.report.aggregate import RunData, build_summary, load_run
+from medsg.report.explanations import (
+    copy_explanations,
+    explanation_text,
+    load_explanations,
+    localization_table,
+)
 from medsg.report.figures import confusion_png, reliability_png, roc_png, training_curves_png
 from medsg.report.html import render_html
 from medsg.report.markdown import render_markdown
@@ -29,13 +35,33 @@ def write_report(run_dir: Path, report_dir: Path, n_bootstrap: int = 1000, seed:
     figures = _figures(run, summary)
     for _, name, png in figures:
         atomic_write_bytes(report_dir / "figures" / name, png)
+    explained = _explanations(run_dir, report_dir)
     atomic_write_text(
         report_dir / "report.md",
-        render_markdown(summary, [(cap, f"figures/{name}") for cap, name, _ in figures]),
+        render_markdown(summary, [(cap, f"figures/{name}") for cap, name, _ in figures], explained),
     )
+    html_explained = None
+    if explained is not None:
+        html_explained = {
+            **explained,
+            "panels": [(cap, (report_dir / rel).read_bytes()) for cap, rel in explained["panels"]],
+        }
     return atomic_write_text(
-        report_dir / "report.html", render_html(summary, [(cap, png) for cap, _, png in figures])
+        report_dir / "report.html",
+        render_html(summary, [(cap, png) for cap, _, png in figures], html_explained),
     )
+
+
+def _explanations(run_dir: Path, report_dir: Path) -> dict | None:
+    """The Explanations section's content (table, text, panels copied into the report), or None."""
+    record = load_explanations(run_dir)
+    if record is None:
+        return None
+    return {
+        "table": localization_table(record),
+        "text": explanation_text(record),
+        "panels": copy_explanations(record, report_dir),
+    }
 
 
 def _figures(run: RunData, summary: dict) -> list[tuple[str, str, bytes]]:

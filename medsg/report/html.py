@@ -13,7 +13,7 @@ body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; 
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
-tbody tr:nth-last-child(-n+2) { background: #f3f6fa; font-weight: 600; }
+tr.summary { background: #f3f6fa; font-weight: 600; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 2px 1em; }
 dt { font-weight: 600; }
 figure { margin: 1.5em 0; }
@@ -22,17 +22,22 @@ img { max-width: 100%; border: 1px solid #eee; }
 """
 
 
-def render_html(summary: dict[str, Any], figures: list[tuple[str, bytes]]) -> str:
-    """``figures`` is a list of (caption, PNG bytes); they are inlined as data: URIs."""
+def render_html(
+    summary: dict[str, Any], figures: list[tuple[str, bytes]], explanations: dict[str, Any] | None = None
+) -> str:
+    """``figures`` is a list of (caption, PNG bytes); they are inlined as data: URIs. ``explanations`` holds the
+    Explanations section (``table``, ``text``, ``panels`` as (caption, PNG bytes))."""
     esc = html.escape
     title = esc(f"Cross-validation report: {summary['experiment']}")
     protocol = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in summary["protocol"].items())
     notes = "".join(f'<li class="note">{esc(n)}</li>' for n in summary["notes"])
-    images = "".join(
-        f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
-        f"<figcaption>{esc(caption)}</figcaption></figure>"
-        for caption, png in figures
-    )
+    images = _figures_html(figures)
+    explained = ""
+    if explanations is not None:
+        explained = "<h2>Explanations</h2>" + "".join(f"<p>{esc(p)}</p>" for p in explanations["text"])
+        if explanations["table"] is not None:
+            explained += to_html(explanations["table"])
+        explained += _figures_html(explanations["panels"])
     definitions = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in summary["definitions"].items())
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -41,7 +46,16 @@ def render_html(summary: dict[str, Any], figures: list[tuple[str, bytes]]) -> st
         + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
         + "<h2>Results per fold</h2><p>Rows are the outer test folds; mean ± SD is over folds (ddof=1); the last "
         "row is the pooled out-of-fold value with its percentile bootstrap 95% CI.</p>"
-        f"{to_html(fold_table(summary))}"
+        f"{to_html(fold_table(summary), summary_rows=2)}"
         f"<h2>Per class (pooled out-of-fold)</h2>{to_html(class_table(summary))}"
-        f"<h2>Figures</h2>{images}<h2>Definitions</h2><ul>{definitions}</ul></body></html>\n"
+        f"<h2>Figures</h2>{images}{explained}<h2>Definitions</h2><ul>{definitions}</ul></body></html>\n"
+    )
+
+
+def _figures_html(figures: list[tuple[str, bytes]]) -> str:
+    esc = html.escape
+    return "".join(
+        f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+        f"<figcaption>{esc(caption)}</figcaption></figure>"
+        for caption, png in figures
     )

@@ -8,8 +8,11 @@ from typing import Any
 from medsg.report.tables import class_table, fold_table, to_markdown
 
 
-def render_markdown(summary: dict[str, Any], figures: list[tuple[str, str]]) -> str:
-    """``figures`` is a list of (caption, path relative to report.md). Text from the data is HTML-escaped."""
+def render_markdown(
+    summary: dict[str, Any], figures: list[tuple[str, str]], explanations: dict[str, Any] | None = None
+) -> str:
+    """``figures`` is a list of (caption, path relative to report.md); ``explanations`` holds the Explanations
+    section (``table``, ``text``, ``panels`` as (caption, path)). Text from the data is HTML-escaped."""
     esc = html.escape
     lines = [f"# Cross-validation report: {esc(str(summary['experiment']))}", "", "## Protocol", ""]
     lines += [f"- **{esc(key)}**: {esc(value)}" for key, value in summary["protocol"].items()]
@@ -34,6 +37,13 @@ def render_markdown(summary: dict[str, Any], figures: list[tuple[str, str]]) -> 
     ]
     for caption, path in figures:
         lines += [f"### {esc(caption)}", "", f"![{esc(caption)}]({path})", ""]
+    if explanations is not None:
+        lines += ["## Explanations", ""]
+        lines += [f"{esc(p)}\n" for p in explanations["text"]]
+        if explanations["table"] is not None:
+            lines += [to_markdown(explanations["table"]), ""]
+        for caption, path in explanations["panels"]:
+            lines += [f"![{esc(caption)}]({path})", ""]
     lines += ["## Definitions", ""]
     lines += [f"- {esc(key)}: {esc(str(text))}" for key, text in summary["definitions"].items()]
     lines += [

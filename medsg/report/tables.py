@@ -77,12 +77,16 @@ def to_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def to_html(frame: pd.DataFrame) -> str:
-    """Plain <table>; every header and cell goes through html.escape."""
+def to_html(frame: pd.DataFrame, summary_rows: int = 0) -> str:
+    """Plain <table>; every header and cell goes through html.escape. The last ``summary_rows`` rows (e.g.
+    mean ± SD and pooled) get ``class="summary"`` so they stand out; no other table's rows do."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    first_summary = len(frame) - summary_rows
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
-        for row in frame.itertuples(index=False)
+        ('<tr class="summary">' if i >= first_summary else "<tr>")
+        + "".join(f"<td>{html.escape(str(v))}</td>" for v in row)
+        + "</tr>"
+        for i, row in enumerate(frame.itertuples(index=False))
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 

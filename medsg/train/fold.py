@@ -5,7 +5,7 @@ and is written so that a run killed at any point resumes exactly: the data order
 generator seeded by (seed, fold, epoch), the global RNGs are reseeded the same way, and ``checkpoint_last.pt``
 (written atomically after ``checkpoint_best.pt`` and ``history.csv``) holds everything else (``train.state``).
 Its pieces live beside it: ``loader`` (what it is fed), ``evaluate`` (prediction, per-epoch metrics),
-``selection`` (which epoch wins), ``model`` (building it) and ``significance`` (explanation material).
+``selection`` (which epoch wins) and ``model`` (building it); explanations come from ``medsg.explain``.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 
 from medsg.config import Config
 from medsg.errors import CheckpointError, TrainingDiverged
+from medsg.explain import EXPLAIN_DIR, ExplainSettings, cases_from_manifest, explain_test_fold
 from medsg.io import atomic_torch_save, atomic_write_text
 from medsg.train import ddp
 from medsg.train.evaluate import predict, val_metrics
 from medsg.train.loader import FoldData, class_weights, epoch_indices, make_loader, to_device
 from medsg.train.selection import is_better, selection_description
-from medsg.train.significance import SIGNIFICANCE_FILE, export_significance
 from medsg.train.state import (
     capture_rng,
     check_checkpoint_matches,
@@ -322,7 +322,7 @@ class FoldTrainer:
 
     def test(self) -> dict[str, Any]:
         """Predict the outer test fold once with the selected weights; write predictions, metrics and the
-        significance maps of ``explain.cases_per_fold`` test cases (rank 0), then the DONE marker."""
+        explanations (``fold_K/explain/``, rank 0), then the DONE marker."""
         from medsg.metrics import classification_metrics
 
         model = self.load_selected()
@@ -343,19 +343,39 @@ class FoldTrainer:
         if self.dist.is_main:
             atomic_write_text(self.fold_dir / "predictions.csv", frame.to_csv(index=False))
             atomic_write_text(self.fold_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
-            export_significance(
-                model,
-                self.data.test,
-                (ids, y, probs),
-                names,
-                self.cfg.explain.cases_per_fold,
-                self.fold_dir / SIGNIFICANCE_FILE,
-                self.device,
-                self.cfg.train.batch_size,
-            )
+            self._explain(model, ids, probs)
             atomic_write_text(self.fold_dir / "DONE", f"fold {self.fold} finished\n")
         ddp.barrier()
         return metrics
+
+    def _explain(self, model: nn.Module, ids: list[str], probs: np.ndarray) -> None:
+        """Explain the test fold with the selected model: review cases, and scores where masks exist."""
+        e = self.cfg.explain
+        if (e.cases_per_fold == 0 and not e.localization) or self.data.test_rows is None:
+            return
+        cases = cases_from_manifest(
+            self.data.test_rows, ids, probs, fold=self.fold, group_col=self.cfg.splits.grouping
+        )
+        settings = ExplainSettings(
+            deletion_steps=e.deletion_steps, batch_size=min(self.cfg.train.batch_size, 16)
+        )
+        counts = explain_test_fold(
+            model,
+            self.data.test,
+            cases,
+            self.fold_dir / EXPLAIN_DIR,
+            self.data.class_names,
+            e.cases_per_fold,
+            localization=e.localization,
+            settings=settings,
+        )
+        log.info(
+            "fold %d: explained %d review cases, scored %d lesion images in %.1fs",
+            self.fold,
+            min(e.cases_per_fold, len(ids)),
+            counts["n_scored"],
+            counts["seconds"],
+        )
 
     def run(self) -> dict[str, Any]:
         """Resume if possible, train the remaining epochs, then test once; returns the fold's metrics."""

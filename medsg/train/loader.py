@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from medsg.data.dataset import plain_tensor
 
 
 @dataclass
@@ -16,6 +19,8 @@ class FoldData:
     """The three disjoint parts of one outer fold. ``val`` is None when selection is ``last_epoch`` without one.
 
     Each dataset yields dicts with ``image`` (3,H,W) float tensor, ``label`` int and ``id`` str.
+    ``test_rows`` are the test images' manifest rows indexed by id (paths, lesion masks, groups): what the
+    explanations need beyond the model input.
     """
 
     train: Dataset
@@ -23,6 +28,7 @@ class FoldData:
     val: Dataset | None
     test: Dataset
     class_names: list[str]
+    test_rows: pd.DataFrame | None = None
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -71,11 +77,6 @@ def make_loader(
         drop_last=False,
         pin_memory=torch.cuda.is_available(),
     )
-
-
-def plain_tensor(x: Any) -> torch.Tensor:
-    """A plain ``torch.Tensor`` (MONAI's MetaTensor unwrapped) of ``x``."""
-    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
