@@ -167,8 +167,10 @@ def collect_explanations(
             2, "kind", ["baseline" if m in BASELINES else "explanation" for m in summary["map_type"]]
         )
         atomic_write_text(out_dir / "localization_summary.csv", summary.to_csv(index=False))
-    cards = review_cases(folders, class_names)
-    if cards:
+    cards = [card for card in review_cases(folders, class_names) if card.heatmaps]
+    if not cards:
+        log.info("no review page: no review case has a map (this model gives neither significance nor CAMs)")
+    else:
         descriptions = {MAP_LABELS.get(k, k): v for k, v in MAP_DESCRIPTIONS.items()}
         descriptions["token allocation"] = MAP_DESCRIPTIONS["allocation"]
         write_review_page(out_dir / "review.html", cards, class_names, title, descriptions, colorbar_png())
