@@ -135,6 +135,18 @@ def test_report_pools_the_folds_with_grouped_cis_and_a_review_page(finished_run)
     assert row["pointing_low"] <= row["pointing"] <= row["pointing_high"]
     page = (pooled / "review.html").read_text(encoding="utf-8")
     assert page.count('class="card') >= 4 or page.count("data-case") >= 4
+    # the report's Explanations section: the table, its definitions and a few panels, copied beside it
+    report = run_dir.parents[1] / "report"
+    markdown = (report / "report.md").read_text(encoding="utf-8")
+    section = markdown[markdown.index("## Explanations") : markdown.index("## Definitions")]
+    assert "baseline: centred Gaussian" in section and "Pointing game" in section
+    assert "each with the model of its own outer fold" in section
+    panels = sorted((report / "figures").glob("explanation_*.png"))
+    assert 1 <= len(panels) <= 4 and all(f"figures/{p.name}" in section for p in panels)
+    assert (report / "localization_summary.csv").read_text() == (
+        pooled / "localization_summary.csv"
+    ).read_text()
+    assert "<h2>Explanations</h2>" in (report / "report.html").read_text(encoding="utf-8")
 
 
 def test_medsg_explain_reruns_folds_with_a_gradient_free_subset(finished_run):

@@ -126,6 +126,9 @@ def test_files_written(report):
     assert html_path == report_dir / "report.html"
     for path in (run / "summary.json", run / "oof_predictions.csv", report_dir / "report.md", html_path):
         assert path.stat().st_size > 0, path
+    # the report folder carries what recomputes it
+    assert (report_dir / "summary.json").read_text() == (run / "summary.json").read_text()
+    assert (report_dir / "oof_predictions.csv").read_text() == (run / "oof_predictions.csv").read_text()
     names = {p.name for p in (report_dir / "figures").glob("*.png")}
     assert names == {"confusion_matrix.png", "roc_curves.png", "reliability.png", "training_curves.png"}
     for name in names:

@@ -23,14 +23,16 @@ __all__ = ["build_summary", "load_run", "write_report"]
 def write_report(run_dir: Path, report_dir: Path, n_bootstrap: int = 1000, seed: int = 0) -> Path:
     """Aggregate the folds with a DONE marker; returns the path of report.html.
 
-    Writes summary.json and oof_predictions.csv into ``run_dir`` and report.md, report.html and figures/*.png
-    into ``report_dir``, all atomically.
+    Writes summary.json and oof_predictions.csv into ``run_dir`` and ``report_dir``, and report.md,
+    report.html and figures/*.png into ``report_dir``, all atomically.
     """
     run_dir, report_dir = Path(run_dir), Path(report_dir)
     run = load_run(run_dir)
     summary = build_summary(run, n_bootstrap=n_bootstrap, seed=seed)
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    atomic_write_text(run_dir / "oof_predictions.csv", run.oof.to_csv(index=False))
+    # in the run folder and beside the report, so a committed report can be recomputed without the run
+    for folder in (run_dir, report_dir):
+        atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        atomic_write_text(folder / "oof_predictions.csv", run.oof.to_csv(index=False))
 
     figures = _figures(run, summary)
     for _, name, png in figures:
