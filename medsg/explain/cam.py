@@ -350,6 +350,21 @@ def compute_cams(
     return (maps, stats) if return_stats else maps
 
 
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Silence the per-image tqdm bar that ScoreCAM prints (hundreds of lines over a test fold)."""
+    import types
+
+    from pytorch_grad_cam import score_cam
+
+    original = score_cam.tqdm
+    score_cam.tqdm = types.SimpleNamespace(tqdm=lambda iterable, *args, **kwargs: iterable)
+    try:
+        yield
+    finally:
+        score_cam.tqdm = original
+
+
 def _run_method(
     cls: type,
     model: nn.Module,
@@ -362,7 +377,7 @@ def _run_method(
     """One CAM method over all images in chunks; (maps, per-layer max |grad|, None if gradient-free)."""
     out: list[np.ndarray] = []
     grad_max: list[float] | None = None
-    with cls(model=model, target_layers=layers, reshape_transform=reshape) as cam:
+    with _no_progress_bars(), cls(model=model, target_layers=layers, reshape_transform=reshape) as cam:
         try:
             cam.batch_size = batch_size  # read by ScoreCAM for its masked forwards
             for start in range(0, images.shape[0], batch_size):
