@@ -162,10 +162,16 @@ def dispatch(args: argparse.Namespace) -> int:
         print(f"review page: {out / 'review.html'} (open it in a browser; nothing is sent anywhere)")
     elif args.command == "splits":
         print(experiment.make_splits(args.config, args.overrides))
-    elif args.command == "audit":
-        from medsg.data.audit import run_audit_cli
+    elif args.command == "audit":  # errors (a missing root, a bad CSV) raise like every other command's
+        from medsg.data import load_manifest
+        from medsg.data.audit import audit_manifest, summarize, write_audit
 
-        return run_audit_cli(args.adapter, args.root, args.out)
+        manifest = load_manifest(args.adapter, args.root)
+        report = audit_manifest(manifest, progress=not args.quiet and sys.stderr.isatty())
+        print(summarize(report))
+        if args.out:
+            write_audit(report, args.out)
+            print(f"report written to {args.out}")
     elif args.command == "demo":
         start = time.perf_counter()
         result = experiment.run_demo(args.out, quick=args.quick, quiet=args.quiet)

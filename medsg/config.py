@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medsg.data.audit import MIN_CORRELATION, NEAR_DUP_THRESHOLD
 from medsg.errors import ConfigError
@@ -82,10 +82,23 @@ class DataConfig(_Strict):
 class SplitsConfig(_Strict):
     k: int = Field(5, ge=2)
     seed: int = 0
+    # a manifest column ("group", a CSV column such as "patient_id"), or a DICOM header element read from
+    # every file, e.g. "dicom:PatientID" or "dicom:StudyInstanceUID" (stored only as a salted hash)
     grouping: str = "group"
     file: str | None = None  # default data_splits/<adapter>_<k>fold_seed<seed>.json
     inner_val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     allow_subset: bool = False  # a split file over more ids than the data (e.g. local ISIC subset)
+
+    @field_validator("grouping")
+    @classmethod
+    def _known_dicom_keyword(cls, value: str) -> str:
+        """``dicom:<Keyword>`` must name a DICOM element that can hold an id, checked before any data is read."""
+        from medsg.data.dicom import check_keyword, grouping_keyword
+
+        keyword = grouping_keyword(value)
+        if keyword is not None:
+            check_keyword(keyword)
+        return value
 
 
 class ModelConfig(_Strict):

@@ -56,6 +56,28 @@ def grouping_description(cfg: Config) -> str:
 
 
 def _note_new_split_file(path: Path, expected: bool) -> None:
+def dicom_group_salt(cfg: Config, run_dir: Path | None, dist: ddp.DistInfo | None = None) -> str | None:
+    """The salt of a ``dicom:<Keyword>`` grouping, None for any other grouping.
+
+    Read from the split file (a resumed run's own copy first), so every run on the same data hashes a patient
+    to the same group; a new split gets a new salt, drawn by rank 0 and shared with the other ranks.
+    """
+    from medsg.data.dicom import grouping_keyword, new_salt
+    from medsg.data.splits import read_group_salt
+
+    if grouping_keyword(cfg.splits.grouping) is None:
+        return None
+    own = run_dir / "splits.json" if run_dir is not None else None
+    salt = read_group_salt(own if own is not None and own.is_file() else cfg.split_file) or new_salt()
+    if dist is not None and dist.enabled:
+        import torch.distributed as torch_dist
+
+        box = [salt]
+        torch_dist.broadcast_object_list(box, src=0)
+        salt = box[0]
+    return salt
+
+
     """A new split file means new folds: say where it went, since a relative path follows the working dir."""
     import medsg
 
@@ -103,6 +125,11 @@ def prepare_data(
     dist = dist or ddp.DistInfo()
     raw = load_manifest(cfg.data.adapter, cfg.data.root, **cfg.data.options)
     if cfg.splits.grouping not in raw.columns:  # checked before the audit, which can take minutes
+    salt = dicom_group_salt(cfg, run_dir, dist)  # None unless splits.grouping is dicom:<Keyword>
+    if salt is not None:  # the header id becomes a manifest column of salted hashes, named like the grouping
+        from medsg.data.dicom import add_header_groups
+
+        raw = add_header_groups(raw, cfg.splits.grouping, salt)
         raise ConfigError(
             f"splits.grouping: column {cfg.splits.grouping!r} is not in the manifest (columns: "
             f"{list(raw.columns)}); use 'group' or a column of your CSV"
@@ -138,6 +165,7 @@ def prepare_data(
         allow_subset=cfg.splits.allow_subset,
         grouping_description=grouping_description(cfg),
     )
+        header_extra={"group_salt": salt} if salt else None,
     if dist.is_main:  # rank 0 creates the file once; the others then read it
         created = not Path(split_args["path"]).exists()
         splits = load_or_create_splits(manifest, **split_args)

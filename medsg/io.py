@@ -1,10 +1,12 @@
 """Atomic writes: a result file is either the old version or the complete new one, never half of each.
 
-Everything medsg writes goes through here, so a run killed with -9 loses at most the file being written.
+Everything medsg writes goes through here, so a run killed with -9 loses at most the file being written, and a
+full disk (or a quota) stops a run with one clear error while the previous version of the file survives.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tempfile
@@ -12,6 +14,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from medsg.errors import MedsgError
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class DiskFullError(MedsgError, OSError):
+    """No space (or quota) left while writing a file; the previous version of the file is kept."""
+
+
+def _disk_full(path: Path, exc: OSError) -> DiskFullError:
+    what = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is exceeded"
+    kept = f"the previous {path.name} is kept" if path.exists() else f"{path.name} was not written"
+    return DiskFullError(
+        exc.errno,
+        f"cannot write {path}: {what} ({os.strerror(exc.errno or errno.ENOSPC)}); {kept}. Free space in "
+        f"{path.parent} (or point experiment.output_dir elsewhere), then re-run the same command to resume.",
+    )
 
 
 def _umask() -> int:
@@ -26,8 +46,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     The file gets the usual permissions (0666 less the umask), not mkstemp's private 0600.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise _disk_full(path, exc) from exc
+        raise
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -35,8 +60,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            raise _disk_full(path, exc) from exc
         raise
     return path
 

@@ -21,7 +21,6 @@ from medsg.data.audit import (
     merged_groups,
     near_duplicate_pairs,
     read_audit,
-    run_audit_cli,
     summarize,
     write_audit,
 )
@@ -87,10 +86,13 @@ def test_pixel_identical_but_different_bytes(tmp_path: Path) -> None:
     assert report.conflicts[0]["kind"] == "pixel"
 
 
-def test_inspect_unsupported_mode(tmp_path: Path) -> None:
-    Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
-    assert inspect_file(tmp_path / "deep.png")["problem"] == "unsupported_mode"
-    assert inspect_file(tmp_path / "absent.png")["problem"] == "missing_file"
+def test_inspect_deep_and_missing_files(tmp_path: Path) -> None:
+    deep = np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 13  # 16-bit grey: valid, windowed
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    result = inspect_file(tmp_path / "deep.png")
+    assert result["problem"] is None and result["mode"] == "I;16" and result["size"] == [64, 48]
+    missing = inspect_file(tmp_path / "absent.png")
+    assert missing["problem"] == "missing_file" and missing["action"]
 
 
 def test_garbled_pixel_data_is_corrupt_and_dropped(tmp_path: Path) -> None:
@@ -201,10 +203,21 @@ def test_report_json_summary_and_cli(
     assert read_audit(path) == report
     text = summarize(report)
     assert "cross-class conflicts (same image, different labels): 1" in text and "malignant (5)" in text
+    # every problem is named with its file and what to do
+    for problem in report.problems:
+        assert problem["path"] in text and problem["action"] in text, problem
+    from medsg import cli
+
     root = Path(report.problems[0]["path"]).parents[2]
-    assert run_audit_cli("busi", str(root), str(tmp_path / "cli.json")) == 0
+    assert (
+        cli.main(["audit", "--adapter", "busi", "--root", str(root), "--out", str(tmp_path / "cli.json")])
+        == 0
+    )
     assert (tmp_path / "cli.json").is_file() and "conflicts" in capsys.readouterr().out
-    assert run_audit_cli("busi", str(tmp_path / "missing"), None) == 2
+    # one error path: a user error is one line and exit status 2, as for every command
+    assert cli.main(["audit", "--adapter", "busi", "--root", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("medsg: error:") and "missing" in err[0]
 
 
 def test_manifest_hash_ignores_location_and_order(tmp_path: Path) -> None:

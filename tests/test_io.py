@@ -37,3 +37,62 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
 def test_torch_save_round_trip(tmp_path):
     path = atomic_torch_save({"w": torch.arange(3)}, tmp_path / "c.pt")
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3))
+
+
+class _FullDisk:
+    """A file handle whose writes fail as on a full disk (what ``os.fdopen`` returns, patched)."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+    def write(self, data):
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "report"])
+def test_full_disk_is_one_clear_error_and_the_previous_file_survives(tmp_path, monkeypatch, what):
+    from medsg.cli import find_user_error, one_line
+    from medsg.io import DiskFullError
+
+    target = tmp_path / ("checkpoint_last.pt" if what == "checkpoint" else "report.md")
+    if what == "checkpoint":
+        atomic_torch_save({"epoch": 1}, target)
+    else:
+        atomic_write_text(target, "# report v1\n")
+    before = target.read_bytes()
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: _FullDisk(real_fdopen(fd, mode)))
+    with pytest.raises(DiskFullError) as info:
+        if what == "checkpoint":
+            atomic_torch_save({"epoch": 2}, target)
+        else:
+            atomic_write_text(target, "# report v2\n")
+    message = one_line(find_user_error(info.value))  # what the CLI prints: one line
+    assert str(target) in message and "disk is full" in message and "previous" in message
+    assert isinstance(info.value, OSError)  # callers catching OSError still do
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temp file left behind
+
+
+def test_full_disk_before_the_first_version(tmp_path, monkeypatch):
+    import errno
+
+    from medsg.io import DiskFullError
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("tempfile.mkstemp", no_space)
+    with pytest.raises(DiskFullError, match="was not written"):
+        atomic_write_text(tmp_path / "summary.json", "{}")

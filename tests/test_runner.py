@@ -256,20 +256,20 @@ def test_resume_with_random_monai_augmentations_is_exact(busi_root, tmp_path, mo
 def test_each_image_is_decoded_once_per_run_not_once_per_fold(busi_root, tmp_path, monkeypatch, cache):
     """Two folds' train/val/test sets read one run-wide cache; disk also serves a new process (resume)."""
     import torch
-    from monai.data import PILReader
 
+    from medsg.data import images
     from medsg.data.dataset import manifest_to_records
     from medsg.experiment import ManifestFolds, prepare_data
     from medsg.train.model import build_model
 
     reads: list[str] = []
-    real_read = PILReader.read
+    real_read = images.read_image
 
-    def counting_read(self, data, **kwargs):
-        reads.extend(str(f) for f in ((data,) if isinstance(data, str | Path) else data))
-        return real_read(self, data, **kwargs)
+    def counting_read(path):
+        reads.append(str(path))
+        return real_read(path)
 
-    monkeypatch.setattr(PILReader, "read", counting_read)
+    monkeypatch.setattr(images, "read_image", counting_read)
     cfg = make_cfg(busi_root, tmp_path, f"data.cache={cache}")
     data = prepare_data(cfg)
     model = build_model(cfg, len(data.class_names))

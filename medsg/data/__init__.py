@@ -28,7 +28,6 @@ _LAZY_MODULES: dict[str, tuple[str, ...]] = {
         "apply_audit_policy",
         "audit_manifest",
         "read_audit",
-        "run_audit_cli",
         "summarize",
         "write_audit",
     ),
@@ -41,6 +40,7 @@ _LAZY_MODULES: dict[str, tuple[str, ...]] = {
         "save_splits",
         "split_filename",
     ),
+    "medsg.data.images": ("UnreadableImage", "decode_image", "read_image", "read_mask"),
     "medsg.data.transforms": ("aug_defaults", "build_transforms"),
     "medsg.data.dataset": ("build_dataset", "manifest_to_records"),
 }

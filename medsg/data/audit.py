@@ -1,7 +1,9 @@
 """Dataset audit: broken files, exact and near duplicates, one image under two labels.
 
 Medical datasets are small and dirty; a duplicate split across train and test inflates every metric. The audit
-decodes every image and mask once (PIL ``load()``), records per-file problems, and finds
+decodes every image and mask once, with the training pipelines' own reader (``medsg.data.images``: DICOM, 16-bit,
+CMYK, EXIF orientation, ...), records per-file problems (each naming its file, what is wrong and what to do), and
+finds
 
 * exact duplicates: identical file bytes (sha256), and pixel-identical images (sha256 of the decoded RGB
   pixels, which also catches a lossless re-encode);
@@ -25,6 +27,7 @@ group so no duplicate can straddle a train/test boundary.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,9 +41,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from medsg.data.manifest import COLUMNS, MASK_SEP, load_manifest, mask_list
+from medsg.data.images import UnreadableImage, decode_image, read_mask
+from medsg.data.manifest import COLUMNS, MASK_SEP, mask_list
 from medsg.errors import DataError
 from medsg.io import atomic_write_text
 
@@ -48,63 +52,100 @@ log = logging.getLogger(__name__)
 
 NEAR_DUP_THRESHOLD = 40  # Hamming distance out of 256 dHash bits
 MIN_CORRELATION = 0.95  # Pearson correlation of standardised 32x32 grayscale thumbnails
-SUPPORTED_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"})
-ERROR_KINDS = frozenset(
+ERROR_KINDS = frozenset(  # the image (or mask) cannot be used: the policy drops it
     {
         "missing_file",
+        "unreadable_file",
         "zero_byte",
         "not_image",
         "truncated",
         "corrupt",
+        "too_large",
+        "degenerate",
         "unsupported_mode",
+        "no_pixel_data",
+        "missing_decoder",
+        "unsupported_transfer_syntax",
         "mask_size_mismatch",
     }
 )
+# What to do about each problem that has no remedy of its own (decoding errors carry theirs).
+ACTIONS: dict[str, str] = {
+    "missing_mask": "add its mask file (BUSI: '<image>_mask.png' beside it; CSV: the 'mask' column), or ignore "
+    "this if the image shows no lesion; it is kept, without a mask",
+    "orphan_mask": "add the image it belongs to, or delete the mask",
+    "mask_size_mismatch": "re-export the mask at its image's size; the policy leaves it out and keeps the image",
+    "flat_image": "check that it is not blank (every pixel has one value); remove it if it is",
+    "mask": "re-export the mask file; the policy leaves it out and keeps the image",
+    "image": "the policy drops this image from runs",
+}
 _HASH_SIZE = 16  # dHash grid: 16 x 16 = 256 bits
 _THUMB = 32
 
 
 # --------------------------------------------------------------------------------------------- per file
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in chunks (a cine loop can be a gigabyte)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def inspect_file(path: str | Path, fingerprint: bool = True) -> dict[str, Any]:
-    """Decode one file; return its sha256, size, mode, problem kind (or None) and, for images, hashes."""
+    """Decode one image by ``medsg.data.images`` (the pipelines' own reader) and describe it.
+
+    Returns its sha256, size (width, height as loaded), format, mode, problem kind (or None) with ``detail``
+    (what is wrong) and ``action`` (what to do), ``notes`` (warnings about a file that loads) and, for usable
+    images when ``fingerprint``, the hashes the duplicate search needs.
+    """
     path = Path(path)
-    out: dict[str, Any] = {"sha256": None, "size": None, "mode": None, "problem": None, "detail": ""}
-    if not path.is_file():
-        return {**out, "problem": "missing_file", "detail": "file not found"}
-    data = path.read_bytes()
-    out["sha256"] = hashlib.sha256(data).hexdigest()
-    if not data:
-        return {**out, "problem": "zero_byte", "detail": "file is empty"}
+    out: dict[str, Any] = {
+        "sha256": None,
+        "size": None,
+        "format": None,
+        "mode": None,
+        "problem": None,
+        "detail": "",
+        "action": "",
+        "notes": [],
+    }
+    with contextlib.suppress(OSError):  # missing or unreadable: decode_image names it
+        out["sha256"] = file_sha256(path)
     try:
-        with Image.open(path) as im:
-            out["mode"], out["size"] = im.mode, list(im.size)
-            im.load()
-            if im.mode not in SUPPORTED_MODES:
-                return {
-                    **out,
-                    "problem": "unsupported_mode",
-                    "detail": f"mode {im.mode} (16-bit, float or CMYK); convert to 8-bit L/RGB",
-                }
-            if fingerprint:
-                out.update(_fingerprint(im))
-    except UnidentifiedImageError:
-        return {**out, "problem": "not_image", "detail": "PIL cannot identify an image format"}
-    except OSError as exc:
-        kind = "truncated" if "truncat" in str(exc).lower() else "corrupt"
-        return {**out, "problem": kind, "detail": str(exc)}
-    except (ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        return {**out, "problem": "corrupt", "detail": str(exc)}
+        decoded = decode_image(path)
+    except UnreadableImage as exc:
+        size = list(exc.size) if exc.size else None
+        return {**out, "size": size, "problem": exc.kind, "detail": exc.reason, "action": exc.action}
+    notes = [asdict(note) for note in decoded.notes]
+    if decoded.pixels.min() == decoded.pixels.max():
+        notes.append(
+            {"kind": "flat_image", "detail": "every pixel has one value", "action": ACTIONS["flat_image"]}
+        )
+    out.update(format=decoded.format, mode=decoded.mode, size=list(decoded.size), notes=notes)
+    if fingerprint:
+        out.update(_fingerprint(decoded.pixels))
     return out
 
 
-def _fingerprint(im: Image.Image) -> dict[str, Any]:
-    rgb = im.convert("RGB")
-    pixels = hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+def inspect_mask(path: str | Path) -> dict[str, Any]:
+    """Read one mask as the pipelines do; its size (width, height) or its problem with detail and action."""
+    try:
+        mask = read_mask(path)
+    except UnreadableImage as exc:
+        return {"size": None, "problem": exc.kind, "detail": exc.reason, "action": exc.action}
+    return {"size": [int(mask.shape[1]), int(mask.shape[0])], "problem": None, "detail": "", "action": ""}
+
+
+def _fingerprint(pixels: np.ndarray) -> dict[str, Any]:
+    rgb = Image.fromarray(pixels)
+    digest = hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
     gray = rgb.convert("L")
     grid = np.asarray(gray.resize((_HASH_SIZE + 1, _HASH_SIZE), Image.BOX), dtype=np.float32)
     dhash = np.packbits((grid[:, 1:] > grid[:, :-1]).ravel()).tobytes().hex()
     thumb = np.asarray(gray.resize((_THUMB, _THUMB), Image.BOX), dtype=np.float32).ravel()
-    return {"pixel_sha256": pixels, "dhash": dhash, "thumb": thumb}
+    return {"pixel_sha256": digest, "dhash": dhash, "thumb": thumb}
 
 
 # --------------------------------------------------------------------------------------------- clustering
@@ -212,9 +253,21 @@ class AuditReport:
         return {i for c in self.conflicts for i in c["ids"]}
 
 
-def _problem(row_id: str, path: str, role: str, kind: str, detail: str) -> dict[str, Any]:
+def _problem(row_id: str, path: str, role: str, kind: str, detail: str, action: str = "") -> dict[str, Any]:
+    """One problem: the file, what is wrong (``detail``) and what to do (``action``)."""
     severity = "error" if kind in ERROR_KINDS else "warning"
-    return {"id": row_id, "path": path, "role": role, "kind": kind, "detail": detail, "severity": severity}
+    action = action or ACTIONS.get(kind) or ACTIONS[role]
+    if severity == "error" and role == "image":
+        action = f"{action}; {ACTIONS['image']}"
+    return {
+        "id": row_id,
+        "path": path,
+        "role": role,
+        "kind": kind,
+        "detail": detail,
+        "action": action,
+        "severity": severity,
+    }
 
 
 def audit_manifest(
@@ -225,9 +278,12 @@ def audit_manifest(
 ) -> AuditReport:
     """Decode every image and mask of ``manifest`` and report problems, duplicates and conflicts.
 
-    Masks are checked too: decodable, supported mode, same size as their image. Within a class where at
-    least one image has a mask, an image without one gets a ``missing_mask`` warning (BUSI ships masks for
-    every image, empty ones for ``normal``).
+    Images are read by ``medsg.data.images.decode_image``, the reader of the training pipelines, so what
+    passes here is exactly what training reads. Masks are checked too: decodable and the size of their image.
+    Within a class where at least one image has a mask, an image without one gets a ``missing_mask`` warning
+    (BUSI ships masks for every image, empty ones for ``normal``). Mask files an adapter found without an image
+    (``manifest.attrs["orphan_masks"]``) are reported as ``orphan_mask`` warnings. Every problem names its file,
+    what is wrong and what to do.
     """
     t0 = time.perf_counter()
     ids = manifest["id"].astype(str).tolist()
@@ -245,21 +301,24 @@ def audit_manifest(
         res = inspect_file(row["path"])
         info[rid] = res
         if res["problem"]:
-            problems.append(_problem(rid, row["path"], "image", res["problem"], res["detail"]))
+            problems.append(_problem(rid, row["path"], "image", res["problem"], res["detail"], res["action"]))
+        for note in res["notes"]:
+            problems.append(_problem(rid, row["path"], "image", note["kind"], note["detail"], note["action"]))
         for mpath in mask_list(row["mask_paths"]):
-            mres = inspect_file(mpath, fingerprint=False)
+            mres = inspect_mask(mpath)
             if mres["problem"]:
-                problems.append(_problem(rid, mpath, "mask", mres["problem"], mres["detail"]))
+                problems.append(_problem(rid, mpath, "mask", mres["problem"], mres["detail"], mres["action"]))
             elif res["size"] and mres["size"] != res["size"]:
-                detail = f"mask {tuple(mres['size'])} vs image {tuple(res['size'])}"
+                detail = f"mask {tuple(mres['size'])} vs image {tuple(res['size'])} (width, height)"
                 problems.append(_problem(rid, mpath, "mask", "mask_size_mismatch", detail))
     with_masks = {str(r["label_name"]) for r in rows if mask_list(r["mask_paths"])}
     for row in rows:
         missing = not mask_list(row["mask_paths"]) and not info[str(row["id"])]["problem"]
         if missing and str(row["label_name"]) in with_masks:
-            problems.append(
-                _problem(str(row["id"]), row["path"], "mask", "missing_mask", "no mask file found")
-            )
+            detail = f"no mask file, though other '{row['label_name']}' images have one"
+            problems.append(_problem(str(row["id"]), row["path"], "mask", "missing_mask", detail))
+    for mpath in manifest.attrs.get("orphan_masks", []):
+        problems.append(_problem("", str(mpath), "mask", "orphan_mask", "a mask file without its image"))
 
     good = [i for i in ids if not info[i]["problem"]]
     exact = _clusters_by_key(ids, [info[i]["sha256"] if not info[i]["problem"] else None for i in ids])
@@ -332,8 +391,18 @@ def read_audit(path: str | Path) -> AuditReport:
         ) from exc
 
 
-def summarize(report: AuditReport, max_items: int = 10) -> str:
-    """A readable multi-line summary for the console."""
+def describe_problem(problem: dict[str, Any]) -> str:
+    """One line: severity, kind, file, what is wrong and what to do."""
+    action = problem.get("action") or ACTIONS.get(problem["kind"]) or ACTIONS.get(problem["role"], "")
+    role = "" if problem["role"] == "image" else f"{problem['role']} "
+    return f"{problem['severity']}: {role}{problem['kind']}: {problem['path']}: {problem['detail']}; {action}"
+
+
+def summarize(report: AuditReport, max_items: int = 20) -> str:
+    """A readable multi-line summary for the console: every problem names its file and what to do.
+
+    Up to ``max_items`` problems of each kind are listed; the JSON report (``medsg audit --out``) lists all.
+    """
     errors = [p for p in report.problems if p["severity"] == "error"]
     warnings = [p for p in report.problems if p["severity"] != "error"]
     near_imgs = sum(len(c) for c in report.near_duplicates)
@@ -341,11 +410,14 @@ def summarize(report: AuditReport, max_items: int = 10) -> str:
         f"Audit of {report.n_images} images ({report.seconds:.1f} s), content hash {report.manifest_hash[:12]}",
         f"  problems: {len(errors)} error(s), {len(warnings)} warning(s)",
     ]
-    by_kind: dict[str, int] = defaultdict(int)
-    for p in report.problems:
-        by_kind[f"{p['role']}:{p['kind']}"] += 1
-    lines += [f"    {k}: {v}" for k, v in sorted(by_kind.items())]
-    lines += [f"    - {p['kind']}: {p['path']} ({p['detail']})" for p in errors[:max_items]]
+    by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p in errors + warnings:
+        by_kind[f"{p['role']}:{p['kind']}"].append(p)
+    for kind, items in by_kind.items():
+        lines.append(f"    {kind}: {len(items)}")
+        lines += [f"    - {describe_problem(p)}" for p in items[:max_items]]
+        if len(items) > max_items:
+            lines.append(f"    - ... {len(items) - max_items} more: write them all with --out FILE")
     lines += [
         f"  exact duplicates (same bytes): {len(report.exact_duplicates)} cluster(s)",
         f"  pixel-identical duplicates: {len(report.pixel_duplicates)} cluster(s)",
@@ -357,6 +429,11 @@ def summarize(report: AuditReport, max_items: int = 10) -> str:
     lines += [f"    - {c['ids']} labelled {c['labels']}" for c in report.conflicts[:max_items]]
     lines.append(f"  near-duplicate clusters spanning classes: {len(report.near_conflicts)}")
     lines += [f"    - {c['ids']} labelled {c['labels']}" for c in report.near_conflicts[:max_items]]
+    if report.conflicts or report.near_conflicts or report.exact_duplicates or report.near_duplicates:
+        lines.append(
+            "  duplicates always share a group (never two folds); conflicts are dropped or kept by "
+            "data.audit.conflicts"
+        )
     return "\n".join(lines)
 
 
@@ -372,6 +449,11 @@ def describe_grouping(
         "duplicate clusters from the audit (identical bytes or pixels, or dHash-256 distance <= "
         f"{near_dup_threshold} and thumbnail correlation >= {min_correlation})"
     )
+    if grouping.startswith("dicom:"):
+        return (
+            f"DICOM header {grouping[6:]} (stored only as a salted hash; the salt is in the split file's "
+            f"header) merged with {clusters}"
+        )
     if grouping != "group":
         return f"column '{grouping}' merged with {clusters}"
     if adapter == "isic2018":
@@ -455,36 +537,3 @@ def merged_groups(df: pd.DataFrame, clusters: Iterable[Sequence[str]], group_col
         root = uf.find(("i", rid))
         name[root] = min(name.get(root, grp), grp)
     return [name[uf.find(("i", rid))] for rid in df["id"]]
-
-
-# --------------------------------------------------------------------------------------------- CLI
-def run_audit_cli(adapter: str, root: str, out: str | None = None, **options: Any) -> int:
-    """``medsg audit``: print a summary, write JSON to ``out`` if given. 0 even with findings; 2 if unreadable."""
-    try:
-        manifest = load_manifest(adapter, root, **options)
-    except (DataError, FileNotFoundError, NotADirectoryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    report = audit_manifest(manifest, progress=sys.stderr.isatty())
-    print(summarize(report))
-    if out:
-        write_audit(report, out)
-        print(f"report written to {out}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m medsg.data.audit ADAPTER ROOT [--out FILE]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="medsg audit", description=__doc__.splitlines()[0])
-    parser.add_argument("adapter")
-    parser.add_argument("root")
-    parser.add_argument("--out", default=None, help="write the JSON report here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    return run_audit_cli(args.adapter, args.root, args.out)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -61,11 +61,16 @@ def load_busi(root: str | Path) -> pd.DataFrame:
     """Manifest of BUSI: 780 rows for the official release (benign 437, malignant 210, normal 133)."""
     base = resolve_busi_root(root)
     sorted_class_dirs(base, BUSI_CLASSES)
-    rows = []
+    rows, orphans = [], []
     for label, name in enumerate(BUSI_CLASSES):
         images, masks = _scan_class(base / name)
-        for stem in sorted(set(masks) - set(images)):
-            log.warning("BUSI: mask(s) without an image: %s", [str(p) for _, p in masks[stem]])
+        for stem in sorted(set(masks) - set(images), key=natural_key):
+            orphans += [str(p) for _, p in sorted(masks[stem])]
+            log.warning(
+                "BUSI: mask(s) without an image: %s; add the image '%s.png' or delete them",
+                [str(p) for _, p in masks[stem]],
+                stem,
+            )
         if not images:
             raise DataError(f"BUSI class folder {base / name} holds no '<class> (N).png' images.")
         for stem in sorted(images, key=natural_key):
@@ -80,4 +85,6 @@ def load_busi(root: str | Path) -> pd.DataFrame:
                     "mask_paths": mask_paths,
                 }
             )
-    return make_manifest(rows)
+    df = make_manifest(rows)
+    df.attrs["orphan_masks"] = orphans  # the audit reports them by name
+    return df

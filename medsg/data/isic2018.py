@@ -46,24 +46,34 @@ def _find_groundtruth(root: Path, subset: str) -> Path:
 def read_groundtruth(path: str | Path) -> pd.DataFrame:
     """Read a Task 3 one-hot CSV -> DataFrame(image, label, label_name); checks columns and one-hotness."""
     path = Path(path)
-    try:
-        table = pd.read_csv(path, dtype={"image": str})
+    try:  # blank lines kept, then dropped, so that index + 2 is each row's line in the file
+        table = pd.read_csv(path, dtype=str, encoding="utf-8-sig", skip_blank_lines=False)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read the ground-truth CSV ({exc}).") from exc
+    table = table.dropna(how="all")
     expected = ["image", *ISIC_CLASSES]
-    if list(table.columns) != expected:
+    if [str(c).strip() for c in table.columns] != expected:
         raise DataError(f"{path}: expected columns {expected}, found {list(table.columns)}.")
-    values = table[list(ISIC_CLASSES)].to_numpy(dtype=float, na_value=np.nan)
+    table.columns = expected
+    lines = (table.index + 2).tolist()
+    values = table[list(ISIC_CLASSES)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     bad = ~(np.isin(values, (0.0, 1.0)).all(axis=1) & (values.sum(axis=1) == 1.0))
     if bad.any():
-        rows = table.loc[bad, "image"].tolist()
+        bad_lines, bad_images = np.array(lines)[bad], table["image"][bad]
+        rows = [f"line {line} ({image})" for line, image in zip(bad_lines, bad_images, strict=True)]
         raise DataError(
-            f"{path}: {int(bad.sum())} row(s) are not one-hot (exactly one 1.0, rest 0.0): {rows[:5]}."
+            f"{path}: {int(bad.sum())} row(s) are not one-hot (exactly one 1.0, the rest 0.0): "
+            f"{', '.join(rows[:5])}{' ...' if len(rows) > 5 else ''}. Fix those rows."
         )
-    if table["image"].duplicated().any():
-        raise DataError(
-            f"{path}: repeated image ids {table['image'][table['image'].duplicated()].tolist()[:5]}."
-        )
+    repeated = table["image"].duplicated(keep=False)
+    if repeated.any():
+        first: dict[str, int] = {}
+        repeats = []
+        for line, image in zip(lines, table["image"], strict=True):
+            if image in first:
+                repeats.append(f"line {line} repeats {image} of line {first[image]}")
+            first.setdefault(image, line)
+        raise DataError(f"{path}: repeated image ids: {'; '.join(repeats[:5])}. Keep one row per image.")
     label = values.argmax(axis=1)
     return pd.DataFrame(
         {"image": table["image"], "label": label, "label_name": [ISIC_CLASSES[i] for i in label]}

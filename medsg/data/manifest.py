@@ -147,16 +147,31 @@ def list_image_files(folder: Path, suffixes: Sequence[str], dataset: str) -> lis
 
     Hidden files are skipped (macOS copies leave ``._name.jpg`` resource forks that look like images);
     other files are skipped with a warning, so a stray README or archive is seen but never read as an image.
+    When ``.dcm`` is accepted, so is any other file that is DICOM by content (PACS exports name files
+    ``IM0001`` or by their UID, ``1.2.840....123``); a ``DICOMDIR`` is an index of such files, not an image,
+    and is skipped with a warning.
     """
     files = []
     for path in folder.iterdir():
         if not path.is_file() or path.name.startswith("."):
             continue
-        if path.suffix.lower() not in suffixes:
+        if path.name.upper() == "DICOMDIR":
+            log.warning("%s: ignoring %s (a DICOMDIR indexes DICOM files; it holds no image)", dataset, path)
+            continue
+        if path.suffix.lower() not in suffixes and not (".dcm" in suffixes and _is_dicom_content(path)):
             log.warning("%s: ignoring %s (not one of %s)", dataset, path, list(suffixes))
             continue
         files.append(path)
     return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _is_dicom_content(path: Path) -> bool:
+    """Whether a file is DICOM by content (``DICM`` at byte 128), whatever its name."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
 
 
 def class_folder_rows(

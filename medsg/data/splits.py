@@ -8,6 +8,11 @@ inside ``train``, never ``val``.
 
 Folds come from ``StratifiedGroupKFold(shuffle=True, random_state=seed)`` over the rows sorted by id, so the
 manifest's row order does not matter. Groups (ISIC lesions, BUSI duplicate clusters) never span folds.
+
+A split grouped by a DICOM header id (``splits.grouping: dicom:PatientID``) also holds ``group_salt`` in its
+header: the salt of the hashes that stand in for the ids (``medsg.data.dicom.salted_hash``). Every later run on
+the same data reads it back (``read_group_salt``), so the same patient always makes the same group. Other
+splits have no salt, so the committed split files are unchanged.
 """
 
 from __future__ import annotations
@@ -124,8 +129,10 @@ def make_header(
     audit_hash: str,
     group_col: str = "group",
     grouping_description: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The header recorded with a split file; ``grouping_description`` says in words what a group is."""
+    """The header recorded with a split file; ``grouping_description`` says in words what a group is and
+    ``extra`` adds fields (``group_salt`` for a DICOM-header grouping)."""
     from medsg import __version__
 
     described = {"grouping_description": grouping_description} if grouping_description else {}
@@ -141,7 +148,18 @@ def make_header(
         "created_by": f"medsg {__version__}",
         "method": METHOD,
         "val_means": "held-out test fold (nnU-Net naming)",
+        **(extra or {}),
     }
+
+
+def read_group_salt(path: str | Path) -> str | None:
+    """The ``group_salt`` of an existing split file (None when the file or the field is absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    header, _ = read_splits(path)
+    salt = header.get("group_salt")
+    return str(salt) if salt else None
 
 
 def load_or_create_splits(
@@ -156,8 +174,10 @@ def load_or_create_splits(
     allow_subset: bool = False,
     excluded_ids: Iterable[str] = (),
     grouping_description: str | None = None,
+    header_extra: dict[str, Any] | None = None,
 ) -> Folds:
-    """Reuse the split file at ``path`` if it exists, else create and write it.
+    """Reuse the split file at ``path`` if it exists, else create and write it (``header_extra`` added to
+    its header). A reused file must hold the same ``group_salt`` as ``header_extra`` when that has one.
 
     A reused file must list exactly the manifest's ids. Two documented exceptions, both logged:
     ``excluded_ids`` (ids the audit policy dropped, e.g. BUSI's cross-class conflict) and, with
@@ -171,7 +191,7 @@ def load_or_create_splits(
         splits = make_kfold_splits(manifest, k, seed, group_col)
         check_no_leakage(manifest, splits, group_col)
         header = make_header(
-            manifest, dataset, k, seed, grouping, audit_hash, group_col, grouping_description
+            manifest, dataset, k, seed, grouping, audit_hash, group_col, grouping_description, header_extra
         )
         save_splits(path, header, splits)
         log.info("Wrote new split file %s (%d folds, %d images)", path, k, len(manifest))
@@ -179,6 +199,13 @@ def load_or_create_splits(
     header, splits = read_splits(path)
     if header.get("k") != k or len(splits) != k:
         raise DataError(f"{path}: holds {len(splits)} folds (header k={header.get('k')}), expected {k}.")
+    salt = (header_extra or {}).get("group_salt")
+    if salt and header.get("group_salt") != salt:
+        raise DataError(
+            f"{path}: made for grouping {header.get('grouping')!r} without this data's group_salt, so its "
+            f"groups cannot be checked for grouping {grouping!r}. Delete it (or set splits.file to a new path) "
+            "to make a split grouped by the DICOM header."
+        )
     file_ids = {i for fold in splits for i in fold["val"]}
     ids = set(manifest["id"])
     extra = sorted(ids - file_ids)

@@ -6,10 +6,12 @@ tensor (3, H, W) normalised with the backbone's mean/std, ``mask`` (1, H, W) in 
 
 Why these choices:
 
-* ``PILReader(reverse_indexing=False)``: MONAI's default swaps the first two axes of PNG/JPEG arrays; we keep
-  numpy/PIL's (row, column) order so ``tensor[c, y, x] == np.asarray(pil)[y, x, c]``.
-* Every image is converted to RGB in PIL (grayscale, palette, RGBA drop to 3 channels), because the pretrained
-  backbones expect 3 channels.
+* ``LoadRGBImaged`` reads every file with ``medsg.data.images.read_image``, the reader the audit and the
+  explanations use (DICOM, 16-bit, CMYK, palette, EXIF orientation, multi-frame: one rule each, documented
+  there), and keeps numpy's (row, column) order so ``tensor[c, y, x] == read_image(path)[y, x, c]``. It
+  replaces MONAI's ``LoadImaged``, whose reader registry would also construct MONAI's DICOM readers (and their
+  nvImageCodec warnings) and put DICOM header fields into the image metadata, and so into the disk cache.
+* Every image is RGB (grey replicated, alpha dropped), because the pretrained backbones expect 3 channels.
 * Masks are the union of a sample's mask files, binarised (``> 127``, or ``> 0`` for 0/1-valued masks); an
   image without masks gets an all-zero mask. Masks follow every spatial transform with nearest interpolation.
 * The deterministic prefix (load, RGB, mask union, resize to ``img_size`` x ``img_size``, scale to [0, 1]) ends
@@ -23,6 +25,8 @@ Why these choices:
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -30,13 +34,11 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.data.image_reader import PILReader
 from monai.transforms import (
     Compose,
     DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
     MapTransform,
     NormalizeIntensityd,
     RandAdjustContrastd,
@@ -50,7 +52,27 @@ from monai.transforms import (
 )
 from PIL import Image
 
+from medsg.data import images
+from medsg.data.images import pil_to_array, read_mask
 from medsg.errors import DataError
+
+_NVIMGCODEC = "NvImgCodecPydicomReader: nvImageCodec"  # the start of MONAI's warning
+
+
+def quiet_monai_dicom_readers() -> None:
+    """Silence MONAI's "nvImageCodec is not available" log line and warning, and nothing else.
+
+    With pydicom installed, every MONAI ``LoadImage`` constructs MONAI's nvImageCodec DICOM reader, which logs
+    and warns that its GPU plugin is missing. medsg never uses that reader (``LoadRGBImaged`` reads DICOM
+    itself), so the message only confuses. Run at import and again by ``build_transforms``, in case a
+    ``warnings.catch_warnings`` block around the import dropped the filter.
+    """
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    if not any(str(getattr(f[1], "pattern", f[1])).startswith(_NVIMGCODEC) for f in warnings.filters):
+        warnings.filterwarnings("ignore", message=_NVIMGCODEC, category=UserWarning)
+
+
+quiet_monai_dicom_readers()
 
 # per-dataset augmentation defaults (colour jitter, vertical flip)
 AUG_DEFAULTS: dict[str, dict[str, bool]] = {
@@ -66,24 +88,26 @@ def aug_defaults(adapter: str) -> dict[str, bool]:
 
 
 def pil_to_rgb(image: Image.Image) -> Image.Image:
-    """PILReader converter: any 8-bit mode -> RGB (module-level so DataLoader workers can pickle it)."""
-    return image if image.mode == "RGB" else image.convert("RGB")
+    """An open Pillow image -> RGB by ``medsg.data.images``' rules (orientation, 16-bit, CMYK, palette).
+
+    Kept for callers holding a Pillow image; files (DICOM included) are read with ``images.read_image``.
+    """
+    return Image.fromarray(pil_to_array(image))
 
 
-def read_mask(path: str) -> np.ndarray:
-    """One mask file -> bool (H, W); any colour channel counts, alpha is ignored."""
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("P", "PA"):
-                im = im.convert("RGBA")
-            arr = np.asarray(im)
-    except OSError as exc:
-        raise DataError(f"Cannot read mask {path}: {exc}. Run `medsg audit` and apply its policy.") from exc
-    if arr.dtype == bool:
-        return arr
-    if arr.ndim == 3:  # LA -> L, RGB(A) -> brightest colour channel
-        arr = arr[..., 0] if arr.shape[-1] == 2 else arr[..., :3].max(axis=-1)
-    return arr > (127 if arr.max() > 1 else 0)
+class LoadRGBImaged(MapTransform):
+    """Replace each key's file path by its pixels: a float32 (H, W, 3) MetaTensor in 0-255 (``read_image``).
+
+    Only the file name goes into the metadata: no header field of a DICOM file reaches a cache or a batch.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = str(d[key])
+            pixels = images.read_image(path)  # looked up at call time, so tests can count the reads
+            d[key] = MetaTensor(torch.from_numpy(pixels.astype(np.float32)), meta={"filename_or_obj": path})
+        return d
 
 
 def mask_union(paths: Sequence[str], shape: tuple[int, int]) -> np.ndarray:
@@ -195,10 +219,11 @@ def build_transforms(
     """The full pipeline for one split; ``mean``/``std`` from the backbone's ``pretrained_cfg`` (0-1 scale)."""
     if len(mean) != 3 or len(std) != 3:
         raise DataError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}.")
+    quiet_monai_dicom_readers()
     keys = ["image", "mask"] if with_mask else ["image"]
     warp_modes = ("bilinear", "nearest")[: len(keys)]  # masks stay binary under rotation / zoom
     steps: list[Any] = [
-        LoadImaged("image", reader=PILReader(converter=pil_to_rgb, reverse_indexing=False), image_only=True),
+        LoadRGBImaged("image"),
         EnsureChannelFirstd("image", channel_dim=-1),
     ]
     if with_mask:

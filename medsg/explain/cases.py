@@ -37,7 +37,8 @@ from PIL import Image
 from torch import nn
 
 from medsg.data.dataset import plain_tensor
-from medsg.data.transforms import mask_union, pil_to_rgb
+from medsg.data.images import read_image
+from medsg.data.transforms import mask_union
 from medsg.explain import localization
 from medsg.explain.allocation import allocation_rules, token_allocation
 from medsg.explain.cam import compute_cams
@@ -287,13 +288,7 @@ def _score_case(
 
 def _read_original(case: Case) -> tuple[np.ndarray, np.ndarray | None]:
     """The original image (H, W, 3) uint8 and its lesion mask (None without mask files)."""
-    from medsg.errors import DataError
-
-    try:
-        with Image.open(case.path) as im:
-            image = np.asarray(pil_to_rgb(im))
-    except OSError as exc:
-        raise DataError(f"cannot read {case.path} to explain case {case.case_id!r}: {exc}") from exc
+    image = read_image(case.path)  # the pipeline's own reader: DICOM, 16-bit, EXIF ... as the model saw them
     mask = mask_union(list(case.mask_paths), image.shape[:2]) if case.mask_paths else None
     return image, mask
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from medsg.data.images import read_image
 from medsg.explain.cases import BASELINES, EXPLAIN_DIR, MAP_LABELS
 from medsg.explain.localization import DEFINITIONS, summarise_scores
 from medsg.explain.overlay import allocation_rgb, colorbar_png, heatmap_rgb, png_bytes
@@ -49,28 +50,22 @@ def fold_explain_dirs(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.parent.name.split("_")[-1]))
 
 
-def _shrink(image: Image.Image) -> Image.Image:
-    scale = REVIEW_MAX_SIDE / max(image.size)
-    if scale >= 1:
-        return image
-    return image.resize(
-        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR
-    )
+def _review_size(hw: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of a review image: the original's, shrunk to ``REVIEW_MAX_SIDE`` at most."""
+    height, width = hw
+    scale = min(1.0, REVIEW_MAX_SIDE / max(height, width))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _original_png(entry: dict[str, Any], size: tuple[int, int]) -> bytes:
+def _original_png(entry: dict[str, Any], pixels: np.ndarray, size: tuple[int, int]) -> bytes:
     """The original, shrunk, with the lesion outline drawn in red where a mask is known."""
-    from medsg.data.transforms import mask_union, pil_to_rgb
+    from medsg.data.transforms import mask_union
 
-    with Image.open(entry["path"]) as im:
-        image = pil_to_rgb(im).copy()
     if entry.get("has_mask"):
-        mask = mask_union(entry["mask_paths"], (image.height, image.width))
-        edge = mask & ~_erode(mask)
-        pixels = np.asarray(image).copy()
-        pixels[_dilate(edge)] = (255, 59, 48)
-        image = Image.fromarray(pixels)
-    return png_bytes(np.asarray(image.resize(size, Image.BILINEAR)))
+        mask = mask_union(entry["mask_paths"], pixels.shape[:2])
+        pixels = pixels.copy()
+        pixels[_dilate(mask & ~_erode(mask))] = (255, 59, 48)
+    return png_bytes(np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR)))
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
@@ -112,8 +107,8 @@ def review_cases(folders: Sequence[Path], class_names: Sequence[str]) -> list[Re
     cards = []
     for folder in folders:
         for entry in json.loads((folder / "cases.json").read_text(encoding="utf-8")):
-            with Image.open(entry["path"]) as im:
-                size = _shrink(im).size
+            pixels = read_image(entry["path"])
+            size = _review_size(pixels.shape[:2])
             pred = int(np.argmax(entry["probs"]))
             cards.append(
                 ReviewCase(
@@ -122,7 +117,7 @@ def review_cases(folders: Sequence[Path], class_names: Sequence[str]) -> list[Re
                     true_class=None if entry.get("label") is None else class_names[int(entry["label"])],
                     predicted_class=class_names[pred],
                     probability=float(entry["probs"][pred]),
-                    image_png=_original_png(entry, size),
+                    image_png=_original_png(entry, pixels, size),
                     heatmaps=_heatmaps(folder, entry, size),
                     note=entry.get("note", ""),
                 )
