@@ -1,4 +1,4 @@
-"""The ``medsg`` command: run, report, explain, splits, audit, demo, info.
+"""The ``medsg`` command: run, report, explain, export, predict, evaluate, splits, audit, demo, info.
 
 Errors a user can cause (``MedsgError``, or a missing file they named) print one line ``medsg: error: ...``
 and exit with status 2, also when a library wrapped them (MONAI raises ``RuntimeError("applying transform ...")``
@@ -14,11 +14,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from medsg.errors import MedsgError
+from medsg.errors import ConfigError, MedsgError
 
 log = logging.getLogger("medsg")
 
 INFO_VARIANTS = ("sgformer_tiny", "sgformer_s", "sgformer_m", "sgformer_b")
+
+
+def fold_arg(text: str) -> int | str:
+    """``--fold`` value: a fold index, or ``all`` (the final model trained on every image)."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fold index or 'all'") from None
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -26,11 +36,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="experiment YAML, e.g. experiments/busi.yaml")
     p.add_argument(
         "--fold",
-        type=int,
+        type=fold_arg,
         action="append",
         default=None,
         metavar="K",
-        help="run only fold K (repeatable); default: all folds",
+        help="run only fold K (repeatable); 'all': the final model on every image, for a fixed number of "
+        "epochs (the median of the CV folds' selected epochs); default: every CV fold",
     )
     _add_overrides(p)
 
@@ -66,6 +77,125 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_predicting(p: argparse.ArgumentParser) -> None:
+    """Options shared by predict and evaluate."""
+    p.add_argument(
+        "--models",
+        choices=("folds", "all"),
+        default=None,
+        help="the fold ensemble or the final model (default: the ensemble when there is one)",
+    )
+    p.add_argument(
+        "--tta", action="store_true", help="average each model over the image and its horizontal flip"
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+
+
+def _add_model_commands(sub: argparse._SubParsersAction, adapters: list[str]) -> None:
+    """export, predict and evaluate: from cross-validation to use."""
+    p = sub.add_parser(
+        "export", help="write a finished run's models as a self-contained, checksummed package"
+    )
+    p.add_argument("run_dir", help="<output_dir>/<experiment name> with every fold finished")
+    p.add_argument("out_dir", help="the package folder (replaced if it is a package already)")
+    p.add_argument(
+        "--models",
+        choices=("folds", "all", "both"),
+        default=None,
+        help="the fold ensemble, the final model (--fold all) or both (default: both when the final model exists)",
+    )
+    p = sub.add_parser(
+        "predict", help="classify new images with a run folder or a package (calibrated ensemble)"
+    )
+    p.add_argument("model", help="a run folder or an exported package")
+    p.add_argument("inputs", nargs="+", help="image files, folders or CSV listings (a 'path' column)")
+    p.add_argument("--out", default="medsg_predictions", help="output folder (default: medsg_predictions)")
+    p.add_argument("--explain", action="store_true", help="write an explanation panel per image (slow)")
+    _add_predicting(p)
+    p = sub.add_parser(
+        "evaluate", help="score a labelled external test set: metrics, CIs, overlap audit, report"
+    )
+    p.add_argument("model", help="a run folder or an exported package")
+    p.add_argument("--adapter", required=True, choices=adapters)
+    p.add_argument("--root", required=True, help="the test set's folder")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="adapter option, e.g. --option subset=validation for ISIC 2018's validation layout (repeatable)",
+    )
+    p.add_argument("--out", default=None, help="output folder (default: evaluation_<adapter>_<root name>)")
+    p.add_argument(
+        "--exclude-overlap", action="store_true", help="drop test images that duplicate training ones"
+    )
+    _add_predicting(p)
+
+
+def _options(items: Sequence[str]) -> dict[str, object]:
+    """``KEY=VALUE`` adapter options, values parsed as YAML (so numbers and booleans keep their type)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {item!r} must look like key=value, e.g. subset=validation")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def dispatch_model_command(args: argparse.Namespace) -> int:
+    """export / predict / evaluate; predict returns 1 when an input was skipped."""
+    from medsg.predict import PredictOptions
+
+    if args.command == "export":
+        from medsg.package import export_package
+
+        print(export_package(Path(args.run_dir), Path(args.out_dir), args.models))
+        return 0
+    options = PredictOptions(
+        which=args.models,
+        tta=args.tta,
+        explain=getattr(args, "explain", False),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+    )
+    if args.command == "predict":
+        from medsg.predict import run_predict
+
+        result = run_predict(args.model, args.inputs, Path(args.out), options)
+        rate = result.summary.get("images_per_second")
+        print(
+            f"{result.n_predicted} of {result.n_inputs} images predicted ({rate} images/s, calibrated "
+            f"probabilities), {result.n_flagged} flagged as unlike the training data, {result.n_skipped} skipped"
+        )
+        print(f"predictions: {Path(args.out) / 'predictions.csv'}")
+        if result.n_skipped:
+            print(
+                f"medsg: {result.n_skipped} unreadable input(s) skipped, see {Path(args.out) / 'skipped.csv'}",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    from medsg.evaluate import EvaluateRequest, evaluate
+
+    out = Path(args.out or f"evaluation_{args.adapter}_{Path(args.root).name}")
+    request = EvaluateRequest(args.adapter, args.root, _options(args.option), args.exclude_overlap, options)
+    summary = evaluate(args.model, request, out)
+    ci = summary["bootstrap_ci"]["balanced_accuracy"]
+    print(
+        f"{summary['n_scored']} test images scored (calibrated probabilities): balanced accuracy "
+        f"{ci['point']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]; {summary['overlap']['n']} overlap the training data"
+        + (" (excluded)" if summary["overlap"]["excluded"] else "")
+    )
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
@@ -92,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="<output_dir>/<experiment name>")
     p.add_argument("--out", default=None, help="report folder (default: the one in the run's config.yaml)")
     _add_explain(sub)
+    _add_model_commands(sub, adapter_names())
     p = sub.add_parser(
         "splits", help="write the split file of an experiment once (before parallel fold jobs)"
     )
@@ -160,6 +291,8 @@ def dispatch(args: argparse.Namespace) -> int:
         )
         print(f"localization: {out / 'localization_summary.csv'}")
         print(f"review page: {out / 'review.html'} (open it in a browser; nothing is sent anywhere)")
+    elif args.command in ("export", "predict", "evaluate"):
+        return dispatch_model_command(args)
     elif args.command == "splits":
         print(experiment.make_splits(args.config, args.overrides))
     elif args.command == "audit":  # errors (a missing root, a bad CSV) raise like every other command's

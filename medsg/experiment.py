@@ -25,7 +25,8 @@ from medsg.errors import ConfigError
 from medsg.io import atomic_write_text
 from medsg.train import ddp
 from medsg.train.decoded import RunDecodes, shared_head
-from medsg.train.kfold import fold_dir, fold_is_done, run_folds
+from medsg.train.final import ALL
+from medsg.train.kfold import fold_dir, fold_is_done, run_folds, train_final
 from medsg.train.loader import FoldData
 from medsg.train.utils import derive_seed, resolve_device, seed_everything
 
@@ -55,7 +56,6 @@ def grouping_description(cfg: Config) -> str:
     )
 
 
-def _note_new_split_file(path: Path, expected: bool) -> None:
 def dicom_group_salt(cfg: Config, run_dir: Path | None, dist: ddp.DistInfo | None = None) -> str | None:
     """The salt of a ``dicom:<Keyword>`` grouping, None for any other grouping.
 
@@ -78,6 +78,7 @@ def dicom_group_salt(cfg: Config, run_dir: Path | None, dist: ddp.DistInfo | Non
     return salt
 
 
+def _note_new_split_file(path: Path, expected: bool) -> None:
     """A new split file means new folds: say where it went, since a relative path follows the working dir."""
     import medsg
 
@@ -124,12 +125,12 @@ def prepare_data(
 
     dist = dist or ddp.DistInfo()
     raw = load_manifest(cfg.data.adapter, cfg.data.root, **cfg.data.options)
-    if cfg.splits.grouping not in raw.columns:  # checked before the audit, which can take minutes
     salt = dicom_group_salt(cfg, run_dir, dist)  # None unless splits.grouping is dicom:<Keyword>
     if salt is not None:  # the header id becomes a manifest column of salted hashes, named like the grouping
         from medsg.data.dicom import add_header_groups
 
         raw = add_header_groups(raw, cfg.splits.grouping, salt)
+    if cfg.splits.grouping not in raw.columns:  # checked before the audit, which can take minutes
         raise ConfigError(
             f"splits.grouping: column {cfg.splits.grouping!r} is not in the manifest (columns: "
             f"{list(raw.columns)}); use 'group' or a column of your CSV"
@@ -164,8 +165,8 @@ def prepare_data(
         excluded_ids=dropped,
         allow_subset=cfg.splits.allow_subset,
         grouping_description=grouping_description(cfg),
-    )
         header_extra={"group_salt": salt} if salt else None,
+    )
     if dist.is_main:  # rank 0 creates the file once; the others then read it
         created = not Path(split_args["path"]).exists()
         splits = load_or_create_splits(manifest, **split_args)
@@ -201,10 +202,15 @@ class ManifestFolds:
         self._by_id = data.manifest.set_index("id", drop=False)  # rows looked up by id, for every fold
         self._decodes: RunDecodes | None = None  # filled by the first fold, reused by the others
 
-    def fold_ids(self, fold: int) -> dict[str, list[str]]:
-        """train / val (inner, for selection) / test (outer fold) ids; the test ids never reach selection."""
+    def fold_ids(self, fold: int | str) -> dict[str, list[str]]:
+        """train / val (inner, for selection) / test (outer fold) ids; the test ids never reach selection.
+
+        ``fold="all"`` (the final model) trains on every id of the manifest, with neither val nor test.
+        """
         from medsg.data.splits import inner_split
 
+        if fold == ALL:
+            return {"train": sorted(self.data.manifest["id"]), "val": [], "test": []}
         if not 0 <= fold < len(self.data.splits):
             raise ConfigError(
                 f"fold {fold} does not exist: splits.k is {len(self.data.splits)} (folds 0..k-1)"
@@ -289,7 +295,7 @@ class ManifestFolds:
             self._decodes = RunDecodes(ids, self._dataset(ids, head))
         return self._decodes, {train: Compose(p.transforms[n:]) for train, p in pipelines.items()}
 
-    def __call__(self, fold: int, model: nn.Module) -> FoldData:
+    def __call__(self, fold: int | str, model: nn.Module) -> FoldData:
         ids = self.fold_ids(fold)
         if self.dist.is_main:
             atomic_write_text(fold_dir(self.run_dir, fold) / "inner_split.json", json.dumps(ids, indent=1))
@@ -394,14 +400,16 @@ def write_run_report(run_dir: Path, report_dir: Path | None = None) -> Path:
 
 def run_experiment(
     cfg: Config,
-    folds: list[int] | None = None,
+    folds: list[int | str] | None = None,
     quiet: bool = False,
     report: bool = True,
     new_split_expected: bool = False,
 ) -> Path:
-    """Train and test the requested folds (all by default); write the report once every fold is done.
+    """Train and test the requested folds (all CV folds by default); write the report once every fold is done.
 
-    ``new_split_expected``: creating the split file is the plan (the demo), so it is logged as INFO.
+    ``"all"`` among ``folds`` trains the final model on every image after the requested CV folds
+    (``medsg.train.final``). ``new_split_expected``: creating the split file is the plan (the demo), so it is
+    logged as INFO.
     """
     if cfg.train.deterministic:  # must be set before the first CUDA context (deterministic cuBLAS)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -410,8 +418,10 @@ def run_experiment(
     ddp.init_distributed(dist, device)
     try:
         run_dir = cfg.run_dir.resolve()
-        folds = list(range(cfg.splits.k)) if not folds else sorted(set(folds))
-        bad = [f for f in folds if not 0 <= f < cfg.splits.k]
+        final = bool(folds) and ALL in folds
+        cv = [f for f in folds or [] if f != ALL]
+        folds = list(range(cfg.splits.k)) if not folds else sorted(set(cv))
+        bad = [f for f in folds if not isinstance(f, int) or not 0 <= f < cfg.splits.k]
         if bad:
             raise ConfigError(f"--fold {bad}: splits.k is {cfg.splits.k}, so folds are 0..{cfg.splits.k - 1}")
         seed_everything(cfg.experiment.seed, cfg.train.deterministic)
@@ -427,12 +437,15 @@ def run_experiment(
             len(data.class_names),
             data.class_names,
             cfg.splits.k,
-            folds,
+            folds + ([ALL] if final else []),
             device,
             f" x{dist.world_size} processes" if dist.enabled else "",
         )
-        run_folds(cfg, folds, ManifestFolds(cfg, data, run_dir, dist), run_dir, dist, quiet)
-        if report and dist.is_main:
+        factory = ManifestFolds(cfg, data, run_dir, dist)
+        run_folds(cfg, folds, factory, run_dir, dist, quiet)
+        if final:
+            train_final(cfg, factory, run_dir, dist, quiet)
+        if report and dist.is_main and folds:
             if all_folds_done(run_dir, cfg.splits.k):
                 write_run_report(run_dir, cfg.report_dir)
             else:
@@ -449,7 +462,7 @@ def run_experiment(
 def run_from_file(
     config_path: str | Path,
     overrides: list[str] | None = None,
-    folds: list[int] | None = None,
+    folds: list[int | str] | None = None,
     quiet: bool = False,
 ) -> Path:
     """``medsg run``: load and check the config file, then ``run_experiment``; returns the run folder."""

@@ -215,6 +215,33 @@ def bootstrap_ci(
     return out
 
 
+CALIBRATION_KEYS = ("ece", "brier", "log_loss")
+
+
+def calibration_cis(
+    y_true: Any,
+    probs_before: Any,
+    probs_after: Any,
+    class_names: Sequence[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    groups: ArrayLike | None = None,
+) -> dict[str, Any]:
+    """ECE, Brier and log loss before and after calibration, each with its percentile bootstrap CI.
+
+    Both calls use the same seed and so the same resamples (paired): the two intervals come from the same
+    draws of images or groups, and differ only by the probabilities.
+    """
+    before = bootstrap_ci(y_true, probs_before, class_names, n_resamples, seed, alpha, groups=groups)
+    after = bootstrap_ci(y_true, probs_after, class_names, n_resamples, seed, alpha, groups=groups)
+    return {
+        "before": {k: before[k] for k in CALIBRATION_KEYS},
+        "after": {k: after[k] for k in CALIBRATION_KEYS},
+        "_settings": before["_settings"] | {"paired": True},
+    }
+
+
 def grouped_bootstrap_ci(
     values: ArrayLike,
     groups: ArrayLike | None = None,

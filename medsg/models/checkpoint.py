@@ -1,4 +1,9 @@
-"""Safe loading of SG-Former checkpoints: the reference trainer's format, plain state dicts, medsg runs.
+"""Safe loading of SG-Former checkpoints: the reference trainer's format, plain state dicts, medsg runs, packages.
+
+This is medsg's one checkpoint reader: training resumes (``medsg.train.state``), ``medsg explain``, ``predict``,
+``evaluate`` and exported packages all read weights through ``read_checkpoint``. ``.safetensors`` files (what
+``medsg export`` writes: tensors only, no pickle at all) are read with safetensors; everything else with
+``torch.load(weights_only=True)``.
 
 The reference trainer saves ``{'state_dict', 'state_dict_ema', 'optimizer', 'args': argparse.Namespace,
 ...}``. We read it with ``torch.load(weights_only=True)`` and allow exactly one extra class,
@@ -26,7 +31,14 @@ import torch.nn.functional as F
 
 from medsg.errors import CheckpointError
 
-__all__ = ["read_checkpoint", "select_state_dict", "adapt_state_dict", "load_checkpoint"]
+__all__ = [
+    "read_checkpoint",
+    "select_state_dict",
+    "adapt_state_dict",
+    "load_checkpoint",
+    "load_exact",
+    "save_safetensors",
+]
 
 _log = logging.getLogger(__name__)
 _SAFE_GLOBALS = [argparse.Namespace]  # allowed only inside read_checkpoint (see module docstring)
@@ -41,6 +53,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(
             f"Checkpoint file not found: {path}. Check the path (it must be a local file)."
         )
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -51,6 +65,29 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             f"torch.load(weights_only=True) ({first}). It may be corrupt, or contain pickled objects that "
             "could run code. Only load checkpoints from a trusted source, re-saved as a state dict."
         ) from None
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file as a CPU state dict; a damaged file is a ``CheckpointError``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"Refusing to load {path}: it is not a readable safetensors file ({err}). Export the model again."
+        ) from None
+
+
+def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Write a state dict as ``.safetensors`` (tensors only), atomically; shared storage is copied apart."""
+    from safetensors.torch import save
+
+    from medsg.io import atomic_write_bytes
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    return atomic_write_bytes(path, save(tensors))
 
 
 def select_state_dict(checkpoint: Any, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], str]:
@@ -137,6 +174,43 @@ def _mismatch_report(
         if k in target and v.shape != target[k].shape
     ]
     return missing, unexpected, shapes
+
+
+def load_exact(model: nn.Module, path: str | os.PathLike, use_ema: bool = True) -> str:
+    """Load weights that must fit ``model`` exactly (inference): nothing dropped, resized or reinitialised.
+
+    ``load_checkpoint`` is for fine-tuning and replaces a head that does not fit; a model that predicts must
+    refuse instead, or a package with 7 classes would silently predict 3 with a random head. Returns which
+    entry was used ('state_dict_ema', 'state_dict', ...).
+    """
+    state_dict, source = select_state_dict(read_checkpoint(path), use_ema=use_ema)
+    state_dict = _strip_prefixes(state_dict)
+    target = model.state_dict()
+    missing = [k for k in target if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in target]
+    shapes = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+        for k, v in state_dict.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    head = [s for s in shapes if s.startswith(_CLASSIFIER)]
+    if head:
+        raise CheckpointError(
+            f"{path}: the classifier head does not match the class list ({head[0]}); the weights were "
+            "trained for another number of classes. Use the package's own class list, or export it again."
+        )
+    if missing or unexpected or shapes:
+        parts = [
+            f"{label} ({len(keys)}): {keys[:5]}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+            if keys
+        ]
+        raise CheckpointError(
+            f"{path} ('{source}') does not fit {type(model).__name__}: " + "; ".join(parts) + ". "
+            "The architecture recorded with the weights differs from theirs; export the model again."
+        )
+    model.load_state_dict(state_dict, strict=True)
+    return source
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, use_ema: bool = True) -> dict[str, Any]:

@@ -80,6 +80,15 @@ def _figures(run: RunData, summary: dict) -> list[tuple[str, str, bytes]]:
         ("ROC curves, one-vs-rest (pooled OOF)", "roc_curves.png", roc_png(y, p, run.class_names, aurocs)),
         ("Reliability diagram (pooled OOF)", "reliability.png", reliability_png(y, p)),
     ]
+    if run.calibrated is not None:
+        calibrated = run.probs(run.calibrated)
+        figures.append(
+            (
+                "Reliability diagram after temperature scaling (pooled OOF)",
+                "reliability_calibrated.png",
+                reliability_png(y, calibrated, title="Reliability, calibrated"),
+            )
+        )
     if run.histories:
         figures.append(
             ("Training curves per fold", "training_curves.png", training_curves_png(run.histories))

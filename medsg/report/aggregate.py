@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from medsg.calibration import CALIBRATED_PREDICTIONS, CALIBRATION_FILE
 from medsg.errors import ConfigError, DataError
-from medsg.metrics import HEADLINE, bootstrap_ci, classification_metrics, summarize_folds
+from medsg.metrics import HEADLINE, bootstrap_ci, calibration_cis, classification_metrics, summarize_folds
 from medsg.report.run_files import (
     UNKNOWN,
     audit_policy_text,
@@ -45,6 +46,8 @@ class RunData:
     oof: pd.DataFrame
     fold_meta: dict[int, dict[str, Any]] = field(default_factory=dict)
     histories: dict[int, pd.DataFrame] = field(default_factory=dict)
+    calibrated: pd.DataFrame | None = None  # the OOF rows after each fold's temperature, in ``oof`` order
+    calibration: dict[int, dict[str, Any]] = field(default_factory=dict)  # each fold's calibration.json
 
     def probs(self, frame: pd.DataFrame | None = None) -> np.ndarray:
         """(n, C) float64 class probabilities of ``frame`` (default: all pooled OOF rows), in class order."""
@@ -103,12 +106,48 @@ def load_run(run_dir: Path) -> RunData:
             run.histories[fold] = _read_csv(history, f"re-run fold {fold} or delete the file")
     run.class_names = class_names or []
     run.oof = pd.concat(frames, ignore_index=True)
+    _load_calibration(run, fold_dirs)
     if run.oof["id"].duplicated().any():
         dup = run.oof.loc[run.oof["id"].duplicated(), "id"].iloc[0]
         raise DataError(
             f"image id {dup!r} is in the test set of more than one fold in {run_dir}; splits overlap"
         )
     return run
+
+
+def _load_calibration(run: RunData, fold_dirs: dict[int, Path]) -> None:
+    """Each fold's calibration.json and calibrated predictions, when every included fold has them."""
+    paths = {f: fold_dirs[f] / CALIBRATED_PREDICTIONS for f in run.folds}
+    if not all(p.is_file() and (p.parent / CALIBRATION_FILE).is_file() for p in paths.values()):
+        return
+    frames = [_read_predictions(paths[f], f) for f in run.folds]
+    calibrated = pd.concat(frames, ignore_index=True).set_index("id")
+    if set(calibrated.index) != set(run.oof["id"]):
+        raise DataError(f"{run.run_dir}: calibrated_predictions.csv and predictions.csv list different ids")
+    run.calibrated = calibrated.loc[run.oof["id"]].reset_index()
+    run.calibration = {f: _read_json(fold_dirs[f] / CALIBRATION_FILE) for f in run.folds}
+
+
+def calibration_summary(run: RunData, n_bootstrap: int, seed: int) -> dict[str, Any] | None:
+    """Per-fold temperatures and pooled ECE, Brier and log loss before/after, with paired bootstrap CIs."""
+    if run.calibrated is None:
+        return None
+    y = run.oof["y_true"].to_numpy()
+    cis = calibration_cis(
+        y, run.probs(), run.probs(run.calibrated), run.class_names, n_resamples=n_bootstrap, seed=seed
+    )
+    per_fold = [
+        {
+            "fold": f,
+            "temperature": rec.get("temperature"),
+            "fitted": rec.get("fitted"),
+            "how": rec.get("fitted_on") or rec.get("reason"),
+            "n_val": rec.get("n_val"),
+            "warning": rec.get("warning"),
+        }
+        for f, rec in run.calibration.items()
+    ]
+    return {"per_fold": per_fold, **cis}
 
 
 def protocol(run: RunData) -> dict[str, str]:
@@ -176,6 +215,8 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
     if run.missing:
         notes.append(f"folds {run.missing} are not finished and are not included")
     proto = protocol(run)
+    calibration = calibration_summary(run, n_bootstrap, seed)
+    extra = {} if calibration is None else {"calibration": calibration}
     return {
         "experiment": proto["experiment"],
         "protocol": proto,
@@ -202,7 +243,7 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
             "y_pred": "argmax of the stored probabilities (the y_pred column of predictions.csv is not used)",
             "brier": "mean over samples of sum over classes of (p - onehot)^2 (range 0 to 2)",
         },
-    }
+    } | extra
 
 
 def _provenance(value: Any) -> str:

@@ -19,7 +19,11 @@ def plain(text: object) -> str:
     return str(text).replace("$", r"\$")
 
 
-def confusion_png(cm: Sequence[Sequence[int]], class_names: Sequence[str]) -> bytes:
+def confusion_png(
+    cm: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    title: str = "Pooled out-of-fold confusion matrix",
+) -> bytes:
     """Confusion matrix normalised by true class (colour, row %) annotated with counts."""
     counts = np.asarray(cm, dtype=np.float64)
     rows = counts.sum(axis=1, keepdims=True)
@@ -46,12 +50,16 @@ def confusion_png(cm: Sequence[Sequence[int]], class_names: Sequence[str]) -> by
     ax.set_yticks(ticks, [plain(c) for c in class_names])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("Pooled out-of-fold confusion matrix")
+    ax.set_title(plain(title))
     return _png(fig)
 
 
 def roc_png(
-    y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], aurocs: Sequence[float | None]
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    aurocs: Sequence[float | None],
+    title: str = "ROC, one-vs-rest, pooled out-of-fold",
 ) -> bytes:
     """One-vs-rest ROC curve per class on pooled predictions (classes absent from y_true are skipped)."""
     fig = Figure(figsize=(5.5, 5), layout="constrained")
@@ -66,12 +74,14 @@ def roc_png(
     ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
-    ax.set_title("ROC, one-vs-rest, pooled out-of-fold")
+    ax.set_title(plain(title))
     ax.legend(loc="lower right", fontsize=8)
     return _png(fig)
 
 
-def reliability_png(y_true: np.ndarray, probs: np.ndarray, n_bins: int = N_BINS) -> bytes:
+def reliability_png(
+    y_true: np.ndarray, probs: np.ndarray, n_bins: int = N_BINS, title: str = "Reliability"
+) -> bytes:
     """Reliability diagram on the max probability, same bins as the ECE in medsg.metrics."""
     conf = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
@@ -101,7 +111,7 @@ def reliability_png(y_true: np.ndarray, probs: np.ndarray, n_bins: int = N_BINS)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (max probability)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability ({n_bins} bins), ECE = {ece_score(y_true, probs, n_bins):.3f}")
+    ax.set_title(f"{plain(title)} ({n_bins} bins), ECE = {ece_score(y_true, probs, n_bins):.3f}")
     ax.legend(loc="upper left", fontsize=8)
     return _png(fig)
 

@@ -6,7 +6,7 @@ import base64
 import html
 from typing import Any
 
-from medsg.report.tables import class_table, fold_table, to_html
+from medsg.report.tables import calibration_table, calibration_text, class_table, fold_table, to_html
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -38,6 +38,13 @@ def render_html(
         if explanations["table"] is not None:
             explained += to_html(explanations["table"])
         explained += _figures_html(explanations["panels"])
+    calibration = calibration_table(summary)
+    calibrated = ""
+    if calibration is not None:
+        calibrated = (
+            f"<h2>Calibration (pooled out-of-fold)</h2><p>{esc(calibration_text(summary))}</p>"
+            f"{to_html(calibration)}"
+        )
     definitions = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in summary["definitions"].items())
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -47,7 +54,7 @@ def render_html(
         + "<h2>Results per fold</h2><p>Rows are the outer test folds; mean ± SD is over folds (ddof=1); the last "
         "row is the pooled out-of-fold value with its percentile bootstrap 95% CI.</p>"
         f"{to_html(fold_table(summary), summary_rows=2)}"
-        f"<h2>Per class (pooled out-of-fold)</h2>{to_html(class_table(summary))}"
+        f"<h2>Per class (pooled out-of-fold)</h2>{to_html(class_table(summary))}{calibrated}"
         f"<h2>Figures</h2>{images}{explained}<h2>Definitions</h2><ul>{definitions}</ul></body></html>\n"
     )
 

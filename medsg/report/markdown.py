@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from medsg.report.tables import class_table, fold_table, to_markdown
+from medsg.report.tables import calibration_table, calibration_text, class_table, fold_table, to_markdown
 
 
 def render_markdown(
@@ -32,9 +32,12 @@ def render_markdown(
         "",
         to_markdown(class_table(summary)),
         "",
-        "## Figures",
-        "",
     ]
+    calibration = calibration_table(summary)
+    if calibration is not None:
+        lines += ["## Calibration (pooled out-of-fold)", "", esc(calibration_text(summary)), ""]
+        lines += [to_markdown(calibration), ""]
+    lines += ["## Figures", ""]
     for caption, path in figures:
         lines += [f"### {esc(caption)}", "", f"![{esc(caption)}]({path})", ""]
     if explanations is not None:

@@ -67,6 +67,48 @@ def class_table(summary: dict[str, Any]) -> pd.DataFrame:
     )
 
 
+def calibration_table(summary: dict[str, Any]) -> pd.DataFrame | None:
+    """Pooled out-of-fold ECE, Brier and log loss before and after each fold's temperature, with 95% CIs."""
+    cal = summary.get("calibration")
+    if not cal:
+        return None
+
+    def cell(ci: dict[str, Any]) -> str:
+        return f"{fmt(ci['point'])} [{fmt(ci['low'])}, {fmt(ci['high'])}]"
+
+    return pd.DataFrame(
+        [
+            {
+                "Metric": COLUMN_TITLES[k],
+                "Raw [95% CI]": cell(cal["before"][k]),
+                "Calibrated [95% CI]": cell(cal["after"][k]),
+            }
+            for k in ("ece", "brier", "log_loss")
+        ]
+    )
+
+
+def calibration_text(summary: dict[str, Any]) -> str:
+    """One sentence on how the temperatures were fitted, with each fold's value."""
+    per_fold = summary["calibration"]["per_fold"]
+    temps = ", ".join(f"fold {f['fold']}: T = {fmt(f['temperature'])}" for f in per_fold)
+    unfitted = [str(f["fold"]) for f in per_fold if not f["fitted"]]
+    text = (
+        "Temperature scaling, one temperature per fold, fitted on that fold's inner validation predictions at "
+        f"the selected epoch (never on its test fold); {temps}. The CIs of both columns come from the same "
+        "bootstrap resamples. predictions.csv keeps the raw probabilities; calibrated_predictions.csv has "
+        "the calibrated ones."
+    )
+    if unfitted:
+        text += f" Folds {', '.join(unfitted)} had no validation split and keep T = 1.0 (uncalibrated)."
+    few = [str(f["fold"]) for f in per_fold if f.get("warning")]
+    if few:
+        text += (
+            f" Folds {', '.join(few)} had fewer than 50 validation images: their temperatures are unreliable."
+        )
+    return text
+
+
 def to_markdown(frame: pd.DataFrame) -> str:
     """Pipe table; cells are HTML-escaped (Markdown renderers pass raw HTML through) and '|' is escaped."""
     cells = [[_md_cell(c) for c in frame.columns]] + [

@@ -6,6 +6,13 @@ generator seeded by (seed, fold, epoch), the global RNGs are reseeded the same w
 (written atomically after ``checkpoint_best.pt`` and ``history.csv``) holds everything else (``train.state``).
 Its pieces live beside it: ``loader`` (what it is fed), ``evaluate`` (prediction, per-epoch metrics),
 ``selection`` (which epoch wins) and ``model`` (building it); explanations come from ``medsg.explain``.
+
+A recipe is changed by overriding hooks, as in nnU-Net's trainers, not by editing the loop:
+``build_optimizer``, ``build_scheduler``, ``build_ema``, ``build_criterion`` and ``train_step`` (one batch:
+forward, loss, backward, optimizer and scheduler step). ``medsg.train.final.FinalTrainer`` (``--fold all``)
+is such a subclass. After the test prediction, ``calibrate`` fits the fold's temperature on its inner
+validation predictions at the selected epoch (``val_predictions.csv``, see ``medsg.calibration``) and writes
+``calibration.json`` and ``calibrated_predictions.csv``; ``predictions.csv`` keeps the raw probabilities.
 """
 
 from __future__ import annotations
@@ -26,6 +33,14 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from medsg.calibration import (
+    CALIBRATED_PREDICTIONS,
+    CALIBRATION_FILE,
+    VAL_PREDICTIONS,
+    apply_temperature,
+    fold_calibration,
+    probability_scores,
+)
 from medsg.config import Config
 from medsg.errors import CheckpointError, TrainingDiverged
 from medsg.explain import EXPLAIN_DIR, ExplainSettings, cases_from_manifest, explain_test_fold
@@ -84,48 +99,21 @@ class FoldTrainer:
         dist: ddp.DistInfo | None = None,
         quiet: bool = False,
     ) -> None:
-        from timm.optim import create_optimizer_v2
-        from timm.scheduler import create_scheduler_v2
-        from timm.utils import ModelEmaV3
-
         self.cfg, self.fold, self.data, self.fold_dir, self.device = cfg, fold, data, Path(fold_dir), device
         self.dist = dist or ddp.DistInfo()
         self.quiet = quiet
         self.num_classes = len(data.class_names)
         self.model = model.to(device)
         t = cfg.train
-        try:
-            self.optimizer = create_optimizer_v2(
-                self.model, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, layer_decay=t.layer_decay
-            )
-        except (AttributeError, NotImplementedError, KeyError) as exc:  # no group_matcher on this model
-            log.warning(
-                "layer decay unavailable for %s (%s); using one lr for all layers", cfg.model.name, exc
-            )
-            self.optimizer = create_optimizer_v2(
-                self.model, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay
-            )
+        self.max_epochs = t.epochs  # where fit() stops; the schedule is always t.epochs long
+        self.optimizer = self.build_optimizer()
         per_rank = math.ceil(len(data.train) / self.dist.world_size)
         self.steps_per_epoch = max(1, math.ceil(per_rank / t.batch_size))
-        self.scheduler, _ = create_scheduler_v2(
-            self.optimizer,
-            sched=t.sched,
-            num_epochs=t.epochs,
-            warmup_epochs=t.warmup_epochs,
-            min_lr=t.min_lr,
-            warmup_lr=min(t.lr * 1e-3, t.lr),
-            step_on_epochs=False,
-            updates_per_epoch=self.steps_per_epoch,
-        )
-        self.ema = ModelEmaV3(self.model, decay=t.ema_decay, use_warmup=True) if t.ema else None
+        self.scheduler = self.build_scheduler()
+        self.ema = self.build_ema()
         self.amp_dtype = amp_dtype(device, t.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        weight = (
-            class_weights(data.train_labels, self.num_classes) if t.class_weighting == "balanced" else None
-        )
-        self.criterion = nn.CrossEntropyLoss(
-            weight=None if weight is None else weight.to(device), label_smoothing=t.label_smoothing
-        )
+        self.criterion = self.build_criterion()
         self.train_model: nn.Module = self.model
         if self.dist.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -135,6 +123,93 @@ class FoldTrainer:
         self.best: dict[str, Any] = {"epoch": 0, "val_balanced_accuracy": -1.0, "val_loss": float("inf")}
         self.history: list[dict[str, float]] = []
         self.stopped_early = False
+        self.val_predictions: tuple[list[str], np.ndarray, np.ndarray] | None = None  # of the last validation
+
+    # ------------------------------------------------------------ hooks (override to change the recipe)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """timm's optimizer with layer-wise lr decay where the model has a ``group_matcher``."""
+        from timm.optim import create_optimizer_v2
+
+        t = self.cfg.train
+        try:
+            return create_optimizer_v2(
+                self.model, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, layer_decay=t.layer_decay
+            )
+        except (AttributeError, NotImplementedError, KeyError) as exc:  # no group_matcher on this model
+            log.warning(
+                "layer decay unavailable for %s (%s); using one lr for all layers", self.cfg.model.name, exc
+            )
+            return create_optimizer_v2(self.model, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay)
+
+    def build_scheduler(self) -> Any:
+        """timm's scheduler stepped per update (warm-up then ``train.sched``) over ``train.epochs`` epochs."""
+        from timm.scheduler import create_scheduler_v2
+
+        t = self.cfg.train
+        scheduler, _ = create_scheduler_v2(
+            self.optimizer,
+            sched=t.sched,
+            num_epochs=t.epochs,
+            warmup_epochs=t.warmup_epochs,
+            min_lr=t.min_lr,
+            warmup_lr=min(t.lr * 1e-3, t.lr),
+            step_on_epochs=False,
+            updates_per_epoch=self.steps_per_epoch,
+        )
+        return scheduler
+
+    def build_ema(self) -> nn.Module | None:
+        """timm's ModelEmaV3 (with warm-up) when ``train.ema``, else None."""
+        from timm.utils import ModelEmaV3
+
+        t = self.cfg.train
+        return ModelEmaV3(self.model, decay=t.ema_decay, use_warmup=True) if t.ema else None
+
+    def build_criterion(self) -> nn.Module:
+        """Cross-entropy with label smoothing, class-balanced weights when ``train.class_weighting``."""
+        t = self.cfg.train
+        weight = (
+            class_weights(self.data.train_labels, self.num_classes)
+            if t.class_weighting == "balanced"
+            else None
+        )
+        return nn.CrossEntropyLoss(
+            weight=None if weight is None else weight.to(self.device), label_smoothing=t.label_smoothing
+        )
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int) -> float:
+        """One batch: forward, loss (stop on NaN/inf on every rank), backward, clip, step, schedule, EMA.
+
+        Returns the batch's mean loss.
+        """
+        t = self.cfg.train
+        with autocast(self.device, self.amp_dtype):
+            logits = self.train_model(images)
+        loss = compute_loss(self.criterion, logits.float(), labels)
+        bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(bad)  # every rank stops together
+        if bad.item() > 0:
+            raise TrainingDiverged(self.fold, epoch, step, _current_lr(self.optimizer), float(loss.item()))
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if t.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if t.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.optimizer.step()
+        self.num_updates += 1
+        self.scheduler.step_update(num_updates=self.num_updates)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.num_updates)
+        return float(loss.item())
 
     # ------------------------------------------------------------ paths and state
 
@@ -190,7 +265,7 @@ class FoldTrainer:
         self.best, self.history = dict(state["best"]), [dict(h) for h in state["history"]]
         self.stopped_early = bool(state.get("stopped_early", False))
         restore_rng(state["rng"])
-        log.info("fold %d: resuming after epoch %d from %s", self.fold, self.epoch, self.last_path)
+        log.info("fold %s: resuming after epoch %d from %s", self.fold, self.epoch, self.last_path)
         return True
 
     # ------------------------------------------------------------ one epoch
@@ -210,38 +285,11 @@ class FoldTrainer:
         bar = tqdm(loader, desc=f"fold {self.fold} epoch {epoch}/{t.epochs}", disable=not show, leave=False)
         for step, batch in enumerate(bar, start=1):
             images, labels = to_device(batch, self.device)
-            with autocast(self.device, self.amp_dtype):
-                logits = self.train_model(images)
-            loss = compute_loss(self.criterion, logits.float(), labels)
-            bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)
-            if self.dist.enabled:
-                torch.distributed.all_reduce(bad)  # every rank stops together
-            if bad.item() > 0:
-                raise TrainingDiverged(
-                    self.fold, epoch, step, _current_lr(self.optimizer), float(loss.item())
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                if t.grad_clip:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                if t.grad_clip:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                self.optimizer.step()
-            self.num_updates += 1
-            self.scheduler.step_update(num_updates=self.num_updates)
-            if self.ema is not None:
-                self.ema.update(self.model, step=self.num_updates)
-            total += float(loss.item()) * len(labels)
+            total += self.train_step(images, labels, epoch, step) * len(labels)
             count += len(labels)
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
         log.debug(
-            "rank %d/%d: fold %d epoch %d trained %d steps",
+            "rank %d/%d: fold %s epoch %d trained %d steps",
             self.dist.rank,
             self.dist.world_size,
             self.fold,
@@ -258,7 +306,8 @@ class FoldTrainer:
     def _validate(self) -> dict[str, float]:
         if self.data.val is None or len(self.data.val) == 0:
             return dict.fromkeys(HISTORY_COLUMNS[3:7], float("nan"))
-        _, y, probs = self._predict(self.eval_model, self.data.val)
+        ids, y, probs = self._predict(self.eval_model, self.data.val)
+        self.val_predictions = (ids, y, probs)  # saved with the checkpoint it selects: calibration data
         result = val_metrics(y, probs)
         keys = list(result)
         values = ddp.broadcast_floats([result[k] for k in keys], self.device)  # rank 0 decides for all
@@ -268,10 +317,24 @@ class FoldTrainer:
         frame = pd.DataFrame(self.history, columns=HISTORY_COLUMNS)
         atomic_write_text(self.fold_dir / "history.csv", frame.to_csv(index=False))
 
+    def _write_val_predictions(self) -> None:
+        """The inner validation probabilities of the epoch just selected: what ``calibrate`` fits T on."""
+        if self.val_predictions is None:
+            return
+        ids, y, probs = self.val_predictions
+        atomic_write_text(self.fold_dir / VAL_PREDICTIONS, self._frame(ids, y, probs).to_csv(index=False))
+
+    def _frame(self, ids: list[str], y: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+        """The predictions.csv layout: id, fold, y_true, y_pred, p_<class>..."""
+        frame = pd.DataFrame({"id": ids, "fold": self.fold, "y_true": y, "y_pred": probs.argmax(1)})
+        for c, name in enumerate(self.data.class_names):
+            frame[f"p_{name}"] = probs[:, c]
+        return frame
+
     def fit(self) -> None:
-        """Train the remaining epochs, saving best then history then last after each one."""
+        """Train the remaining epochs, saving best (and its validation predictions), history, then last."""
         t = self.cfg.train
-        while self.epoch < t.epochs and not self.stopped_early:
+        while self.epoch < self.max_epochs and not self.stopped_early:
             start = time.perf_counter()
             lr = _current_lr(self.optimizer)
             train_loss = self._train_epoch()
@@ -292,16 +355,17 @@ class FoldTrainer:
             if t.selection == "inner_val" and patience and self.epoch - self.best["epoch"] >= patience:
                 self.stopped_early = True
                 log.info(
-                    "fold %d: early stop after epoch %d (best %d)", self.fold, self.epoch, self.best["epoch"]
+                    "fold %s: early stop after epoch %d (best %d)", self.fold, self.epoch, self.best["epoch"]
                 )
             if self.dist.is_main:
                 if improved:
                     atomic_torch_save(self._state(with_optimizer=False), self.best_path)
+                    self._write_val_predictions()
                 self._write_history()
                 atomic_torch_save(self._state(with_optimizer=True), self.last_path)
             ddp.barrier()
             log.info(
-                "fold %d epoch %d/%d lr %.2e train_loss %.4f val_loss %.4f val_bal_acc %.4f%s time %.1fs",
+                "fold %s epoch %d/%d lr %.2e train_loss %.4f val_loss %.4f val_bal_acc %.4f%s time %.1fs",
                 self.fold,
                 self.epoch,
                 t.epochs,
@@ -328,9 +392,7 @@ class FoldTrainer:
         model = self.load_selected()
         ids, y, probs = self._predict(model, self.data.test)
         names = self.data.class_names
-        frame = pd.DataFrame({"id": ids, "fold": self.fold, "y_true": y, "y_pred": probs.argmax(1)})
-        for c, name in enumerate(names):
-            frame[f"p_{name}"] = probs[:, c]
+        frame = self._frame(ids, y, probs)
         metrics = classification_metrics(y, probs, names)
         metrics.update(
             fold=self.fold,
@@ -343,10 +405,55 @@ class FoldTrainer:
         if self.dist.is_main:
             atomic_write_text(self.fold_dir / "predictions.csv", frame.to_csv(index=False))
             atomic_write_text(self.fold_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
+            self.calibrate(model, ids, y, probs)
             self._explain(model, ids, probs)
             atomic_write_text(self.fold_dir / "DONE", f"fold {self.fold} finished\n")
         ddp.barrier()
         return metrics
+
+    def _selected_val_predictions(self, model: nn.Module) -> tuple[np.ndarray, np.ndarray] | None:
+        """(y, probs) of the inner validation split under the selected weights, or None without one.
+
+        Read from ``val_predictions.csv`` (written with ``checkpoint_best.pt``); a fold trained before that
+        file existed predicts its validation split once more with the selected model instead.
+        """
+        if self.data.val is None or len(self.data.val) == 0:
+            return None
+        path = self.fold_dir / VAL_PREDICTIONS
+        if path.is_file():
+            frame = pd.read_csv(path, dtype={"id": str})
+            return frame["y_true"].to_numpy(), frame[[f"p_{c}" for c in self.data.class_names]].to_numpy()
+        _, y, probs = self._predict(model, self.data.val)
+        return y, probs
+
+    def calibrate(self, model: nn.Module, ids: list[str], y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+        """Fit the fold's temperature on its inner validation predictions (never the test fold) and write
+        ``calibration.json`` and ``calibrated_predictions.csv``; ``predictions.csv`` stays raw."""
+        val = self._selected_val_predictions(model)
+        no_val = (
+            f"no inner validation split (selection {self.cfg.train.selection}, splits.inner_val_fraction "
+            f"{self.cfg.splits.inner_val_fraction}): probabilities are left uncalibrated (T = 1.0)"
+        )
+        names = self.data.class_names
+        record = fold_calibration(*(val or (None, None)), names, no_val)
+        calibrated = apply_temperature(probs, record["temperature"])
+        record.update(
+            fold=self.fold,
+            test_before=probability_scores(y, probs, names),
+            test_after=probability_scores(y, calibrated, names),
+        )
+        atomic_write_text(self.fold_dir / CALIBRATION_FILE, json.dumps(record, indent=2) + "\n")
+        frame = self._frame(ids, y, calibrated)
+        atomic_write_text(self.fold_dir / CALIBRATED_PREDICTIONS, frame.to_csv(index=False))
+        log.info(
+            "fold %s: temperature %.3f (%s); test ECE %.4f -> %.4f",
+            self.fold,
+            record["temperature"],
+            record.get("fitted_on", "not fitted"),
+            record["test_before"]["ece"],
+            record["test_after"]["ece"],
+        )
+        return record
 
     def _explain(self, model: nn.Module, ids: list[str], probs: np.ndarray) -> None:
         """Explain the test fold with the selected model: review cases, and scores where masks exist."""
@@ -370,7 +477,7 @@ class FoldTrainer:
             settings=settings,
         )
         log.info(
-            "fold %d: explained %d review cases, scored %d lesion images in %.1fs",
+            "fold %s: explained %d review cases, scored %d lesion images in %.1fs",
             self.fold,
             min(e.cases_per_fold, len(ids)),
             counts["n_scored"],

@@ -1,11 +1,14 @@
 """The k-fold driver: run the requested folds one after another, skipping finished ones, each under a lock.
 
+``train_final`` trains the final model on every image (``--fold all``, see ``medsg.train.final``) the same way.
+
 It knows nothing about datasets: a ``FoldDataFactory`` (``medsg.experiment`` provides the real one) builds a
 fold's ``FoldData`` for a model, so the driver can be tested with any tiny dataset and any timm model.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from contextlib import ExitStack
@@ -31,15 +34,15 @@ class FoldDataFactory(Protocol):
 
     class_names: list[str]
 
-    def __call__(self, fold: int, model: nn.Module) -> FoldData: ...
+    def __call__(self, fold: int | str, model: nn.Module) -> FoldData: ...
 
 
-def fold_dir(run_dir: Path, fold: int) -> Path:
-    """``<run_dir>/fold_<fold>``."""
+def fold_dir(run_dir: Path, fold: int | str) -> Path:
+    """``<run_dir>/fold_<fold>`` (``fold_all`` for the final model)."""
     return Path(run_dir) / f"fold_{fold}"
 
 
-def fold_is_done(run_dir: Path, fold: int) -> bool:
+def fold_is_done(run_dir: Path, fold: int | str) -> bool:
     """A fold is finished once its DONE marker exists (written last, after predictions and metrics)."""
     return (fold_dir(run_dir, fold) / "DONE").exists()
 
@@ -108,3 +111,38 @@ def run_folds(
                 results[f]["best_epoch"],
             )
     return results
+
+
+def train_final(
+    cfg: Config,
+    make_data: FoldDataFactory,
+    run_dir: Path,
+    dist: ddp.DistInfo | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """``--fold all``: train the final model on every image (``make_data("all", model)``) under a lock.
+
+    Its epochs and temperature come from the finished CV folds (``final_plan``); it selects nothing, so it
+    trains with ``selection: last_epoch`` whatever the config says.
+    """
+    from medsg.train.final import ALL, FINAL_FILE, FinalTrainer, final_plan
+
+    dist = dist or ddp.DistInfo()
+    out = fold_dir(run_dir, ALL)
+    if fold_is_done(run_dir, ALL):
+        log.info("final model: already finished (DONE), skipping")
+        return json.loads((out / FINAL_FILE).read_text(encoding="utf-8"))
+    plan = final_plan(cfg, run_dir)
+    final_cfg = cfg.model_copy(deep=True)
+    final_cfg.train.selection = "last_epoch"
+    device = resolve_device(cfg.train.device, dist.local_rank)
+    with ExitStack() as stack:
+        if dist.is_main:
+            stack.enter_context(FileLock(out / ".lock"))
+        ddp.barrier()
+        seed_everything(derive_seed(cfg.experiment.seed, "fold", ALL), cfg.train.deterministic)
+        model = build_model(cfg, num_classes=len(make_data.class_names))
+        data = make_data(ALL, model)
+        log.info("final model: training on all %d images for %d epochs", len(data.train), plan["epochs"])
+        trainer = FinalTrainer(final_cfg, ALL, model, data, out, device, dist, quiet, plan=plan)
+        return trainer.run()

@@ -16,7 +16,8 @@ from medsg.data.dataset import plain_tensor
 
 @dataclass
 class FoldData:
-    """The three disjoint parts of one outer fold. ``val`` is None when selection is ``last_epoch`` without one.
+    """The three disjoint parts of one outer fold. ``val`` is None when selection is ``last_epoch`` without one;
+    ``val`` and ``test`` are None for the final model (``--fold all``), which trains on every image.
 
     Each dataset yields dicts with ``image`` (3,H,W) float tensor, ``label`` int and ``id`` str.
     ``test_rows`` are the test images' manifest rows indexed by id (paths, lesion masks, groups): what the
@@ -26,7 +27,7 @@ class FoldData:
     train: Dataset
     train_labels: np.ndarray
     val: Dataset | None
-    test: Dataset
+    test: Dataset | None
     class_names: list[str]
     test_rows: pd.DataFrame | None = None
 

@@ -44,13 +44,21 @@ def restore_rng(saved: dict[str, Any]) -> None:
 
 
 def load_training_checkpoint(path: Path) -> dict[str, Any]:
-    """A fold checkpoint read with ``weights_only=True``; an unreadable file is a ``CheckpointError``."""
+    """A fold checkpoint, read by ``medsg.models.checkpoint.read_checkpoint`` (the one reader, weights only).
+
+    An unreadable file is a ``CheckpointError`` that says how to recover: delete it and train the fold again.
+    """
+    from medsg.models.checkpoint import read_checkpoint
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+        state = read_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc} Delete it to restart this fold from scratch.") from exc
+    if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({exc}); delete it to restart this fold from scratch"
-        ) from exc
+            f"{path} is not a medsg fold checkpoint (no 'state_dict'); delete it to restart this fold from scratch"
+        )
+    return state
 
 
 def check_checkpoint_matches(state: dict[str, Any], path: Path, arch: str, num_classes: int) -> None:

@@ -1,0 +1,401 @@
+"""A trained model as one object, read from a run folder or from an exported package; and ``medsg export``.
+
+``predict`` and ``evaluate`` take either. Both become a ``ModelBundle``: the architecture, the class names in
+order, the preprocessing, and its members (each fold's selected weights, and the final model trained on every
+image when there is one), each with its temperature. Weights are always read by
+``medsg.models.checkpoint`` (the one checkpoint reader) and must fit the model exactly.
+
+An exported package (``medsg export RUN_DIR OUT_DIR``) is a folder that needs nothing else::
+
+    package.json               format, architecture, class names, preprocessing, members and temperatures
+    config.yaml                the run's resolved config
+    MODEL_CARD.md              data, protocol, cross-validated metrics, intended use, known limits
+    weights/fold_K.safetensors each fold's selected weights (EMA when used), tensors only
+    weights/all.safetensors    the final model (``--fold all``), when exported
+    cv/summary.json, cv/oof_predictions.csv    the cross-validation (raw probabilities), for evaluate's report
+    training_images.json, training_fingerprints.npz   the training data's reference (``medsg.reference``)
+    CHECKSUMS.sha256           the SHA-256 of every other file
+
+Loading a package checks every checksum first and refuses a missing, changed or unlisted file. Hidden files
+are not package files and are ignored: the ``.gitattributes`` that export writes (``* -text``, so a git
+checkout on Windows does not rewrite line endings and break the checksums), or a ``.DS_Store``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from medsg.calibration import CALIBRATION_FILE
+from medsg.errors import CheckpointError, DataError
+from medsg.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+PACKAGE_FILE = "package.json"
+CHECKSUMS_FILE = "CHECKSUMS.sha256"
+FORMAT = 1
+REFERENCE_DIR = "reference"  # <run_dir>/reference/: the training reference of a run, made on first use
+FOLDS, FINAL = "folds", "all"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes a model input: the eval pipeline of ``medsg.data.transforms``.
+
+    Decode, convert to RGB, resize the whole image to ``img_size`` x ``img_size`` with area interpolation
+    (aspect ratio not kept), scale to [0, 1], normalise with ``mean`` / ``std``.
+    """
+
+    img_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "area"
+    resize: str = "whole image to img_size x img_size, aspect ratio not kept"
+
+    def transform(self) -> Any:
+        from medsg.data.transforms import build_transforms
+
+        return build_transforms(
+            self.img_size, self.mean, self.std, train=False, color_aug=False, with_mask=False
+        )
+
+
+@dataclass
+class Member:
+    """One model of a bundle: a CV fold's selected weights, or the final model (``kind`` 'all')."""
+
+    name: str
+    kind: str  # "fold" or "all"
+    weights: Path
+    temperature: float
+    calibration: dict[str, Any] = field(default_factory=dict)
+    use_ema: bool = True
+
+
+@dataclass
+class ModelBundle:
+    """A trained model ready to predict, from a run folder (``kind`` 'run') or a package ('package')."""
+
+    source: Path
+    kind: str
+    arch: str
+    class_names: list[str]
+    preprocessing: Preprocessing
+    members: list[Member]
+    config: dict[str, Any]
+    default: str = FOLDS
+
+    def select(self, which: str | None = None) -> list[Member]:
+        """The members to predict with: the fold ensemble ('folds'), the final model ('all') or the default."""
+        which = which or self.default
+        chosen = [m for m in self.members if (m.kind == "all") == (which == FINAL)]
+        if not chosen:
+            have = sorted({FINAL if m.kind == "all" else FOLDS for m in self.members})
+            raise DataError(f"{self.source} has no '{which}' model (it has: {have}); choose one of those")
+        return chosen
+
+    def build(self, member: Member, device: torch.device | str = "cpu") -> nn.Module:
+        """The member's model in eval mode, its weights loaded exactly (no head replaced, nothing dropped)."""
+        from medsg.models.checkpoint import load_exact
+
+        model = create_model(self.arch, len(self.class_names), self.preprocessing.img_size)
+        load_exact(model, member.weights, use_ema=member.use_ema)
+        return model.to(device).eval()
+
+    def audit_rules(self) -> tuple[int, float]:
+        """(near-duplicate threshold, min correlation) of the training run's audit."""
+        from medsg.data.audit import MIN_CORRELATION, NEAR_DUP_THRESHOLD
+
+        audit = self.config.get("data", {}).get("audit", {})
+        return (
+            int(audit.get("near_dup_threshold", NEAR_DUP_THRESHOLD)),
+            float(audit.get("min_correlation", MIN_CORRELATION)),
+        )
+
+
+def create_model(arch: str, num_classes: int, img_size: int) -> nn.Module:
+    """An untrained timm model of ``arch`` (``img_size`` passed only to models that take it)."""
+    import timm
+
+    import medsg.models  # noqa: F401 - registers the SG-Former variants
+
+    try:
+        return timm.create_model(arch, num_classes=num_classes, img_size=img_size)
+    except TypeError as exc:
+        if "img_size" not in str(exc):
+            raise
+        return timm.create_model(arch, num_classes=num_classes)
+
+
+def load_model(path: str | Path) -> ModelBundle:
+    """A run folder (``config.yaml``) or a package (``package.json``, checksums verified) as a bundle."""
+    path = Path(path)
+    if (path / PACKAGE_FILE).is_file():
+        return load_package(path)
+    if (path / "config.yaml").is_file():
+        return load_run(path)
+    raise DataError(
+        f"{path} is neither a medsg run folder (no config.yaml) nor an exported package (no {PACKAGE_FILE})"
+    )
+
+
+# ---------------------------------------------------------------- run folders
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _temperature(fold_path: Path) -> tuple[float, dict[str, Any]]:
+    record = _read_json(fold_path / CALIBRATION_FILE)
+    if not record:
+        return 1.0, {
+            "fitted": False,
+            "reason": "no calibration.json (fold trained before calibration existed)",
+        }
+    return float(record["temperature"]), record
+
+
+def load_run(run_dir: str | Path) -> ModelBundle:
+    """The finished folds of a run folder (and its final model, if trained) as a bundle."""
+    import timm
+
+    from medsg.config import config_from_dict, read_yaml
+    from medsg.models.checkpoint import read_checkpoint
+
+    run_dir = Path(run_dir)
+    raw = read_yaml(run_dir / "config.yaml")
+    cfg = config_from_dict(raw, source=str(run_dir / "config.yaml"), check_paths=False)
+    members = []
+    for name in [f"fold_{k}" for k in range(cfg.splits.k)] + ["fold_all"]:
+        folder = run_dir / name
+        if (folder / "DONE").is_file():
+            temperature, record = _temperature(folder)
+            kind = "all" if name == "fold_all" else "fold"
+            weights = folder / "checkpoint_best.pt"
+            members.append(
+                Member(name.removeprefix("fold_"), kind, weights, temperature, record, cfg.train.ema)
+            )
+    if not members:
+        raise DataError(f"{run_dir} has no finished fold (fold_K/DONE); train it with `medsg run` first")
+    state = read_checkpoint(members[0].weights)
+    names = [str(n) for n in state.get("class_names", [])]
+    if not names:
+        raise CheckpointError(
+            f"{members[0].weights} does not record its class names; it is not a medsg checkpoint"
+        )
+    model = create_model(cfg.model.name, len(names), cfg.model.img_size)
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    prep = Preprocessing(cfg.model.img_size, tuple(data_cfg["mean"]), tuple(data_cfg["std"]))
+    default = FOLDS if any(m.kind == "fold" for m in members) else FINAL
+    return ModelBundle(run_dir, "run", cfg.model.name, names, prep, members, raw, default)
+
+
+def run_reference_dir(run_dir: Path) -> Path:
+    """``<run_dir>/reference/``, describing the run's training images (made once, from manifest.csv)."""
+    from medsg.data.manifest import read_manifest
+    from medsg.reference import FINGERPRINTS_FILE, STATS_FILE, write_reference
+
+    out = Path(run_dir) / REFERENCE_DIR
+    if not ((out / STATS_FILE).is_file() and (out / FINGERPRINTS_FILE).is_file()):
+        manifest = read_manifest(Path(run_dir) / "manifest.csv")
+        log.info("describing the %d training images of %s (once)", len(manifest), run_dir)
+        write_reference(list(manifest["id"]), list(manifest["path"]), out)
+    return out
+
+
+def reference_dir(bundle: ModelBundle) -> Path:
+    """Where the bundle's training reference lies (a package ships it; a run makes it on first use)."""
+    return bundle.source if bundle.kind == "package" else run_reference_dir(bundle.source)
+
+
+# ---------------------------------------------------------------- packages
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_package(path: str | Path) -> dict[str, str]:
+    """Check every file of a package against ``CHECKSUMS.sha256``; refuse any difference. Returns the list."""
+    path = Path(path)
+    listing = path / CHECKSUMS_FILE
+    advice = "the package was changed or damaged after export; export it again or restore the original copy"
+    if not listing.is_file():
+        raise CheckpointError(f"{listing} is missing: {advice}")
+    expected: dict[str, str] = {}
+    for line in listing.read_text(encoding="utf-8").splitlines():
+        digest, _, name = line.partition("  ")
+        if name:
+            expected[name] = digest
+    present = {p.relative_to(path).as_posix() for p in _package_files(path)} - {CHECKSUMS_FILE}
+    missing = sorted(set(expected) - present)
+    unlisted = sorted(present - set(expected))
+    changed = sorted(n for n in set(expected) & present if sha256_file(path / n) != expected[n])
+    if missing or unlisted or changed:
+        parts = [
+            f"{label}: {names[:5]}"
+            for label, names in (("changed", changed), ("missing", missing), ("not listed", unlisted))
+            if names
+        ]
+        raise CheckpointError(f"package {path} failed its checksum check ({'; '.join(parts)}): {advice}")
+    return expected
+
+
+def load_package(path: str | Path) -> ModelBundle:
+    """An exported package as a bundle, after ``verify_package``."""
+    path = Path(path)
+    verify_package(path)
+    meta = _read_json(path / PACKAGE_FILE)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path / PACKAGE_FILE} has format {meta.get('format')!r}; this medsg reads format {FORMAT}"
+        )
+    names = list(meta["class_names"])
+    if len(names) != int(meta["num_classes"]) or len(set(names)) != len(names):
+        raise CheckpointError(f"{path / PACKAGE_FILE}: class_names {names} do not match num_classes")
+    prep = meta["preprocessing"]
+    members = [
+        Member(m["name"], m["kind"], path / m["weights"], float(m["temperature"]), m.get("calibration", {}))
+        for m in meta["members"]
+    ]
+    config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    preprocessing = Preprocessing(int(prep["img_size"]), tuple(prep["mean"]), tuple(prep["std"]))
+    return ModelBundle(path, "package", meta["arch"], names, preprocessing, members, config, meta["default"])
+
+
+def _package_files(folder: Path) -> list[Path]:
+    """Every file of a package folder, hidden ones (``.gitattributes``, ``.DS_Store``) left out."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _write_checksums(out: Path) -> None:
+    files = [p for p in _package_files(out) if p.name != CHECKSUMS_FILE]
+    lines = [f"{sha256_file(p)}  {p.relative_to(out).as_posix()}" for p in files]
+    atomic_write_text(out / CHECKSUMS_FILE, "\n".join(lines) + "\n")
+
+
+def _members_to_export(bundle: ModelBundle, which: str, k: int) -> list[Member]:
+    folds = [m for m in bundle.members if m.kind == "fold"]
+    final = [m for m in bundle.members if m.kind == "all"]
+    if which in (FOLDS, "both") and len(folds) != k:
+        done = [m.name for m in folds]
+        raise DataError(
+            f"{bundle.source}: only folds {done} of {k} are finished; the ensemble needs every fold "
+            "(finish them with `medsg run`, or export the final model alone with --models all)"
+        )
+    if which in (FINAL, "both") and not final:
+        raise DataError(f"{bundle.source} has no final model: train it with `medsg run CONFIG --fold all`")
+    return {FOLDS: folds, FINAL: final, "both": folds + final}[which]
+
+
+def export_package(run_dir: str | Path, out_dir: str | Path, models: str | None = None) -> Path:
+    """``medsg export``: write the package of a finished run into ``out_dir`` (replaced whole if it exists).
+
+    ``models``: 'folds' (the ensemble), 'all' (the final model) or 'both'; default: both when the final
+    model exists, else folds. The ensemble stays the default for prediction whenever it is shipped.
+    """
+    from medsg.models.checkpoint import read_checkpoint, save_safetensors, select_state_dict
+    from medsg.reference import FINGERPRINTS_FILE, STATS_FILE
+    from medsg.report.model_card import render_model_card
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.is_dir() and not (out_dir / PACKAGE_FILE).is_file() and any(out_dir.iterdir()):
+        raise DataError(f"{out_dir} exists and is not a medsg package; choose an empty or new folder")
+    bundle = load_run(run_dir)
+    k = int(bundle.config.get("splits", {}).get("k", 0))
+    has_final = any(m.kind == "all" for m in bundle.members)
+    chosen = _members_to_export(bundle, models or ("both" if has_final else FOLDS), k)
+    summary = _read_json(run_dir / "summary.json")
+    if any(m.kind == "fold" for m in chosen) and not summary:
+        raise DataError(f"{run_dir / 'summary.json'} is missing: run `medsg report {run_dir}` first")
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    records = []
+    for member in chosen:
+        weights, _ = select_state_dict(read_checkpoint(member.weights), use_ema=member.use_ema)
+        save_safetensors(weights, staging / "weights" / f"{member.name}.safetensors")
+        info = _read_json(member.weights.parent / ("final.json" if member.kind == "all" else "metrics.json"))
+        records.append(
+            {
+                "name": member.name,
+                "kind": member.kind,
+                "weights": f"weights/{member.name}.safetensors",
+                "temperature": member.temperature,
+                "calibration": member.calibration,
+                "epochs": info.get("epochs_trained"),
+                "selected_epoch": info.get("best_epoch"),
+            }
+        )
+    reference = run_reference_dir(run_dir)
+    for name in (STATS_FILE, FINGERPRINTS_FILE):
+        shutil.copyfile(reference / name, staging / name)
+    _copy_cv(run_dir, staging / "cv", chosen)
+    atomic_write_text(staging / "config.yaml", yaml.safe_dump(bundle.config, sort_keys=False))
+    meta = {
+        "format": FORMAT,
+        "arch": bundle.arch,
+        "num_classes": len(bundle.class_names),
+        "class_names": bundle.class_names,
+        "preprocessing": asdict(bundle.preprocessing),
+        "members": records,
+        "default": FOLDS if any(m.kind == "fold" for m in chosen) else FINAL,
+        "calibrated": "probabilities are temperature-scaled per member (see calibration), then averaged",
+        "experiment": bundle.config.get("experiment", {}).get("name", run_dir.name),
+        "provenance": bundle.config.get("provenance", {}),
+    }
+    atomic_write_text(staging / PACKAGE_FILE, json.dumps(meta, indent=2) + "\n")
+    stats = _read_json(staging / STATS_FILE)
+    final_plan = _read_json(run_dir / "fold_all" / "final.json") if has_final else {}
+    atomic_write_text(
+        staging / "MODEL_CARD.md", render_model_card(meta, bundle.config, summary, stats, final_plan)
+    )
+    atomic_write_text(
+        staging / ".gitattributes", "# medsg package: byte-exact files (see CHECKSUMS.sha256)\n* -text\n"
+    )
+    _write_checksums(staging)
+    _publish(staging, out_dir)
+    log.info("exported %d model(s) of %s to %s", len(chosen), run_dir, out_dir)
+    return out_dir
+
+
+def _copy_cv(run_dir: Path, out: Path, chosen: list[Member]) -> None:
+    """The cross-validation evidence beside the weights: the summary and the pooled raw OOF predictions.
+
+    The calibrated ones are not stored: they are the raw ones under each fold's temperature (package.json).
+    """
+    if not any(m.kind == "fold" for m in chosen):
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("summary.json", "oof_predictions.csv"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out / name)
+
+
+def _publish(staging: Path, final_dir: Path) -> None:
+    """Replace ``final_dir`` by ``staging`` with renames: a reader sees the old package or the new one."""
+    old = final_dir.with_name(f".{final_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final_dir.exists():
+        final_dir.rename(old)
+    staging.rename(final_dir)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,399 @@
+"""From cross-validation to use, on one tiny synthetic run (2 folds + the final model, sgformer_tiny, 1 epoch):
+calibration per fold, --fold all, export, package round trip and tampering, predict, evaluate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from medsg import cli
+from medsg.calibration import apply_temperature
+from medsg.config import config_from_dict
+from medsg.demo import make_synthetic_busi
+from medsg.errors import CheckpointError, DataError
+from medsg.experiment import run_experiment
+from medsg.package import CHECKSUMS_FILE, PACKAGE_FILE, export_package, load_model, load_package
+from medsg.predict import ImageFiles, InputItem, PredictOptions, collate, predict_items, raw_probs
+
+
+def make_cfg(root: Path, out: Path, *overrides: str):
+    raw = {
+        "experiment": {"name": "pkg", "output_dir": str(out / "runs"), "report_dir": str(out / "report")},
+        "data": {"adapter": "busi", "root": str(root), "cache": "none"},
+        "splits": {"k": 2, "file": str(out / "splits.json"), "inner_val_fraction": 0.34},
+        "model": {"name": "sgformer_tiny", "img_size": 224, "drop_path": 0.0},
+        "train": {
+            "epochs": 2,
+            "batch_size": 4,
+            "workers": 0,
+            "device": "cpu",
+            "warmup_epochs": 0,
+            "layer_decay": None,
+        },
+        "eval": {"bootstrap": 20},
+        "explain": {"cases_per_fold": 0, "localization": False},
+    }
+    return config_from_dict(raw, list(overrides))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pkg")
+    root = make_synthetic_busi(out / "data", n_per_class=4, size=40, seed=3)
+    cfg = make_cfg(root, out)
+    run_dir = run_experiment(cfg, folds=[0, 1, "all"], quiet=True)
+    package = export_package(run_dir, out / "package")
+    return cfg, run_dir, package, out
+
+
+def manifest(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "manifest.csv", dtype=str, keep_default_na=False).set_index("id", drop=False)
+
+
+def member_raw_probs(bundle, member, paths: list[str]) -> np.ndarray:
+    model = bundle.build(member)
+    data = ImageFiles(
+        [InputItem(str(i), p) for i, p in enumerate(paths)], bundle.preprocessing.transform(), False
+    )
+    batch = collate([data[i] for i in range(len(data))])
+    return raw_probs(model, batch["images"])
+
+
+def test_each_fold_calibrates_on_its_inner_validation_split_only(run):
+    _, run_dir, _, _ = run
+    for fold in (0, 1):
+        folder = run_dir / f"fold_{fold}"
+        ids = json.loads((folder / "inner_split.json").read_text())
+        record = json.loads((folder / "calibration.json").read_text())
+        val = pd.read_csv(folder / "val_predictions.csv", dtype={"id": str})
+        assert sorted(val["id"]) == sorted(ids["val"]) and not set(val["id"]) & set(ids["test"])
+        assert record["fitted"] and record["n_val"] == len(ids["val"]) and record["temperature"] > 0
+        raw = pd.read_csv(folder / "predictions.csv", dtype={"id": str})
+        cal = pd.read_csv(folder / "calibrated_predictions.csv", dtype={"id": str})
+        cols = [c for c in raw.columns if c.startswith("p_")]
+        assert list(cal["id"]) == list(raw["id"]) and (cal["y_pred"] == raw["y_pred"]).all()
+        want = apply_temperature(raw[cols].to_numpy(), record["temperature"])
+        np.testing.assert_allclose(cal[cols].to_numpy(), want, atol=1e-12)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {"before", "after", "per_fold"} <= set(summary["calibration"])
+    report = (run_dir.parents[1] / "report" / "report.md").read_text()
+    assert "## Calibration (pooled out-of-fold)" in report and "Raw [95% CI]" in report
+
+
+def test_fold_all_trains_on_every_id_for_the_median_selected_epochs(run):
+    _, run_dir, _, _ = run
+    folder = run_dir / "fold_all"
+    ids = json.loads((folder / "inner_split.json").read_text())
+    assert ids["train"] == sorted(manifest(run_dir)["id"]) and ids["val"] == ids["test"] == []
+    plan = json.loads((folder / "final.json").read_text())
+    selected = [
+        json.loads((run_dir / f"fold_{f}" / "metrics.json").read_text())["best_epoch"] for f in (0, 1)
+    ]
+    assert plan["epochs"] == int(np.floor(np.median(selected) + 0.5)) == plan["epochs_trained"]
+    assert "median of the epochs selected" in plan["epochs_rule"] and plan["n_train"] == len(ids["train"])
+    temps = [
+        json.loads((run_dir / f"fold_{f}" / "calibration.json").read_text())["temperature"] for f in (0, 1)
+    ]
+    record = json.loads((folder / "calibration.json").read_text())
+    assert record["temperature"] == pytest.approx(np.median(temps)) and not record["fitted"]
+    assert (folder / "DONE").is_file() and (folder / "checkpoint_best.pt").is_file()
+    assert cli.fold_arg("all") == "all" and cli.fold_arg("3") == 3
+
+
+def test_package_round_trip_gives_the_runs_predictions(run):
+    _, run_dir, package, _ = run
+    meta = json.loads((package / PACKAGE_FILE).read_text())
+    assert [m["name"] for m in meta["members"]] == ["0", "1", "all"] and meta["default"] == "folds"
+    card = (package / "MODEL_CARD.md").read_text()
+    assert "describe single-fold models" in card and "not describe the shipped ensemble" in card
+    assert "median of the 2 cross-validation folds' temperatures" in card
+    assert not list(package.rglob("*.pt")) and len(list((package / "weights").glob("*.safetensors"))) == 3
+    bundle, rows = load_package(package), manifest(run_dir)
+    for member in bundle.select("folds"):
+        preds = pd.read_csv(run_dir / f"fold_{member.name}" / "predictions.csv", dtype={"id": str})
+        cal = pd.read_csv(run_dir / f"fold_{member.name}" / "calibrated_predictions.csv", dtype={"id": str})
+        cols = [f"p_{c}" for c in bundle.class_names]
+        got = member_raw_probs(bundle, member, list(rows.loc[preds["id"], "path"]))
+        np.testing.assert_allclose(got, preds[cols].to_numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            apply_temperature(got, member.temperature), cal[cols].to_numpy(), atol=1e-5
+        )
+    # the run folder itself predicts the same
+    from_run = load_model(run_dir)
+    assert from_run.kind == "run" and [m.temperature for m in from_run.members] == [
+        m.temperature for m in bundle.members
+    ]
+
+
+def test_ensemble_probabilities_are_the_mean_of_the_folds_calibrated_ones(run, tmp_path):
+    _, run_dir, package, _ = run
+    bundle = load_package(package)
+    paths = list(manifest(run_dir)["path"])[:5]
+    items = [InputItem(f"i{k}", p) for k, p in enumerate(paths)]
+    result = predict_items(bundle, items, tmp_path, PredictOptions(), collect=True)
+    members = bundle.select("folds")
+    want = np.mean(
+        [apply_temperature(member_raw_probs(bundle, m, paths), m.temperature) for m in members], axis=0
+    )
+    np.testing.assert_allclose(np.stack(result.probs), want, atol=1e-6)
+    frame = pd.read_csv(tmp_path / "predictions.csv")
+    assert list(frame["id"]) == [i.id for i in items]
+    np.testing.assert_allclose(frame[[f"p_{c}" for c in bundle.class_names]].to_numpy(), want, atol=1e-6)
+    spread = np.std(
+        [apply_temperature(member_raw_probs(bundle, m, paths), m.temperature) for m in members], axis=0
+    )
+    picked = spread[np.arange(len(paths)), want.argmax(1)]
+    np.testing.assert_allclose(frame["fold_spread"], picked, atol=1e-6)
+    info = json.loads((tmp_path / "predict.json").read_text())
+    assert "calibrated" in info["calibrated"] and info["n_predicted"] == 5
+
+
+def test_a_tampered_or_mismatched_package_is_refused(run, tmp_path):
+    _, _, package, _ = run
+    changed = shutil.copytree(package, tmp_path / "changed")
+    weights = changed / "weights" / "0.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(
+        CheckpointError, match=r"failed its checksum check \(changed: \['weights/0.safetensors'\]"
+    ):
+        load_model(changed)
+    extra = shutil.copytree(package, tmp_path / "extra")
+    (extra / "weights" / "evil.safetensors").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="not listed"):
+        load_model(extra)
+    # a class list that does not fit the weights is refused even with matching checksums
+    wrong = shutil.copytree(package, tmp_path / "wrong")
+    meta = json.loads((wrong / PACKAGE_FILE).read_text())
+    meta["class_names"], meta["num_classes"] = ["a", "b", "c", "d"], 4
+    (wrong / PACKAGE_FILE).write_text(json.dumps(meta))
+    from medsg.package import _write_checksums
+
+    _write_checksums(wrong)
+    bundle = load_model(wrong)
+    with pytest.raises(CheckpointError, match="classifier head does not match the class list"):
+        bundle.build(bundle.members[0])
+    assert cli.main(["predict", str(changed), str(tmp_path), "--out", str(tmp_path / "p")]) == 2
+
+
+def test_predict_names_and_skips_unreadable_inputs_and_flags_unlike_images(run, tmp_path, capsys):
+    _, run_dir, package, _ = run
+    good = list(manifest(run_dir)["path"])[:2]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    colourful = tmp_path / "colourful.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (400, 400, 3), dtype=np.uint8)).save(colourful)
+    listing = tmp_path / "list.csv"
+    pd.DataFrame({"path": [good[1], "missing.png"]}).to_csv(listing, index=False)
+    out = tmp_path / "out"
+    args = ["predict", str(package), good[0], str(broken), str(colourful), str(listing), "--out", str(out)]
+    assert cli.main([*args, "--tta"]) == 1
+    err = capsys.readouterr().err
+    assert "2 unreadable input(s) skipped" in err
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert sorted(Path(p).name for p in skipped["path"]) == ["broken.png", "missing.png"]
+    frame = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert len(frame) == 3 and set(frame.columns) >= {
+        "fold_spread",
+        "fold_agreement",
+        "ood_flag",
+        "ood_reasons",
+    }
+    flagged = frame.set_index("id").loc["colourful.png"]
+    assert flagged["ood_flag"] and "chroma" in flagged["ood_reasons"]
+    info = json.loads((out / "predict.json").read_text())
+    assert info["n_skipped"] == 2 and info["n_predicted"] == 3 and "flip" in info["tta"]
+
+
+def test_predict_explain_writes_ensemble_panels(run, tmp_path):
+    _, run_dir, package, _ = run
+    image = list(manifest(run_dir)["path"])[0]
+    assert cli.main(["predict", str(package), image, "--explain", "--out", str(tmp_path)]) == 0
+    panels = list((tmp_path / "explain").glob("*.png"))
+    assert len(panels) == 1 and Image.open(panels[0]).size[0] > 300
+
+
+def test_evaluate_a_synthetic_external_set_with_overlap_audit(run, tmp_path):
+    _, run_dir, package, out = run
+    test_root = make_synthetic_busi(tmp_path / "ext", n_per_class=2, size=40, seed=11)
+    leaked = manifest(run_dir).iloc[0]
+    shutil.copyfile(leaked["path"], test_root / "benign" / "benign (3).png")  # a training image, relabelled
+    shutil.copyfile(leaked["path"].replace(".png", "_mask.png"), test_root / "benign" / "benign (3)_mask.png")
+    report = tmp_path / "eval"
+    args = ["evaluate", str(package), "--adapter", "busi", "--root", str(test_root), "--out", str(report)]
+    assert cli.main(args) == 0
+    summary = json.loads((report / "evaluation.json").read_text())
+    assert summary["overlap"]["n"] == 1 and summary["overlap"]["by_kind"] == {"exact": 1}
+    assert summary["n_scored"] == 7 and not summary["overlap"]["excluded"]
+    assert summary["title"].startswith("External test:")
+    page = (report / "report.md").read_text()
+    assert "External test" in page and "figures/cv_roc.png" in page and "figures/test_roc.png" in page
+    assert (report / "report.html").is_file() and (report / "overlap.csv").is_file()
+    assert cli.main([*args, "--exclude-overlap", "--out", str(tmp_path / "eval2")]) == 0
+    excluded = json.loads((tmp_path / "eval2" / "evaluation.json").read_text())
+    assert excluded["n_scored"] == 6 and excluded["overlap"]["excluded"]
+    # the class lists must match
+    with pytest.raises(DataError, match="class lists"):
+        from medsg.evaluate import EvaluateRequest, evaluate
+
+        kvasir = tmp_path / "kv"
+        for name in ("a", "b"):
+            (kvasir / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(kvasir / name / "x.png")
+        evaluate(package, EvaluateRequest("imagefolder", str(kvasir)), tmp_path / "eval3")
+
+
+def _isic_layout(root: Path, subset: str, size: tuple[int, int], seed: int = 0) -> Path:
+    from medsg.data.isic2018 import ISIC_CLASSES
+
+    rng = np.random.default_rng(seed)
+    inputs = root / f"ISIC2018_Task3_{subset}_Input"
+    inputs.mkdir(parents=True)
+    rows = ["image," + ",".join(ISIC_CLASSES)]
+    for k in range(7):
+        image_id = f"ISIC_{seed:02d}{k:05d}"
+        pixels = np.clip(rng.normal(150, 40, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(inputs / f"{image_id}.jpg", quality=95)
+        rows.append(image_id + "," + ",".join("1.0" if c == k else "0.0" for c in range(7)))
+    (root / f"ISIC2018_Task3_{subset}_GroundTruth.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _isic_package(tmp_path: Path) -> Path:
+    """A package of an untrained 7-class sgformer_tiny, with a reference made from 600x450 images."""
+    import yaml
+
+    from medsg.models.checkpoint import save_safetensors
+    from medsg.package import FORMAT, _write_checksums, create_model
+    from medsg.reference import write_reference
+
+    pkg = tmp_path / "isic_pkg"
+    train = _isic_layout(tmp_path / "train", "Training", (600, 450), seed=1)
+    images = sorted((train / "ISIC2018_Task3_Training_Input").glob("*.jpg"))
+    write_reference([p.stem for p in images], [str(p) for p in images], pkg)
+    torch.manual_seed(0)
+    save_safetensors(create_model("sgformer_tiny", 7, 224).state_dict(), pkg / "weights" / "0.safetensors")
+    meta = {
+        "format": FORMAT,
+        "arch": "sgformer_tiny",
+        "num_classes": 7,
+        "class_names": ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"],
+        "preprocessing": {"img_size": 224, "mean": [0.5] * 3, "std": [0.25] * 3},
+        "members": [{"name": "0", "kind": "fold", "weights": "weights/0.safetensors", "temperature": 1.5}],
+        "default": "folds",
+    }
+    (pkg / PACKAGE_FILE).write_text(json.dumps(meta))
+    (pkg / "config.yaml").write_text(
+        yaml.safe_dump({"experiment": {"name": "isic"}, "eval": {"bootstrap": 10}})
+    )
+    _write_checksums(pkg)
+    assert (pkg / CHECKSUMS_FILE).is_file()
+    return pkg
+
+
+@pytest.mark.parametrize("subset", ["validation", "test"])
+def test_evaluate_reaches_isic_layouts_at_600x450_and_pre_resized(tmp_path, subset):
+    from medsg.evaluate import EvaluateRequest, evaluate
+
+    pkg = _isic_package(tmp_path)
+    folder = subset.capitalize()
+    original = _isic_layout(tmp_path / "orig", folder, (600, 450), seed=2)
+    resized = tmp_path / "small"
+    shutil.copytree(original, resized)
+    for path in (resized / f"ISIC2018_Task3_{folder}_Input").glob("*.jpg"):
+        Image.open(path).resize((224, 168), Image.BICUBIC).save(path, quality=95)
+    results = []
+    for root in (original, resized):
+        request = EvaluateRequest("isic2018", str(root), {"subset": subset})
+        summary = evaluate(pkg, request, tmp_path / f"eval_{root.name}")
+        assert summary["n_scored"] == 7 and summary["n_skipped"] == 0 and summary["overlap"]["n"] == 0
+        assert summary["n_flagged"] == 0  # both sizes are within the training images' range
+        frame = pd.read_csv(tmp_path / f"eval_{root.name}" / "predictions.csv")
+        results.append(frame[[c for c in frame.columns if c.startswith("p_")]].to_numpy())
+    np.testing.assert_allclose(results[0], results[1], atol=0.05)
+
+
+def test_predict_streams_rows_batch_by_batch(run, tmp_path, monkeypatch):
+    from medsg import predict as predict_mod
+
+    _, run_dir, package, _ = run
+    written: list[tuple[int, int]] = []
+    real_write = predict_mod.CsvStream.write
+
+    def spy(self, rows):
+        if self.path.name == "predictions.csv":
+            on_disk = max(len(Path(self.tmp).read_text().splitlines()) - 1, 0)  # rows flushed, header aside
+            written.append((len(rows), on_disk))
+        real_write(self, rows)
+
+    monkeypatch.setattr(predict_mod.CsvStream, "write", spy)
+    items = [InputItem(f"i{k}", p) for k, p in enumerate(list(manifest(run_dir)["path"])[:5])]
+    result = predict_items(load_package(package), items, tmp_path, PredictOptions(batch_size=2))
+    assert written == [(2, 0), (2, 2), (1, 4)]  # each batch is written as it comes, nothing held back
+    assert result.probs == [] and result.n_predicted == 5 and not list(tmp_path.glob(".predictions.csv.*"))
+
+
+def test_a_fold_without_validation_keeps_temperature_1_and_says_so(tmp_path):
+    from torch.utils.data import Dataset
+
+    from medsg.train.kfold import run_folds
+    from medsg.train.loader import FoldData
+
+    class Noise(Dataset):
+        def __init__(self, ids):
+            self.ids = list(ids)
+
+        def __len__(self):
+            return len(self.ids)
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(self.ids[i])
+            return {
+                "image": torch.randn(3, 32, 32, generator=g),
+                "label": self.ids[i] % 2,
+                "id": str(self.ids[i]),
+            }
+
+    class Factory:
+        class_names = ["a", "b"]
+
+        def __call__(self, fold, model):
+            return FoldData(Noise(range(12)), np.arange(12) % 2, None, Noise(range(12, 18)), self.class_names)
+
+    raw = {
+        "experiment": {"name": "nv", "output_dir": str(tmp_path)},
+        "data": {"adapter": "busi", "root": str(tmp_path)},
+        "splits": {"k": 2, "inner_val_fraction": 0.0},
+        "model": {"name": "test_vit", "img_size": 32},
+        "train": {"epochs": 1, "batch_size": 6, "workers": 0, "device": "cpu", "selection": "last_epoch"},
+    }
+    cfg = config_from_dict(raw, check_paths=False)
+    run_folds(cfg, [0], Factory(), tmp_path, quiet=True)
+    record = json.loads((tmp_path / "fold_0" / "calibration.json").read_text())
+    assert record["temperature"] == 1.0 and not record["fitted"]
+    assert "no inner validation split" in record["reason"] and "uncalibrated" in record["reason"]
+    assert not (tmp_path / "fold_0" / "val_predictions.csv").exists()
+    raw_preds = pd.read_csv(tmp_path / "fold_0" / "predictions.csv")
+    cal_preds = pd.read_csv(tmp_path / "fold_0" / "calibrated_predictions.csv")
+    pd.testing.assert_frame_equal(raw_preds, cal_preds, atol=1e-12)
+
+
+def test_safetensors_go_through_the_one_checkpoint_reader(tmp_path):
+    from medsg.models.checkpoint import read_checkpoint, save_safetensors
+
+    weights = {"a": torch.arange(4.0), "b": torch.ones(2, 2)}
+    path = save_safetensors(weights, tmp_path / "w.safetensors")
+    back = read_checkpoint(path)
+    assert set(back) == {"a", "b"} and torch.equal(back["a"], weights["a"])
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(CheckpointError, match="bad.safetensors.*not a readable safetensors file"):
+        read_checkpoint(tmp_path / "bad.safetensors")
