@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -78,3 +79,25 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def staging_dir(final_dir: str | os.PathLike) -> Path:
+    """An empty folder beside ``final_dir`` to build a whole folder in; a partial one left by a killed run is
+    cleared. Publish it with ``publish_dir``."""
+    final_dir = Path(final_dir)
+    staging = final_dir.with_name(f".{final_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish_dir(staging: str | os.PathLike, final_dir: str | os.PathLike) -> Path:
+    """Replace ``final_dir`` by ``staging`` with renames, so a reader sees the old folder or the new one, whole."""
+    staging, final_dir = Path(staging), Path(final_dir)
+    old = final_dir.with_name(f".{final_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final_dir.exists():
+        final_dir.rename(old)
+    staging.rename(final_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return final_dir

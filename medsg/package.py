@@ -37,7 +37,7 @@ from torch import nn
 
 from medsg.calibration import CALIBRATION_FILE
 from medsg.errors import CheckpointError, DataError
-from medsg.io import atomic_write_text
+from medsg.io import atomic_write_text, publish_dir, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -327,9 +327,7 @@ def export_package(run_dir: str | Path, out_dir: str | Path, models: str | None 
     summary = _read_json(run_dir / "summary.json")
     if any(m.kind == "fold" for m in chosen) and not summary:
         raise DataError(f"{run_dir / 'summary.json'} is missing: run `medsg report {run_dir}` first")
-    staging = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = staging_dir(out_dir)
     records = []
     for member in chosen:
         weights, _ = select_state_dict(read_checkpoint(member.weights), use_ema=member.use_ema)
@@ -373,7 +371,7 @@ def export_package(run_dir: str | Path, out_dir: str | Path, models: str | None 
         staging / ".gitattributes", "# medsg package: byte-exact files (see CHECKSUMS.sha256)\n* -text\n"
     )
     _write_checksums(staging)
-    _publish(staging, out_dir)
+    publish_dir(staging, out_dir)
     log.info("exported %d model(s) of %s to %s", len(chosen), run_dir, out_dir)
     return out_dir
 
@@ -389,13 +387,3 @@ def _copy_cv(run_dir: Path, out: Path, chosen: list[Member]) -> None:
     for name in ("summary.json", "oof_predictions.csv"):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, out / name)
-
-
-def _publish(staging: Path, final_dir: Path) -> None:
-    """Replace ``final_dir`` by ``staging`` with renames: a reader sees the old package or the new one."""
-    old = final_dir.with_name(f".{final_dir.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final_dir.exists():
-        final_dir.rename(old)
-    staging.rename(final_dir)
-    shutil.rmtree(old, ignore_errors=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -45,7 +44,7 @@ from medsg.explain.cam import compute_cams
 from medsg.explain.geometry import resize_geometry, to_original
 from medsg.explain.overlay import panel_png
 from medsg.explain.significance import find_sgformer, fused_map, significance_maps, stage_maps, upsample
-from medsg.io import atomic_write_bytes, atomic_write_text
+from medsg.io import atomic_write_bytes, atomic_write_text, publish_dir, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +382,7 @@ def explain_cases(
     """
     settings = settings or ExplainSettings()
     final_dir = Path(out_dir)
-    out_dir = _staging(final_dir)
+    out_dir = staging_dir(final_dir)
     start = time.perf_counter()
     predict = _predictor(model)
     device = next(model.parameters()).device
@@ -414,26 +413,8 @@ def explain_cases(
     counts["seconds"] = round(time.perf_counter() - start, 2)
     counts["class_names"] = list(class_names)
     atomic_write_text(out_dir / "explain.json", json.dumps(counts, indent=1))
-    _publish(out_dir, final_dir)
+    publish_dir(out_dir, final_dir)
     return counts
-
-
-def _staging(final_dir: Path) -> Path:
-    """An empty folder beside ``final_dir`` to write into; a partial one left by a killed run is cleared."""
-    staging = final_dir.with_name(f".{final_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    return staging
-
-
-def _publish(staging: Path, final_dir: Path) -> None:
-    """Replace ``final_dir`` by ``staging`` with renames, so readers see the old or the new folder, whole."""
-    old = final_dir.with_name(f".{final_dir.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final_dir.exists():
-        final_dir.rename(old)
-    staging.rename(final_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 _ROW_COLUMNS = [
