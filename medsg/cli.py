@@ -220,9 +220,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     p = sub.add_parser("report", help="aggregate the finished folds of a run folder into a report")
     p.add_argument("run_dir", help="<output_dir>/<experiment name>")
-    p.add_argument("--out", default=None, help="report folder (default: the one in the run's config.yaml)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="report folder (default: the one in the run's config.yaml; <run_dir>/report while folds are missing)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace a report folder that holds another run's report"
+    )
     _add_explain(sub)
     _add_model_commands(sub, adapter_names())
+    p = sub.add_parser(
+        "compare", help="paired comparison of runs on the same split file: differences, CIs, McNemar"
+    )
+    p.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run folders; the first is the reference"
+    )
+    p.add_argument("--out", default=None, help="report folder (default: reports/compare_<A>_vs_<B>)")
+    p.add_argument("--force", action="store_true", help="replace a folder that holds another kind of report")
+    p = sub.add_parser(
+        "config", help="print the resolved config (base: chain, --set overrides, defaults) and exit"
+    )
+    p.add_argument("config", help="experiment YAML")
+    _add_overrides(p)
     p = sub.add_parser(
         "splits", help="write the split file of an experiment once (before parallel fold jobs)"
     )
@@ -271,7 +291,9 @@ def dispatch(args: argparse.Namespace) -> int:
         run_dir = experiment.run_from_file(args.config, args.overrides, args.fold, quiet=args.quiet)
         print(f"run folder: {run_dir}")
     elif args.command == "report":
-        path = experiment.write_run_report(Path(args.run_dir), Path(args.out) if args.out else None)
+        path = experiment.write_run_report(
+            Path(args.run_dir), Path(args.out) if args.out else None, force=args.force
+        )
         print(path)
     elif args.command == "explain":
         from medsg.explain_run import ExplainRequest, explain_run
@@ -293,6 +315,14 @@ def dispatch(args: argparse.Namespace) -> int:
         print(f"review page: {out / 'review.html'} (open it in a browser; nothing is sent anywhere)")
     elif args.command in ("export", "predict", "evaluate"):
         return dispatch_model_command(args)
+    elif args.command == "compare":
+        print(
+            experiment.compare_run_folders(
+                [Path(d) for d in args.run_dirs], Path(args.out) if args.out else None
+            )
+        )
+    elif args.command == "config":
+        print(experiment.show_config(args.config, args.overrides), end="")
     elif args.command == "splits":
         print(experiment.make_splits(args.config, args.overrides))
     elif args.command == "audit":  # errors (a missing root, a bad CSV) raise like every other command's

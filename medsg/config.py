@@ -10,15 +10,28 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 import subprocess
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from medsg.data.audit import MIN_CORRELATION, NEAR_DUP_THRESHOLD
 from medsg.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BOOTSTRAP = 1000  # bootstrap resamples of the report's CIs (also for a saved config without the key)
 
 # Keys that do not change results: a resumed run may differ in these.
 NON_RESULT_KEYS = frozenset(
@@ -28,6 +41,7 @@ NON_RESULT_KEYS = frozenset(
         "experiment.report_dir",
         "data.cache",
         "data.cache_dir",
+        "data.synthetic",  # a label for the report; the images decide the results
         "train.workers",
         "eval.bootstrap",
         "explain",  # explanations are computed after training and never change its results
@@ -37,7 +51,7 @@ NON_RESULT_KEYS = frozenset(
 
 # Keys added to the schema after runs were saved: a saved config.yaml without one is read with the value the
 # older code used implicitly, so resuming such a run is not refused for a key it never had.
-ADDED_KEYS = {"data.audit.min_correlation": MIN_CORRELATION}
+ADDED_KEYS = {"data.audit.min_correlation": MIN_CORRELATION, "data.synthetic": False}
 
 
 class _Strict(BaseModel):
@@ -70,13 +84,27 @@ class DataConfig(_Strict):
     hours of training, and RAM needs no clean-up; choose disk for data sets larger than RAM.
     """
 
-    adapter: Literal["busi", "kvasir", "isic2018", "imagefolder", "csv"]
+    adapter: str  # a name of medsg.data.manifest's adapter registry (checked below)
     root: str
     options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments of the adapter
     audit: AuditConfig = Field(default_factory=AuditConfig)
     cache: Literal["memory", "disk", "none"] = "memory"
     cache_dir: str | None = None  # for cache: disk; default <run_dir>/cache
     color_aug: bool | None = None
+    synthetic: bool = False  # generated data (medsg demo): the report says so at its top
+
+    @field_validator("adapter")
+    @classmethod
+    def _known_adapter(cls, value: str) -> str:
+        """One list of adapters: the registry that ``load_manifest`` dispatches on."""
+        from medsg.data.manifest import adapter_names
+
+        names = adapter_names()
+        if value not in names:
+            match = difflib.get_close_matches(value, names, n=1)
+            hint = f" - did you mean {match[0]}?" if match else ""
+            raise ValueError(f"unknown dataset adapter; expected one of {names}{hint}")
+        return value
 
 
 class SplitsConfig(_Strict):
@@ -107,6 +135,30 @@ class ModelConfig(_Strict):
     drop_path: float = Field(0.1, ge=0.0, lt=1.0)
     img_size: int = Field(224, gt=0)
 
+    @model_validator(mode="after")
+    def _buildable(self) -> ModelConfig:
+        """The model name must be in timm's registry (after ``import medsg``, which adds SG-Former) and an
+        SG-Former must get a size it can serve: both failed only at model build, after the whole audit."""
+        import timm
+
+        import medsg.models  # noqa: F401  (registers the SG-Former variants)
+        from medsg.errors import InputSizeError
+        from medsg.models.sgformer import check_img_size
+
+        if not timm.is_model(self.name):
+            match = difflib.get_close_matches(self.name, timm.list_models(), n=1)
+            hint = f" - did you mean {match[0]}?" if match else ""
+            raise ValueError(
+                f"model.name {self.name!r} is not a timm model{hint}; see timm.list_models() "
+                "(SG-Former: sgformer_tiny, sgformer_s, sgformer_m, sgformer_b)"
+            )
+        if self.name.startswith("sgformer"):
+            try:
+                check_img_size(self.img_size)
+            except InputSizeError as exc:
+                raise ValueError(f"model.img_size: {exc}") from None
+        return self
+
 
 class TrainConfig(_Strict):
     epochs: int = Field(30, ge=1)
@@ -131,9 +183,39 @@ class TrainConfig(_Strict):
     workers: int = Field(2, ge=0)
     deterministic: bool = True
 
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        """Checked like ``sched``: a name timm's ``create_optimizer_v2`` knows, before any data is read."""
+        from timm.optim import list_optimizers
+
+        names = list_optimizers()
+        if value.lower() not in names:
+            match = difflib.get_close_matches(value.lower(), names, n=1)
+            hint = f" - did you mean {match[0]}?" if match else ""
+            raise ValueError(f"unknown optimizer{hint}; see timm.optim.list_optimizers()")
+        return value
+
+    @model_validator(mode="after")
+    def _warmup_shorter_than_run(self) -> TrainConfig:
+        """Warn: with warmup_epochs >= epochs the cosine never starts and the whole run trains at warm-up lr.
+
+        A warning, not an error: quick smoke runs (``--set train.epochs=1``) keep the default warm-up on
+        purpose, and refusing them would change no result, only annoy.
+        """
+        if self.warmup_epochs >= self.epochs:
+            log.warning(
+                "train.warmup_epochs (%d) >= train.epochs (%d): the whole run trains at the warm-up learning "
+                "rate and the %s schedule never starts; set train.warmup_epochs below train.epochs",
+                self.warmup_epochs,
+                self.epochs,
+                self.sched,
+            )
+        return self
+
 
 class EvalConfig(_Strict):
-    bootstrap: int = Field(1000, ge=0)
+    bootstrap: int = Field(DEFAULT_BOOTSTRAP, ge=0)
 
 
 class ExplainConfig(_Strict):
@@ -154,6 +236,8 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    # data.root as the user wrote it: config.yaml stores this, not an absolute path of one machine
+    _root_as_given: str | None = PrivateAttr(default=None)
 
     # Derived values, so every module reads the same defaults.
     @property
@@ -267,6 +351,42 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+BASE_KEY = "base"  # a config may name a base YAML (relative to itself) and override keys of it
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``: sections merge key by key, any other value (null included) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def compose_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw config of ``path`` with its ``base:`` chain merged in (as Hydra's defaults do).
+
+    ``base`` is a path relative to the file that names it, so an experiment can hold only its differences
+    from another (``busi_cpu.yaml`` from ``busi.yaml``) and the two cannot drift apart.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: {BASE_KEY} must be the path of a YAML file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve(), base_path))
+        raise ConfigError(f"{path}: {BASE_KEY} files form a loop ({chain}); remove one {BASE_KEY}: line")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: {BASE_KEY} file not found: {base_path} (the path is relative to {path})")
+    return deep_merge(compose_yaml(base_path, (*_seen, path.resolve())), raw)
+
+
 def config_from_dict(
     raw: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>", check_paths: bool = True
 ) -> Config:
@@ -277,6 +397,7 @@ def config_from_dict(
         cfg = Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
+    cfg._root_as_given = cfg.data.root
     cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
     if cfg.model.pretrained:
         cfg.model.pretrained = str(Path(cfg.model.pretrained).expanduser().resolve())
@@ -286,8 +407,8 @@ def config_from_dict(
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, check_paths: bool = True) -> Config:
-    """Read, override and validate a YAML config file."""
-    return config_from_dict(read_yaml(path), overrides, source=str(path), check_paths=check_paths)
+    """Read (with its ``base:`` chain), override and validate a YAML config file."""
+    return config_from_dict(compose_yaml(path), overrides, source=str(path), check_paths=check_paths)
 
 
 def check_config_paths(cfg: Config) -> None:
@@ -339,6 +460,7 @@ def provenance() -> dict[str, Any]:
 def resolved_config(cfg: Config) -> dict[str, Any]:
     """The full config with defaults filled in, derived paths and provenance: what ``config.yaml`` holds."""
     data = cfg.model_dump(mode="json")
+    data["data"]["root"] = cfg._root_as_given or cfg.data.root
     data["experiment"]["report_dir"] = str(cfg.report_dir)
     data["splits"]["file"] = str(cfg.split_file)
     data["data"]["color_aug"] = cfg.color_aug
@@ -361,6 +483,14 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: data}
 
 
+def _same_value(key: str, a: Any, b: Any) -> bool:
+    """Equal for resuming: data.root compares as the folder it names (config.yaml keeps it as given, and
+    runs saved before that keep an absolute path)."""
+    if key == "data.root" and isinstance(a, str) and isinstance(b, str):
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return a == b
+
+
 def result_diff(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ in a way that changes results (provenance and I/O knobs ignored)."""
     a, b = {**ADDED_KEYS, **_flatten(saved)}, _flatten(new)
@@ -369,5 +499,41 @@ def result_diff(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [
         f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
         for k in keys
-        if k not in NON_RESULT_KEYS and not k.startswith(ignored) and a.get(k) != b.get(k)
+        if k not in NON_RESULT_KEYS and not k.startswith(ignored) and not _same_value(k, a.get(k), b.get(k))
     ]
+
+
+def config_hash(saved: dict[str, Any]) -> str:
+    """sha256 of the keys that change results (not provenance, I/O knobs or where the data lie), so a
+    report can name the config that made it and a later report can tell whether it is the same run."""
+    import hashlib
+    import json
+
+    flat = {**ADDED_KEYS, **_flatten(saved)}
+    ignored = tuple(k + "." for k in NON_RESULT_KEYS)
+    kept = {
+        k: v
+        for k, v in flat.items()
+        if k not in NON_RESULT_KEYS | {"data.root"} and not k.startswith(ignored)
+    }
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def git_clean(path: str | Path | None = None) -> bool | None:
+    """Whether the checkout holding ``path`` (default: this package) has no change outside reports/ (None
+    outside git): a report made from a dirty tree cannot be traced to a commit."""
+    where = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", ":/", ":(exclude,top)reports"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return not out.stdout.strip()

@@ -35,3 +35,7 @@ class TrainingDiverged(MedsgError, RuntimeError):
 
 class RunLocked(MedsgError, RuntimeError):
     """Another live process is training in the same run folder."""
+
+
+class ReportRefused(MedsgError, RuntimeError):
+    """Writing a report would replace another run's report (or a complete one by a partial run)."""

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medsg.config import DEFAULT_BOOTSTRAP
 from medsg.errors import DataError
 from medsg.io import atomic_write_text
 from medsg.package import ModelBundle, load_model, reference_dir
@@ -132,7 +133,7 @@ def evaluate(model: str | Path, request: EvaluateRequest, out_dir: str | Path) -
     probs, raw = np.stack(result.probs), np.stack(result.raw)
     groups = kept.set_index("id").loc[result.ids, "group"].astype(str).to_numpy()
     cfg = bundle.config
-    n_boot = int(cfg.get("eval", {}).get("bootstrap", 1000))
+    n_boot = int(cfg.get("eval", {}).get("bootstrap", DEFAULT_BOOTSTRAP))
     seed = int(cfg.get("experiment", {}).get("seed", 0))
     scores = score(y, probs, raw, bundle.class_names, groups, n_boot, seed)
     summary = {

@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 from torch import nn
 
-from medsg.config import Config, dump_config, load_config, resolved_config, result_diff
+from medsg.config import DEFAULT_BOOTSTRAP, Config, dump_config, load_config, resolved_config, result_diff
 from medsg.errors import ConfigError
 from medsg.io import atomic_write_text
 from medsg.train import ddp
@@ -94,9 +94,16 @@ def _note_new_split_file(path: Path, expected: bool) -> None:
     )
 
 
-def protocol_record(cfg: Config, raw_ids: list[str], dropped: list[str], split_file: Path) -> dict[str, Any]:
-    """What ``protocol.json`` holds: audit settings, dropped ids and the grouping, for the report's text."""
-    return {
+def protocol_record(
+    cfg: Config, raw_ids: list[str], dropped: list[str], split_file: Path, own_copy: bool = False
+) -> dict[str, Any]:
+    """What ``protocol.json`` holds: audit settings, dropped ids, the grouping and the split file used.
+
+    ``own_copy``: the folds came from the run's own splits.json (a resume), which is then the file named,
+    with the config's split file kept as where that copy came from.
+    """
+    origin = {"split_file_copied_from": str(cfg.split_file)} if own_copy else {}
+    return origin | {
         "grouping": cfg.splits.grouping,
         "grouping_description": grouping_description(cfg),
         "audit": cfg.data.audit.model_dump(mode="json"),
@@ -181,7 +188,7 @@ def prepare_data(
         save_manifest(manifest, run_dir / "manifest.csv")
         if used is None:
             atomic_write_text(run_dir / "splits.json", Path(cfg.split_file).read_text(encoding="utf-8"))
-        protocol = protocol_record(cfg, list(raw["id"]), dropped, cfg.split_file)
+        protocol = protocol_record(cfg, list(raw["id"]), dropped, used or cfg.split_file, used is not None)
         atomic_write_text(run_dir / "protocol.json", json.dumps(protocol, indent=1) + "\n")
     return PreparedData(manifest, names, splits, report.manifest_hash)
 
@@ -323,26 +330,49 @@ class ManifestFolds:
 # ---------------------------------------------------------------- run folder
 
 
+# files prepare_data derives from the config and the data; a restart with a new config makes them again
+DERIVED_FILES = ("audit.json", "manifest.csv", "splits.json", "protocol.json")
+
+
+def run_has_progress(run_dir: Path) -> bool:
+    """Whether any fold of the run has trained: a checkpoint or a DONE marker (then its config is fixed)."""
+    return any(run_dir.glob("fold_*/DONE")) or any(run_dir.glob("fold_*/checkpoint_*.pt"))
+
+
 def save_or_check_config(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Write config.yaml on first use; later runs must match it in everything that changes results."""
+    """Write config.yaml on first use; later runs must match it in everything that changes results.
+
+    A run with no trained fold (for example a start that failed on a data or model error) may be restarted
+    with a corrected config: its config.yaml is replaced and its derived data files are removed, so the
+    restart cannot reuse folds or a manifest made under the old config.
+    """
     new = resolved_config(cfg)
     path = run_dir / "config.yaml"
     if path.exists():
         saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         diff = result_diff(saved, new)
-        if diff:
-            raise ConfigError(
-                f"{run_dir} was started with a different config ({'; '.join(diff[:8])}). Use a new "
-                "experiment.name or experiment.output_dir, or delete the folder to start over."
-            )
-        if saved.get("provenance") != new["provenance"]:
+        if diff and not run_has_progress(run_dir):
             log.warning(
-                "resuming %s with other code versions: %s (was %s)",
+                "%s has no trained fold: replacing its config.yaml (%s) and starting it again",
                 run_dir,
-                new["provenance"],
-                saved.get("provenance"),
+                "; ".join(diff[:8]),
             )
-        return saved
+            for name in DERIVED_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+        elif diff:
+            raise ConfigError(
+                f"{run_dir} was started with a different config ({'; '.join(diff[:8])}) and has trained "
+                "folds. Use a new experiment.name or experiment.output_dir, or delete the folder to start over."
+            )
+        else:
+            if saved.get("provenance") != new["provenance"]:
+                log.warning(
+                    "resuming %s with other code versions: %s (was %s)",
+                    run_dir,
+                    new["provenance"],
+                    saved.get("provenance"),
+                )
+            return saved
     atomic_write_text(path, dump_config(new))
     return new
 
@@ -364,13 +394,67 @@ def collect_run_explanations(run_dir: Path, saved: dict[str, Any]) -> None:
         folders,
         run_dir / EXPLAIN_DIR,
         f"{name}: explanations of out-of-fold test cases",
-        n_bootstrap=int(saved.get("eval", {}).get("bootstrap", 1000)),
+        n_bootstrap=int(saved.get("eval", {}).get("bootstrap", DEFAULT_BOOTSTRAP)),
         seed=int(saved.get("experiment", {}).get("seed", 0)),
     )
 
 
-def write_run_report(run_dir: Path, report_dir: Path | None = None) -> Path:
-    """``medsg report``: aggregate a run folder's finished folds into summary.json and report.md/html."""
+MADE_BY = "made_by.json"  # in a report folder: which run, config, commit and tree made it
+
+
+def report_origin(run_dir: Path, saved: dict[str, Any]) -> dict[str, Any]:
+    """What ``made_by.json`` records: the run (name and config hash), whether every fold is in, and the code."""
+    from medsg.config import config_hash, git_clean, git_hash
+
+    k = int(saved.get("splits", {}).get("k", 0) or 0)
+    return {
+        "run_id": str(saved.get("experiment", {}).get("name", run_dir.name)),
+        "config_hash": config_hash(saved),
+        "complete": bool(k) and all_folds_done(run_dir, k),
+        "run_commit": (saved.get("provenance") or {}).get("git"),
+        "report_commit": git_hash(),
+        "clean_tree": git_clean(),
+    }
+
+
+def check_report_target(out: Path, origin: dict[str, Any], force: bool) -> None:
+    """Refuse to replace another run's report, or a complete report by a partial one, unless ``force``.
+
+    A report folder without made_by.json (made before it existed) is replaced only by a run of the same
+    experiment name, read from its summary.json.
+    """
+    if force or not (out / "report.md").exists() and not (out / MADE_BY).exists():
+        return
+    from medsg.errors import ReportRefused
+
+    made_by = out / MADE_BY
+    if made_by.is_file():
+        old = json.loads(made_by.read_text(encoding="utf-8"))
+    else:
+        summary = out / "summary.json"
+        name = (
+            json.loads(summary.read_text(encoding="utf-8")).get("experiment") if summary.is_file() else None
+        )
+        old = {"run_id": name, "config_hash": origin["config_hash"], "complete": True}
+    why = None
+    if old.get("run_id") != origin["run_id"] or old.get("config_hash") != origin["config_hash"]:
+        why = f"it holds the report of another run ({old.get('run_id')}, config {str(old.get('config_hash'))[:12]})"
+    elif old.get("complete") and not origin["complete"]:
+        why = "it holds the report of the complete run, and this run has unfinished folds"
+    if why:
+        raise ReportRefused(
+            f"not writing the report into {out}: {why}. Pass --out to write it elsewhere, or --force to "
+            "replace it."
+        )
+
+
+def write_run_report(run_dir: Path, report_dir: Path | None = None, force: bool = False) -> Path:
+    """``medsg report``: aggregate a run folder's finished folds into summary.json and report.md/html.
+
+    A partial run (unfinished folds) reports into ``<run_dir>/report/`` unless ``report_dir`` is given, so a
+    quick try never lands in ``reports/``; any report folder records its origin in made_by.json, and
+    another run's report there is not replaced without ``force``.
+    """
     from medsg.report import write_report
 
     run_dir = Path(run_dir)
@@ -381,18 +465,36 @@ def write_run_report(run_dir: Path, report_dir: Path | None = None) -> Path:
         )
     saved = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
     experiment = saved.get("experiment", {})
-    out = Path(
-        report_dir or experiment.get("report_dir") or Path("reports") / experiment.get("name", run_dir.name)
-    )
+    origin = report_origin(run_dir, saved)
+    if report_dir is not None:
+        out = Path(report_dir)
+    elif origin["complete"]:
+        out = Path(experiment.get("report_dir") or Path("reports") / experiment.get("name", run_dir.name))
+    else:
+        out = run_dir / "report"
+        log.info("the run has unfinished folds: its partial report goes to %s", out)
+    check_report_target(out, origin, force)
     collect_run_explanations(run_dir, saved)
     path = write_report(
         run_dir,
         out,
-        n_bootstrap=int(saved.get("eval", {}).get("bootstrap", 1000)),
+        n_bootstrap=int(saved.get("eval", {}).get("bootstrap", DEFAULT_BOOTSTRAP)),
         seed=int(experiment.get("seed", 0)),
     )
+    atomic_write_text(out / MADE_BY, json.dumps(origin, indent=1) + "\n")
     log.info("report written to %s", path)
     return path
+
+
+def _report_after_training(run_dir: Path, report_dir: Path) -> None:
+    """The report at the end of a run; a refusal (another run's report there) is logged, since the folds are
+    safely written and `medsg report` can write it elsewhere."""
+    from medsg.errors import ReportRefused
+
+    try:
+        write_run_report(run_dir, report_dir)
+    except ReportRefused as exc:
+        log.error("%s (the run itself is complete: `medsg report %s --out DIR`)", exc, run_dir)
 
 
 # ---------------------------------------------------------------- entry points
@@ -447,7 +549,7 @@ def run_experiment(
             train_final(cfg, factory, run_dir, dist, quiet)
         if report and dist.is_main and folds:
             if all_folds_done(run_dir, cfg.splits.k):
-                write_run_report(run_dir, cfg.report_dir)
+                _report_after_training(run_dir, cfg.report_dir)
             else:
                 log.info(
                     "not all %d folds are done yet; run `medsg report %s` when they are",
@@ -467,6 +569,45 @@ def run_from_file(
 ) -> Path:
     """``medsg run``: load and check the config file, then ``run_experiment``; returns the run folder."""
     return run_experiment(load_config(config_path, overrides), folds, quiet)
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any]:
+    """A run folder's config.yaml as a dict ({} when absent)."""
+    path = run_dir / "config.yaml"
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+
+
+def compare_run_folders(run_dirs: list[Path], out: Path | None = None, force: bool = False) -> Path:
+    """``medsg compare``: paired comparison of runs on one split file, written to ``out`` (default
+    ``reports/compare_<first>_<second>``); the bootstrap settings are the first run's."""
+    from medsg.report.compare import write_comparison
+
+    run_dirs = [Path(d) for d in run_dirs]
+    saved = [_saved_config(d) for d in run_dirs]
+    first = saved[0] if saved else {}
+    names = [s.get("experiment", {}).get("name", d.name) for s, d in zip(saved, run_dirs, strict=True)]
+    out = Path(out) if out else Path("reports") / ("compare_" + "_vs_".join(names))
+    path = write_comparison(
+        run_dirs,
+        out,
+        n_bootstrap=int(first.get("eval", {}).get("bootstrap", DEFAULT_BOOTSTRAP)),
+        seed=int(first.get("experiment", {}).get("seed", 0)),
+        force=force,
+    )
+    log.info("comparison written to %s", path)
+    return path
+
+
+def show_config(config_path: str | Path, overrides: list[str] | None = None) -> str:
+    """``medsg config``: the config a run would save (defaults filled, ``base:`` merged), without provenance.
+
+    Paths are not checked, so a config can be read on a machine without its data.
+    """
+    from medsg.config import dump_config, resolved_config
+
+    data = resolved_config(load_config(config_path, overrides, check_paths=False))
+    data.pop("provenance", None)
+    return dump_config(data)
 
 
 def make_splits(config_path: str | Path, overrides: list[str] | None = None) -> Path:

@@ -215,6 +215,97 @@ def bootstrap_ci(
     return out
 
 
+def sensitivity_cis(
+    y_true: Any,
+    probs: Any,
+    class_names: Sequence[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    groups: ArrayLike | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per-class sensitivity (recall of the argmax) with percentile bootstrap CIs, images or ``groups`` resampled.
+
+    A clinician reads the sensitivity of each class first (how many malignant lesions are missed), so it gets
+    an interval like the headline metrics; resamples without a member of a class do not count for its CI.
+    """
+    y, p = validate_inputs(y_true, probs, class_names)
+    codes = None if groups is None else _group_codes(groups, len(y))
+    weights = resample_weights(n_resamples, groups=codes, n=len(y), seed=seed)
+    hit = p.argmax(axis=1) == y
+    out = {}
+    for c, name in enumerate(class_names):
+        member = y == c
+        if not member.any():
+            out[name] = {"point": None, "low": None, "high": None, "support": 0}
+            continue
+        total = weights @ member.astype(np.float64)
+        ok = total > 0
+        boot = (weights[ok] @ (member & hit).astype(np.float64)) / total[ok]
+        low, high = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+        out[name] = {
+            "point": float(hit[member].mean()),
+            "low": float(low),
+            "high": float(high),
+            "support": int(member.sum()),
+        }
+    return out
+
+
+PAIRED_KEYS = ("balanced_accuracy", "macro_f1", "macro_auroc", "log_loss")
+
+
+def paired_differences(
+    y_true: Any,
+    probs_a: Any,
+    probs_b: Any,
+    class_names: Sequence[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    groups: ArrayLike | None = None,
+) -> dict[str, dict[str, Any]]:
+    """B minus A in the headline metrics on the same images, with paired percentile bootstrap CIs.
+
+    Both models are scored on the same resample (one ``resample_weights`` matrix, groups drawn whole), so
+    the CI of the difference keeps the pairing: images that are hard for both cancel out.
+    """
+    y, pa = validate_inputs(y_true, probs_a, class_names)
+    _, pb = validate_inputs(y_true, probs_b, class_names)
+    codes = None if groups is None else _group_codes(groups, len(y))
+    weights = resample_weights(n_resamples, groups=codes, n=len(y), seed=seed)
+    ones = np.ones((1, len(y)))
+    boot_a, boot_b = _weighted_metrics(y, pa, weights), _weighted_metrics(y, pb, weights)
+    point_a, point_b = _weighted_metrics(y, pa, ones), _weighted_metrics(y, pb, ones)
+    out = {}
+    for key in PAIRED_KEYS:
+        diff = boot_b[key] - boot_a[key]
+        ok = diff[~np.isnan(diff)]
+        low, high = (
+            np.percentile(ok, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if ok.size else (math.nan,) * 2
+        )
+        out[key] = {
+            "a": _clean(float(point_a[key][0])),
+            "b": _clean(float(point_b[key][0])),
+            "difference": _clean(float(point_b[key][0] - point_a[key][0])),
+            "low": _clean(float(low)),
+            "high": _clean(float(high)),
+            "n_valid": int(ok.size),
+        }
+    return out
+
+
+def mcnemar_exact(correct_a: ArrayLike, correct_b: ArrayLike) -> dict[str, Any]:
+    """McNemar's exact test on paired per-image correctness: a two-sided binomial test on the discordant pairs."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n = only_a + only_b
+    p_value = 1.0 if n == 0 else float(binomtest(only_b, n, 0.5).pvalue)
+    return {"only_a_correct": only_a, "only_b_correct": only_b, "p_value": p_value}
+
+
 CALIBRATION_KEYS = ("ece", "brier", "log_loss")
 
 

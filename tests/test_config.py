@@ -178,9 +178,168 @@ def test_shipped_experiments_validate(name):
         assert cfg.model.img_size % 224 == 0
 
 
-def test_demo_config_mirrors_the_packaged_one():
+def test_demo_config_builds_on_the_packaged_one():
+    """experiments/demo.yaml names the packaged file as its base: only the output paths differ."""
+    from medsg.config import compose_yaml
+
     packaged = yaml.safe_load((REPO / "medsg" / "configs" / "demo.yaml").read_text())
-    mirror = yaml.safe_load((REPO / "experiments" / "demo.yaml").read_text())
-    for section in ("model", "train", "eval"):
-        assert packaged[section] == mirror[section]
-    assert packaged["splits"]["k"] == mirror["splits"]["k"]
+    composed = compose_yaml(REPO / "experiments" / "demo.yaml")
+    paths = {("experiment", "output_dir"), ("experiment", "report_dir"), ("splits", "file")}
+    for section, key in paths:
+        composed[section].pop(key)
+    assert composed == packaged
+
+
+def test_unknown_model_name_fails_in_the_config_check(tmp_path):
+    raw = minimal(tmp_path)
+    raw["model"]["name"] = "sgformer_tinny"
+    with pytest.raises(
+        ConfigError, match=r"model.*'sgformer_tinny' is not a timm model - did you mean sgformer_tiny"
+    ):
+        config_from_dict(raw, check_paths=False)
+    raw["model"]["name"] = "mobilenetv3_small_050"  # any timm model is fine
+    assert config_from_dict(raw, check_paths=False).model.name == "mobilenetv3_small_050"
+
+
+def test_sgformer_img_size_checked_before_any_data(tmp_path):
+    raw = minimal(tmp_path)
+    raw["model"] = {"name": "sgformer_tiny", "img_size": 256}
+    with pytest.raises(ConfigError, match=r"model.img_size.*multiple of 224"):
+        config_from_dict(raw, check_paths=False)
+    raw["model"]["img_size"] = 448
+    assert config_from_dict(raw, check_paths=False).model.img_size == 448
+    raw["model"] = {"name": "test_vit", "img_size": 32}  # other models keep their own rules
+    assert config_from_dict(raw, check_paths=False).model.img_size == 32
+
+
+def test_optimizer_checked_like_sched(tmp_path):
+    raw = minimal(tmp_path)
+    raw["train"] = {"optimizer": "adamww"}
+    with pytest.raises(ConfigError, match=r"train.optimizer: .*unknown optimizer - did you mean adamw"):
+        config_from_dict(raw, check_paths=False)
+    raw["train"] = {"optimizer": "sgd"}
+    assert config_from_dict(raw, check_paths=False).train.optimizer == "sgd"
+
+
+def test_adapters_come_from_the_registry(tmp_path, monkeypatch):
+    from medsg.data import manifest
+
+    raw = minimal(tmp_path)
+    raw["data"]["adapter"] = "bussi"
+    with pytest.raises(ConfigError, match=r"data.adapter: .*did you mean busi"):
+        config_from_dict(raw, check_paths=False)
+    monkeypatch.setitem(manifest._ADAPTERS, "bussi", manifest._ADAPTERS["busi"])  # a new adapter: no 2nd list
+    assert config_from_dict(raw, check_paths=False).data.adapter == "bussi"
+
+
+def test_warmup_not_shorter_than_the_run_warns(tmp_path, caplog):
+    raw = minimal(tmp_path)
+    raw["train"] = {"epochs": 2, "warmup_epochs": 2}
+    with caplog.at_level("WARNING", logger="medsg.config"):
+        config_from_dict(raw, check_paths=False)
+    assert "train.warmup_epochs (2) >= train.epochs (2)" in caplog.text
+    caplog.clear()
+    raw["train"] = {"epochs": 3, "warmup_epochs": 2}
+    with caplog.at_level("WARNING", logger="medsg.config"):
+        config_from_dict(raw, check_paths=False)
+    assert "warmup" not in caplog.text
+
+
+def test_config_yaml_keeps_data_root_as_given_and_resumes_old_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    raw = minimal(tmp_path)
+    raw["data"]["root"] = "data"
+    cfg = config_from_dict(raw)
+    assert cfg.data.root == str(tmp_path / "data")  # the code reads an absolute path
+    saved = resolved_config(cfg)
+    assert saved["data"]["root"] == "data"  # config.yaml does not carry this machine's absolute path
+    assert result_diff(saved, resolved_config(config_from_dict(raw))) == []
+    old = copy.deepcopy(saved)
+    old["data"]["root"] = str(tmp_path / "data")  # a run saved before: absolute, the same folder
+    assert result_diff(old, saved) == []
+    old["data"]["root"] = str(tmp_path / "elsewhere")
+    assert [d.split(":")[0] for d in result_diff(old, saved)] == ["data.root"]
+
+
+# What experiments/busi_cpu.yaml becomes once no run reads it with older code: only its differences from
+# busi.yaml. The test proves the two resolve to the same config.
+BUSI_CPU_FROM_BASE = """\
+base: busi.yaml
+experiment:
+  name: busi_cpu_sgformer_tiny
+model:
+  name: sgformer_tiny
+  pretrained: null
+  drop_path: 0.0
+train:
+  epochs: 25
+  lr: 1.0e-3
+  layer_decay: null
+  warmup_epochs: 1
+  min_lr: 1.0e-5
+  ema: false
+  amp: false
+  device: cpu
+  workers: 1
+"""
+
+
+def _resolved(path: Path) -> dict:
+    data = resolved_config(load_config(path, check_paths=False))
+    data.pop("provenance")
+    return data
+
+
+def test_busi_cpu_as_differences_from_busi_resolves_identically(tmp_path):
+    (tmp_path / "busi.yaml").write_text((REPO / "experiments" / "busi.yaml").read_text())
+    (tmp_path / "busi_cpu.yaml").write_text(BUSI_CPU_FROM_BASE)
+    assert _resolved(tmp_path / "busi_cpu.yaml") == _resolved(REPO / "experiments" / "busi_cpu.yaml")
+
+
+def test_base_merges_sections_and_null_overrides(tmp_path):
+    from medsg.config import compose_yaml
+
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "a.yaml", minimal(tmp_path) | {"train": {"epochs": 9, "lr": 0.1, "layer_decay": 0.5}})
+    write(tmp_path / "sub" / "b.yaml", {"base": "../a.yaml", "train": {"lr": 0.2, "layer_decay": None}})
+    raw = compose_yaml(tmp_path / "sub" / "b.yaml")  # base is relative to the file naming it
+    assert raw["train"] == {"epochs": 9, "lr": 0.2, "layer_decay": None}
+    assert raw["model"] == minimal(tmp_path)["model"] and "base" not in raw
+    cfg = load_config(tmp_path / "sub" / "b.yaml", ["train.epochs=3"])
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.layer_decay) == (3, 0.2, None)
+
+
+def test_base_errors_name_the_file(tmp_path):
+    write(tmp_path / "a.yaml", {"base": "b.yaml"})
+    write(tmp_path / "b.yaml", {"base": "a.yaml"})
+    with pytest.raises(ConfigError, match="base files form a loop"):
+        load_config(tmp_path / "a.yaml")
+    write(tmp_path / "c.yaml", {"base": "missing.yaml"})
+    with pytest.raises(ConfigError, match=r"c.yaml: base file not found: .*missing.yaml"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_medsg_config_prints_the_resolved_config(tmp_path, capsys):
+    from medsg import cli
+
+    assert cli.main(["config", str(REPO / "experiments" / "busi_cpu.yaml"), "--set", "train.epochs=3"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    expected = _resolved(REPO / "experiments" / "busi_cpu.yaml")
+    expected["train"]["epochs"] = 3
+    assert printed == expected
+
+
+def test_mobilenetv3_baseline_differs_from_busi_cpu_only_in_its_model():
+    base, cnn = (
+        _resolved(REPO / "experiments" / "busi_cpu.yaml"),
+        _resolved(REPO / "experiments" / "busi_cpu_mobilenetv3.yaml"),
+    )
+    import pandas as pd
+
+    def flat(d: dict) -> dict:
+        return pd.json_normalize(d).iloc[0].to_dict()
+
+    a, b = flat(base), flat(cnn)
+    assert {k for k in a if a[k] != b[k]} == {"experiment.name", "experiment.report_dir", "model.name"}
+    assert b["model.name"] == "mobilenetv3_small_050" and b["model.pretrained"] is None

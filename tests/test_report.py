@@ -151,7 +151,8 @@ def test_summary_folds_mean_and_ci(report):
         ci = summary["bootstrap_ci"][key]
         assert ci["low"] <= summary["pooled"][key] <= ci["high"], key
         assert ci["low"] < ci["high"], key
-    assert summary["protocol"]["model selection"].startswith("checkpoint chosen on an inner validation split")
+    assert summary["protocol"]["model selection"].startswith("best inner-validation balanced accuracy")
+    assert "outer test fold is never used" in summary["protocol"]["model selection"]
     assert summary["protocol"]["folds missing"] == "3"
     assert set(summary["pooled"]["per_class"]) == set(CLASSES)
 
@@ -186,7 +187,7 @@ def test_markdown_tables(report):
         assert label in md, label
     assert "normal $\\|x" in md  # the pipe in a class name must not split the table row
     assert "![Reliability diagram (pooled OOF)](figures/reliability.png)" in md
-    assert "inner validation split" in md
+    assert "best inner-validation balanced accuracy" in md
 
 
 def test_protocol_states_audit_policy_drops_and_grouping(report):
@@ -196,10 +197,10 @@ def test_protocol_states_audit_policy_drops_and_grouping(report):
         "conflicts drop; near duplicates: dHash-256 distance <= 40 bits and thumbnail correlation >= 0.95"
     )
     assert proto["images dropped by the audit policy"] == (
-        "3 of 163 (broken.png, x (1), y (1)) [audit.json vs manifest.csv]"
+        "3 of 163 (broken.png, x (1), y (1)); counted as the audited images minus those the run kept"
     )
     assert proto["inner validation fraction"] == "0.15"
-    assert proto["grouping description"] == f"duplicate clusters{EVIL}"  # from the split header
+    assert proto["groups kept together"] == f"duplicate clusters{EVIL}"  # from the split header
     md, html = (report_dir / "report.md").read_text(), html_path.read_text()
     assert "**images dropped by the audit policy**: 3 of 163" in md
     assert "duplicate clusters&lt;script&gt;" in html and "inner validation fraction" in html
@@ -212,33 +213,35 @@ def test_protocol_without_data_files_derives_or_says_unknown(tmp_path):
     (run / "splits.json").write_text("{not json")  # unreadable: ignored, never fatal for a report
     proto = protocol(load_run(run))
     assert proto["images dropped by the audit policy"] == "unknown"
-    assert proto["grouping description"].startswith("duplicate clusters from the audit")
-    assert proto["grouping description"].endswith("(derived from data.adapter)")
+    assert proto["groups kept together"].startswith("duplicate clusters from the audit")
+    assert proto["groups kept together"].endswith(
+        "(from how the runner groups this dataset; the split file does not describe its groups)"
+    )
     assert proto["audit policy"].startswith("conflicts drop; near duplicates: dHash-256 distance <= 40 bits")
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["data"]["adapter"], config["splits"]["grouping"] = "isic2018", "group"
     del config["data"]["audit"], config["splits"]["inner_val_fraction"]
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     proto = protocol(load_run(run))
-    assert proto["grouping description"].startswith("lesion_id")
+    assert proto["groups kept together"].startswith("lesion_id")
     assert proto["audit policy"] == "conflicts unknown; near duplicates: dHash-256 distance <= unknown bits"
     assert proto["inner validation fraction"] == "unknown"
     config["splits"]["grouping"] = "patient_id"
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    assert "'patient_id'" in protocol(load_run(run))["grouping description"]
+    assert "'patient_id'" in protocol(load_run(run))["groups kept together"]
 
 
 def test_dropped_images_from_audit_alone(tmp_path):
     run = _make_run(tmp_path)
     (run / "manifest.csv").unlink()
     assert protocol(load_run(run))["images dropped by the audit policy"] == (
-        "3 of 163 (broken.png, x (1), y (1)) [audit.json, by the policy]"
+        "3 of 163 (broken.png, x (1), y (1)); counted as the images the policy drops, from the audit record"
     )
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["data"]["audit"]["conflicts"] = "keep"
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     assert protocol(load_run(run))["images dropped by the audit policy"] == (
-        "1 of 163 (broken.png) [audit.json, by the policy]"
+        "1 of 163 (broken.png); counted as the images the policy drops, from the audit record"
     )
 
 
@@ -314,3 +317,237 @@ def test_unreadable_fold_csv_names_the_file(tmp_path):
     (run / "fold_1" / "history.csv").write_bytes(b"")
     with pytest.raises(DataError, match=r"fold_1.history\.csv.*re-run fold 1"):
         write_report(run, tmp_path / "r", n_bootstrap=20)
+
+
+def _definitions_in_both(summary: dict, md: str, html_text: str) -> None:
+    import html as html_lib
+
+    from medsg.report.tables import md_escape
+
+    for text in summary["definitions"].values():
+        assert md_escape(text) in md, text
+        assert html_lib.escape(text) in html_text, text
+
+
+def test_report_content_a_reader_needs(report):
+    run, report_dir, html_path = report
+    summary = json.loads((run / "summary.json").read_text())
+    md, html_text = (report_dir / "report.md").read_text(), html_path.read_text()
+    # recipe read from config.yaml
+    recipe = {r["item"]: r["value"] for r in summary["recipe"]}
+    assert recipe["model"] == "sgformer_tiny" and recipe["pretrained weights"] == "/weights/sgformer.pth"
+    assert "horizontal flip" in recipe["augmentations (training only)"]
+    assert "## Training recipe" in md and "<h2>Training recipe</h2>" in html_text
+    # selected epoch per fold, the majority-class baseline as a row
+    assert "| Selected epoch |" in md and "| 0 | 40 | 2 |" in md
+    y = pd.concat([_fold_predictions(f) for f in DONE_FOLDS])["y_true"]
+    assert summary["baseline"]["balanced_accuracy"] == pytest.approx(1 / 3)
+    assert summary["baseline"]["accuracy"] == pytest.approx(y.value_counts().max() / len(y))
+    assert "| Majority-class baseline | 120 |" in md and "Majority-class baseline" in html_text
+    # pooled figures combine k models; selection rule in words, the same sentence as metrics.json
+    assert "combine the predictions of k different models" in md
+    assert "best inner-validation balanced accuracy (tie-break: lower val loss)" in md
+    # per-class sensitivity with CIs and the worst confusions in a sentence
+    for name in CLASSES:
+        ci = summary["sensitivity_ci"][name]
+        assert ci["low"] <= summary["pooled"]["per_class"][name]["sensitivity"] <= ci["high"]
+    assert "Sensitivity [95% CI]" in md
+    cm = np.asarray(summary["pooled"]["confusion_matrix"])
+    i, j = np.unravel_index(np.argmax(cm - np.diag(np.diag(cm))), cm.shape)
+    largest = f"{cm[i, j]} of {cm[i].sum()} {CLASSES[i]} predicted {CLASSES[j]}"
+    assert summary["confusions"].startswith(f"Largest confusions: {largest}")
+    # words, not entities or code names
+    assert "&lt;" not in md and "&gt;" not in md and "&amp;" not in md
+    assert "distance <= 40 bits" in md
+    assert "[audit.json" not in md and "grouping**: group" not in md
+    _definitions_in_both(summary, md, html_text)
+
+
+def test_critical_class_confusions_sentence(tmp_path):
+    from medsg.report.aggregate import confusion_text
+
+    pooled = {"confusion_matrix": [[100, 5, 3], [10, 171, 28], [2, 1, 40]]}
+    text = confusion_text(pooled, ["benign", "malignant", "normal"], "busi")
+    assert text == (
+        "Missed malignant (the clinically worst errors): 28 of 209 malignant predicted normal; "
+        "10 of 209 malignant predicted benign."
+    )
+    generic = confusion_text(pooled, ["a", "b", "c"], "csv")
+    assert generic.startswith("Largest confusions: 28 of 209 b predicted c; 10 of 209 b predicted a")
+
+
+def test_synthetic_data_said_at_the_top(tmp_path):
+    run = _make_run(tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["synthetic"] = True
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    html_path = write_report(run, tmp_path / "r", n_bootstrap=20)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert md.split("\n")[2].startswith("> **Synthetic data:")
+    assert html_path.read_text().index("Synthetic data:") < html_path.read_text().index("<h2>Protocol")
+    plain = _make_run(tmp_path / "plain")
+    write_report(plain, tmp_path / "r2", n_bootstrap=20)
+    assert "Synthetic data" not in (tmp_path / "r2" / "report.md").read_text()
+
+
+def test_smaller_fold_says_why_and_absolute_root_is_hidden(tmp_path):
+    run = _make_run(tmp_path)
+    split = json.loads((run / "splits.json").read_text())
+    folds = [{"train": [], "val": [f"f{f}_{i:03d}" for i in range(40)]} for f in range(4)]
+    path = run / "fold_1" / "predictions.csv"
+    pd.read_csv(path).iloc[:-2].to_csv(path, index=False)  # f1_038, f1_039 dropped by the audit
+    (run / "splits.json").write_text(json.dumps(split | {"folds": folds}))
+    write_report(run, tmp_path / "r", n_bootstrap=20)
+    summary = json.loads((run / "summary.json").read_text())
+    (note,) = [n for n in summary["notes"] if n.startswith("fold 1 has")]
+    assert note == (
+        "fold 1 has 38 test images, 2 fewer than the largest fold; 2 of its split-file images were removed "
+        "by the audit policy (f1_038, f1_039)"
+    )
+    assert "/data/busi" not in (tmp_path / "r" / "report.md").read_text()
+    assert summary["protocol"]["data folder"] == "'busi' (an absolute path on the machine that ran it)"
+    assert summary["protocol"]["split file"] == "data_splits/busi_4fold_seed0.json"  # relative: as given
+
+
+def test_cluster_bootstrap_resamples_the_split_groups(tmp_path):
+    """Clustered toy data (each image copied 5 times in one group): group CIs are wider than image CIs."""
+    run = _make_run(tmp_path)
+    manifest = pd.read_csv(run / "manifest.csv", dtype={"id": str})
+    manifest["group"] = [f"g{i // 8}" for i in range(len(manifest))]  # 8 correlated images per group
+    manifest.to_csv(run / "manifest.csv", index=False)
+    for fold in DONE_FOLDS:  # each group of 8 shares one prediction: clustered outcomes
+        path = run / f"fold_{fold}" / "predictions.csv"
+        preds = pd.read_csv(path)
+        first = preds.groupby(np.arange(len(preds)) // 8).transform("first")
+        preds[[c for c in preds.columns if c.startswith("p_") or c == "y_true"]] = first[
+            [c for c in preds.columns if c.startswith("p_") or c == "y_true"]
+        ]
+        preds.to_csv(path, index=False)
+    write_report(run, tmp_path / "r", n_bootstrap=400)
+    summary = json.loads((run / "summary.json").read_text())
+    grouped = summary["bootstrap_ci"]
+    assert grouped["_settings"]["unit"] == "group" and grouped["_settings"]["groups"] == 15
+    assert "resampling the 15 groups the split keeps together" in summary["definitions"]["bootstrap_ci"]
+    (run / "manifest.csv").write_text(manifest.drop(columns="group").to_csv(index=False))
+    write_report(run, tmp_path / "r2", n_bootstrap=400)
+    images = json.loads((run / "summary.json").read_text())["bootstrap_ci"]
+    assert images["_settings"]["unit"] == "image"
+    for key in ("balanced_accuracy", "macro_auroc", "log_loss"):
+        grouped_width = grouped[key]["high"] - grouped[key]["low"]
+        assert grouped_width > 1.5 * (images[key]["high"] - images[key]["low"]), key
+    # the fold mean ± SD is still there, unchanged by the bootstrap unit
+    assert summary["mean_sd"]["balanced_accuracy"]["sd"] > 0
+
+
+def test_reliability_diagram_counts_and_honest_legend():
+    from matplotlib.patches import Rectangle
+
+    from medsg.report.figures import reliability_figure
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    probs = rng.dirichlet(np.ones(3), 200)
+    ax = reliability_figure(y, probs).axes[0]
+    conf = probs.max(axis=1)
+    from medsg.metrics import confidence_bins
+
+    counts = np.bincount(confidence_bins(conf, 15), minlength=15)
+    assert sorted(int(t.get_text()) for t in ax.texts) == sorted(int(c) for c in counts if c)
+    legend = ax.get_legend()
+    handles = dict(zip([t.get_text() for t in legend.get_texts()], legend.legend_handles, strict=True))
+    assert set(handles) == {"accuracy", "gap to mean confidence", "mean confidence", "perfect calibration"}
+    gap_bars = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_hatch() == "//"]
+    assert gap_bars and all(not p.get_fill() for p in gap_bars)  # no translucent fill to mix colours
+    gap = handles["gap to mean confidence"]
+    assert gap.get_hatch() == "//" and not gap.get_fill()
+    assert gap.get_edgecolor() == gap_bars[0].get_edgecolor()
+
+
+def test_training_curves_mark_the_selected_epoch_with_the_legend_outside():
+    from medsg.report.figures import training_curves_figure
+
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "train_loss": [1.0, 0.8, 0.7],
+            "val_loss": [1.0, 0.9, 0.95],
+            "val_balanced_accuracy": [0.4, 0.6, 0.5],
+        }
+    )
+    fig = training_curves_figure({0: history, 1: history}, {0: 2, 1: 3})
+    loss_ax, acc_ax = fig.axes
+    stars = [
+        (line.get_xdata()[0], line.get_ydata()[0])
+        for line in acc_ax.get_lines()
+        if line.get_marker() == "*" and len(line.get_xdata())
+    ]
+    assert sorted(stars) == [(2, 0.6), (3, 0.5)]
+    assert loss_ax.get_legend() is None and acc_ax.get_legend() is None  # not drawn over the curves
+    (legend,) = fig.legends
+    assert "selected epoch" in [t.get_text() for t in legend.get_texts()]
+
+
+def _finish_fold_3(run: Path) -> None:
+    fold_dir = run / "fold_3"
+    preds = _fold_predictions(3)
+    metrics = classification_metrics(preds["y_true"].to_numpy(), preds.iloc[:, 4:].to_numpy(), CLASSES)
+    (fold_dir / "metrics.json").write_text(json.dumps(metrics | {"fold": 3, "best_epoch": 1}))
+    (fold_dir / "DONE").write_text("")
+
+
+def test_report_folder_records_its_run_and_refuses_another(tmp_path, monkeypatch):
+    from medsg.errors import ReportRefused
+    from medsg.experiment import MADE_BY, write_run_report
+
+    monkeypatch.chdir(tmp_path)
+    run = _make_run(tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["eval"] = {"bootstrap": 20}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    # a partial run reports into its own folder, never into reports/
+    partial = write_run_report(run)
+    assert partial.parent == run / "report" and not (tmp_path / "reports").exists()
+    assert json.loads((run / "report" / MADE_BY).read_text())["complete"] is False
+
+    _finish_fold_3(run)
+    html_path = write_run_report(run)
+    out = html_path.parent
+    assert out == Path("reports") / f"exp{EVIL}"
+    made_by = json.loads((out / MADE_BY).read_text())
+    assert made_by["run_id"] == f"exp{EVIL}" and made_by["complete"] is True
+    assert len(made_by["config_hash"]) == 64 and {"report_commit", "run_commit", "clean_tree"} <= set(made_by)
+    assert made_by["run_commit"] == "abc1234"
+    write_run_report(run)  # the same run may rewrite its own report
+
+    other = _make_run(tmp_path / "other")  # another run (other recipe), aimed at the same folder
+    config["train"]["lr"] = 0.1
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    _finish_fold_3(other)
+    with pytest.raises(ReportRefused, match=r"another run .*--out .*--force"):
+        write_run_report(other, out)
+    assert json.loads((out / MADE_BY).read_text()) == made_by  # untouched
+    write_run_report(other, out, force=True)
+    assert json.loads((out / MADE_BY).read_text())["config_hash"] != made_by["config_hash"]
+
+    (run / "fold_3" / "DONE").unlink()  # a partial run of the right config over a complete report
+    write_run_report(other, out, force=True)
+    config["train"]["lr"] = 0.1
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ReportRefused, match="unfinished folds"):
+        write_run_report(run, out)
+
+
+def test_report_made_before_origins_is_replaced_only_by_its_experiment(tmp_path):
+    from medsg.errors import ReportRefused
+    from medsg.experiment import write_run_report
+
+    run = _make_run(tmp_path)
+    _finish_fold_3(run)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "report.md").write_text("# old\n")
+    (legacy / "summary.json").write_text(json.dumps({"experiment": "busi_cpu_sgformer_tiny"}))
+    with pytest.raises(ReportRefused, match="busi_cpu_sgformer_tiny"):
+        write_run_report(run, legacy)
+    (legacy / "summary.json").write_text(json.dumps({"experiment": f"exp{EVIL}"}))
+    assert write_run_report(run, legacy).is_file()

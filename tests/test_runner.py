@@ -332,3 +332,34 @@ def test_real_busi_one_fold_with_the_canonical_split(tmp_path):
     )  # the cross-class conflict is dropped
     metrics = json.loads((run_dir / "fold_0" / "metrics.json").read_text())
     assert metrics["n_test"] == len(ids["test"]) > 150
+
+
+def test_failed_start_can_be_restarted_with_a_corrected_config(busi_root, tmp_path):
+    from medsg.experiment import prepare_data, save_or_check_config
+
+    bad = make_cfg(busi_root, tmp_path, "splits.grouping=patient")
+    with pytest.raises(ConfigError, match="splits.grouping: column 'patient' is not in the manifest"):
+        run_experiment(bad, quiet=True)
+    run_dir = bad.run_dir.resolve()
+    assert (run_dir / "config.yaml").is_file()  # the failed start left its config behind
+    (run_dir / "splits.json").write_text("{}")  # and, say, a derived file from another attempt
+
+    good = make_cfg(busi_root, tmp_path)
+    save_or_check_config(good, run_dir)  # no fold trained: the corrected config replaces the old one
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["splits"]["grouping"] == "group"
+    assert not (run_dir / "splits.json").exists()  # never reused under the new config
+
+    prepare_data(good, run_dir)
+    first = json.loads((run_dir / "protocol.json").read_text())
+    assert (
+        first["split_file"] == str(Path(good.split_file).resolve()) and "split_file_copied_from" not in first
+    )
+    prepare_data(good, run_dir)  # a resume reads the run's own copy, and protocol.json says so
+    resumed = json.loads((run_dir / "protocol.json").read_text())
+    assert resumed["split_file"] == str(run_dir / "splits.json")
+    assert resumed["split_file_copied_from"] == str(good.split_file)
+
+    (run_dir / "fold_0").mkdir(exist_ok=True)
+    (run_dir / "fold_0" / "checkpoint_last.pt").write_bytes(b"")  # a fold has trained: the config is fixed
+    with pytest.raises(ConfigError, match=r"different config \(train\.lr: 0\.001 -> 0\.01\) and has trained"):
+        save_or_check_config(make_cfg(busi_root, tmp_path, "train.lr=0.01"), run_dir)

@@ -207,6 +207,20 @@ class BinarizeMaskd(MapTransform):
         return d
 
 
+def describe_augmentations(color_aug: bool, vertical_flip: bool) -> str:
+    """``build_transforms``' training augmentations in words, for the report's recipe table (kept beside it)."""
+    steps = ["horizontal flip (p 0.5)"]
+    if vertical_flip:
+        steps.append("vertical flip (p 0.5)")
+    steps += ["rotation up to ±15° (p 0.5)", "zoom 0.9-1.15 (p 0.5)"]
+    if color_aug:
+        steps.append(
+            "colour jitter (brightness/contrast/saturation 0.2, hue 0.03, p 0.8) and HSV shift (p 0.3)"
+        )
+    steps += ["gamma contrast 0.8-1.25 (p 0.3)", "Gaussian noise SD 0.02 (p 0.2)"]
+    return "; ".join(steps)
+
+
 def build_transforms(
     img_size: int,
     mean: Sequence[float],

@@ -44,7 +44,7 @@ from timm.models._features import feature_take_indices
 
 from medsg.errors import CheckpointError, ConfigError, InputSizeError
 
-__all__ = ["SGFormer", "valid_img_sizes", "checkpoint_filter_fn", "sincos_pos_embed_2d"]
+__all__ = ["SGFormer", "check_img_size", "valid_img_sizes", "checkpoint_filter_fn", "sincos_pos_embed_2d"]
 
 SIZE_UNIT = 224  # every input side must be a positive multiple of this
 WINDOW = 7  # local attention window of the hybrid blocks
@@ -61,6 +61,12 @@ def valid_img_sizes(max_multiple: int = 4) -> list[int]:
 def _size_hint() -> str:
     sizes = ", ".join(str(s) for s in valid_img_sizes())
     return f"every side must be a positive multiple of {SIZE_UNIT} ({sizes}, ...)"
+
+
+def check_img_size(img_size: int | Sequence[int]) -> None:
+    """Raise ``InputSizeError`` (naming the valid sizes) for a size SG-Former cannot serve; the config check
+    calls this so a wrong ``model.img_size`` fails before any data is read, not at model build."""
+    _to_hw(img_size)
 
 
 def _to_hw(img_size: int | Sequence[int]) -> tuple[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from medsg.config import DEFAULT_BOOTSTRAP
 from medsg.io import atomic_write_bytes, atomic_write_text
 from medsg.report.aggregate import RunData, build_summary, load_run
 from medsg.report.explanations import (
@@ -20,7 +21,9 @@ from medsg.report.markdown import render_markdown
 __all__ = ["build_summary", "load_run", "write_report"]
 
 
-def write_report(run_dir: Path, report_dir: Path, n_bootstrap: int = 1000, seed: int = 0) -> Path:
+def write_report(
+    run_dir: Path, report_dir: Path, n_bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0
+) -> Path:
     """Aggregate the folds with a DONE marker; returns the path of report.html.
 
     Writes summary.json and oof_predictions.csv into ``run_dir`` and ``report_dir``, and report.md,
@@ -91,6 +94,19 @@ def _figures(run: RunData, summary: dict) -> list[tuple[str, str, bytes]]:
         )
     if run.histories:
         figures.append(
-            ("Training curves per fold", "training_curves.png", training_curves_png(run.histories))
+            (
+                "Training curves per fold (star: the epoch selection kept)",
+                "training_curves.png",
+                training_curves_png(run.histories, _selected_epochs(run)),
+            )
         )
     return figures
+
+
+def _selected_epochs(run: RunData) -> dict[int, int]:
+    """fold -> the epoch whose weights were tested (metrics.json's best_epoch), where recorded."""
+    return {
+        fold: int(meta["best_epoch"])
+        for fold, meta in run.fold_meta.items()
+        if isinstance(meta.get("best_epoch"), int)
+    }

@@ -12,8 +12,17 @@ import pandas as pd
 import yaml
 
 from medsg.calibration import CALIBRATED_PREDICTIONS, CALIBRATION_FILE
+from medsg.data.transforms import aug_defaults, describe_augmentations
 from medsg.errors import ConfigError, DataError
-from medsg.metrics import HEADLINE, bootstrap_ci, calibration_cis, classification_metrics, summarize_folds
+from medsg.metrics import (
+    HEADLINE,
+    bootstrap_ci,
+    calibration_cis,
+    classification_metrics,
+    sensitivity_cis,
+    summarize_folds,
+)
+from medsg.protocol import OUTER_TEST_UNUSED, selection_rule_text
 from medsg.report.run_files import (
     UNKNOWN,
     audit_policy_text,
@@ -26,12 +35,12 @@ from medsg.report.run_files import (
 
 FROM_SCRATCH = "none (trained from scratch)"
 _AS_DEFAULT = object()  # cfg_get: a null value counts as missing unless ``null=`` is given
-SELECTION_TEXT = {
-    "inner_val": "checkpoint chosen on an inner validation split of the training fold; "
-    "the outer test fold is never used for selection",
-    "last_epoch": "checkpoint of the last epoch after a fixed schedule; "
-    "the outer test fold is never used for selection",
-}
+# the class whose misses matter most, per dataset: its confusions are stated in a sentence
+CRITICAL_CLASS = {"busi": "malignant", "isic2018": "MEL"}
+POOLED_TEXT = (
+    "Pooled out-of-fold figures combine the predictions of k different models (one per fold, each tested on "
+    "the images it never saw); they describe the procedure, not one model."
+)
 
 
 @dataclass
@@ -128,13 +137,21 @@ def _load_calibration(run: RunData, fold_dirs: dict[int, Path]) -> None:
     run.calibration = {f: _read_json(fold_dirs[f] / CALIBRATION_FILE) for f in run.folds}
 
 
-def calibration_summary(run: RunData, n_bootstrap: int, seed: int) -> dict[str, Any] | None:
+def calibration_summary(
+    run: RunData, n_bootstrap: int, seed: int, groups: np.ndarray | None = None
+) -> dict[str, Any] | None:
     """Per-fold temperatures and pooled ECE, Brier and log loss before/after, with paired bootstrap CIs."""
     if run.calibrated is None:
         return None
     y = run.oof["y_true"].to_numpy()
     cis = calibration_cis(
-        y, run.probs(), run.probs(run.calibrated), run.class_names, n_resamples=n_bootstrap, seed=seed
+        y,
+        run.probs(),
+        run.probs(run.calibrated),
+        run.class_names,
+        n_resamples=n_bootstrap,
+        seed=seed,
+        groups=groups,
     )
     per_fold = [
         {
@@ -157,9 +174,6 @@ def protocol(run: RunData) -> dict[str, str]:
     present, so a reader sees what the data policy removed and what a group is, not only a column name.
     """
     cfg = run.config
-    selection = cfg_get(cfg, "train.selection")
-    if selection != UNKNOWN:
-        selection = SELECTION_TEXT.get(str(selection), f"{selection} (rule not documented)")
     audit = read_json_or_none(run.run_dir / "audit.json")
     split_file = read_json_or_none(run.run_dir / "splits.json") or {}
     header = split_file.get("header") if isinstance(split_file.get("header"), dict) else None
@@ -167,22 +181,22 @@ def protocol(run: RunData) -> dict[str, str]:
     threshold, min_corr = audit_thresholds(
         cfg_get(cfg, "data.audit.near_dup_threshold"), cfg_get(cfg, "data.audit.min_correlation"), audit
     )
+    grouping = cfg_get(cfg, "splits.grouping")
     return {
         "experiment": str(cfg_get(cfg, "experiment.name", run.run_dir.name)),
         "dataset": str(cfg_get(cfg, "data.adapter")),
-        "data root": str(cfg_get(cfg, "data.root")),
+        "data folder": _path_text(cfg_get(cfg, "data.root")),
         "images (included folds)": str(len(run.oof)),
         "classes": ", ".join(run.class_names),
         "cross-validation": f"{cfg_get(cfg, 'splits.k')}-fold, split seed {cfg_get(cfg, 'splits.seed')}",
-        "grouping": str(cfg_get(cfg, "splits.grouping")),
-        "grouping description": grouping_description(
+        "groups kept together": grouping_description(
             header,
             cfg_get(cfg, "data.adapter"),
-            cfg_get(cfg, "splits.grouping"),
+            grouping,
             threshold,
             UNKNOWN if min_corr is None else min_corr,
         ),
-        "split file": str(cfg_get(cfg, "splits.file")),
+        "split file": _path_text(cfg_get(cfg, "splits.file")),
         "audit policy": audit_policy_text(conflicts, threshold, min_corr, audit),
         "images dropped by the audit policy": dropped_text(
             audit, manifest_ids(run.run_dir / "manifest.csv"), conflicts
@@ -195,9 +209,151 @@ def protocol(run: RunData) -> dict[str, str]:
         # the runner treats null and "" alike (no weights file): both mean training from scratch
         "pretrained weights": str(cfg_get(cfg, "model.pretrained", null=FROM_SCRATCH) or FROM_SCRATCH),
         "epochs": str(cfg_get(cfg, "train.epochs")),
-        "model selection": selection,
+        "model selection": selection_text(cfg),
         "provenance": _provenance(cfg_get(cfg, "provenance", None)),
     }
+
+
+def selection_text(cfg: dict[str, Any]) -> str:
+    """The selection rule in words (the same sentence as each fold's metrics.json), or 'unknown'."""
+    selection = cfg_get(cfg, "train.selection")
+    if selection == UNKNOWN:
+        return UNKNOWN
+    rule = selection_rule_text(
+        selection,
+        cfg_get(cfg, "train.epochs"),
+        cfg_get(cfg, "train.ema", False),
+        cfg_get(cfg, "splits.inner_val_fraction", None),
+    )
+    return f"{rule}; {OUTER_TEST_UNUSED}"
+
+
+def _path_text(path: Any) -> str:
+    """A path as the config gave it; an absolute path of one machine shows only its last part."""
+    text = str(path)
+    if path == UNKNOWN or not Path(text).is_absolute():
+        return text
+    return f"{Path(text).name!r} (an absolute path on the machine that ran it)"
+
+
+def recipe(cfg: dict[str, Any]) -> list[dict[str, str]]:
+    """The training recipe as (item, value) rows from config.yaml, so a reader can repeat the run."""
+
+    def train(key: str, default: Any = UNKNOWN) -> Any:
+        return cfg_get(cfg, f"train.{key}", default)
+
+    adapter = cfg_get(cfg, "data.adapter")
+    defaults = aug_defaults(str(adapter))
+    color = cfg_get(cfg, "data.color_aug", defaults["color_aug"])
+    decay = cfg_get(cfg, "train.layer_decay", null="none (one learning rate for all layers)")
+    weighting = train("class_weighting")
+    loss = f"cross-entropy, label smoothing {train('label_smoothing')}, class weighting {weighting}"
+    if weighting == "balanced":
+        loss += " (inverse class frequency of the training fold)"
+    rows = [
+        ("model", cfg_get(cfg, "model.name")),
+        ("pretrained weights", cfg_get(cfg, "model.pretrained", null=FROM_SCRATCH) or FROM_SCRATCH),
+        ("input size", f"{cfg_get(cfg, 'model.img_size')} px square"),
+        ("drop path", cfg_get(cfg, "model.drop_path")),
+        ("epochs", f"{train('epochs')} ({train('warmup_epochs')} warm-up), {train('sched')} schedule"),
+        ("batch size", train("batch_size")),
+        ("optimizer", f"{train('optimizer')}, weight decay {train('weight_decay')}"),
+        ("learning rate", f"{train('lr')} (minimum {train('min_lr')})"),
+        ("layer decay", decay),
+        ("loss", loss),
+        ("sampler", train("sampler")),
+        ("gradient clipping", cfg_get(cfg, "train.grad_clip", null="none")),
+        ("EMA of weights", {True: "yes", False: "no"}.get(train("ema"), UNKNOWN)),
+        ("augmentations (training only)", describe_augmentations(bool(color), defaults["vertical_flip"])),
+    ]
+    return [{"item": item, "value": str(value)} for item, value in rows]
+
+
+def group_labels(run: RunData) -> tuple[np.ndarray | None, str]:
+    """Each pooled row's split group (manifest.csv's ``splits.grouping`` column), and the bootstrap unit in words.
+
+    The split keeps near-duplicates and lesions in one fold, so they are correlated: the CIs resample those
+    groups. Without the column (an old or hand-made run folder) the CIs resample images, and say so.
+    """
+    column = str(cfg_get(run.config, "splits.grouping", "group"))
+    path = run.run_dir / "manifest.csv"
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=["id", column])
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return (
+            None,
+            "images (no group column in the run's manifest.csv, so images are treated as independent)",
+        )
+    groups = frame.drop_duplicates("id").set_index("id")[column].reindex(run.oof["id"])
+    if groups.isna().any() or (groups == "").any():
+        return None, "images (some predicted images have no group in manifest.csv)"
+    n = groups.nunique()
+    return groups.to_numpy(), f"the {n} groups the split keeps together ({len(groups)} images)"
+
+
+def baseline_metrics(run: RunData) -> dict[str, Any]:
+    """A model that gives every image the pooled class frequencies: argmax is the majority class.
+
+    A row to beat: balanced accuracy 1/C, AUROC 0.5, log loss = entropy of the class frequencies.
+    """
+    y = run.oof["y_true"].to_numpy()
+    freq = np.bincount(y, minlength=len(run.class_names)) / len(y)
+    return classification_metrics(y, np.tile(freq, (len(y), 1)), run.class_names)
+
+
+def fold_size_notes(run: RunData, per_fold: list[dict[str, Any]]) -> list[str]:
+    """Why a fold has fewer test images than the largest: the split-file ids the run did not have."""
+    split_file = read_json_or_none(run.run_dir / "splits.json") or {}
+    folds = split_file.get("folds") if isinstance(split_file.get("folds"), list) else []
+    largest = max(m["n"] for m in per_fold)
+    notes = []
+    for m in per_fold:
+        if m["n"] == largest:
+            continue
+        text = f"fold {m['fold']} has {m['n']} test images, {largest - m['n']} fewer than the largest fold"
+        fold = m["fold"]
+        if fold < len(folds) and isinstance(folds[fold], dict):
+            have = set(run.oof.loc[run.oof["fold"] == fold, "id"])
+            gone = sorted(str(i) for i in folds[fold].get("val", []) if str(i) not in have)
+            if gone:
+                text += (
+                    f"; {len(gone)} of its split-file images were removed by the audit policy "
+                    f"({', '.join(gone[:5])}{', ...' if len(gone) > 5 else ''})"
+                )
+        else:
+            text += " (folds are made with whole groups, so their sizes differ)"
+        notes.append(text)
+    return notes
+
+
+def confusion_text(pooled: dict[str, Any], class_names: list[str], adapter: Any) -> str:
+    """The clinically worst confusions in a sentence, e.g. '28 of 209 malignant predicted normal'.
+
+    For a dataset with a known critical class (malignant, melanoma) its misses are stated; otherwise the
+    three largest off-diagonal cells.
+    """
+    cm = np.asarray(pooled["confusion_matrix"])
+    support = cm.sum(axis=1)
+    critical = CRITICAL_CLASS.get(str(adapter))
+    if critical in class_names:
+        c = class_names.index(critical)
+        misses = [
+            f"{cm[c, j]} of {support[c]} {critical} predicted {class_names[j]}"
+            for j in np.argsort(-cm[c])
+            if j != c and cm[c, j] > 0
+        ]
+        if not misses:
+            return f"No {critical} image was predicted as another class."
+        return f"Missed {critical} (the clinically worst errors): " + "; ".join(misses) + "."
+    cells = [(cm[i, j], i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j] > 0]
+    top = sorted(cells, key=lambda t: (-t[0], t[1], t[2]))[:3]
+    if not top:
+        return "No image was misclassified."
+    return (
+        "Largest confusions: "
+        + "; ".join(f"{n} of {support[i]} {class_names[i]} predicted {class_names[j]}" for n, i, j in top)
+        + "."
+    )
 
 
 def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -212,14 +368,19 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
         )
     y, p = run.oof["y_true"].to_numpy(), run.probs()
     notes = [f"fold {m['fold']}: {note}" for m in per_fold for note in m["notes"]]
+    notes += fold_size_notes(run, per_fold)
     if run.missing:
         notes.append(f"folds {run.missing} are not finished and are not included")
     proto = protocol(run)
-    calibration = calibration_summary(run, n_bootstrap, seed)
+    groups, unit = group_labels(run)
+    calibration = calibration_summary(run, n_bootstrap, seed, groups)
     extra = {} if calibration is None else {"calibration": calibration}
+    pooled = classification_metrics(y, p, run.class_names)
     return {
         "experiment": proto["experiment"],
+        "synthetic_data": bool(cfg_get(run.config, "data.synthetic", False)),
         "protocol": proto,
+        "recipe": recipe(run.config),
         "class_names": run.class_names,
         "folds_included": run.folds,
         "folds_missing": run.missing,
@@ -229,19 +390,28 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
         ],
         "per_fold_full": per_fold,
         "mean_sd": summarize_folds(per_fold),
-        "pooled": classification_metrics(y, p, run.class_names),
-        "bootstrap_ci": bootstrap_ci(y, p, run.class_names, n_resamples=n_bootstrap, seed=seed),
+        "pooled": pooled,
+        "baseline": {k: baseline_metrics(run)[k] for k in HEADLINE},
+        "bootstrap_ci": bootstrap_ci(
+            y, p, run.class_names, n_resamples=n_bootstrap, seed=seed, groups=groups
+        ),
+        "sensitivity_ci": sensitivity_cis(y, p, run.class_names, n_bootstrap, seed, groups=groups),
+        "confusions": confusion_text(pooled, run.class_names, cfg_get(run.config, "data.adapter")),
         "notes": notes,
         "definitions": {
-            "per_fold": "recomputed from fold_K/predictions.csv with medsg.metrics.classification_metrics",
-            "mean_sd": "mean and SD (ddof=1) over included folds",
-            "bootstrap_ci": f"percentile {n_bootstrap}-resample bootstrap on pooled out-of-fold predictions, "
-            f"seed {seed}",
+            "per_fold": "recomputed from each fold's test predictions (fold_K/predictions.csv)",
+            "mean_sd": "mean and SD (ddof=1) over included folds; the SD carries the training variability",
+            "bootstrap_ci": f"percentile {n_bootstrap}-resample bootstrap of the pooled out-of-fold "
+            f"predictions, seed {seed}, resampling {unit}",
+            "pooled": POOLED_TEXT,
+            "baseline": "every image gets the pooled class frequencies, so the prediction is always the "
+            "majority class",
             "ece": "15 equal-width bins (m/15, (m+1)/15] on the max probability; "
             "sum over bins of |bin|/n * |accuracy - mean confidence|",
             "ece_ci": "ECE is biased upwards under resampling, so its bootstrap CI can sit above the point value",
             "y_pred": "argmax of the stored probabilities (the y_pred column of predictions.csv is not used)",
             "brier": "mean over samples of sum over classes of (p - onehot)^2 (range 0 to 2)",
+            "macro AUROC": "mean of one-vs-rest AUROCs over the classes present; absent classes are null",
         },
     } | extra
 

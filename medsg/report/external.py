@@ -15,7 +15,7 @@ from medsg.io import atomic_write_bytes, atomic_write_text
 from medsg.metrics import CALIBRATION_KEYS, HEADLINE
 from medsg.report.figures import confusion_png, reliability_png, roc_png
 from medsg.report.html import CSS
-from medsg.report.tables import COLUMN_TITLES, class_table, fmt, to_html, to_markdown
+from medsg.report.tables import COLUMN_TITLES, class_table, fmt, md_escape, to_html, to_markdown
 
 CV_LABEL = "Cross-validation: pooled out-of-fold, single-fold models"
 TEST_LABEL = "External test: the ensemble"
@@ -100,7 +100,7 @@ def _facts(summary: dict[str, Any]) -> list[str]:
 
 
 def _markdown(summary: dict[str, Any], pairs: list[tuple[str | None, str]], classes: pd.DataFrame) -> str:
-    esc = html.escape
+    esc = md_escape
     lines = [f"# {esc(summary['title'])}", "", "## Protocol", ""]
     lines += [f"- {esc(f)}" for f in _facts(summary)]
     lines += ["", "## Results", "", to_markdown(metrics_table(summary)), ""]

@@ -82,7 +82,19 @@ def roc_png(
 def reliability_png(
     y_true: np.ndarray, probs: np.ndarray, n_bins: int = N_BINS, title: str = "Reliability"
 ) -> bytes:
-    """Reliability diagram on the max probability, same bins as the ECE in medsg.metrics."""
+    """``reliability_figure`` as PNG bytes."""
+    return _png(reliability_figure(y_true, probs, n_bins, title))
+
+
+def reliability_figure(
+    y_true: np.ndarray, probs: np.ndarray, n_bins: int = N_BINS, title: str = "Reliability"
+) -> Figure:
+    """Reliability diagram on the max probability, same bins as the ECE in medsg.metrics.
+
+    Each filled bin shows its accuracy (bar), its mean confidence (marker) and its image count above it, so
+    a reader sees which bins rest on a handful of images. The gap is a hatched outline with no fill, so the
+    legend shows exactly what is drawn (a translucent fill over the bar looked like a third colour).
+    """
     conf = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
     bins = confidence_bins(conf, n_bins)
@@ -93,32 +105,51 @@ def reliability_png(
     fig = Figure(figsize=(5.5, 5), layout="constrained")
     ax = fig.add_subplot()
     filled = count > 0
+    left, width = edges[:-1][filled], 1 / n_bins
     ax.bar(
-        edges[:-1][filled], acc[filled], width=1 / n_bins, align="edge", edgecolor="black", label="accuracy"
+        left, acc[filled], width=width, align="edge", color="tab:blue", edgecolor="black", label="accuracy"
     )
+    low, high = np.minimum(acc, mean_conf)[filled], np.maximum(acc, mean_conf)[filled]
     ax.bar(
-        edges[:-1][filled],
-        (mean_conf - acc)[filled],
-        bottom=acc[filled],
-        width=1 / n_bins,
+        left,
+        high - low,
+        bottom=low,
+        width=width,
         align="edge",
-        color="tab:red",
-        alpha=0.3,
-        label="gap to confidence",
+        fill=False,
+        hatch="//",
+        edgecolor="tab:red",
+        label="gap to mean confidence",
     )
-    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
+    centres = left + width / 2
+    ax.plot(centres, mean_conf[filled], "o", color="tab:red", markersize=3, label="mean confidence")
+    for x, top, n in zip(centres, high, count[filled], strict=True):
+        ax.text(x, min(top + 0.02, 0.97), str(int(n)), ha="center", va="bottom", fontsize=6)
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (max probability)")
+    ax.set_xlabel("confidence (max probability); numbers: images per bin")
     ax.set_ylabel("accuracy")
     ax.set_title(f"{plain(title)} ({n_bins} bins), ECE = {ece_score(y_true, probs, n_bins):.3f}")
     ax.legend(loc="upper left", fontsize=8)
-    return _png(fig)
+    return fig
 
 
-def training_curves_png(histories: dict[int, pd.DataFrame]) -> bytes:
-    """Train/val loss and val balanced accuracy against epoch, one line per fold."""
-    fig = Figure(figsize=(10, 4), layout="constrained")
+def training_curves_png(histories: dict[int, pd.DataFrame], selected: dict[int, int] | None = None) -> bytes:
+    """``training_curves_figure`` as PNG bytes."""
+    return _png(training_curves_figure(histories, selected))
+
+
+def training_curves_figure(
+    histories: dict[int, pd.DataFrame], selected: dict[int, int] | None = None
+) -> Figure:
+    """Train/val loss and val balanced accuracy against epoch, one line per fold.
+
+    ``selected`` (fold -> epoch kept by selection) is marked with a star on both panels, so a reader sees
+    which epoch's weights were tested. The legend sits below the panels, off the curves.
+    """
+    selected = selected or {}
+    fig = Figure(figsize=(10, 4.8), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     for fold, history in sorted(histories.items()):
         if "epoch" not in history:
@@ -127,17 +158,47 @@ def training_curves_png(histories: dict[int, pd.DataFrame]) -> bytes:
         line = None
         if "train_loss" in history:
             (line,) = loss_ax.plot(epoch, history["train_loss"], label=f"fold {fold} train")
+        color = line.get_color() if line is not None else None
         if "val_loss" in history and history["val_loss"].notna().any():
-            color = line.get_color() if line is not None else None
             loss_ax.plot(epoch, history["val_loss"], "--", color=color, label=f"fold {fold} val")
         if "val_balanced_accuracy" in history and history["val_balanced_accuracy"].notna().any():
-            acc_ax.plot(epoch, history["val_balanced_accuracy"], label=f"fold {fold}")
+            (acc_line,) = acc_ax.plot(epoch, history["val_balanced_accuracy"], color=color)
+            color = acc_line.get_color()
+        _mark_selected(loss_ax, acc_ax, history, selected.get(fold), color)
+    if selected:
+        acc_ax.plot([], [], "*", color="black", markersize=10, linestyle="none", label="selected epoch")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss (solid train, dashed inner val)")
     acc_ax.set(xlabel="epoch", ylabel="balanced accuracy", title="Inner-validation balanced accuracy")
     for ax in (loss_ax, acc_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+    handles, labels = [], []
+    for ax in (loss_ax, acc_ax):
+        h, lab = ax.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), fontsize=7)
+    return fig
+
+
+def _mark_selected(
+    loss_ax: object, acc_ax: object, history: pd.DataFrame, epoch: int | None, color: object
+) -> None:
+    """A star at the selected epoch on the val loss and val balanced accuracy curves (when that epoch is there)."""
+    if epoch is None:
+        return
+    row = history[history["epoch"] == epoch]
+    if row.empty:
+        return
+    for ax, column in ((loss_ax, "val_loss"), (acc_ax, "val_balanced_accuracy")):
+        if column in row and row[column].notna().all():
+            ax.plot(
+                [epoch], row[column].to_numpy()[:1], "*", color=color, markersize=12, markeredgecolor="black"
+            )
+
+
+def to_png(fig: Figure) -> bytes:
+    """A figure as PNG bytes (110 dpi, as every report figure)."""
     return _png(fig)
 
 

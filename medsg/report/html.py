@@ -6,7 +6,18 @@ import base64
 import html
 from typing import Any
 
-from medsg.report.tables import calibration_table, calibration_text, class_table, fold_table, to_html
+from medsg.report.tables import (
+    SYNTHETIC_TEXT,
+    calibration_table,
+    calibration_text,
+    class_table,
+    fold_summary_rows,
+    fold_table,
+    recipe_table,
+    results_intro,
+    sensitivity_intro,
+    to_html,
+)
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -19,6 +30,7 @@ dt { font-weight: 600; }
 figure { margin: 1.5em 0; }
 img { max-width: 100%; border: 1px solid #eee; }
 .note { color: #8a4b00; }
+.synthetic { border: 2px solid #b00; padding: 0.5em 1em; color: #b00; font-weight: 600; }
 """
 
 
@@ -45,16 +57,19 @@ def render_html(
             f"<h2>Calibration (pooled out-of-fold)</h2><p>{esc(calibration_text(summary))}</p>"
             f"{to_html(calibration)}"
         )
+    recipe = recipe_table(summary)
+    recipe_html = "" if recipe is None else f"<h2>Training recipe</h2>{to_html(recipe)}"
+    banner = f'<p class="synthetic">{esc(SYNTHETIC_TEXT)}</p>' if summary.get("synthetic_data") else ""
     definitions = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in summary["definitions"].items())
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{title}</title><style>{CSS}</style></head><body>"
-        f"<h1>{title}</h1><h2>Protocol</h2><dl>{protocol}</dl>"
+        f"<h1>{title}</h1>{banner}<h2>Protocol</h2><dl>{protocol}</dl>{recipe_html}"
         + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
-        + "<h2>Results per fold</h2><p>Rows are the outer test folds; mean ± SD is over folds (ddof=1); the last "
-        "row is the pooled out-of-fold value with its percentile bootstrap 95% CI.</p>"
-        f"{to_html(fold_table(summary), summary_rows=2)}"
-        f"<h2>Per class (pooled out-of-fold)</h2>{to_html(class_table(summary))}{calibrated}"
+        + f"<h2>Results per fold</h2><p>{esc(results_intro(summary))}</p>"
+        f"{to_html(fold_table(summary), summary_rows=fold_summary_rows(summary))}"
+        f"<h2>Per class (pooled out-of-fold)</h2><p>{esc(sensitivity_intro(summary))}</p>"
+        f"{to_html(class_table(summary))}{calibrated}"
         f"<h2>Figures</h2>{images}{explained}<h2>Definitions</h2><ul>{definitions}</ul></body></html>\n"
     )
 

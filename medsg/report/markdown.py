@@ -1,34 +1,50 @@
-"""report.md: protocol, fold and class tables, figures linked from figures/."""
+"""report.md: protocol, recipe, fold and class tables, figures linked from figures/."""
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
-from medsg.report.tables import calibration_table, calibration_text, class_table, fold_table, to_markdown
+from medsg.report.tables import (
+    SYNTHETIC_TEXT,
+    calibration_table,
+    calibration_text,
+    class_table,
+    fold_table,
+    md_escape,
+    recipe_table,
+    results_intro,
+    sensitivity_intro,
+    to_markdown,
+)
 
 
 def render_markdown(
     summary: dict[str, Any], figures: list[tuple[str, str]], explanations: dict[str, Any] | None = None
 ) -> str:
     """``figures`` is a list of (caption, path relative to report.md); ``explanations`` holds the Explanations
-    section (``table``, ``text``, ``panels`` as (caption, path)). Text from the data is HTML-escaped."""
-    esc = html.escape
-    lines = [f"# Cross-validation report: {esc(str(summary['experiment']))}", "", "## Protocol", ""]
+    section (``table``, ``text``, ``panels`` as (caption, path)). Text goes through ``md_escape``."""
+    esc = md_escape
+    lines = [f"# Cross-validation report: {esc(summary['experiment'])}", ""]
+    if summary.get("synthetic_data"):
+        lines += [f"> **{esc(SYNTHETIC_TEXT)}**", ""]
+    lines += ["## Protocol", ""]
     lines += [f"- **{esc(key)}**: {esc(value)}" for key, value in summary["protocol"].items()]
+    recipe = recipe_table(summary)
+    if recipe is not None:
+        lines += ["", "## Training recipe", "", to_markdown(recipe)]
     if summary["notes"]:
         lines += ["", "## Notes", ""] + [f"- {esc(note)}" for note in summary["notes"]]
     lines += [
         "",
         "## Results per fold",
         "",
-        "Per-fold rows are the outer test folds. Mean ± SD is over folds (SD with ddof=1). The last row is "
-        "the pooled out-of-fold value with a percentile bootstrap 95% CI "
-        f"({esc(str(summary['definitions']['bootstrap_ci']))}).",
+        esc(results_intro(summary)),
         "",
         to_markdown(fold_table(summary)),
         "",
         "## Per class (pooled out-of-fold)",
+        "",
+        esc(sensitivity_intro(summary)),
         "",
         to_markdown(class_table(summary)),
         "",
@@ -48,9 +64,6 @@ def render_markdown(
         for caption, path in explanations["panels"]:
             lines += [f"![{esc(caption)}]({path})", ""]
     lines += ["## Definitions", ""]
-    lines += [f"- {esc(key)}: {esc(str(text))}" for key, text in summary["definitions"].items()]
-    lines += [
-        "- macro AUROC: mean of one-vs-rest AUROCs over the classes present; absent classes are null.",
-        "",
-    ]
+    lines += [f"- {esc(key)}: {esc(text)}" for key, text in summary["definitions"].items()]
+    lines += [""]
     return "\n".join(lines)

@@ -95,10 +95,11 @@ def render_model_card(
         "## Training data",
         "",
         f"- Dataset: `{data.get('adapter')}` at `{data.get('root')}`; {stats.get('n_images', '?')} images after "
-        f"the audit policy ({proto.get('images dropped by the audit policy', 'dropped: unknown')} dropped)",
+        f"the audit policy (removed by it: {proto.get('images dropped by the audit policy', 'unknown')})",
         f"- Image sizes: width {stats.get('width')}, height {stats.get('height')} px; "
         f"channels {stats.get('channels')}",
-        f"- Grouping of the splits: {proto.get('grouping description', 'unknown')}",
+        # "grouping description": the key in summaries written before the protocol said it in words
+        f"- Grouping of the splits: {proto.get('groups kept together', proto.get('grouping description', 'unknown'))}",
         "",
         "## Protocol",
         "",

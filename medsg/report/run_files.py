@@ -88,13 +88,13 @@ def dropped_text(audit: dict[str, Any] | None, kept: set[str] | None, conflicts:
     if kept is not None:
         count = total - len(kept)
         ids = sorted(candidates - kept)
-        source = "audit.json vs manifest.csv"
+        source = "the audited images minus those the run kept"
     else:
         ids = sorted(candidates)
         count = len(ids)
-        source = "audit.json, by the policy"
+        source = "the images the policy drops, from the audit record"
     shown = ", ".join(ids[:MAX_IDS]) + (f", ... ({len(ids) - MAX_IDS} more)" if len(ids) > MAX_IDS else "")
-    return f"{count} of {total}" + (f" ({shown})" if shown and count else "") + f" [{source}]"
+    return f"{count} of {total}" + (f" ({shown})" if shown and count else "") + f"; counted as {source}"
 
 
 def grouping_description(
@@ -117,4 +117,5 @@ def grouping_description(
     text = describe_grouping(
         str(adapter), str(grouping) if custom else "group", near_dup_threshold, min_correlation
     )
-    return f"{text} (derived from {'splits.grouping' if custom else 'data.adapter'})"
+    source = "the grouping the config names" if custom else "how the runner groups this dataset"
+    return f"{text} (from {source}; the split file does not describe its groups)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 import pandas as pd
@@ -28,20 +29,53 @@ def fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+SYNTHETIC_TEXT = (
+    "Synthetic data: this report comes from the medsg demo's generated images, not from patients. "
+    "Its numbers show the pipeline only and say nothing about any clinical task."
+)
+
+
+def results_intro(summary: dict[str, Any]) -> str:
+    """The sentence above the fold table, the same in report.md and report.html."""
+    return (
+        "Per-fold rows are the outer test folds, with the epoch that selection kept. Mean ± SD is over folds "
+        "(SD with ddof=1). The pooled row has a 95% CI from a "
+        f"{summary['definitions']['bootstrap_ci']}. The baseline row predicts the majority class for every "
+        f"image. {summary['definitions']['pooled']}"
+    )
+
+
+def sensitivity_intro(summary: dict[str, Any]) -> str:
+    """The sentence above the per-class table: CIs, then the clinically worst confusions."""
+    return (
+        "Sensitivity with its 95% CI from the same bootstrap as the fold table. "
+        f"{summary.get('confusions', '')}"
+    ).strip()
+
+
+def recipe_table(summary: dict[str, Any]) -> pd.DataFrame | None:
+    """The training recipe read from the run's config.yaml."""
+    rows = summary.get("recipe")
+    if not rows:
+        return None
+    return pd.DataFrame([{"Setting": r["item"], "Value": r["value"]} for r in rows])
+
+
 def fold_table(summary: dict[str, Any]) -> pd.DataFrame:
-    """One row per fold, then mean ± SD over folds and the pooled out-of-fold bootstrap CI."""
+    """One row per fold, then mean ± SD over folds, the pooled bootstrap CI and the majority baseline."""
     rows = [
-        {"Fold": str(m["fold"]), "n": str(m["n"])} | {COLUMN_TITLES[k]: fmt(m[k]) for k in HEADLINE}
+        {"Fold": str(m["fold"]), "n": str(m["n"]), "Selected epoch": fmt(m.get("best_epoch"))}
+        | {COLUMN_TITLES[k]: fmt(m[k]) for k in HEADLINE}
         for m in summary["per_fold"]
     ]
     mean_sd = summary["mean_sd"]
     rows.append(
-        {"Fold": "Mean ± SD", "n": str(summary["n_pooled"])}
+        {"Fold": "Mean ± SD", "n": str(summary["n_pooled"]), "Selected epoch": ""}
         | {COLUMN_TITLES[k]: f"{fmt(mean_sd[k]['mean'])} ± {fmt(mean_sd[k]['sd'])}" for k in HEADLINE}
     )
     ci = summary["bootstrap_ci"]
     rows.append(
-        {"Fold": "Pooled OOF [95% CI]", "n": str(summary["n_pooled"])}
+        {"Fold": "Pooled OOF [95% CI]", "n": str(summary["n_pooled"]), "Selected epoch": ""}
         | {
             COLUMN_TITLES[k]: f"{fmt(ci[k]['point'])} [{fmt(ci[k]['low'])}, {fmt(ci[k]['high'])}]"
             if k in ci
@@ -49,17 +83,39 @@ def fold_table(summary: dict[str, Any]) -> pd.DataFrame:
             for k in HEADLINE
         }
     )
+    if summary.get("baseline"):
+        rows.append(
+            {"Fold": "Majority-class baseline", "n": str(summary["n_pooled"]), "Selected epoch": ""}
+            | {COLUMN_TITLES[k]: fmt(summary["baseline"].get(k)) for k in HEADLINE}
+        )
     return pd.DataFrame(rows)
+
+
+def fold_summary_rows(summary: dict[str, Any]) -> int:
+    """How many rows at the end of ``fold_table`` are summaries (highlighted in HTML)."""
+    return 3 if summary.get("baseline") else 2
 
 
 def class_table(summary: dict[str, Any]) -> pd.DataFrame:
     """Per-class metrics on the pooled out-of-fold predictions."""
     per_class = summary["pooled"]["per_class"]
+    cis = summary.get("sensitivity_ci", {})
+
+    def sensitivity(name: str) -> str:
+        ci = cis.get(name)
+        point = fmt(per_class[name]["sensitivity"])
+        if not ci or ci.get("low") is None:
+            return point
+        return f"{point} [{fmt(ci['low'])}, {fmt(ci['high'])}]"
+
     return pd.DataFrame(
         [
             {"Class": name, "Support": str(per_class[name]["support"])}
             | {
-                col.capitalize() if col != "auroc" else "AUROC": fmt(per_class[name][col])
+                (col.capitalize() if col != "auroc" else "AUROC")
+                + (" [95% CI]" if col == "sensitivity" and cis else ""): sensitivity(name)
+                if col == "sensitivity"
+                else fmt(per_class[name][col])
                 for col in CLASS_COLUMNS
             }
             for name in summary["class_names"]
@@ -109,8 +165,21 @@ def calibration_text(summary: dict[str, Any]) -> str:
     return text
 
 
+def md_escape(text: Any) -> str:
+    """Text safe in Markdown, and still readable in the raw file: no HTML entities such as ``&lt;=``.
+
+    Markdown renderers pass raw HTML through, so what could start a tag (``<`` before a letter, ``/``, ``!``
+    or ``?``) or an entity (``&name;``) is backslash-escaped, as are backslashes, backticks, ``*`` and the
+    ``](`` of an inline link; ``<= 40``, ``[95% CI]`` and ids with ``_`` stay as they are.
+    """
+    text = re.sub(r"([\\`*])", r"\\\1", str(text))
+    text = text.replace("](", "\\](")
+    text = re.sub(r"<(?=[A-Za-z/!?])", r"\\<", text)
+    return re.sub(r"&(?=#?\w+;)", r"\\&", text)
+
+
 def to_markdown(frame: pd.DataFrame) -> str:
-    """Pipe table; cells are HTML-escaped (Markdown renderers pass raw HTML through) and '|' is escaped."""
+    """Pipe table; cells go through ``md_escape``, and '|' is escaped so it cannot split a row."""
     cells = [[_md_cell(c) for c in frame.columns]] + [
         [_md_cell(v) for v in row] for row in frame.itertuples(False)
     ]
@@ -134,4 +203,4 @@ def to_html(frame: pd.DataFrame, summary_rows: int = 0) -> str:
 
 
 def _md_cell(value: Any) -> str:
-    return html.escape(str(value)).replace("|", "\\|").replace("\n", " ")
+    return md_escape(value).replace("|", "\\|").replace("\n", " ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from medsg.config import Config
+from medsg.protocol import selection_rule_text
 
 TIE = 1e-12  # balanced accuracies closer than this are a tie
 
@@ -18,12 +19,6 @@ def is_better(row: dict[str, float], best: dict[str, float], selection: str) -> 
 
 def selection_description(cfg: Config) -> str:
     """The selection rule in words, stored in every fold's metrics.json and quoted by the report."""
-    if cfg.train.selection == "last_epoch":
-        return f"fixed schedule: weights after the last epoch ({cfg.train.epochs})" + (
-            " (EMA)" if cfg.train.ema else ""
-        )
-    frac = cfg.splits.inner_val_fraction
-    return (
-        f"best inner-validation balanced accuracy (tie-break: lower val loss) on a grouped, stratified "
-        f"{frac:.0%} split of the training folds" + (", EMA weights" if cfg.train.ema else "")
+    return selection_rule_text(
+        cfg.train.selection, cfg.train.epochs, cfg.train.ema, cfg.splits.inner_val_fraction
     )
