@@ -6,14 +6,14 @@ the fold panels), so the report never recomputes an explanation and a run withou
 
 from __future__ import annotations
 
+import io
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from medsg.io import atomic_write_text
+from medsg.io import atomic_write_bytes, atomic_write_text
 from medsg.report.tables import fmt
 
 __all__ = ["MAX_PANELS", "load_explanations", "localization_table", "copy_explanations"]
@@ -69,10 +69,7 @@ def copy_explanations(record: dict[str, Any], report_dir: Path) -> list[tuple[st
     for k, rel in enumerate(record.get("review_panels", [])[:MAX_PANELS]):
         source = (folder / rel).resolve()
         target = report_dir / "figures" / f"explanation_{k + 1}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)
+        atomic_write_bytes(target, _compact_png(source))
         panels.append(
             (f"Explanation panel {k + 1} ({source.stem.rsplit('-', 1)[0]})", f"figures/{target.name}")
         )
@@ -97,7 +94,19 @@ def explanation_text(record: dict[str, Any]) -> list[str]:
     ]
     lines += [f"{k}: {v}." for k, v in record.get("definitions", {}).items()]
     lines.append(
-        "For clinical review, open explain/review.html in the run folder in a browser (`medsg explain RUN_DIR` "
+        "For clinical review, open explain/review.html in the run folder in a browser (medsg explain RUN_DIR "
         "remakes it): filters, map toggle, opacity, and ratings saved to a CSV on your machine."
     )
     return lines
+
+
+def _compact_png(path: Path) -> bytes:
+    """A panel re-encoded with a 256-colour palette: a third of the size, so committed reports stay small
+    (the run folder keeps the full-colour panel)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        palette = im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
