@@ -163,10 +163,11 @@ def adapt_state_dict(
 
 
 def _mismatch_report(
-    state_dict: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+    state_dict: dict[str, torch.Tensor], target: dict[str, torch.Tensor], head_optional: bool = True
 ) -> tuple[list[str], list[str], list[str]]:
-    """(missing, unexpected, shape mismatches); a missing head is fine (it was dropped or is new)."""
-    missing = [k for k in target if k not in state_dict and not k.startswith(_CLASSIFIER)]
+    """(missing, unexpected, shape mismatches); with ``head_optional`` a missing head is fine (fine-tuning:
+    it was dropped or is new), without it the head must be there too (inference)."""
+    missing = [k for k in target if k not in state_dict and not (head_optional and k.startswith(_CLASSIFIER))]
     unexpected = [k for k in state_dict if k not in target]
     shapes = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
@@ -174,6 +175,12 @@ def _mismatch_report(
         if k in target and v.shape != target[k].shape
     ]
     return missing, unexpected, shapes
+
+
+def _mismatch_text(missing: list[str], unexpected: list[str], shapes: list[str], limit: int) -> str:
+    """'missing (n): [...]; unexpected (n): [...]; shape mismatch (n): [...]', empty kinds left out."""
+    kinds = (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+    return "; ".join(f"{label} ({len(keys)}): {keys[:limit]}" for label, keys in kinds if keys)
 
 
 def load_exact(model: nn.Module, path: str | os.PathLike, use_ema: bool = True) -> str:
@@ -185,14 +192,7 @@ def load_exact(model: nn.Module, path: str | os.PathLike, use_ema: bool = True) 
     """
     state_dict, source = select_state_dict(read_checkpoint(path), use_ema=use_ema)
     state_dict = _strip_prefixes(state_dict)
-    target = model.state_dict()
-    missing = [k for k in target if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in target]
-    shapes = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(target[k].shape)}"
-        for k, v in state_dict.items()
-        if k in target and v.shape != target[k].shape
-    ]
+    missing, unexpected, shapes = _mismatch_report(state_dict, model.state_dict(), head_optional=False)
     head = [s for s in shapes if s.startswith(_CLASSIFIER)]
     if head:
         raise CheckpointError(
@@ -200,13 +200,10 @@ def load_exact(model: nn.Module, path: str | os.PathLike, use_ema: bool = True) 
             "trained for another number of classes. Use the package's own class list, or export it again."
         )
     if missing or unexpected or shapes:
-        parts = [
-            f"{label} ({len(keys)}): {keys[:5]}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
-            if keys
-        ]
         raise CheckpointError(
-            f"{path} ('{source}') does not fit {type(model).__name__}: " + "; ".join(parts) + ". "
+            f"{path} ('{source}') does not fit {type(model).__name__}: "
+            + _mismatch_text(missing, unexpected, shapes, limit=5)
+            + ". "
             "The architecture recorded with the weights differs from theirs; export the model again."
         )
     model.load_state_dict(state_dict, strict=True)
@@ -225,13 +222,10 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, use_ema: bool = T
     target = model.state_dict()
     missing, unexpected, shapes = _mismatch_report(state_dict, target)
     if missing or unexpected or shapes:
-        parts = [
-            f"{label} ({len(keys)}): {keys[:8]}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
-            if keys
-        ]
         raise CheckpointError(
-            f"Checkpoint {path} ('{source}') does not fit {type(model).__name__}: " + "; ".join(parts) + ". "
+            f"Checkpoint {path} ('{source}') does not fit {type(model).__name__}: "
+            + _mismatch_text(missing, unexpected, shapes, limit=8)
+            + ". "
             "Was it saved for another variant (sgformer_s/m/b/tiny) or another config?"
         )
     model.load_state_dict(state_dict, strict=False)
