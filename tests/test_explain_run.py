@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from synthetic import tiny_run_raw
 
 from medsg.config import config_from_dict
 from medsg.data.transforms import mask_union
@@ -35,23 +36,14 @@ SCORED_MAPS = {
 
 
 def make_cfg(root: Path, out: Path, *overrides: str):
-    raw = {
-        "experiment": {"name": "xai", "output_dir": str(out / "runs"), "report_dir": str(out / "report")},
-        "data": {"adapter": "busi", "root": str(root), "cache": "none"},
-        "splits": {"k": 2, "file": str(out / "splits.json"), "inner_val_fraction": 0.0},
-        "model": {"name": "sgformer_tiny", "img_size": 224, "drop_path": 0.0},
-        "train": {
-            "epochs": 1,
-            "batch_size": 4,
-            "workers": 0,
-            "device": "cpu",
-            "warmup_epochs": 0,
-            "selection": "last_epoch",
-            "layer_decay": None,
-        },
-        "eval": {"bootstrap": 20},
-        "explain": {"cases_per_fold": 2, "deletion_steps": 4},
-    }
+    raw = tiny_run_raw(
+        root,
+        out,
+        "xai",
+        splits={"inner_val_fraction": 0.0},
+        train={"selection": "last_epoch"},
+        explain={"cases_per_fold": 2, "deletion_steps": 4},
+    )
     return config_from_dict(raw, list(overrides))
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from synthetic import tiny_run_raw
 
 from medsg import cli
 from medsg.calibration import apply_temperature
@@ -24,22 +25,14 @@ from medsg.predict import ImageFiles, InputItem, PredictOptions, collate, predic
 
 
 def make_cfg(root: Path, out: Path, *overrides: str):
-    raw = {
-        "experiment": {"name": "pkg", "output_dir": str(out / "runs"), "report_dir": str(out / "report")},
-        "data": {"adapter": "busi", "root": str(root), "cache": "none"},
-        "splits": {"k": 2, "file": str(out / "splits.json"), "inner_val_fraction": 0.34},
-        "model": {"name": "sgformer_tiny", "img_size": 224, "drop_path": 0.0},
-        "train": {
-            "epochs": 2,
-            "batch_size": 4,
-            "workers": 0,
-            "device": "cpu",
-            "warmup_epochs": 0,
-            "layer_decay": None,
-        },
-        "eval": {"bootstrap": 20},
-        "explain": {"cases_per_fold": 0, "localization": False},
-    }
+    raw = tiny_run_raw(
+        root,
+        out,
+        "pkg",
+        splits={"inner_val_fraction": 0.34},
+        train={"epochs": 2},
+        explain={"cases_per_fold": 0, "localization": False},
+    )
     return config_from_dict(raw, list(overrides))
 
 
