@@ -21,6 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
 
+from medsg.explain.localization import normalise
+
 __all__ = [
     "CMAP",
     "ALLOCATION_COLOURS",
@@ -39,12 +41,9 @@ MASK_COLOUR = "#ff3b30"
 
 
 def scale01(values: np.ndarray) -> np.ndarray:
-    """Per-image min-max scaling to [0, 1]; a constant map becomes all ones (nothing stands out)."""
-    values = np.asarray(values, dtype=np.float32)
-    if not np.isfinite(values).all():
-        raise ValueError("map contains NaN or inf values")
-    low, high = float(values.min()), float(values.max())
-    return (values - low) / (high - low) if high > low else np.ones_like(values)
+    """Per-image min-max scaling to [0, 1] as float32, by the same rule the scores use
+    (``localization.normalise``): a constant map becomes all ones, NaN or inf is refused."""
+    return normalise(values).astype(np.float32)
 
 
 def heatmap_rgb(values: np.ndarray, cmap: str = CMAP) -> np.ndarray:
