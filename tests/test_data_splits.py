@@ -147,6 +147,25 @@ def test_inner_split_grouped_and_stratified() -> None:
         inner_split(toy(n_groups=1), 0.2, 0)
 
 
+@pytest.mark.parametrize("fraction", [0.15, 0.4, 0.7])
+def test_inner_split_honours_the_fraction_within_one_group(fraction: float) -> None:
+    # round(1 / f) folds gave 50 % for both 0.4 and 0.7; each class must now land within one group of f.
+    df = toy(n_groups=80, per_group=3)
+    train, val = inner_split(df, val_fraction=fraction, seed=1)
+    labels = df.set_index("id")["label"]
+    for label, n in labels.value_counts().items():
+        n_val = int((labels[val] == label).sum())
+        assert abs(n_val - fraction * n) <= 3, (label, n_val, fraction * n)
+    assert abs(len(val) - fraction * len(df)) <= 3 * 3
+    groups = df.set_index("id")["group"]
+    assert set(groups[train]).isdisjoint(set(groups[val]))
+
+
+def test_inner_split_seed_changes_the_split() -> None:
+    df = toy(n_groups=80)
+    assert inner_split(df, 0.2, 0) != inner_split(df, 0.2, 1)
+
+
 def _canonical(name: str) -> tuple[dict, list]:
     return read_splits(REPO / "data_splits" / name)
 

@@ -94,10 +94,15 @@ def _read_metadata(path: str | Path, needed: set[str]) -> pd.DataFrame:
     return meta
 
 
-def read_lesion_groups(path: str | Path) -> dict[str, str]:
-    """image id -> lesion id from ``HAM10000_metadata.csv`` (columns lesion_id, image_id)."""
+SUBGROUP_COLUMNS = ("age", "sex", "localization")  # HAM10000 columns carried into the manifest for subgroups
+
+
+def read_image_metadata(path: str | Path) -> dict[str, dict[str, str]]:
+    """image id -> {lesion_id, and the subgroup columns the file has (age, sex, localization)}."""
     meta = _read_metadata(path, {"lesion_id", "image_id"})
-    return dict(zip(meta["image_id"], meta["lesion_id"], strict=True))
+    keep = ["lesion_id", *[c for c in SUBGROUP_COLUMNS if c in meta.columns]]
+    cells = meta[keep].fillna("")
+    return dict(zip(meta["image_id"], cells.to_dict("records"), strict=True))
 
 
 def load_isic2018(
@@ -123,9 +128,12 @@ def load_isic2018(
         log.warning(
             "ISIC 2018: %d image(s) without a ground-truth row are ignored, e.g. %s", len(extra), extra[:3]
         )
-    groups = _lesion_groups(root, metadata)
+    metadata_rows = _image_metadata(root, metadata)
+    groups = {image: row["lesion_id"] for image, row in metadata_rows.items()}
+    subgroup_keys = sorted({k for row in metadata_rows.values() for k in row} - {"lesion_id"})
     rows = []
     for image, label, name in truth.itertuples(index=False):
+        extra = metadata_rows.get(image, {})
         rows.append(
             {
                 "id": image,
@@ -134,6 +142,7 @@ def load_isic2018(
                 "label_name": name,
                 "group": groups.get(image, image),
             }
+            | {key: extra.get(key, "") for key in subgroup_keys}
         )
     df = make_manifest(rows)
     if groups:
@@ -145,12 +154,12 @@ def load_isic2018(
     return df
 
 
-def _lesion_groups(root: Path, metadata: str | Path | None) -> dict[str, str]:
-    """image id -> lesion id from ``metadata`` or ``root/HAM10000_metadata.csv``; {} (warned) without either."""
+def _image_metadata(root: Path, metadata: str | Path | None) -> dict[str, dict[str, str]]:
+    """``read_image_metadata`` of ``metadata`` or ``root/HAM10000_metadata.csv``; {} (warned) without either."""
     if metadata is not None:
-        return read_lesion_groups(metadata)
+        return read_image_metadata(metadata)
     if (root / METADATA_FILE).is_file():
-        return read_lesion_groups(root / METADATA_FILE)
+        return read_image_metadata(root / METADATA_FILE)
     log.warning(
         "ISIC 2018: %s not found in %s; group = image id, so images of one lesion may land in different folds.",
         METADATA_FILE,

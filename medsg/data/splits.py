@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold
 
 from medsg.errors import DataError
 from medsg.io import atomic_write_text
@@ -248,9 +248,11 @@ def inner_split(
 ) -> tuple[list[str], list[str]]:
     """Grouped + stratified (train_ids, val_ids) inside a training fold, for model selection.
 
-    First fold of ``StratifiedGroupKFold(n_splits=round(1/val_fraction))``; with fewer groups than that,
-    n_splits drops to the number of groups (at least 2 groups are needed); when no class has n_splits
-    members, a grouped ``GroupShuffleSplit`` is used instead (logged).
+    Honours ``val_fraction`` itself, not ``1 / round(1 / val_fraction)`` as a first k-fold split would
+    (0.4 and 0.7 would both give 50 %): sklearn has no stratified grouped holdout of a given size. Groups are
+    taken in a seeded random order, largest first, and each goes to validation when that brings every
+    class's validation count closer to ``val_fraction`` of the class. So each class lands within one group
+    of its target, and a group is never split.
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}.")
@@ -258,15 +260,22 @@ def inner_split(
     n_groups = df[group_col].nunique()
     if n_groups < 2:
         raise DataError(f"inner_split needs at least 2 groups, got {n_groups} ({len(df)} images).")
-    n_splits = min(max(2, round(1 / val_fraction)), n_groups)
-    y, groups = df["label"].to_numpy(), df[group_col].to_numpy()
-    if df["label"].value_counts().max() >= n_splits:
-        cv: StratifiedGroupKFold | GroupShuffleSplit = StratifiedGroupKFold(
-            n_splits=n_splits, shuffle=True, random_state=seed
-        )
-    else:  # every class is smaller than n_splits: stratification is impossible, keep the grouping
-        log.warning("inner_split: classes too small to stratify %d images; grouped shuffle split", len(df))
-        cv = GroupShuffleSplit(n_splits=1, test_size=1 / n_splits, random_state=seed)
-    train_idx, val_idx = next(cv.split(np.zeros(len(df)), y, groups))
+    counts = pd.crosstab(df[group_col], df["label"])  # groups x classes, sorted by group name
+    order = np.random.default_rng(seed).permutation(len(counts))
+    sizes = counts.to_numpy().sum(axis=1)
+    order = order[np.argsort(-sizes[order], kind="stable")]  # largest first, ties in seeded order
+    target = val_fraction * counts.to_numpy().sum(axis=0)
+    in_val = np.zeros(len(counts), dtype=bool)
+    val_counts = np.zeros(counts.shape[1])
+    for g in order:
+        with_g = val_counts + counts.to_numpy()[g]
+        if np.abs(with_g - target).sum() < np.abs(val_counts - target).sum():
+            in_val[g], val_counts = True, with_g
+    if not in_val.any():  # a fraction below half the smallest group: take one group rather than none
+        in_val[order[-1]] = True
+    if in_val.all():
+        in_val[order[-1]] = False
+    val_groups = set(counts.index[in_val])
+    is_val = df[group_col].isin(val_groups).to_numpy()
     ids = df["id"].to_numpy()
-    return sorted(ids[train_idx].tolist()), sorted(ids[val_idx].tolist())
+    return sorted(ids[~is_val].tolist()), sorted(ids[is_val].tolist())
