@@ -43,7 +43,7 @@ NON_RESULT_KEYS = frozenset(
         "data.cache_dir",
         "data.synthetic",  # a label for the report; the images decide the results
         "train.workers",
-        "eval.bootstrap",
+        "eval",  # what the report computes from the predictions (bootstrap, operating points, subgroups)
         "explain",  # explanations are computed after training and never change its results
     }
 )
@@ -215,7 +215,17 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    """What the report computes from the predictions; none of it changes training (all non-result keys)."""
+
     bootstrap: int = Field(DEFAULT_BOOTSTRAP, ge=0)
+    # the clinically critical class for operating points (one against the rest); null: the dataset's default
+    # (BUSI malignant, ISIC MEL, none for other datasets)
+    critical_class: str | None = None
+    fixed_specificity: float = Field(0.90, gt=0.0, lt=1.0)  # report sensitivity at this specificity
+    fixed_sensitivity: float = Field(0.90, gt=0.0, lt=1.0)  # and specificity at this sensitivity
+    # manifest columns to break results down by (null: those of age, sex, localization, site the data have)
+    subgroups: list[str] | None = None
+    min_subgroup_size: int = Field(30, ge=1)  # smaller subgroups are flagged as too small to say anything
 
 
 class ExplainConfig(_Strict):

@@ -268,3 +268,19 @@ def test_weights_checksum_sees_one_changed_value():
     changed = {**same, "w": same["w"].clone()}
     changed["w"][1, 2] = torch.nextafter(changed["w"][1, 2], torch.tensor(100.0))
     assert weights_checksum(state) != weights_checksum(changed)
+
+
+def test_val_metrics_are_the_report_metrics_even_with_a_class_missing() -> None:
+    # One implementation: a small inner split without class 2 still has a macro AUROC (over the classes
+    # present), the same number the report computes; the old copy returned NaN here.
+    from medsg.metrics import classification_metrics
+    from medsg.train.evaluate import val_metrics
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([1.0, 1.0, 1.0], size=40)
+    y = rng.integers(0, 2, size=40)
+    got = val_metrics(y, probs)
+    ref = classification_metrics(y, probs, ["a", "b", "c"])
+    assert got["val_macro_auroc"] == ref["macro_auroc"] and not np.isnan(got["val_macro_auroc"])
+    assert got["val_balanced_accuracy"] == ref["balanced_accuracy"]
+    assert got["val_loss"] == pytest.approx(ref["log_loss"], rel=1e-9)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,30 +37,21 @@ def predict(
 
 
 def val_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Loss, accuracy, balanced accuracy and macro AUROC for the per-epoch history (cheap, no bootstrap)."""
-    num_classes = probs.shape[1]
-    pred = probs.argmax(1)
-    with warnings.catch_warnings():  # tiny inner splits may miss a class; the NaN/partial value is recorded
-        warnings.simplefilter("ignore")
-        return _val_metrics(y, probs, pred, num_classes)
+    """Loss, accuracy, balanced accuracy and macro AUROC for the per-epoch history and the selection rule.
 
+    The scores are ``medsg.metrics.classification_metrics``'s, the one implementation the reports use (a class
+    absent from a small inner split is left out of the macro AUROC, as there). ``val_loss`` is the selection
+    tie-break: the mean negative log probability of the true class, computed as every earlier run did, so
+    selection and history stay bit-identical.
+    """
+    from medsg.metrics import classification_metrics
 
-def _val_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, num_classes: int) -> dict[str, float]:
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-
+    scores = classification_metrics(y, probs, [str(c) for c in range(probs.shape[1])])
     loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(y)).item())
-    try:
-        if num_classes == 2:
-            auroc = float(roc_auc_score(y, probs[:, 1]))
-        else:
-            auroc = float(
-                roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=range(num_classes))
-            )
-    except ValueError:  # a class is absent from this small split
-        auroc = float("nan")
+    auroc = scores["macro_auroc"]
     return {
         "val_loss": loss,
-        "val_accuracy": float((pred == y).mean()),
-        "val_balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-        "val_macro_auroc": auroc,
+        "val_accuracy": scores["accuracy"],
+        "val_balanced_accuracy": scores["balanced_accuracy"],
+        "val_macro_auroc": float("nan") if auroc is None else auroc,
     }
