@@ -106,6 +106,7 @@ def _add_model_commands(sub: argparse._SubParsersAction, adapters: list[str]) ->
         default=None,
         help="the fold ensemble, the final model (--fold all) or both (default: both when the final model exists)",
     )
+    _add_reports_force(p)
     p = sub.add_parser(
         "predict", help="classify new images with a run folder or a package (calibrated ensemble)"
     )
@@ -131,7 +132,16 @@ def _add_model_commands(sub: argparse._SubParsersAction, adapters: list[str]) ->
     p.add_argument(
         "--exclude-overlap", action="store_true", help="drop test images that duplicate training ones"
     )
+    _add_reports_force(p)
     _add_predicting(p)
+
+
+def _add_reports_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into this checkout's reports/ even with uncommitted changes (the result names no commit)",
+    )
 
 
 def _options(items: Sequence[str]) -> dict[str, object]:
@@ -149,11 +159,13 @@ def _options(items: Sequence[str]) -> dict[str, object]:
 
 def dispatch_model_command(args: argparse.Namespace) -> int:
     """export / predict / evaluate; predict returns 1 when an input was skipped."""
+    from medsg.experiment import check_reports_write
     from medsg.predict import PredictOptions
 
     if args.command == "export":
         from medsg.package import export_package
 
+        check_reports_write(Path(args.out_dir), args.force)
         print(export_package(Path(args.run_dir), Path(args.out_dir), args.models))
         return 0
     options = PredictOptions(
@@ -184,6 +196,7 @@ def dispatch_model_command(args: argparse.Namespace) -> int:
     from medsg.evaluate import EvaluateRequest, evaluate
 
     out = Path(args.out or f"evaluation_{args.adapter}_{Path(args.root).name}")
+    check_reports_write(out, args.force)
     request = EvaluateRequest(args.adapter, args.root, _options(args.option), args.exclude_overlap, options)
     summary = evaluate(args.model, request, out)
     ci = summary["bootstrap_ci"]["balanced_accuracy"]
@@ -337,7 +350,9 @@ def dispatch(args: argparse.Namespace) -> int:
             print(f"report written to {args.out}")
     elif args.command == "demo":
         start = time.perf_counter()
-        result = experiment.run_demo(args.out, quick=args.quick, quiet=args.quiet)
+        from medsg.demo import run_demo
+
+        result = run_demo(args.out, quick=args.quick, quiet=args.quiet)
         print(f"demo finished in {time.perf_counter() - start:.0f} s")
         print("\n".join(experiment.run_summary_lines(result.run_dir)))
         print(f"report: {result.report}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
+import platform
 import subprocess
 from pathlib import Path
 from typing import Any, Literal
@@ -464,6 +465,11 @@ def provenance() -> dict[str, Any]:
         "torch": str(torch.__version__),
         "timm": str(timm.__version__),
         "git": git_hash(),
+        "clean_tree": git_clean(),
+        # what `medsg reproduce` names when results differ: float32 kernels depend on all three
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
     }
 
 
@@ -527,6 +533,37 @@ def config_hash(saved: dict[str, Any]) -> str:
         if k not in NON_RESULT_KEYS | {"data.root"} and not k.startswith(ignored)
     }
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _git(args: list[str], where: Path) -> subprocess.CompletedProcess | None:
+    """``git args`` in ``where``; None when git is missing or fails to start."""
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=where, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def git_toplevel(path: str | Path | None = None) -> Path | None:
+    """The root of the checkout holding ``path`` (default: this package), or None outside git."""
+    out = _git(["rev-parse", "--show-toplevel"], Path(path) if path else Path(__file__).resolve().parent)
+    return (
+        Path(out.stdout.strip()) if out is not None and out.returncode == 0 and out.stdout.strip() else None
+    )
+
+
+def git_same_code(commit: str | None, path: str | Path | None = None) -> bool | None:
+    """Whether the checkout is ``commit``'s code: no diff outside reports/ between that commit and the working
+    tree, and nothing untracked (None when either cannot be told: no git, unknown commit)."""
+    if not commit:
+        return None
+    where = Path(path) if path else Path(__file__).resolve().parent
+    diff = _git(["diff", "--quiet", commit, "--", ":/", ":(exclude,top)reports"], where)
+    if diff is None or diff.returncode not in (0, 1):
+        return None
+    clean = git_clean(where)
+    return None if clean is None else diff.returncode == 0 and clean
 
 
 def git_clean(path: str | Path | None = None) -> bool | None:

@@ -448,6 +448,25 @@ def check_report_target(out: Path, origin: dict[str, Any], force: bool) -> None:
         )
 
 
+def check_reports_write(out: Path, force: bool = False, checkout: Path | None = None) -> None:
+    """Refuse to write into the ``reports/`` of medsg's checkout (or ``checkout``) from a tree with uncommitted
+    changes outside it, unless ``force``: a committed report must come from committed code (made_by.json
+    names the commit)."""
+    from medsg.config import git_clean, git_toplevel
+
+    top = git_toplevel(checkout)
+    if force or top is None or not Path(out).resolve().is_relative_to((top / "reports").resolve()):
+        return
+    if git_clean(top) is False:
+        from medsg.errors import ReportRefused
+
+        raise ReportRefused(
+            f"not writing into {out}: the checkout {top} has uncommitted changes outside reports/ (see `git "
+            "status`), so the result could not be traced to a commit. Commit them first, write elsewhere "
+            "with --out, or pass --force."
+        )
+
+
 def write_run_report(run_dir: Path, report_dir: Path | None = None, force: bool = False) -> Path:
     """``medsg report``: aggregate a run folder's finished folds into summary.json and report.md/html.
 
@@ -474,6 +493,7 @@ def write_run_report(run_dir: Path, report_dir: Path | None = None, force: bool 
         out = run_dir / "report"
         log.info("the run has unfinished folds: its partial report goes to %s", out)
     check_report_target(out, origin, force)
+    check_reports_write(out, force)
     collect_run_explanations(run_dir, saved)
     path = write_report(
         run_dir,
@@ -481,6 +501,8 @@ def write_run_report(run_dir: Path, report_dir: Path | None = None, force: bool 
         n_bootstrap=int(saved.get("eval", {}).get("bootstrap", DEFAULT_BOOTSTRAP)),
         seed=int(experiment.get("seed", 0)),
     )
+    # the run's resolved config beside the numbers it made, so `medsg reproduce REPORT_DIR` can rerun a fold
+    atomic_write_text(out / "config.yaml", cfg_path.read_text(encoding="utf-8"))
     atomic_write_text(out / MADE_BY, json.dumps(origin, indent=1) + "\n")
     log.info("report written to %s", path)
     return path
@@ -587,6 +609,7 @@ def compare_run_folders(run_dirs: list[Path], out: Path | None = None, force: bo
     first = saved[0] if saved else {}
     names = [s.get("experiment", {}).get("name", d.name) for s, d in zip(saved, run_dirs, strict=True)]
     out = Path(out) if out else Path("reports") / ("compare_" + "_vs_".join(names))
+    check_reports_write(out, force)
     path = write_comparison(
         run_dirs,
         out,
@@ -617,55 +640,6 @@ def make_splits(config_path: str | Path, overrides: list[str] | None = None) -> 
     sizes = [len(f["val"]) for f in data.splits]
     log.info("split file %s: %d folds, test sizes %s", cfg.split_file, len(sizes), sizes)
     return Path(cfg.split_file)
-
-
-def demo_config(out: Path, quick: bool = False) -> Config:
-    """The packaged demo config (medsg/configs/demo.yaml), pointed at ``out``."""
-    from importlib import resources
-
-    from medsg.config import config_from_dict
-
-    raw = yaml.safe_load(resources.files("medsg").joinpath("configs/demo.yaml").read_text(encoding="utf-8"))
-    out = Path(out).resolve()
-    name = raw["experiment"]["name"] + ("_quick" if quick else "")
-    overrides = [
-        f"experiment.name={name}",
-        f"data.root={out / 'data'}",
-        f"experiment.output_dir={out / 'runs'}",
-        f"experiment.report_dir={out / 'reports' / name}",
-    ]
-    if quick:
-        overrides += ["train.epochs=1", "train.warmup_epochs=0", "splits.k=2"]
-    cfg = config_from_dict(raw, overrides, source="medsg/configs/demo.yaml", check_paths=False)
-    cfg.splits.file = str(out / "data_splits" / cfg.split_file.name)
-    return cfg
-
-
-@dataclass(frozen=True)
-class DemoResult:
-    """Where ``medsg demo`` put its run folder and its report."""
-
-    run_dir: Path
-    report: Path
-
-
-def run_demo(out: str | Path = "medsg_demo", quick: bool = False, quiet: bool = False) -> DemoResult:
-    """``medsg demo``: synthetic BUSI-like data, a short k-fold run of sgformer_tiny, and its report.
-
-    Everything (data, split file, runs, report) goes below ``out``, which ignores itself in git (a
-    ``.gitignore`` of ``*``), so a demo run inside a clone leaves no untracked files.
-    """
-    from medsg.demo import make_synthetic_busi
-
-    out = Path(out)
-    ignore = out / ".gitignore"
-    if not ignore.exists():
-        atomic_write_text(ignore, "# written by medsg demo: everything here is generated\n*\n")
-    n_per_class = 10 if quick else 24
-    make_synthetic_busi(out / "data", n_per_class=n_per_class, size=96, seed=0)
-    cfg = demo_config(out, quick)
-    run_dir = run_experiment(cfg, quiet=quiet, new_split_expected=True)
-    return DemoResult(run_dir=run_dir, report=cfg.report_dir / "report.html")
 
 
 def _plural(count: object, word: str) -> str:

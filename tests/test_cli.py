@@ -187,7 +187,7 @@ def test_demo_quick_end_to_end(tmp_path):
 
 
 def test_demo_prints_report_path_and_three_line_summary(monkeypatch, tmp_path, capsys):
-    from medsg.experiment import DemoResult
+    from medsg.demo import DemoResult
 
     run_dir = tmp_path / "runs" / "demo"
     run_dir.mkdir(parents=True)
@@ -207,7 +207,7 @@ def test_demo_prints_report_path_and_three_line_summary(monkeypatch, tmp_path, c
     (run_dir / "summary.json").write_text(json.dumps(summary))
     report = tmp_path / "reports" / "demo" / "report.html"
     monkeypatch.setattr(
-        "medsg.experiment.run_demo", lambda out, quick, quiet: DemoResult(run_dir=run_dir, report=report)
+        "medsg.demo.run_demo", lambda out, quick, quiet: DemoResult(run_dir=run_dir, report=report)
     )
     assert cli.main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
@@ -222,7 +222,7 @@ def test_demo_prints_report_path_and_three_line_summary(monkeypatch, tmp_path, c
 
 def test_demo_writes_split_files_only_inside_its_folder(monkeypatch, tmp_path):
     """The demo's split file goes to <out>/data_splits, never the repo's; <out> ignores itself in git."""
-    from medsg import experiment
+    from medsg import demo, experiment
 
     repo_splits = Path(__file__).resolve().parents[1] / "data_splits"
     before = sorted(repo_splits.iterdir()) if repo_splits.is_dir() else []
@@ -234,7 +234,7 @@ def test_demo_writes_split_files_only_inside_its_folder(monkeypatch, tmp_path):
     monkeypatch.setattr(experiment, "run_experiment", prepare_only)
     monkeypatch.chdir(repo_splits.parent)  # even from the clone's root, a relative default would land here
     out = tmp_path / "demo"
-    result = experiment.run_demo(out, quick=True)
+    result = demo.run_demo(out, quick=True)
     assert sorted(p.name for p in (out / "data_splits").iterdir()) == ["busi_2fold_seed0.json"]
     assert (sorted(repo_splits.iterdir()) if repo_splits.is_dir() else []) == before
     assert (out / ".gitignore").read_text().splitlines()[-1] == "*"

@@ -16,9 +16,9 @@ import yaml
 
 import medsg.train.fold as fold_mod
 from medsg.config import config_from_dict
-from medsg.demo import make_synthetic_busi
+from medsg.demo import demo_config, make_synthetic_busi
 from medsg.errors import ConfigError, RunLocked
-from medsg.experiment import demo_config, run_experiment, write_run_report
+from medsg.experiment import run_experiment, write_run_report
 
 
 @pytest.fixture(scope="module")
