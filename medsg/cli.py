@@ -1,4 +1,5 @@
-"""The ``medsg`` command: run, report, explain, export, predict, evaluate, splits, audit, demo, info.
+"""The ``medsg`` command: run, report, reproduce, explain, export, predict, evaluate, compare, splits, audit,
+demo, info.
 
 Errors a user can cause (``MedsgError``, or a missing file they named) print one line ``medsg: error: ...``
 and exit with status 2, also when a library wrapped them (MONAI raises ``RuntimeError("applying transform ...")``
@@ -252,6 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report folder (default: reports/compare_<A>_vs_<B>)")
     p.add_argument("--force", action="store_true", help="replace a folder that holds another kind of report")
     p = sub.add_parser(
+        "reproduce", help="rerun one fold of a report from its recorded config and compare the metrics"
+    )
+    p.add_argument("report_dir", help="a report folder written by `medsg report` (with config.yaml)")
+    p.add_argument("--fold", type=int, required=True, help="the fold to rerun")
+    p.add_argument("--out", default="runs/reproduce", help="where the rerun's run folder goes")
+    p.add_argument(
+        "--tolerance", type=float, default=None, help="absolute tolerance when the environment differs"
+    )
+    _add_overrides(p)
+    p = sub.add_parser(
         "config", help="print the resolved config (base: chain, --set overrides, defaults) and exit"
     )
     p.add_argument("config", help="experiment YAML")
@@ -348,6 +359,13 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.out:
             write_audit(report, args.out)
             print(f"report written to {args.out}")
+    elif args.command == "reproduce":
+        from medsg.reproduce import DEFAULT_TOLERANCE, reproduce_fold, reproduction_lines
+
+        tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+        result = reproduce_fold(args.report_dir, args.fold, args.overrides, args.out, tolerance)
+        print("\n".join(reproduction_lines(result, tolerance)))
+        return 0 if result.ok else 1
     elif args.command == "demo":
         start = time.perf_counter()
         from medsg.demo import run_demo
