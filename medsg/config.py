@@ -52,7 +52,10 @@ NON_RESULT_KEYS = frozenset(
 
 # Keys added to the schema after runs were saved: a saved config.yaml without one is read with the value the
 # older code used implicitly, so resuming such a run is not refused for a key it never had.
-ADDED_KEYS = {"data.audit.min_correlation": MIN_CORRELATION, "data.synthetic": False}
+ADDED_KEYS = {
+    "data.audit.min_correlation": MIN_CORRELATION,
+    "data.synthetic": False,
+}
 
 
 class _Strict(BaseModel):
@@ -74,6 +77,36 @@ class AuditConfig(_Strict):
     min_correlation: float = Field(MIN_CORRELATION, ge=-1.0, le=1.0)  # thumbnail Pearson correlation
 
 
+class AugmentConfig(_Strict):
+    """Training augmentations (``medsg.data.transforms.Augmentations``); a probability of 0 drops the step.
+    The defaults are the recipe every run so far used."""
+
+    horizontal_flip: float = Field(0.5, ge=0.0, le=1.0)
+    vertical_flip: float | None = Field(
+        None, ge=0.0, le=1.0
+    )  # null: 0.5, or 0 for ultrasound (skin line on top)
+    rotate_degrees: float = Field(15.0, ge=0.0, le=180.0)
+    rotate_prob: float = Field(0.5, ge=0.0, le=1.0)
+    zoom_min: float = Field(0.9, gt=0.0)
+    zoom_max: float = Field(1.15, gt=0.0)
+    zoom_prob: float = Field(0.5, ge=0.0, le=1.0)
+    contrast_gamma_min: float = Field(0.8, gt=0.0)
+    contrast_gamma_max: float = Field(1.25, gt=0.0)
+    contrast_prob: float = Field(0.3, ge=0.0, le=1.0)
+    noise_std: float = Field(0.02, ge=0.0)
+    noise_prob: float = Field(0.2, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ranges_in_order(self) -> AugmentConfig:
+        if self.zoom_min > self.zoom_max or self.contrast_gamma_min > self.contrast_gamma_max:
+            raise ValueError("zoom_min must be <= zoom_max and contrast_gamma_min <= contrast_gamma_max")
+        return self
+
+
+# data.augment came later, with the values every earlier run used (vertical_flip: the dataset's default)
+ADDED_KEYS.update({f"data.augment.{key}": value for key, value in AugmentConfig().model_dump().items()})
+
+
 class DataConfig(_Strict):
     """Where the images are, how they are audited, and how decoded images are cached.
 
@@ -92,6 +125,7 @@ class DataConfig(_Strict):
     cache: Literal["memory", "disk", "none"] = "memory"
     cache_dir: str | None = None  # for cache: disk; default <run_dir>/cache
     color_aug: bool | None = None
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
     synthetic: bool = False  # generated data (medsg demo): the report says so at its top
 
     @field_validator("adapter")
@@ -268,6 +302,13 @@ class Config(_Strict):
 
         default = Path("data_splits") / split_filename(self.data.adapter, self.splits.k, self.splits.seed)
         return Path(self.splits.file or default)
+
+    @property
+    def augmentations(self) -> Any:
+        """``data.augment`` as ``medsg.data.transforms.Augmentations``, the dataset's vertical-flip default filled."""
+        from medsg.data.transforms import resolve_augmentations
+
+        return resolve_augmentations(self.data.augment.model_dump(), self.data.adapter)
 
     @property
     def color_aug(self) -> bool:

@@ -249,10 +249,9 @@ class ManifestFolds:
         """The train (True) and eval (False) pipelines for ``model``'s mean/std."""
         import timm
 
-        from medsg.data.transforms import aug_defaults, build_transforms
+        from medsg.data.transforms import build_transforms
 
         data_cfg = timm.data.resolve_data_config({}, model=model)
-        vflip = aug_defaults(self.cfg.data.adapter)["vertical_flip"]  # ultrasound has a fixed up/down
         return {
             train: build_transforms(
                 self.cfg.model.img_size,
@@ -261,7 +260,7 @@ class ManifestFolds:
                 train=train,
                 color_aug=self.cfg.color_aug,
                 with_mask=False,  # classification only: a varying number of mask paths would not collate
-                vertical_flip=vflip,
+                augment=self.cfg.augmentations,  # data.augment, the dataset's vertical-flip rule filled in
             )
             for train in (True, False)
         }

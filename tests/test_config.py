@@ -117,7 +117,7 @@ def test_resolved_config_round_trips_with_provenance(tmp_path):
     cfg = config_from_dict(minimal(tmp_path), ["experiment.seed=7"])
     data = resolved_config(cfg)
     prov = data["provenance"]
-    assert set(prov) == {"medsg", "torch", "timm", "git"}
+    assert set(prov) == {"medsg", "torch", "timm", "git", "clean_tree", "threads", "machine", "accelerator"}
     assert isinstance(prov["torch"], str) and prov["medsg"]
     assert prov["git"] is None or len(prov["git"]) == 40
     assert data["experiment"]["seed"] == 7

@@ -196,19 +196,27 @@ def test_build_dataset_cache_modes_agree(tmp_path: Path) -> None:
         build_dataset(records, transform, cache="ram")
 
 
-@pytest.mark.parametrize(("color_aug", "vertical_flip"), [(False, False), (True, True)])
-def test_augmentation_words_follow_the_pipeline(color_aug: bool, vertical_flip: bool) -> None:
-    """The report's recipe lists one phrase per random step of build_transforms, in the same order."""
-    from medsg.data.transforms import describe_augmentations
+AUGMENTS = [
+    (False, {"vertical_flip": 0.0}),
+    (True, {}),
+    (False, {"rotate_prob": 0.0, "noise_prob": 0.0, "horizontal_flip": 0.0}),
+]
 
+
+@pytest.mark.parametrize(("color_aug", "changes"), AUGMENTS)
+def test_augmentation_words_follow_the_pipeline(color_aug: bool, changes: dict) -> None:
+    """The report's recipe lists one phrase per random step of build_transforms, in the same order."""
+    from medsg.data.transforms import Augmentations, describe_augmentations
+
+    aug = Augmentations(**changes)
     steps = [
         type(t).__name__
         for t in build_transforms(
-            32, MEAN, STD, train=True, color_aug=color_aug, with_mask=False, vertical_flip=vertical_flip
+            32, MEAN, STD, train=True, color_aug=color_aug, with_mask=False, augment=aug
         ).transforms
         if type(t).__name__.startswith(("Rand", "Albumentations"))
     ]
-    words = describe_augmentations(color_aug, vertical_flip).split("; ")
+    words = describe_augmentations(aug, color_aug).split("; ")
     keywords = {
         "RandFlipd": "flip",
         "RandRotated": "rotation",
@@ -219,3 +227,51 @@ def test_augmentation_words_follow_the_pipeline(color_aug: bool, vertical_flip: 
     }
     assert len(words) == len(steps)
     assert all(keywords[s] in w for s, w in zip(steps, words, strict=True))
+
+
+def test_augment_config_reaches_the_pipeline() -> None:
+    """data.augment sets the steps; null vertical flip is the dataset's rule (none for ultrasound)."""
+    from medsg.config import config_from_dict
+
+    def random_steps(cfg) -> dict[str, object]:
+        pipeline = build_transforms(32, MEAN, STD, True, cfg.color_aug, False, augment=cfg.augmentations)
+        return {
+            type(t).__name__ + str(i): t
+            for i, t in enumerate(pipeline.transforms)
+            if "Rand" in type(t).__name__
+        }
+
+    base = {"experiment": {"name": "x"}, "model": {"name": "sgformer_tiny"}}
+    busi = config_from_dict({**base, "data": {"adapter": "busi", "root": "."}}, check_paths=False)
+    isic = config_from_dict({**base, "data": {"adapter": "isic2018", "root": "."}}, check_paths=False)
+    assert busi.augmentations.vertical_flip == 0.0 and isic.augmentations.vertical_flip == 0.5
+    assert sum("RandFlipd" in k for k in random_steps(busi)) == 1
+    assert sum("RandFlipd" in k for k in random_steps(isic)) == 2
+    wide = config_from_dict(
+        {
+            **base,
+            "data": {"adapter": "busi", "root": ".", "augment": {"rotate_degrees": 40, "noise_prob": 0}},
+        },
+        check_paths=False,
+    )
+    steps = random_steps(wide)
+    rotate = next(t for k, t in steps.items() if k.startswith("RandRotated"))
+    assert rotate.rand_rotate.range_x == pytest.approx((-np.deg2rad(40), np.deg2rad(40)))
+    assert not any(k.startswith("RandGaussianNoised") for k in steps)
+
+
+def test_old_run_configs_without_augment_are_the_same_config() -> None:
+    """A run saved before data.augment existed resumes and hashes as the same config (its values were the
+    defaults), while a changed augmentation is a different config."""
+    from medsg.config import config_from_dict, config_hash, resolved_config, result_diff
+
+    raw = {
+        "experiment": {"name": "x"},
+        "model": {"name": "sgformer_tiny"},
+        "data": {"adapter": "busi", "root": "."},
+    }
+    new = resolved_config(config_from_dict(raw, check_paths=False))
+    old = {**new, "data": {k: v for k, v in new["data"].items() if k != "augment"}}
+    assert result_diff(old, new) == [] and config_hash(old) == config_hash(new)
+    changed = resolved_config(config_from_dict(raw, ["data.augment.zoom_prob=0.2"], check_paths=False))
+    assert result_diff(old, changed) and config_hash(old) != config_hash(changed)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,25 @@ AUG_DEFAULTS: dict[str, dict[str, bool]] = {
     "isic2018": {"color_aug": True, "vertical_flip": True},
     "kvasir": {"color_aug": True, "vertical_flip": True},
 }
+
+
+@dataclass(frozen=True)
+class Augmentations:
+    """The training augmentations (``data.augment`` in a config). A probability of 0 drops its step, so a
+    pipeline without it draws the same random numbers as one that never had it."""
+
+    horizontal_flip: float = 0.5
+    vertical_flip: float = 0.5  # 0 for ultrasound (the skin line is at the top), by the dataset default
+    rotate_degrees: float = 15.0
+    rotate_prob: float = 0.5
+    zoom_min: float = 0.9
+    zoom_max: float = 1.15
+    zoom_prob: float = 0.5
+    contrast_gamma_min: float = 0.8
+    contrast_gamma_max: float = 1.25
+    contrast_prob: float = 0.3
+    noise_std: float = 0.02
+    noise_prob: float = 0.2
 
 
 def aug_defaults(adapter: str) -> dict[str, bool]:
@@ -207,18 +227,36 @@ class BinarizeMaskd(MapTransform):
         return d
 
 
-def describe_augmentations(color_aug: bool, vertical_flip: bool) -> str:
+def resolve_augmentations(augment: Mapping[str, Any] | None, adapter: str) -> Augmentations:
+    """``data.augment`` (a config's mapping; missing keys: the defaults) as ``Augmentations``, a vertical flip
+    of null filled with the dataset's rule."""
+    values = {**{k: v for k, v in (augment or {}).items() if v is not None}}
+    values.setdefault("vertical_flip", 0.5 if aug_defaults(adapter)["vertical_flip"] else 0.0)
+    return Augmentations(**values)
+
+
+def describe_augmentations(aug: Augmentations, color_aug: bool) -> str:
     """``build_transforms``' training augmentations in words, for the report's recipe table (kept beside it)."""
-    steps = ["horizontal flip (p 0.5)"]
-    if vertical_flip:
-        steps.append("vertical flip (p 0.5)")
-    steps += ["rotation up to ±15° (p 0.5)", "zoom 0.9-1.15 (p 0.5)"]
+    steps = []
+    if aug.horizontal_flip > 0:
+        steps.append(f"horizontal flip (p {aug.horizontal_flip:g})")
+    if aug.vertical_flip > 0:
+        steps.append(f"vertical flip (p {aug.vertical_flip:g})")
+    if aug.rotate_prob > 0:
+        steps.append(f"rotation up to ±{aug.rotate_degrees:g}° (p {aug.rotate_prob:g})")
+    if aug.zoom_prob > 0:
+        steps.append(f"zoom {aug.zoom_min:g}-{aug.zoom_max:g} (p {aug.zoom_prob:g})")
     if color_aug:
         steps.append(
             "colour jitter (brightness/contrast/saturation 0.2, hue 0.03, p 0.8) and HSV shift (p 0.3)"
         )
-    steps += ["gamma contrast 0.8-1.25 (p 0.3)", "Gaussian noise SD 0.02 (p 0.2)"]
-    return "; ".join(steps)
+    if aug.contrast_prob > 0:
+        steps.append(
+            f"gamma contrast {aug.contrast_gamma_min:g}-{aug.contrast_gamma_max:g} (p {aug.contrast_prob:g})"
+        )
+    if aug.noise_prob > 0:
+        steps.append(f"Gaussian noise SD {aug.noise_std:g} (p {aug.noise_prob:g})")
+    return "; ".join(steps) or "none"
 
 
 def build_transforms(
@@ -229,8 +267,16 @@ def build_transforms(
     color_aug: bool,
     with_mask: bool,
     vertical_flip: bool = True,
+    augment: Augmentations | None = None,
 ) -> Compose:
-    """The full pipeline for one split; ``mean``/``std`` from the backbone's ``pretrained_cfg`` (0-1 scale)."""
+    """The full pipeline for one split; ``mean``/``std`` from the backbone's ``pretrained_cfg`` (0-1 scale).
+
+    ``augment`` (default ``Augmentations()``) sets the training steps; ``vertical_flip=False`` turns its
+    vertical flip off.
+    """
+    aug = augment or Augmentations()
+    if not vertical_flip:
+        aug = replace(aug, vertical_flip=0.0)
     if len(mean) != 3 or len(std) != 3:
         raise DataError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}.")
     quiet_monai_dicom_readers()
@@ -249,19 +295,7 @@ def build_transforms(
         ScaleIntensityRanged("image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
     ]
     if train:
-        steps += [RandFlipd(keys, prob=0.5, spatial_axis=1)]
-        if vertical_flip:
-            steps += [RandFlipd(keys, prob=0.5, spatial_axis=0)]
-        steps += [
-            RandRotated(keys, range_x=np.deg2rad(15), prob=0.5, mode=warp_modes, padding_mode="zeros"),
-            RandZoomd(keys, min_zoom=0.9, max_zoom=1.15, prob=0.5, mode=warp_modes, padding_mode="constant"),
-        ]
-        if color_aug:
-            steps.append(AlbumentationsColord("image", color_transform()))
-        steps += [
-            RandAdjustContrastd("image", prob=0.3, gamma=(0.8, 1.25)),
-            RandGaussianNoised("image", prob=0.2, mean=0.0, std=0.02),
-        ]
+        steps += _train_steps(keys, aug, color_aug, warp_modes)
     if with_mask:
         steps.append(BinarizeMaskd("mask"))
     steps += [
@@ -269,3 +303,46 @@ def build_transforms(
         EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=False),
     ]
     return Compose(steps)
+
+
+def _train_steps(
+    keys: list[str], aug: Augmentations, color_aug: bool, warp_modes: tuple[str, ...]
+) -> list[Any]:
+    """The random steps, in a fixed order; a step whose probability is 0 is left out."""
+    steps: list[Any] = []
+    if aug.horizontal_flip > 0:
+        steps.append(RandFlipd(keys, prob=aug.horizontal_flip, spatial_axis=1))
+    if aug.vertical_flip > 0:
+        steps.append(RandFlipd(keys, prob=aug.vertical_flip, spatial_axis=0))
+    if aug.rotate_prob > 0:
+        steps.append(
+            RandRotated(
+                keys,
+                range_x=np.deg2rad(aug.rotate_degrees),
+                prob=aug.rotate_prob,
+                mode=warp_modes,
+                padding_mode="zeros",
+            )
+        )
+    if aug.zoom_prob > 0:
+        steps.append(
+            RandZoomd(
+                keys,
+                min_zoom=aug.zoom_min,
+                max_zoom=aug.zoom_max,
+                prob=aug.zoom_prob,
+                mode=warp_modes,
+                padding_mode="constant",
+            )
+        )
+    if color_aug:
+        steps.append(AlbumentationsColord("image", color_transform()))
+    if aug.contrast_prob > 0:
+        steps.append(
+            RandAdjustContrastd(
+                "image", prob=aug.contrast_prob, gamma=(aug.contrast_gamma_min, aug.contrast_gamma_max)
+            )
+        )
+    if aug.noise_prob > 0:
+        steps.append(RandGaussianNoised("image", prob=aug.noise_prob, mean=0.0, std=aug.noise_std))
+    return steps

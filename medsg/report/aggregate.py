@@ -12,7 +12,7 @@ import pandas as pd
 import yaml
 
 from medsg.calibration import CALIBRATED_PREDICTIONS, CALIBRATION_FILE
-from medsg.data.transforms import aug_defaults, describe_augmentations
+from medsg.data.transforms import aug_defaults, describe_augmentations, resolve_augmentations
 from medsg.errors import ConfigError, DataError
 from medsg.metrics import (
     HEADLINE,
@@ -264,7 +264,12 @@ def recipe(cfg: dict[str, Any]) -> list[dict[str, str]]:
         ("sampler", train("sampler")),
         ("gradient clipping", cfg_get(cfg, "train.grad_clip", null="none")),
         ("EMA of weights", {True: "yes", False: "no"}.get(train("ema"), UNKNOWN)),
-        ("augmentations (training only)", describe_augmentations(bool(color), defaults["vertical_flip"])),
+        (
+            "augmentations (training only)",
+            describe_augmentations(
+                resolve_augmentations(cfg.get("data", {}).get("augment"), str(adapter)), bool(color)
+            ),
+        ),
     ]
     return [{"item": item, "value": str(value)} for item, value in rows]
 
