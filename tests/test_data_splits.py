@@ -10,12 +10,17 @@ import pandas as pd
 import pytest
 
 from medsg.data import load_manifest
+from medsg.data.audit import MIN_CORRELATION, NEAR_DUP_THRESHOLD, describe_grouping
 from medsg.data.splits import (
     check_no_leakage,
+    header_grouping,
     inner_split,
+    is_grouping_key,
     load_or_create_splits,
+    make_header,
     make_kfold_splits,
     read_splits,
+    save_splits,
     split_filename,
 )
 from medsg.errors import DataError
@@ -84,7 +89,7 @@ def test_too_few_groups() -> None:
 def test_load_or_create_writes_then_reuses(tmp_path: Path) -> None:
     df = toy()
     path = tmp_path / split_filename("toy", 5, 0)
-    folds = load_or_create_splits(df, path, 5, 0, "toy", "group column", "abc")
+    folds = load_or_create_splits(df, path, 5, 0, "toy", "group", "abc")
     header, saved = read_splits(path)
     assert saved == folds
     assert header["dataset"] == "toy" and header["k"] == 5 and header["seed"] == 0
@@ -95,7 +100,41 @@ def test_load_or_create_writes_then_reuses(tmp_path: Path) -> None:
     # reuse: a hand-edited (still valid) file is returned as is, not recomputed
     edited = [folds[1], folds[0], *folds[2:]]
     path.write_text(json.dumps({"header": header, "folds": edited}))
-    assert load_or_create_splits(df, path, 5, 0, "toy", "group column", "abc") == edited
+    assert load_or_create_splits(df, path, 5, 0, "toy", "group", "abc") == edited
+
+
+def test_header_grouping_is_the_key_and_the_words_are_a_description(tmp_path: Path) -> None:
+    """``grouping`` is the column the folds were grouped by; what a group is goes in ``grouping_description``."""
+    df = toy().assign(patient_id=lambda d: d["group"])
+    path = tmp_path / "s.json"
+    words = describe_grouping("csv", "patient_id")
+    folds = load_or_create_splits(
+        df, path, 5, 0, "csv", "patient_id", "h", group_col="patient_id", grouping_description=words
+    )
+    header, _ = read_splits(path)
+    assert header["grouping"] == "patient_id" and header["grouping_description"] == words
+    assert header_grouping(header) == ("patient_id", words)
+    assert header["n_groups"] == 60
+    # the words alone are refused as a grouping: the file would read back with its key unknown
+    with pytest.raises(DataError, match="not a column name"):
+        make_header(df, "csv", 5, 0, "patients merged with duplicates", "h")
+    assert make_header(df, "csv", 5, 0, "group", "h")["grouping"] == "group"  # no description: key only
+    for key in ("group", "patient_id", "dicom:PatientID", "site-2.b"):
+        assert is_grouping_key(key) and header_grouping({"grouping": key}) == (key, None)
+    for words_ in ("lesion_id from HAM10000_metadata.csv", "audit duplicate clusters (exact, ...)", "", None):
+        assert not is_grouping_key(words_)
+    assert header_grouping({}) == (None, None)
+
+    # a legacy file (the words in ``grouping``, no description) is still read, its folds unchanged
+    legacy_words = "lesion_id from HAM10000_metadata.csv merged with 2 audit near-duplicate cluster(s)"
+    legacy = {k: v for k, v in header.items() if k != "grouping_description"} | {"grouping": legacy_words}
+    assert header_grouping(legacy) == (None, legacy_words)
+    save_splits(path, legacy, folds)
+    assert read_splits(path) == (legacy, folds)
+    reused = load_or_create_splits(
+        df, path, 5, 0, "csv", "patient_id", "h", group_col="patient_id", grouping_description=words
+    )
+    assert reused == folds and read_splits(path)[0] == legacy  # reused as is, never rewritten
 
 
 def test_reuse_rejects_mismatching_ids(tmp_path: Path) -> None:
@@ -175,6 +214,11 @@ def test_committed_split_file_structure(name: str) -> None:
     """Cheap check of the committed files themselves (no data needed): a valid k-fold partition."""
     header, folds = _canonical(name)
     assert {"dataset", "k", "seed", "grouping", "n_images", "n_groups", "audit_hash", "method"} <= set(header)
+    # grouping: the column the folds were grouped by; the words are the runner's (describe_grouping)
+    key, words = header_grouping(header)
+    assert key == header["grouping"] == "group"
+    described = describe_grouping(header["dataset"], "group", NEAR_DUP_THRESHOLD, MIN_CORRELATION)
+    assert words == header["grouping_description"] and words.startswith(described)
     assert header["k"] == len(folds) == 5 and header["seed"] == 0
     assert name.startswith(header["dataset"])
     vals = [fold["val"] for fold in folds]
@@ -230,7 +274,7 @@ def test_canonical_isic_file_matches_metadata(shared) -> None:
         5,
         0,
         "isic2018",
-        "lesion_id",
+        "group",
         "",
         allow_subset=True,
     )
@@ -246,6 +290,7 @@ def test_canonical_busi_file_reproduces_and_has_no_leakage(shared) -> None:
     header, folds = _canonical("busi_5fold_seed0.json")
     new_header, new_folds = busi_canonical(busi)
     assert new_folds == folds and new_header["audit_hash"] == header["audit_hash"]
+    assert _same_header(new_header, header)
     manifest = load_manifest("busi", busi)
     report = audit_manifest(manifest)
     clean = apply_audit_policy(manifest, report, conflicts="drop")
@@ -257,8 +302,46 @@ def test_canonical_busi_file_reproduces_and_has_no_leakage(shared) -> None:
         5,
         0,
         "busi",
-        "dup",
+        "group",
         report.manifest_hash,
         excluded_ids=dropped,
     )
     assert sum(len(f["val"]) for f in reused) == 778
+
+
+# The near-duplicate clusters an audit of the local ISIC subset finds (data_splits/README.md), merged into the
+# lesion groups of the committed ISIC split; test_canonical_isic_file_reproduces_with_the_audit finds them again.
+ISIC_AUDIT_CLUSTERS = [["ISIC_0024894", "ISIC_0026107"], ["ISIC_0027636", "ISIC_0027994"]]
+
+
+def _same_header(new: dict, committed: dict) -> bool:
+    """Headers equal but for who wrote them (``created_by`` names the package version)."""
+    return {k: v for k, v in new.items() if k != "created_by"} == {
+        k: v for k, v in committed.items() if k != "created_by"
+    }
+
+
+@pytest.mark.slow
+def test_canonical_isic_file_reproduces_from_metadata(shared) -> None:
+    """The committed folds are exactly what the metadata and the audit's two clusters give (no images read)."""
+    meta = shared("data", "isic2018", "HAM10000_metadata.csv")
+    from medsg.data.canonical import isic_canonical
+
+    header, folds = _canonical("isic2018_5fold_seed0.json")
+    new_header, new_folds = isic_canonical(meta, 5, 0, ISIC_AUDIT_CLUSTERS)
+    assert new_folds == folds
+    assert new_header["n_groups"] == header["n_groups"] == 7468
+    assert new_header["grouping_description"] == header["grouping_description"]
+
+
+@pytest.mark.slow
+def test_canonical_isic_file_reproduces_with_the_audit(shared, tmp_path: Path) -> None:
+    """What ``python -m medsg.data.canonical isic2018 ... --audit-root`` writes is the committed file."""
+    meta = shared("data", "isic2018", "HAM10000_metadata.csv")
+    from medsg.data.canonical import main
+
+    main(["isic2018", str(meta), "--audit-root", str(meta.parent), "--out-dir", str(tmp_path)])
+    new_header, new_folds = read_splits(tmp_path / "isic2018_5fold_seed0.json")
+    header, folds = _canonical("isic2018_5fold_seed0.json")
+    assert new_folds == folds and new_header["audit_hash"] == header["audit_hash"]
+    assert _same_header(new_header, header)

@@ -7,6 +7,9 @@
   stratified by ``dx`` mapped to the Task 3 classes; optional extra id clusters (e.g. near duplicates an audit
   found) are merged into the lesion groups.
 
+Each header's ``grouping`` is the manifest column the folds are grouped by (``"group"``), and
+``grouping_description`` says what a group is in the words the runner uses (``medsg.data.audit.describe_grouping``).
+
 ``python -m medsg.data.canonical busi ROOT`` / ``... isic2018 METADATA_CSV [--audit-root ROOT]``.
 """
 
@@ -16,7 +19,14 @@ import argparse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from medsg.data.audit import apply_audit_policy, audit_manifest, merged_groups
+from medsg.data.audit import (
+    MIN_CORRELATION,
+    NEAR_DUP_THRESHOLD,
+    apply_audit_policy,
+    audit_manifest,
+    describe_grouping,
+    merged_groups,
+)
 from medsg.data.busi import load_busi
 from medsg.data.isic2018 import load_isic2018, metadata_manifest
 from medsg.data.splits import (
@@ -38,27 +48,35 @@ def busi_canonical(root: str | Path, k: int = 5, seed: int = 0) -> tuple[dict, F
     clean = apply_audit_policy(manifest, report, conflicts="keep")
     folds = make_kfold_splits(clean, k, seed)
     check_no_leakage(clean, folds)
-    grouping = (
-        f"audit duplicate clusters (exact, pixel-identical, near: dHash-256 <= {report.near_dup_threshold} "
-        f"bits and thumbnail corr >= {report.min_correlation}); conflicts kept"
-    )
-    return make_header(clean, "busi", k, seed, grouping, report.manifest_hash), folds
+    words = describe_grouping("busi", "group", report.near_dup_threshold, report.min_correlation)
+    header = make_header(clean, "busi", k, seed, "group", report.manifest_hash, grouping_description=words)
+    header["audit_conflicts"] = "keep"  # the conflicting pair stays in the file; see data_splits/README.md
+    return header, folds
 
 
 def isic_canonical(
-    metadata_csv: str | Path, k: int = 5, seed: int = 0, extra_clusters: Iterable[Sequence[str]] = ()
+    metadata_csv: str | Path,
+    k: int = 5,
+    seed: int = 0,
+    extra_clusters: Iterable[Sequence[str]] = (),
+    near_dup_threshold: int = NEAR_DUP_THRESHOLD,
+    min_correlation: float = MIN_CORRELATION,
 ) -> tuple[dict, Folds]:
-    """(header, folds) for all HAM10000 training ids, grouped by lesion_id (+ ``extra_clusters``)."""
+    """(header, folds) for all HAM10000 training ids, grouped by lesion_id (+ ``extra_clusters``, the audit's
+    duplicate clusters, found with ``near_dup_threshold`` and ``min_correlation``)."""
     manifest = metadata_manifest(metadata_csv)
     extra = [list(c) for c in extra_clusters]
     if extra:
         manifest["group"] = merged_groups(manifest, extra)
     folds = make_kfold_splits(manifest, k, seed)
     check_no_leakage(manifest, folds)
-    grouping = "lesion_id from HAM10000_metadata.csv"
     if extra:
-        grouping += f" merged with {len(extra)} audit near-duplicate cluster(s)"
-    return make_header(manifest, "isic2018", k, seed, grouping, ""), folds
+        words = describe_grouping("isic2018", "group", near_dup_threshold, min_correlation)
+        words += f"; {len(extra)} cluster(s) merged"
+    else:
+        words = "lesion_id (no audit clusters merged)"
+    header = make_header(manifest, "isic2018", k, seed, "group", "", grouping_description=words)
+    return header, folds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         report = audit_manifest(load_isic2018(args.audit_root)) if args.audit_root else None
         extra = report.near_duplicates if report is not None else []
-        header, folds = isic_canonical(args.source, args.k, args.seed, extra)
+        thresholds = (report.near_dup_threshold, report.min_correlation) if report is not None else ()
+        header, folds = isic_canonical(args.source, args.k, args.seed, extra, *thresholds)
         if report is not None:
             header["audit_hash"] = report.manifest_hash
             header["audit_of"] = (

@@ -1,10 +1,18 @@
 """Grouped, stratified k-fold splits that are written once and reused, nnU-Net style.
 
-A split file ``data_splits/<dataset>_<k>fold_seed<s>.json`` holds a header (dataset, k, seed, grouping, image
-count, audit hash, method) and ``folds``: a list of ``{"train": [ids], "val": [ids]}``. Following nnU-Net's
-naming, ``"val"`` is the **held-out test fold** of that split: every id is in exactly one ``val`` list, and
-out-of-fold predictions over all ``val`` lists cover the dataset once. Model selection uses ``inner_split``
-inside ``train``, never ``val``.
+A split file ``data_splits/<dataset>_<k>fold_seed<s>.json`` holds a header (dataset, k, seed, grouping,
+grouping_description, image and group counts, audit hash, method) and ``folds``: a list of
+``{"train": [ids], "val": [ids]}``. Following nnU-Net's naming, ``"val"`` is the **held-out test fold** of that
+split: every id is in exactly one ``val`` list, and out-of-fold predictions over all ``val`` lists cover the
+dataset once. Model selection uses ``inner_split`` inside ``train``, never ``val``.
+
+``grouping`` is the grouping key, as ``splits.grouping`` in the config means it: the manifest column the folds
+were grouped by (``"group"``, a CSV column such as ``"patient_id"``, or ``"dicom:PatientID"``).
+``grouping_description`` says in words what a group is (``medsg.data.audit.describe_grouping``); the runner
+and ``medsg.data.canonical`` pass it to ``load_or_create_splits`` / ``make_header``, so the header is written
+once, complete. Files written before this held the words in ``grouping`` itself; ``header_grouping`` still
+reads them (a ``grouping`` that is not a plain column-like name is such a legacy description, the key then
+unknown), and their folds are used unchanged.
 
 Folds come from ``StratifiedGroupKFold(shuffle=True, random_state=seed)`` over the rows sorted by id, so the
 manifest's row order does not matter. Groups (ISIC lesions, BUSI duplicate clusters) never span folds.
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,6 +43,32 @@ log = logging.getLogger(__name__)
 
 METHOD = "StratifiedGroupKFold(shuffle=True)"
 Folds = list[dict[str, list[str]]]
+# a grouping key: one token of letters, digits, "_", ".", "-" and ":" ("group", "patient_id", "dicom:PatientID")
+_GROUPING_KEY = re.compile(r"[\w.:-]+")
+
+
+def is_grouping_key(value: Any) -> bool:
+    """True for a plain column-like name (``"group"``, ``"patient_id"``, ``"dicom:PatientID"``), False for words
+    such as the legacy ``"lesion_id from HAM10000_metadata.csv ..."``."""
+    return isinstance(value, str) and _GROUPING_KEY.fullmatch(value) is not None
+
+
+def header_grouping(header: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(grouping key, grouping description) of a split header, either None where the header does not say.
+
+    A header with ``grouping_description`` is current: its ``grouping`` is the key. In an older header without
+    it, a ``grouping`` that is not a plain column-like name (``is_grouping_key``) is the description, and the
+    key is unknown.
+    """
+    grouping = header.get("grouping")
+    description = header.get("grouping_description")
+    if isinstance(description, str) and description.strip():
+        return (grouping if isinstance(grouping, str) and grouping else None), description.strip()
+    if is_grouping_key(grouping):
+        return grouping, None
+    if isinstance(grouping, str) and grouping.strip():
+        return None, grouping.strip()  # legacy: the words were stored as the grouping
+    return None, None
 
 
 def split_filename(dataset: str, k: int, seed: int) -> str:
@@ -131,10 +166,20 @@ def make_header(
     grouping_description: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The header recorded with a split file; ``grouping_description`` says in words what a group is and
-    ``extra`` adds fields (``group_salt`` for a DICOM-header grouping)."""
+    """The header recorded with a split file.
+
+    ``grouping`` is the grouping key (the column the folds are grouped by, as ``splits.grouping`` names it),
+    ``grouping_description`` says in words what a group is, and ``extra`` adds fields (``group_salt`` for a
+    DICOM-header grouping). Words passed as ``grouping`` without a description are refused: the file would read
+    back as a legacy header whose key is unknown.
+    """
     from medsg import __version__
 
+    if not grouping_description and not is_grouping_key(grouping):
+        raise DataError(
+            f"split header: grouping {grouping!r} is not a column name; pass the grouping column as grouping "
+            "and the words as grouping_description."
+        )
     described = {"grouping_description": grouping_description} if grouping_description else {}
     return {
         "dataset": dataset,
@@ -199,12 +244,21 @@ def load_or_create_splits(
     header, splits = read_splits(path)
     if header.get("k") != k or len(splits) != k:
         raise DataError(f"{path}: holds {len(splits)} folds (header k={header.get('k')}), expected {k}.")
+    file_key, file_words = header_grouping(header)
     salt = (header_extra or {}).get("group_salt")
     if salt and header.get("group_salt") != salt:
         raise DataError(
-            f"{path}: made for grouping {header.get('grouping')!r} without this data's group_salt, so its "
+            f"{path}: made for grouping {file_key or file_words!r} without this data's group_salt, so its "
             f"groups cannot be checked for grouping {grouping!r}. Delete it (or set splits.file to a new path) "
             "to make a split grouped by the DICOM header."
+        )
+    if file_key is not None and file_key != grouping:
+        log.warning(
+            "%s: folds made grouped by %r, used with grouping %r; they are checked for leakage by %r",
+            path,
+            file_key,
+            grouping,
+            group_col,
         )
     file_ids = {i for fold in splits for i in fold["val"]}
     ids = set(manifest["id"])
