@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from medsg.config import DEFAULT_BOOTSTRAP
 from medsg.data.images import read_image
 from medsg.explain.cases import BASELINES, EXPLAIN_DIR, MAP_LABELS
 from medsg.explain.localization import DEFINITIONS, summarise_scores
@@ -139,7 +140,7 @@ def collect_explanations(
     folders: Sequence[Path],
     out_dir: Path,
     title: str,
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Pool the folds' explanations into ``out_dir``; returns counts, seconds and the summary table."""

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from medsg.config import DEFAULT_BOOTSTRAP
 from medsg.errors import DataError, ReportRefused
 from medsg.io import atomic_write_bytes, atomic_write_text
 from medsg.metrics import PAIRED_KEYS, mcnemar_exact, paired_differences
@@ -64,7 +65,7 @@ def _check_comparable(runs: list[RunData]) -> None:
             )
 
 
-def compare_runs(run_dirs: list[Path], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+def compare_runs(run_dirs: list[Path], n_bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
     """Paired differences of every run against the first, on the ids all runs predicted."""
     if len(run_dirs) < 2:
         raise DataError("compare needs at least two run folders")
@@ -188,7 +189,7 @@ def check_target(out: Path, force: bool = False) -> None:
 
 
 def write_comparison(
-    run_dirs: list[Path], out: Path, n_bootstrap: int = 1000, seed: int = 0, force: bool = False
+    run_dirs: list[Path], out: Path, n_bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0, force: bool = False
 ) -> Path:
     """comparison.json, report.md, report.html and figures/differences.png in ``out``; returns report.html."""
     out = Path(out)
