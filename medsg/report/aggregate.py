@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from medsg.calibration import CALIBRATED_PREDICTIONS, CALIBRATION_FILE
+from medsg.calibration import CALIBRATED_PREDICTIONS, CALIBRATION_FILE, VAL_PREDICTIONS
 from medsg.data.transforms import aug_defaults, describe_augmentations, resolve_augmentations
 from medsg.errors import ConfigError, DataError
 from medsg.metrics import (
@@ -23,6 +23,13 @@ from medsg.metrics import (
     summarize_folds,
 )
 from medsg.protocol import OUTER_TEST_UNUSED, selection_rule_text
+from medsg.report.operating_points import (
+    CRITICAL_CLASS,
+    critical_class,
+    eval_settings,
+    operating_points,
+    section_text,
+)
 from medsg.report.run_files import (
     UNKNOWN,
     audit_policy_text,
@@ -32,11 +39,10 @@ from medsg.report.run_files import (
     manifest_ids,
     read_json_or_none,
 )
+from medsg.report.subgroups import subgroup_summary
 
 FROM_SCRATCH = "none (trained from scratch)"
 _AS_DEFAULT = object()  # cfg_get: a null value counts as missing unless ``null=`` is given
-# the class whose misses matter most, per dataset: its confusions are stated in a sentence
-CRITICAL_CLASS = {"busi": "malignant", "isic2018": "MEL"}
 POOLED_TEXT = (
     "Pooled out-of-fold figures combine the predictions of k different models (one per fold, each tested on "
     "the images it never saw); they describe the procedure, not one model."
@@ -57,6 +63,8 @@ class RunData:
     histories: dict[int, pd.DataFrame] = field(default_factory=dict)
     calibrated: pd.DataFrame | None = None  # the OOF rows after each fold's temperature, in ``oof`` order
     calibration: dict[int, dict[str, Any]] = field(default_factory=dict)  # each fold's calibration.json
+    # each fold's val_predictions.csv, where present (operating-point thresholds are fixed on them)
+    val: dict[int, pd.DataFrame] = field(default_factory=dict)
 
     def probs(self, frame: pd.DataFrame | None = None) -> np.ndarray:
         """(n, C) float64 class probabilities of ``frame`` (default: all pooled OOF rows), in class order."""
@@ -116,6 +124,7 @@ def load_run(run_dir: Path) -> RunData:
     run.class_names = class_names or []
     run.oof = pd.concat(frames, ignore_index=True)
     _load_calibration(run, fold_dirs)
+    _load_val_predictions(run, fold_dirs)
     if run.oof["id"].duplicated().any():
         dup = run.oof.loc[run.oof["id"].duplicated(), "id"].iloc[0]
         raise DataError(
@@ -135,6 +144,64 @@ def _load_calibration(run: RunData, fold_dirs: dict[int, Path]) -> None:
         raise DataError(f"{run.run_dir}: calibrated_predictions.csv and predictions.csv list different ids")
     run.calibrated = calibrated.loc[run.oof["id"]].reset_index()
     run.calibration = {f: _read_json(fold_dirs[f] / CALIBRATION_FILE) for f in run.folds}
+
+
+def _load_val_predictions(run: RunData, fold_dirs: dict[int, Path]) -> None:
+    """Each included fold's inner validation predictions (operating-point thresholds are fixed on them)."""
+    for fold in run.folds:
+        path = fold_dirs[fold] / VAL_PREDICTIONS
+        if not path.is_file():
+            continue  # an older run: the operating-point section names the fold and leaves it out
+        frame = _read_predictions(path, fold)
+        names = [c[2:] for c in frame.columns if c.startswith("p_")]
+        if names != run.class_names:
+            raise DataError(
+                f"{path} has classes {names}, predictions.csv has {run.class_names}; re-run fold {fold}"
+            )
+        run.val[fold] = frame
+
+
+def clinical_sections(
+    run: RunData, groups: np.ndarray | None, n_bootstrap: int, seed: int
+) -> dict[str, dict[str, Any]]:
+    """summary.json's "operating_points" and "subgroups", with the eval.* settings of the run's config.yaml."""
+    settings = eval_settings(cfg_get(run.config, "eval", {}))
+    critical, source = critical_class(
+        settings.critical_class, cfg_get(run.config, "data.adapter"), run.class_names
+    )
+    if critical is None:
+        points: dict[str, Any] = {"available": False, "critical_class": None, "points": [], "text": source}
+    else:
+        points = operating_points(
+            run.val,
+            run.oof,
+            run.class_names,
+            critical,
+            settings.fixed_specificity,
+            settings.fixed_sensitivity,
+            groups,
+            n_bootstrap,
+            seed,
+        )
+        points["text"] = section_text(points, source)
+    try:
+        manifest = pd.read_csv(run.run_dir / "manifest.csv", dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        manifest = None  # group_labels reads it as defensively: an old or hand-made run folder
+    subgroups = subgroup_summary(
+        manifest,
+        run.oof["id"].astype(str).tolist(),
+        run.oof["y_true"].to_numpy(),
+        run.probs(),
+        run.class_names,
+        settings.subgroups,
+        critical,
+        settings.min_subgroup_size,
+        groups,
+        n_bootstrap,
+        seed,
+    )
+    return {"operating_points": points, "subgroups": subgroups}
 
 
 def calibration_summary(
@@ -380,6 +447,7 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
     groups, unit = group_labels(run)
     calibration = calibration_summary(run, n_bootstrap, seed, groups)
     extra = {} if calibration is None else {"calibration": calibration}
+    extra |= clinical_sections(run, groups, n_bootstrap, seed)
     pooled = classification_metrics(y, p, run.class_names)
     return {
         "experiment": proto["experiment"],

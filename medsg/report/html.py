@@ -13,9 +13,11 @@ from medsg.report.tables import (
     class_table,
     fold_summary_rows,
     fold_table,
+    operating_point_tables,
     recipe_table,
     results_intro,
     sensitivity_intro,
+    subgroup_table,
     to_html,
 )
 
@@ -57,6 +59,18 @@ def render_html(
             f"<h2>Calibration (pooled out-of-fold)</h2><p>{esc(calibration_text(summary))}</p>"
             f"{to_html(calibration)}"
         )
+    clinical = ""
+    if "operating_points" in summary:
+        clinical += "<h2>Operating points of the critical class</h2>"
+        clinical += f"<p>{esc(summary['operating_points']['text'])}</p>"
+        clinical += "".join(
+            f"<p>{esc(caption)}</p>{to_html(table, summary_rows=1)}"
+            for caption, table in operating_point_tables(summary)
+        )
+    if "subgroups" in summary:
+        subgroups = subgroup_table(summary)
+        clinical += f"<h2>Subgroups (pooled out-of-fold)</h2><p>{esc(summary['subgroups']['text'])}</p>"
+        clinical += "" if subgroups is None else to_html(subgroups)
     recipe = recipe_table(summary)
     recipe_html = "" if recipe is None else f"<h2>Training recipe</h2>{to_html(recipe)}"
     banner = f'<p class="synthetic">{esc(SYNTHETIC_TEXT)}</p>' if summary.get("synthetic_data") else ""
@@ -69,7 +83,7 @@ def render_html(
         + f"<h2>Results per fold</h2><p>{esc(results_intro(summary))}</p>"
         f"{to_html(fold_table(summary), summary_rows=fold_summary_rows(summary))}"
         f"<h2>Per class (pooled out-of-fold)</h2><p>{esc(sensitivity_intro(summary))}</p>"
-        f"{to_html(class_table(summary))}{calibrated}"
+        f"{to_html(class_table(summary))}{clinical}{calibrated}"
         f"<h2>Figures</h2>{images}{explained}<h2>Definitions</h2><ul>{definitions}</ul></body></html>\n"
     )
 

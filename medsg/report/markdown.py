@@ -11,9 +11,11 @@ from medsg.report.tables import (
     class_table,
     fold_table,
     md_escape,
+    operating_point_tables,
     recipe_table,
     results_intro,
     sensitivity_intro,
+    subgroup_table,
     to_markdown,
 )
 
@@ -49,6 +51,20 @@ def render_markdown(
         to_markdown(class_table(summary)),
         "",
     ]
+    if "operating_points" in summary:
+        lines += [
+            "## Operating points of the critical class",
+            "",
+            esc(summary["operating_points"]["text"]),
+            "",
+        ]
+        for caption, table in operating_point_tables(summary):
+            lines += [esc(caption), "", to_markdown(table), ""]
+    if "subgroups" in summary:
+        lines += ["## Subgroups (pooled out-of-fold)", "", esc(summary["subgroups"]["text"]), ""]
+        subgroups = subgroup_table(summary)
+        if subgroups is not None:
+            lines += [to_markdown(subgroups), ""]
     calibration = calibration_table(summary)
     if calibration is not None:
         lines += ["## Calibration (pooled out-of-fold)", "", esc(calibration_text(summary)), ""]

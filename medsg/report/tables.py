@@ -165,6 +165,70 @@ def calibration_text(summary: dict[str, Any]) -> str:
     return text
 
 
+def ci_cell(ci: dict[str, Any] | None) -> str:
+    """'point [low, high]', or the point alone where no CI was computed."""
+    if not ci:
+        return "–"
+    if ci.get("low") is None:
+        return fmt(ci.get("point"))
+    return f"{fmt(ci['point'])} [{fmt(ci['low'])}, {fmt(ci['high'])}]"
+
+
+def operating_point_tables(summary: dict[str, Any]) -> list[tuple[str, pd.DataFrame]]:
+    """(caption, table) per operating point: each fold's threshold and achieved rates, then the pooled CIs."""
+    out = []
+    for point in (summary.get("operating_points") or {}).get("points", []):
+        rows = [
+            {
+                "Fold": str(f["fold"]),
+                "Threshold": "none reached" if f["threshold"] is None else fmt(f["threshold"], 4),
+                "Val n": str(f["val_n"]),
+                "Val sensitivity": fmt(f["val_sensitivity"]),
+                "Val specificity": fmt(f["val_specificity"]),
+                "Test n": str(f["test_n"]),
+                "Test sensitivity": fmt(f["test_sensitivity"]),
+                "Test specificity": fmt(f["test_specificity"]),
+            }
+            for f in point["per_fold"]
+        ]
+        pooled = point["pooled"]
+        rows.append(
+            {"Fold": "Pooled OOF [95% CI]", "Threshold": "per fold", "Val n": "", "Val sensitivity": ""}
+            | {"Val specificity": "", "Test n": str(pooled["n"])}
+            | {"Test sensitivity": ci_cell(pooled["sensitivity"])}
+            | {"Test specificity": ci_cell(pooled["specificity"])}
+        )
+        notes = "".join(f" Fold {f['fold']}: {f['note']}." for f in point["per_fold"] if f.get("note"))
+        caption = f"{point['name'].capitalize()}: each fold's threshold is {point['rule']}.{notes}"
+        out.append((caption, pd.DataFrame(rows)))
+    return out
+
+
+def subgroup_table(summary: dict[str, Any]) -> pd.DataFrame | None:
+    """One row per subgroup; a subgroup under eval.min_subgroup_size shows point values only, flagged."""
+    section = summary.get("subgroups") or {}
+    if not section.get("rows"):
+        return None
+    critical = section.get("critical_class")
+    rows = []
+    for r in section["rows"]:
+        row = {
+            "Column": r["column"],
+            "Subgroup": r["value"],
+            "Images": str(r["n_images"]),
+            "Groups": str(r["n_groups"]),
+            "Balanced acc. [95% CI]": ci_cell(r["balanced_accuracy"]),
+        }
+        if critical:
+            sens = r["sensitivity"]
+            row[f"{critical} sensitivity [95% CI]"] = (
+                f"{ci_cell(sens)} (n = {sens['support']})" if sens["support"] else "–"
+            )
+        flag = f"too small (< {section['min_subgroup_size']} images): no CI"
+        rows.append(row | {"Flag": flag if r["too_small"] else ""})
+    return pd.DataFrame(rows)
+
+
 def md_escape(text: Any) -> str:
     """Text safe in Markdown, and still readable in the raw file: no HTML entities such as ``&lt;=``.
 
