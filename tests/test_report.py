@@ -367,12 +367,12 @@ def test_critical_class_confusions_sentence(tmp_path):
     from medsg.report.aggregate import confusion_text
 
     pooled = {"confusion_matrix": [[100, 5, 3], [10, 171, 28], [2, 1, 40]]}
-    text = confusion_text(pooled, ["benign", "malignant", "normal"], "busi")
+    text = confusion_text(pooled, ["benign", "malignant", "normal"], "malignant")
     assert text == (
         "Missed malignant (the clinically worst errors): 28 of 209 malignant predicted normal; "
         "10 of 209 malignant predicted benign."
     )
-    generic = confusion_text(pooled, ["a", "b", "c"], "csv")
+    generic = confusion_text(pooled, ["a", "b", "c"], None)
     assert generic.startswith("Largest confusions: 28 of 209 b predicted c; 10 of 209 b predicted a")
 
 

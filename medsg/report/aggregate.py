@@ -24,7 +24,6 @@ from medsg.metrics import (
 )
 from medsg.protocol import OUTER_TEST_UNUSED, selection_rule_text
 from medsg.report.operating_points import (
-    CRITICAL_CLASS,
     critical_class,
     eval_settings,
     operating_points,
@@ -161,14 +160,18 @@ def _load_val_predictions(run: RunData, fold_dirs: dict[int, Path]) -> None:
         run.val[fold] = frame
 
 
+def run_critical_class(run: RunData) -> tuple[str | None, str]:
+    """The run's critical class (eval.critical_class, else the dataset's) and how it was chosen."""
+    settings = eval_settings(cfg_get(run.config, "eval", {}))
+    return critical_class(settings.critical_class, cfg_get(run.config, "data.adapter"), run.class_names)
+
+
 def clinical_sections(
     run: RunData, groups: np.ndarray | None, n_bootstrap: int, seed: int
 ) -> dict[str, dict[str, Any]]:
     """summary.json's "operating_points" and "subgroups", with the eval.* settings of the run's config.yaml."""
     settings = eval_settings(cfg_get(run.config, "eval", {}))
-    critical, source = critical_class(
-        settings.critical_class, cfg_get(run.config, "data.adapter"), run.class_names
-    )
+    critical, source = run_critical_class(run)
     if critical is None:
         points: dict[str, Any] = {"available": False, "critical_class": None, "points": [], "text": source}
     else:
@@ -398,15 +401,14 @@ def fold_size_notes(run: RunData, per_fold: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
-def confusion_text(pooled: dict[str, Any], class_names: list[str], adapter: Any) -> str:
+def confusion_text(pooled: dict[str, Any], class_names: list[str], critical: str | None) -> str:
     """The clinically worst confusions in a sentence, e.g. '28 of 209 malignant predicted normal'.
 
-    For a dataset with a known critical class (malignant, melanoma) its misses are stated; otherwise the
-    three largest off-diagonal cells.
+    With a critical class (eval.critical_class or the dataset's: malignant, melanoma) its misses are stated;
+    otherwise the three largest off-diagonal cells.
     """
     cm = np.asarray(pooled["confusion_matrix"])
     support = cm.sum(axis=1)
-    critical = CRITICAL_CLASS.get(str(adapter))
     if critical in class_names:
         c = class_names.index(critical)
         misses = [
@@ -469,7 +471,7 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
             y, p, run.class_names, n_resamples=n_bootstrap, seed=seed, groups=groups
         ),
         "sensitivity_ci": sensitivity_cis(y, p, run.class_names, n_bootstrap, seed, groups=groups),
-        "confusions": confusion_text(pooled, run.class_names, cfg_get(run.config, "data.adapter")),
+        "confusions": confusion_text(pooled, run.class_names, run_critical_class(run)[0]),
         "notes": notes,
         "definitions": {
             "per_fold": "recomputed from each fold's test predictions (fold_K/predictions.csv)",
