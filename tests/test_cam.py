@@ -114,7 +114,9 @@ def test_gradient_methods_give_input_sized_maps_in_unit_range(default_run):
 def test_recorded_gradients_are_nonzero_for_the_stage_norms(default_run):
     _, stats, seen = default_run
     for method in ("gradcam", "gradcam++"):
-        (grads,) = seen[method][0]["grads"]  # one target layer, norm4: tokens reshaped to (B, C, 7, 7)
+        (grads,) = seen[method][0][
+            "grads"
+        ]  # one target layer, stages[3].norm: tokens reshaped to (B, C, 7, 7)
         assert grads.shape == (2, 128, 7, 7)
         assert grads.abs().amax(dim=(1, 2, 3)).gt(0).all(), f"{method}: an image got no gradient"
         assert stats[method] == pytest.approx([float(grads.abs().max())])
@@ -150,7 +152,7 @@ def test_several_target_layers_with_different_token_grids(model, images, monkeyp
     seen: list = []
     monkeypatch.setitem(CAM_METHODS, "gradcam", _spy(GradCAM, seen))
     layers = cam_target_layers(model, stages)
-    assert layers == [getattr(model, f"norm{i + 1}") for i in stages]
+    assert layers == [model.stages[i].norm for i in stages]
     maps, stats = compute_cams(model, images[:1], [1], methods=["gradcam"], layers=layers, return_stats=True)
     _check_maps(maps, ("gradcam",), (1, *HW))
     grids = [tuple(g.shape[-2:]) for g in seen[0]["grads"]]
@@ -189,8 +191,8 @@ def test_token_reshape_infers_the_grid_from_count_and_aspect_ratio():
 # --------------------------------------------------------------------------------------- target layers
 def test_target_layers_are_tensor_outputs_never_tuple_blocks(model, images):
     layers = cam_target_layers(model, range(4))
-    assert cam_target_layers(model) == [model.norm4]
-    assert cam_target_layers(model, [-1]) == [model.norm4]
+    assert cam_target_layers(model) == [model.stages[3].norm]
+    assert cam_target_layers(model, [-1]) == [model.stages[3].norm]
     outputs: list = []
     handles = [layer.register_forward_hook(lambda m, a, o: outputs.append(o)) for layer in layers]
     try:
@@ -202,7 +204,7 @@ def test_target_layers_are_tensor_outputs_never_tuple_blocks(model, images):
     assert [type(o) for o in outputs] == [torch.Tensor] * 4
     assert [o.shape[1] for o in outputs] == [56 * 56, 28 * 28, 14 * 14, 7 * 7]
     wrapped = nn.Sequential(model)  # found inside wrappers too
-    assert cam_target_layers(wrapped, [0]) == [model.norm1]
+    assert cam_target_layers(wrapped, [0]) == [model.stages[0].norm]
     with pytest.raises(ValueError, match="out of range"):
         cam_target_layers(model, [4])
 
@@ -227,7 +229,7 @@ def test_stage_norm_lookup_prefers_stages_i_norm():
 def test_a_tuple_output_layer_is_refused_clearly(model, images):
     before = _hooks(model)
     with pytest.raises(TypeError, match=r"returns tuple.*stage norms"):
-        compute_cams(model, images[:1], [0], layers=[model.block4[0]])
+        compute_cams(model, images[:1], [0], layers=[model.stages[3].blocks[0]])
     assert _hooks(model) == before
 
 
@@ -252,8 +254,8 @@ def test_timm_cnn_through_feature_info():
 def test_mode_params_grads_and_requires_grad_are_left_as_they_were(images):
     m = _sgformer()
     m.train()
-    m.norm2.eval()  # a mixed-mode model stays mixed
-    m.block1.requires_grad_(False)
+    m.stages[1].norm.eval()  # a mixed-mode model stays mixed
+    m.stages[0].blocks.requires_grad_(False)
     preset = torch.full_like(m.head.weight, 7.0)
     m.head.weight.grad = preset
     state = {k: v.clone() for k, v in m.state_dict().items()}
@@ -313,7 +315,7 @@ def test_no_hooks_left_behind_after_success_or_error(model, images):
         assert failing.calls == 2
         assert _hooks(model) == before
 
-    handle = model.norm4.register_forward_hook(lambda *a: None)
+    handle = model.stages[3].norm.register_forward_hook(lambda *a: None)
     try:
         assert sum(_hooks(model).values()) == 1
     finally:

@@ -13,6 +13,7 @@ import torch
 import medsg  # noqa: F401
 from medsg.errors import CheckpointError
 from medsg.models import checkpoint_filter_fn, load_checkpoint
+from medsg.models.sgformer import rename_reference_keys
 
 
 def _tiny(num_classes: int = 3) -> torch.nn.Module:
@@ -37,7 +38,7 @@ def test_reference_checkpoint_ema_or_raw(use_ema: bool, key: str, shared) -> Non
     model = _tiny()
     report = load_checkpoint(model, official, use_ema=use_ema)
     assert report["source"] == key and report["dropped"] == [] and report["reinitialised"] == []
-    assert _same(model, raw[key])
+    assert _same(model, rename_reference_keys(raw[key]))
 
 
 def test_plain_ddp_and_medsg_formats(tmp_path: Path, weights: dict) -> None:
@@ -61,7 +62,9 @@ def test_head_of_another_size_is_dropped_and_reported(tmp_path: Path, weights: d
     report = load_checkpoint(model, path)
     assert report["dropped"] == ["head.weight", "head.bias"] and report["reinitialised"] == report["dropped"]
     assert torch.equal(model.head.weight, fresh_head)
-    assert torch.equal(model.block3[1].attn.f1.weight, weights["block3.1.attn.f1.weight"])
+    assert torch.equal(
+        model.stages[2].blocks[1].attn.groupers[0].weight, weights["stages.2.blocks.1.attn.groupers.0.weight"]
+    )
 
 
 class _RunsCode:
@@ -92,14 +95,14 @@ def test_garbage_and_missing_files(tmp_path: Path) -> None:
 
 def test_mismatches_fail_naming_the_keys(tmp_path: Path, weights: dict) -> None:
     cases = {
-        "missing": {k: v for k, v in weights.items() if k != "block2.0.attn.q1.weight"},
+        "missing": {k: v for k, v in weights.items() if k != "stages.1.blocks.0.attn.q1.weight"},
         "unexpected": dict(weights, **{"extra.layer.weight": torch.zeros(1)}),
-        "shape": dict(weights, **{"block1.0.mlp.fc1.weight": torch.zeros(64, 16)}),
+        "shape": dict(weights, **{"stages.0.blocks.0.mlp.fc1.weight": torch.zeros(64, 16)}),
     }
     names = {
-        "missing": "block2.0.attn.q1.weight",
+        "missing": "stages.1.blocks.0.attn.q1.weight",
         "unexpected": "extra.layer.weight",
-        "shape": "block1.0.mlp.fc1",
+        "shape": "stages.0.blocks.0.mlp.fc1",
     }
     for case, state in cases.items():
         path = tmp_path / f"{case}.pt"
@@ -127,3 +130,23 @@ def test_namespace_is_allowed_only_inside_the_loader(tmp_path: Path, weights: di
         torch.load(path, weights_only=True)
     assert load_checkpoint(_tiny(), path)["source"] == "state_dict"
     assert argparse.Namespace not in torch.serialization.get_safe_globals()
+
+
+def test_checkpoints_with_the_flat_reference_names_still_load(tmp_path: Path, weights: dict) -> None:
+    """Fold checkpoints and packages saved before ``stages`` (the released names) load by every path:
+    timm's filter, medsg's loader, and a plain load_state_dict (the pre-hook; a run resumes without a filter)."""
+    from reference_keys import to_reference_keys
+
+    flat = to_reference_keys(weights)
+    assert "block3.1.attn.f1.weight" in flat and "patch_embed1.conv.0.c.weight" in flat
+    model = _tiny()
+    model.load_state_dict(flat)
+    assert _same(model, weights)
+    wrapped = torch.nn.Sequential(_tiny())  # a prefix ("0.") in front of the flat names
+    wrapped.load_state_dict({f"0.{k}": v for k, v in flat.items()})
+    assert _same(wrapped[0], weights)
+    torch.save({"state_dict": flat}, tmp_path / "flat.pt")
+    model = _tiny()
+    assert load_checkpoint(model, tmp_path / "flat.pt")["dropped"] == []
+    assert _same(model, weights)
+    assert set(checkpoint_filter_fn(flat, _tiny())) == set(weights)

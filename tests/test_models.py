@@ -12,11 +12,12 @@ import pytest
 import timm
 import timm.optim
 import torch
+from reference_keys import to_reference_key, to_reference_keys
 
 import medsg  # noqa: F401  (registers the timm variants)
 from medsg.errors import CheckpointError, ConfigError, InputSizeError
 from medsg.models import SGFormer, load_checkpoint, sincos_pos_embed_2d, valid_img_sizes
-from medsg.models.sgformer import sgformer_tiny
+from medsg.models.sgformer import rename_reference_key, sgformer_tiny
 
 TOL = 1e-9
 
@@ -56,7 +57,7 @@ def tiny64(expected: dict, official: Path) -> SGFormer:
 def _reference_format_checkpoint(path: Path, num_classes: int = 1000) -> dict:
     """A 1000-class sgformer_tiny checkpoint laid out like the reference trainer's files."""
     torch.manual_seed(1)
-    raw = timm.create_model("sgformer_tiny", num_classes=num_classes).state_dict()
+    raw = to_reference_keys(timm.create_model("sgformer_tiny", num_classes=num_classes).state_dict())
     ema = {k: v + 0.01 * torch.randn_like(v) for k, v in raw.items()}
     args = argparse.Namespace(model="sgformer_tiny", num_classes=num_classes, model_ema=True)
     torch.save(
@@ -101,7 +102,9 @@ def test_state_dict_keys_and_shapes_match_released_checkpoints(variant: str, sha
     released = json.loads(shared("fixtures", "sgformer_official_keys.json").read_text())[variant]
     model = timm.create_model(variant, num_classes=1000)
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    assert ours == {k: list(v) for k, v in released.items()}
+    renamed = {rename_reference_key(k): list(v) for k, v in released.items()}
+    assert len(renamed) == len(released) and ours == renamed  # one to one, same shapes
+    assert all(to_reference_key(rename_reference_key(k)) == k for k in released)  # and back
 
 
 # ---------------------------------------------------------------------------------- timm integration
@@ -126,7 +129,9 @@ def test_pretrained_file_swaps_head_and_uses_ema(tmp_path: Path) -> None:
     )
     state = model.state_dict()
     assert model.get_classifier().out_features == 3
-    assert torch.equal(state["block2.1.attn.f1.weight"], saved["state_dict_ema"]["block2.1.attn.f1.weight"])
+    assert torch.equal(
+        state["stages.1.blocks.1.attn.groupers.0.weight"], saved["state_dict_ema"]["block2.1.attn.f1.weight"]
+    )
     assert torch.equal(state["pos_embed"], saved["state_dict_ema"]["pos_embed"])
 
     full = timm.create_model("sgformer_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
@@ -152,7 +157,7 @@ def test_classifier_api_and_no_weight_decay() -> None:
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         tokens = model.forward_features(x)
-        assert tokens.shape == (1, 49, 128)
+        assert tokens.shape == (1, 128, 7, 7)  # NCHW, pool_size (7, 7), as timm's hierarchical models
         assert model.forward_head(tokens, pre_logits=True).shape == (1, 128)
         assert model(x).shape == (1, 7)
     model.reset_classifier(0)
@@ -182,8 +187,8 @@ def test_layer_decay_gives_distinct_lr_scales() -> None:
     stem, head = by_param[id(model.pos_embed)], by_param[id(model.head.weight)]
     assert stem["lr_scale"] == min(scales) and stem["weight_decay"] == 0.0
     assert head["lr_scale"] == max(scales) == 1.0
-    early = by_param[id(model.block1[0].attn.q1.weight)]["lr_scale"]
-    late = by_param[id(model.block3[3].attn.q.weight)]["lr_scale"]
+    early = by_param[id(model.stages[0].blocks[0].attn.q1.weight)]["lr_scale"]
+    late = by_param[id(model.stages[2].blocks[3].attn.q.weight)]["lr_scale"]
     assert stem["lr_scale"] < early < late < 1.0
     assert len(model.group_matcher(coarse=True)) == 2
 
@@ -196,8 +201,8 @@ def test_forward_intermediates_and_features_only() -> None:
         maps = model.forward_intermediates(x, intermediates_only=True)
         assert [tuple(m.shape) for m in maps] == shapes
         last, picked = model.forward_intermediates(x, indices=[1, 3])
-        assert last.shape == (2, 49, 128) and [tuple(m.shape) for m in picked] == [shapes[1], shapes[3]]
-        assert torch.allclose(picked[1].flatten(2).transpose(1, 2), model.forward_features(x))
+        assert last.shape == (2, 128, 7, 7) and [tuple(m.shape) for m in picked] == [shapes[1], shapes[3]]
+        assert torch.equal(picked[1], model.forward_features(x))
         feats = timm.create_model("sgformer_tiny", features_only=True, out_indices=(1, 2))
         assert [tuple(f.shape) for f in feats(x)] == shapes[1:3]
     assert feats.feature_info.channels() == [32, 64]
@@ -297,5 +302,5 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
         model.zero_grad()
         model.set_grad_checkpointing(enable)
         model(x).sum().backward()
-        grads.append(model.block1[1].attn.f1.weight.grad.clone())
+        grads.append(model.stages[0].blocks[1].attn.groupers[0].weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)

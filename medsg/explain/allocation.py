@@ -56,7 +56,7 @@ def allocation_rules(model: nn.Module) -> list[AllocationRule]:
         splits = getattr(module, "splits", None)
         if splits is None:
             continue
-        layers = [module.f1, module.f2] + ([module.f3] if len(splits) == 3 else [])
+        layers = list(module.groupers)
         rules.append(AllocationRule(tuple(splits), tuple(int(layer.in_features) for layer in layers)))
     return rules
 

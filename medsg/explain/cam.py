@@ -38,16 +38,11 @@ _LAYER_HINT = (
 
 # ------------------------------------------------------------------------------------------ target layers
 def _sgformer_stage_norm(backbone: nn.Module, i: int) -> nn.Module | None:
-    """Stage ``i``'s output LayerNorm: ``stages[i].norm`` (a future layout) or ``norm{i+1}`` (today's)."""
+    """Stage ``i``'s output LayerNorm, ``stages[i].norm``, or None past the last stage."""
     stages = getattr(backbone, "stages", None)
-    if stages is not None:
-        try:
-            norm = stages[i].norm
-        except (AttributeError, IndexError, TypeError):
-            norm = None
-        if isinstance(norm, nn.Module):
-            return norm
-    norm = getattr(backbone, f"norm{i + 1}", None)
+    if stages is None or i >= len(stages):
+        return None
+    norm = getattr(stages[i], "norm", None)
     return norm if isinstance(norm, nn.Module) else None
 
 
@@ -90,7 +85,7 @@ def cam_target_layers(model: nn.Module, stages: Sequence[int] | None = None) -> 
         if not norms:
             raise ValueError(
                 f"found the SG-Former backbone {type(backbone).__name__} but no stage norm "
-                f"(looked for stages[i].norm and norm1, norm2, ...); {_LAYER_HINT}."
+                f"(looked for stages[i].norm); {_LAYER_HINT}."
             )
         return [norms[i] for i in _resolve_stages(stages, len(norms), "this SG-Former")]
 

@@ -139,13 +139,18 @@ def resize_pos_embed(pos_embed: torch.Tensor, new_hw: tuple[int, int]) -> torch.
 def adapt_state_dict(
     state_dict: dict[str, torch.Tensor], model: nn.Module
 ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
-    """Fit a state dict to ``model``: strip wrapper prefixes, resize pos_embed, drop a mismatched head.
+    """Fit a state dict to ``model``: strip wrapper prefixes, rename an SG-Former's reference keys, resize
+    pos_embed, drop a mismatched head.
 
     Returns (new state dict, {"dropped": keys removed, "resized": keys interpolated}).
     """
     if isinstance(state_dict, dict) and not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         state_dict = select_state_dict(state_dict)[0]
     state_dict = _strip_prefixes(state_dict)
+    from medsg.models.sgformer import SGFormer, rename_reference_keys
+
+    if isinstance(model, SGFormer):  # the released checkpoints' flat names (patch_embed1, block1.0, norm1)
+        state_dict = rename_reference_keys(state_dict)
     target = model.state_dict()
     dropped, resized = [], []
     pos = state_dict.get("pos_embed")

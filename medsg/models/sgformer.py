@@ -26,9 +26,8 @@ lengths they were built for. The position embedding fixes the size at build time
 checkpoints for another valid size are resized on load (bicubic on the 2-D grid).
 """
 
-from __future__ import annotations
-
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,13 +37,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from medsg.errors import CheckpointError, ConfigError, InputSizeError
 
-__all__ = ["SGFormer", "check_img_size", "valid_img_sizes", "checkpoint_filter_fn", "sincos_pos_embed_2d"]
+__all__ = [
+    "SGFormer",
+    "SGFormerStage",
+    "check_img_size",
+    "valid_img_sizes",
+    "checkpoint_filter_fn",
+    "rename_reference_keys",
+    "sincos_pos_embed_2d",
+]
 
 SIZE_UNIT = 224  # every input side must be a positive multiple of this
 WINDOW = 7  # local attention window of the hybrid blocks
@@ -116,7 +123,7 @@ class ConvNorm(nn.Sequential):
 
 
 class Stem(nn.Module):
-    """Three 3x3 convs (stride 2, 1, 2) to stride 4, then LayerNorm over tokens."""
+    """Three 3x3 convs (stride 2, 1, 2) to stride 4, then LayerNorm over tokens: (B, 3, H, W) -> (B, N, C)."""
 
     def __init__(self, in_chans: int, dim: int):
         super().__init__()
@@ -134,7 +141,7 @@ class Stem(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Pointwise -> depthwise stride-2 -> pointwise convs between stages (``PatchMerging``)."""
+    """Pointwise -> depthwise stride-2 -> pointwise convs between stages (``PatchMerging``): map -> tokens."""
 
     def __init__(self, dim: int, out_dim: int):
         super().__init__()
@@ -148,41 +155,58 @@ class Downsample(nn.Module):
         return self.conv3(x).flatten(2).transpose(1, 2)
 
 
-class _DWConv(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+def _tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Tokens (B, N, C) -> map (B, C, H, W) on a known grid (static sizes keep FX tracing and TorchScript)."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid[0], grid[1])
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU(x + dwconv(x)) -> fc2."""
+    """fc1 -> GELU(x + dwconv(x)) -> fc2, on the stage's fixed token grid."""
 
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+    def __init__(self, dim: int, hidden: int, grid: tuple[int, int], drop: float = 0.0):
         super().__init__()
+        self.grid = grid
         self.fc1 = nn.Linear(dim, hidden)
-        self.dwconv = _DWConv(hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)
-        b, n, c = x.shape
-        local = self.dwconv.dwconv(x.transpose(1, 2).reshape(b, c, *hw)).flatten(2).transpose(1, 2)
+        local = self.dwconv(_tokens_to_map(x, self.grid)).flatten(2).transpose(1, 2)
         x = self.drop(self.act(x + local))
         return self.drop(self.fc2(x))
 
 
 class _AttentionBase(nn.Module):
-    """Shared parts: head split, locally enhanced positional encoding, output projection."""
+    """What every attention kind shares: the head split, the locally enhanced positional encoding (``lepe``),
+    the output projection; ``split_heads`` (hybrid, guided) checks that the heads halve evenly."""
 
-    def __init__(self, dim: int, num_heads: int, attn_drop: float, proj_drop: float):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        grid: tuple[int, int],
+        attn_drop: float,
+        proj_drop: float,
+        sr_ratio: int = 1,
+        split_heads: bool = False,
+    ):
         super().__init__()
         if dim % num_heads:
             raise ConfigError(f"dim {dim} is not divisible by num_heads {num_heads}.")
+        if split_heads and num_heads % 2:
+            raise ConfigError(
+                f"{type(self).__name__} splits heads in two halves; num_heads={num_heads} is odd."
+            )
+        self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
+        self.grid = grid
+        self.num_tokens = grid[0] * grid[1]
+        self.sr_ratio = sr_ratio
         self.attn_drop_p = attn_drop
         self.attn_drop = nn.Dropout(attn_drop)
         self.lepe_linear = nn.Linear(dim, dim)
@@ -190,11 +214,9 @@ class _AttentionBase(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def lepe(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def lepe(self, x: torch.Tensor) -> torch.Tensor:
         """Locally enhanced positional encoding: linear + 3x3 depthwise conv on the token grid."""
-        b, n, c = x.shape
-        y = self.lepe_linear(x).transpose(1, 2).reshape(b, c, *hw)
-        return self.lepe_conv(y).flatten(2).transpose(1, 2)
+        return self.lepe_conv(_tokens_to_map(self.lepe_linear(x), self.grid)).flatten(2).transpose(1, 2)
 
     def sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Fused attention; attention dropout only in training, as ``nn.Dropout`` would do."""
@@ -209,29 +231,38 @@ class _AttentionBase(nn.Module):
 class FullAttention(_AttentionBase):
     """Plain multi-head attention (last stage)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, attn_drop: float, proj_drop: float):
-        super().__init__(dim, num_heads, attn_drop, proj_drop)
+    def __init__(
+        self, dim: int, num_heads: int, grid: tuple[int, int], qkv_bias: bool, attn_drop: float, proj_drop: float
+    ):
+        super().__init__(dim, num_heads, grid, attn_drop, proj_drop)
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int], significance: torch.Tensor | None):
-        b, n, c = x.shape
+    def forward(
+        self, x: torch.Tensor, significance: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, n, c = x.shape[0], self.num_tokens, self.dim
         q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = self.kv(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         out = self.sdpa(q, k, v).transpose(1, 2).reshape(b, n, c)
-        return self.output(out, self.lepe(x, hw)), None
+        return self.output(out, self.lepe(x)), None
 
 
 class HybridAttention(_AttentionBase):
     """Half the heads global (strided keys), half local (7x7 windows); returns the significance map."""
 
     def __init__(
-        self, dim: int, num_heads: int, sr_ratio: int, qkv_bias: bool, attn_drop: float, proj_drop: float
+        self,
+        dim: int,
+        num_heads: int,
+        grid: tuple[int, int],
+        sr_ratio: int,
+        qkv_bias: bool,
+        attn_drop: float,
+        proj_drop: float,
     ):
-        super().__init__(dim, num_heads, attn_drop, proj_drop)
-        if num_heads % 2:
-            raise ConfigError(f"hybrid attention splits heads in two halves; num_heads={num_heads} is odd.")
-        self.sr_ratio = sr_ratio
+        super().__init__(dim, num_heads, grid, attn_drop, proj_drop, sr_ratio, split_heads=True)
+        self.window = WINDOW
         self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
         self.norm = nn.LayerNorm(dim)
         self.act = nn.GELU()
@@ -240,14 +271,16 @@ class HybridAttention(_AttentionBase):
         self.q2 = nn.Linear(dim, dim // 2, bias=qkv_bias)
         self.kv2 = nn.Linear(dim, dim, bias=qkv_bias)
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int], significance: torch.Tensor | None):
-        b, n, c = x.shape
-        h, w = hw
-        heads, d, win = self.num_heads // 2, self.head_dim, WINDOW
+    def forward(
+        self, x: torch.Tensor, significance: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, n, c = x.shape[0], self.num_tokens, self.dim
+        h, w = self.grid
+        heads, d, win = self.num_heads // 2, self.head_dim, self.window
 
         # global half: every token attends to the (H/r x W/r) strided summary
         q1 = self.q1(x).reshape(b, n, heads, d).transpose(1, 2)
-        pooled = self.sr(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
+        pooled = self.sr(_tokens_to_map(x, self.grid)).flatten(2).transpose(1, 2)
         k1, v1 = (
             self.kv1(self.act(self.norm(pooled))).reshape(b, -1, 2, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
         )
@@ -264,14 +297,14 @@ class HybridAttention(_AttentionBase):
         x2 = self.attn_drop(attn2) @ v2  # (b, heads, windows, 49, d)
         x2 = x2.reshape(b, heads, nh, nw, win, win, d).permute(0, 2, 4, 3, 5, 1, 6).reshape(b, n, c // 2)
 
-        out = self.output(torch.cat([x1, x2], dim=-1), self.lepe(x, hw))
-        return out, self._significance(attn1.detach(), attn2.detach(), hw)
+        out = self.output(torch.cat([x1, x2], dim=-1), self.lepe(x))
+        return out, self._significance(attn1.detach(), attn2.detach())
 
-    def _significance(self, attn1: torch.Tensor, attn2: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def _significance(self, attn1: torch.Tensor, attn2: torch.Tensor) -> torch.Tensor:
         """Mean attention each token receives (over heads, then queries), local + global, (B, H, W)."""
         b = attn1.shape[0]
-        h, w = hw
-        r, win = self.sr_ratio, WINDOW
+        h, w = self.grid
+        r, win = self.sr_ratio, self.window
         glob = attn1.mean(1).mean(1).reshape(b, h // r, 1, w // r, 1)
         glob = glob.expand(b, h // r, r, w // r, r).reshape(b, h, w)
         local = attn2.mean(1).mean(2).reshape(b, h // win, w // win, win, win)
@@ -280,45 +313,54 @@ class HybridAttention(_AttentionBase):
 
 
 class GuidedAttention(_AttentionBase):
-    """Keys/values aggregated from tokens sorted by the previous block's significance map."""
+    """Keys/values aggregated from tokens sorted by the previous block's significance map.
+
+    ``groupers[i]`` merges groups of ``group_sizes[i]`` consecutive sorted tokens over the share ``splits[i]``
+    of them (least significant first); the spans are fixed by the grid at build time.
+    """
 
     def __init__(
-        self, dim: int, num_heads: int, sr_ratio: int, qkv_bias: bool, attn_drop: float, proj_drop: float
+        self,
+        dim: int,
+        num_heads: int,
+        grid: tuple[int, int],
+        sr_ratio: int,
+        qkv_bias: bool,
+        attn_drop: float,
+        proj_drop: float,
     ):
-        super().__init__(dim, num_heads, attn_drop, proj_drop)
-        if num_heads % 2:
-            raise ConfigError(f"guided attention splits heads in two halves; num_heads={num_heads} is odd.")
-        self.sr_ratio = sr_ratio
+        super().__init__(dim, num_heads, grid, attn_drop, proj_drop, sr_ratio, split_heads=True)
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv1 = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv2 = nn.Linear(dim, dim, bias=qkv_bias)
-        g1, g2, g3 = GROUP_LENGTHS[sr_ratio]
-        self.f1 = nn.Linear(g1, 1)
-        self.f2 = nn.Linear(g2, 1)
-        if g3 is not None:
-            self.f3 = nn.Linear(g3, 1)
-        # fraction of the sorted tokens each grouping layer covers (least significant first)
-        self.splits = (1 / 4, 1 / 2, 1 / 4) if g3 is not None else (1 / 2, 1 / 2)
+        group_sizes = [g for g in GROUP_LENGTHS[sr_ratio] if g is not None]
+        self.groupers = nn.ModuleList(nn.Linear(g, 1) for g in group_sizes)
+        self.splits = (1 / 4, 1 / 2, 1 / 4) if len(group_sizes) == 3 else (1 / 2, 1 / 2)
+        spans, start = [], 0
+        for frac, group in zip(self.splits, group_sizes, strict=True):
+            size = int(self.num_tokens * frac)
+            spans.append((start, size, size // group, group))
+            start += size
+        self.spans: list[tuple[int, int, int, int]] = spans  # (first token, tokens, groups, group size)
 
     def _aggregate(self, tokens: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        """Sort tokens by significance and merge consecutive groups with f1/f2/f3 -> (B, M, C)."""
-        b, n, c = tokens.shape
+        """Sort tokens by significance and merge consecutive groups -> (B, M, C)."""
+        b, n, c = tokens.shape[0], self.num_tokens, self.dim
         ranked = torch.gather(tokens, 1, order.unsqueeze(-1).expand(b, n, c))
-        layers = (self.f1, self.f2, self.f3) if len(self.splits) == 3 else (self.f1, self.f2)
-        out, start = [], 0
-        for frac, layer in zip(self.splits, layers, strict=True):
-            size = int(n * frac)
-            group = layer.in_features
-            chunk = ranked[:, start : start + size].reshape(b, size // group, group, c)
-            out.append(F.linear(chunk.transpose(-1, -2), layer.weight, layer.bias).squeeze(-1))
-            start += size
+        out = []
+        for i, layer in enumerate(self.groupers):
+            start, size, groups, group = self.spans[i]
+            chunk = ranked[:, start : start + size].reshape(b, groups, group, c)
+            out.append(layer(chunk.transpose(-1, -2)).squeeze(-1))
         return torch.cat(out, dim=1)
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int], significance: torch.Tensor | None):
+    def forward(
+        self, x: torch.Tensor, significance: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if significance is None:
             raise RuntimeError("a guided block needs the significance map of the hybrid block before it")
-        b, n, c = x.shape
-        h, w = hw
+        b, n, c = x.shape[0], self.num_tokens, self.dim
+        h, w = self.grid
         heads, d = self.num_heads // 2, self.head_dim
         q = self.q(x).reshape(b, n, self.num_heads, d).transpose(1, 2)
         order_rows = torch.sort(significance.reshape(b, n), dim=1)[1]
@@ -330,7 +372,7 @@ class GuidedAttention(_AttentionBase):
         kv2 = self.kv2(seq2).reshape(b, -1, 2, heads, d)
         k, v = torch.cat([kv1, kv2], dim=3).permute(2, 0, 3, 1, 4).unbind(0)
         out = self.sdpa(q, k, v).transpose(1, 2).reshape(b, n, c)
-        return self.output(out, self.lepe(x, hw)), None
+        return self.output(out, self.lepe(x)), None
 
 
 class Block(nn.Module):
@@ -342,6 +384,7 @@ class Block(nn.Module):
         num_heads: int,
         mlp_ratio: float,
         kind: str,
+        grid: tuple[int, int],
         sr_ratio: int,
         qkv_bias: bool,
         drop: float,
@@ -353,26 +396,113 @@ class Block(nn.Module):
         self.kind = kind
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         if kind == "full":
-            self.attn = FullAttention(dim, num_heads, qkv_bias, attn_drop, drop)
+            self.attn: nn.Module = FullAttention(dim, num_heads, grid, qkv_bias, attn_drop, drop)
         else:
             attn_cls = HybridAttention if kind == "hybrid" else GuidedAttention
-            self.attn = attn_cls(dim, num_heads, sr_ratio, qkv_bias, attn_drop, drop)
+            self.attn = attn_cls(dim, num_heads, grid, sr_ratio, qkv_bias, attn_drop, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), grid, drop)
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int], significance: torch.Tensor | None):
-        y, significance = self.attn(self.norm1(x), hw, significance)
+    def forward(
+        self, x: torch.Tensor, significance: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, significance = self.attn(self.norm1(x), significance)
         x = x + self.drop_path(y)
-        x = x + self.drop_path(self.mlp(self.norm2(x), hw))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, significance
 
 
-class SGFormer(nn.Module):
-    """SG-Former backbone + linear head. Key names match the released checkpoints.
+class SGFormerStage(nn.Module):
+    """One stage: ``downsample`` (the stem for the first) -> alternating blocks -> ``norm``; map in, map out.
 
-    ``forward_features`` returns the normalised last-stage tokens (B, N, C); ``forward_head`` averages
-    them and applies the head.
+    ``name`` ("block1", ...) prefixes the significance maps the stage records ("block1.0", the reference's
+    block names), so explanations read the same names as before the stages existed.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        sr_ratio: int,
+        grid: tuple[int, int],
+        index: int,
+        qkv_bias: bool,
+        proj_drop: float,
+        attn_drop: float,
+        drop_path: Sequence[float],
+        norm_eps: float,
+    ):
+        super().__init__()
+        self.grid = grid
+        self.name = f"block{index + 1}"
+        self.grad_checkpointing = False
+        self.downsample = Stem(in_dim, dim) if index == 0 else Downsample(in_dim, dim)
+        self.blocks = nn.ModuleList(
+            Block(
+                dim,
+                num_heads,
+                mlp_ratio,
+                _block_kind(j, sr_ratio),
+                grid,
+                sr_ratio,
+                qkv_bias,
+                proj_drop,
+                attn_drop,
+                drop_path[j],
+                norm_eps,
+            )
+            for j in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        pos_embed: torch.Tensor | None = None,
+        recorder: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C, H', W'); ``recorder`` (a dict) receives each hybrid block's map."""
+        x = self.downsample(x)
+        if pos_embed is not None:
+            x = x + pos_embed
+        significance: torch.Tensor | None = None
+        for j, blk in enumerate(self.blocks):
+            if not torch.jit.is_scripting() and self.grad_checkpointing and self.training:
+                x, significance = torch.utils.checkpoint.checkpoint(blk, x, significance, use_reentrant=False)
+            else:
+                x, significance = blk(x, significance)
+            if recorder is not None and significance is not None:
+                recorder[self.name + "." + str(j)] = significance
+        return _tokens_to_map(self.norm(x), self.grid)
+
+
+@register_notrace_function
+def check_sgformer_input(x: torch.Tensor, in_chans: int, img_size: tuple[int, int]) -> None:
+    """Refuse inputs the model cannot serve, before any layer sees them. A leaf for FX tracing (timm's
+    notrace functions; FX wraps only public names, hence no leading underscore)."""
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise InputSizeError(f"SG-Former expects a (B, {in_chans}, H, W) image batch, got shape {tuple(x.shape)}.")
+    hw = (int(x.shape[-2]), int(x.shape[-1]))
+    if hw != img_size:
+        built = f"{img_size[0]}x{img_size[1]}"
+        if all(s > 0 and s % SIZE_UNIT == 0 for s in hw):
+            hint = f"build the model with img_size={hw} (checkpoints are resized on load) or resize inputs to {built}"
+        else:
+            hint = f"{_size_hint()}; resize inputs to {built}"
+        raise InputSizeError(f"This SG-Former was built for {built} inputs but got {hw[0]}x{hw[1]}: {hint}.")
+
+
+class SGFormer(nn.Module):
+    """SG-Former backbone + linear head, laid out as timm's hierarchical models (``stages``, NCHW features).
+
+    ``forward_features`` returns the normalised last-stage map (B, C, H/32, W/32); ``forward_head`` averages
+    it and applies the head. The released checkpoints' flat names (``patch_embed1``, ``block1.0``, ``norm1``)
+    are renamed on load by ``checkpoint_filter_fn`` (timm, ``medsg.models.load_checkpoint``) and by a
+    ``load_state_dict`` pre-hook (fold checkpoints and packages saved before the stages existed).
 
     Args follow timm: ``drop_rate`` is dropout before the head, ``proj_drop_rate`` dropout inside the
     blocks (the reference called that one ``drop_rate``), ``norm_eps`` the eps of the block and stage
@@ -397,6 +527,8 @@ class SGFormer(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         global_pool: str = "avg",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
         self.img_size = _to_hw(img_size)
@@ -411,39 +543,41 @@ class SGFormer(nn.Module):
         self.embed_dim = self.num_features  # name the reference's reset_classifier looked for
         self.grad_checkpointing = False
         self.feature_info = [
-            dict(num_chs=dim, reduction=4 * 2**i, module=f"block{i + 1}") for i, dim in enumerate(embed_dims)
+            dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}") for i, dim in enumerate(embed_dims)
         ]
-        # records {block name: significance map} while not None (see medsg.explain.significance_maps)
+        # records {"block<stage>.<index>": significance map} while not None (medsg.explain.significance_maps)
         self.significance_recorder: dict[str, torch.Tensor] | None = None
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        cur = 0
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
+        stages, cur = [], 0
         for i in range(self.num_stages):
-            stem = Stem(in_chans, embed_dims[0]) if i == 0 else Downsample(embed_dims[i - 1], embed_dims[i])
-            blocks = nn.ModuleList(
-                Block(
+            stages.append(
+                SGFormerStage(
+                    in_chans if i == 0 else embed_dims[i - 1],
                     embed_dims[i],
+                    depths[i],
                     num_heads[i],
                     mlp_ratios[i],
-                    _block_kind(j, sr_ratios[i]),
                     sr_ratios[i],
+                    self.grid(i),
+                    i,
                     qkv_bias,
                     proj_drop_rate,
                     attn_drop_rate,
-                    dpr[cur + j],
+                    dpr[cur : cur + depths[i]],
                     norm_eps,
                 )
-                for j in range(depths[i])
             )
             cur += depths[i]
-            setattr(self, f"patch_embed{i + 1}", stem)
-            setattr(self, f"block{i + 1}", blocks)
-            setattr(self, f"norm{i + 1}", nn.LayerNorm(embed_dims[i], eps=norm_eps))
+        self.stages = nn.ModuleList(stages)
         grid = self.pos_grid
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], embed_dims[0]))
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
+        self.register_load_state_dict_pre_hook(_rename_reference_keys_hook)
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
 
     # ----------------------------------------------------------------------------------- init
     def init_weights(self) -> None:
@@ -452,10 +586,17 @@ class SGFormer(nn.Module):
         with torch.no_grad():
             self.pos_embed.copy_(sincos_pos_embed_2d(self.embed_dims[0], self.pos_grid).unsqueeze(0))
 
+    @torch.jit.unused
+    def grid(self, i: int) -> tuple[int, int]:
+        """(H, W) of stage ``i``'s token grid (stride 4 * 2**i)."""
+        return self.img_size[0] // (4 * 2**i), self.img_size[1] // (4 * 2**i)
+
     @property
     def pos_grid(self) -> tuple[int, int]:
         """(H, W) of the stage-1 token grid (stride 4) that ``pos_embed`` covers; checkpoints resize to it."""
-        return self.img_size[0] // 4, self.img_size[1] // 4
+        return self.grid(0)
+
+    __jit_unused_properties__ = ["pos_grid"]
 
     # ------------------------------------------------------------------------------ timm API
     @torch.jit.ignore
@@ -466,22 +607,24 @@ class SGFormer(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Stem = pos_embed + patch_embed1; then one group per stage (coarse) or per block."""
+        """Stem = pos_embed + the first stage's downsample; then one group per stage (coarse) or per block."""
         if coarse:
-            blocks = [(r"^(?:patch_embed|block|norm)(\d+)", None)]
+            blocks = [(r"^stages\.(\d+)", None)]
         else:
             blocks = [
-                (r"^patch_embed(\d+)", (0,)),
-                (r"^block(\d+)\.(\d+)\.", None),
-                (r"^norm(\d+)", (99999,)),
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)\.", None),
+                (r"^stages\.(\d+)\.norm", (99999,)),
             ]
-        return dict(stem=r"^(?:pos_embed|patch_embed1\.)", blocks=blocks)
+        return dict(stem=r"^(?:pos_embed|stages\.0\.downsample\.)", blocks=blocks)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass (training only) to trade compute for activation memory,
         e.g. for 448-px inputs or big batches; called by timm's ``set_grad_checkpointing`` helpers."""
         self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -497,7 +640,7 @@ class SGFormer(nn.Module):
             self.global_pool = global_pool
         ref = self.pos_embed
         head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.head = head.to(device=ref.device, dtype=ref.dtype)
+        self.head = head.to(device=ref.device, dtype=ref.dtype).train(self.training)
 
     def load_pretrained(self, checkpoint_path: str, prefix: str = "") -> dict:
         """Called by timm for ``pretrained=True``: load a local file through medsg's checkpoint loader."""
@@ -506,67 +649,24 @@ class SGFormer(nn.Module):
         return load_checkpoint(self, checkpoint_path, use_ema=True)
 
     # ------------------------------------------------------------------------------- forward
+    @torch.jit.ignore
     def check_input(self, x: torch.Tensor) -> None:
-        """Refuse inputs the model cannot serve, before any layer sees them."""
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise InputSizeError(
-                f"SG-Former expects a (B, {self.in_chans}, H, W) image batch, got shape {tuple(x.shape)}."
-            )
-        hw = (int(x.shape[-2]), int(x.shape[-1]))
-        if hw != self.img_size:
-            built = f"{self.img_size[0]}x{self.img_size[1]}"
-            if all(s > 0 and s % SIZE_UNIT == 0 for s in hw):
-                hint = f"build the model with img_size={hw} (checkpoints are resized on load) or resize inputs to {built}"
-            else:
-                hint = f"{_size_hint()}; resize inputs to {built}"
-            raise InputSizeError(
-                f"This SG-Former was built for {built} inputs but got {hw[0]}x{hw[1]}: {hint}."
-            )
-
-    def _num_active_stages(self) -> int:
-        """Stages still present (``prune_intermediate_layers`` may have removed the last ones)."""
-        return sum(hasattr(self, f"block{i + 1}") for i in range(self.num_stages))
-
-    def _run_stage(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Stage i (0-based): image-shaped input -> normalised tokens (B, N, C) and their grid."""
-        hw = (self.img_size[0] // (4 * 2**i), self.img_size[1] // (4 * 2**i))
-        x = getattr(self, f"patch_embed{i + 1}")(x)
-        if i == 0:
-            x = x + self.pos_embed
-        significance = None
-        recorder = self.significance_recorder
-        for j, blk in enumerate(getattr(self, f"block{i + 1}")):
-            if self.grad_checkpointing and not torch.jit.is_scripting() and self.training:
-                x, significance = torch.utils.checkpoint.checkpoint(
-                    blk, x, hw, significance, use_reentrant=False
-                )
-            else:
-                x, significance = blk(x, hw, significance)
-            if recorder is not None and significance is not None:
-                recorder[f"block{i + 1}.{j}"] = significance
-        x = getattr(self, f"norm{i + 1}")(x)
-        return x, hw
-
-    @staticmethod
-    def _to_map(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        """Tokens (B, N, C) -> map (B, C, H, W): the next stage's conv downsample needs image layout."""
-        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
+        """Refuse inputs the model cannot serve, naming the sizes it can."""
+        check_sgformer_input(x, self.in_chans, self.img_size)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) images -> normalised last-stage tokens (B, N, C), before pooling."""
-        self.check_input(x)
-        stages = self._num_active_stages()
-        for i in range(stages):
-            x, hw = self._run_stage(i, x)
-            if i < stages - 1:
-                x = self._to_map(x, hw)
+        """(B, 3, H, W) images -> normalised last-stage map (B, C, H/32, W/32), before pooling."""
+        if not torch.jit.is_scripting():
+            check_sgformer_input(x, self.in_chans, self.img_size)
+        for i, stage in enumerate(self.stages):
+            x = stage(x, self.pos_embed if i == 0 else None, self.significance_recorder)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens (B, N, C) -> logits (B, num_classes); ``pre_logits=True`` stops after pooling and dropout
+        """Map (B, C, H, W) -> logits (B, num_classes); ``pre_logits=True`` stops after pooling and dropout
         and returns the (B, C) embedding (for feature extraction or a custom head)."""
         if self.global_pool == "avg":
-            x = x.mean(dim=1)
+            x = x.flatten(2).mean(dim=2)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
@@ -586,18 +686,14 @@ class SGFormer(nn.Module):
         """timm-style: per-stage (B, C, H, W) maps (after each stage's norm); ``norm`` is a no-op."""
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}.")
-        self.check_input(x)
-        stages = self._num_active_stages()
-        take_indices, max_index = feature_take_indices(stages, indices)
-        last = max_index if (stop_early or intermediates_only) else stages - 1
+        check_sgformer_input(x, self.in_chans, self.img_size)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages if not (stop_early or intermediates_only) else self.stages[: max_index + 1]
         intermediates = []
-        for i in range(last + 1):
-            x, hw = self._run_stage(i, x)
-            fmap = self._to_map(x, hw)
+        for i, stage in enumerate(stages):
+            x = stage(x, self.pos_embed if i == 0 else None, self.significance_recorder)
             if i in take_indices:
-                intermediates.append(fmap)
-            if i < last:
-                x = fmap
+                intermediates.append(x)
         if intermediates_only:
             return intermediates
         return x, intermediates
@@ -606,13 +702,9 @@ class SGFormer(nn.Module):
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop stages after the last wanted intermediate (for timm's feature wrappers)."""
-        take_indices, max_index = feature_take_indices(self._num_active_stages(), indices)
-        for i in range(max_index + 1, self.num_stages):
-            for name in (f"patch_embed{i + 1}", f"block{i + 1}", f"norm{i + 1}"):
-                if hasattr(self, name):
-                    delattr(self, name)
-        if max_index < self.num_stages - 1:
-            self.num_features = self.head_hidden_size = self.embed_dims[max_index]
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        self.num_features = self.head_hidden_size = self.embed_dims[max_index]
         if prune_head or max_index < self.num_stages - 1:
             self.reset_classifier(0, "")
         return take_indices
@@ -655,8 +747,45 @@ def _init_module(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+_REFERENCE_KEY = re.compile(r"^(patch_embed|block|norm)(\d+)\.(.*)$")
+_GROUPER_KEY = re.compile(r"\.attn\.f([123])\.")
+
+
+def rename_reference_key(key: str) -> str:
+    """A released checkpoint's key (also medsg's before ``stages``) -> this layout's; other keys unchanged.
+
+    ``patch_embed2.x`` -> ``stages.1.downsample.x``, ``block3.5.x`` -> ``stages.2.blocks.5.x``, ``norm4.x`` ->
+    ``stages.3.norm.x``, ``mlp.dwconv.dwconv`` -> ``mlp.dwconv``, ``attn.f1`` -> ``attn.groupers.0``.
+    """
+    match = _REFERENCE_KEY.match(key)
+    if match:
+        kind, number, rest = match.groups()
+        stage = f"stages.{int(number) - 1}"
+        if kind == "block":
+            index, rest = rest.split(".", 1)
+            key = f"{stage}.blocks.{index}.{rest}"
+        else:
+            key = f"{stage}.{'downsample' if kind == 'patch_embed' else 'norm'}.{rest}"
+    key = key.replace(".mlp.dwconv.dwconv.", ".mlp.dwconv.")
+    return _GROUPER_KEY.sub(lambda m: f".attn.groupers.{int(m.group(1)) - 1}.", key)
+
+
+def rename_reference_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``rename_reference_key`` over a state dict (order kept)."""
+    return {rename_reference_key(k): v for k, v in state_dict.items()}
+
+
+def _rename_reference_keys_hook(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    """``load_state_dict`` pre-hook: fold checkpoints and packages saved with the flat names still load."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        new = prefix + rename_reference_key(key[len(prefix) :])
+        if new != key:
+            state_dict[new] = state_dict.pop(key)
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SGFormer) -> dict[str, torch.Tensor]:
-    """Adapt a reference/medsg state dict to ``model`` (prefixes, pos_embed size, mismatched head)."""
+    """Adapt a reference/medsg state dict to ``model``: the reference's names renamed, wrapper prefixes
+    stripped, pos_embed resized to the model's grid, a head of another size dropped."""
     from medsg.models.checkpoint import adapt_state_dict
 
     return adapt_state_dict(state_dict, model)[0]
@@ -686,7 +815,11 @@ def _create_sgformer(variant: str, pretrained: bool = False, **kwargs: Any) -> S
     )
     inner = getattr(model, "model", model)
     if isinstance(inner, SGFormer):
-        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(inner.in_chans, *inner.img_size))
+        model.pretrained_cfg = dict(
+            model.pretrained_cfg,
+            input_size=(inner.in_chans, *inner.img_size),
+            pool_size=(inner.img_size[0] // 32, inner.img_size[1] // 32),
+        )
         model.default_cfg = model.pretrained_cfg
     return model
 
@@ -695,13 +828,13 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "num_classes": 1000,
         "input_size": (3, 224, 224),
-        "pool_size": None,
+        "pool_size": (7, 7),
         "crop_pct": 0.9,
         "interpolation": "bicubic",
         "fixed_input_size": True,
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed1.conv.0.c",
+        "first_conv": "stages.0.downsample.conv.0.c",
         "classifier": "head",
         "license": "apache-2.0",
         "paper_ids": "arXiv:2308.12216",
