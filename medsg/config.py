@@ -55,6 +55,9 @@ NON_RESULT_KEYS = frozenset(
 ADDED_KEYS = {
     "data.audit.min_correlation": MIN_CORRELATION,
     "data.synthetic": False,
+    "train.amp_dtype": "auto",  # the GPU-path switches came later; earlier runs used these values
+    "train.channels_last": False,
+    "train.compile": False,
 }
 
 
@@ -208,6 +211,11 @@ class TrainConfig(_Strict):
     ema: bool = False
     ema_decay: float = Field(0.999, gt=0, lt=1)
     amp: bool = True
+    # the mixed-precision dtype: auto = bfloat16 where the GPU has it, else float16 with a GradScaler, and fp32 on
+    # CPU; naming one also turns autocast on for CPU (bfloat16 is the useful one there)
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = "auto"
+    channels_last: bool = False  # NHWC memory format for the convolutions (stem, downsampling, depthwise)
+    compile: bool = False  # torch.compile (inductor) the training model; the first steps pay the compilation
     grad_clip: float | None = Field(None, gt=0)
     class_weighting: Literal["none", "balanced"] = "none"
     sampler: Literal["none", "balanced"] = "none"

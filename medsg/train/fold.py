@@ -110,6 +110,9 @@ class FoldTrainer:
         self.quiet = quiet
         self.num_classes = len(data.class_names)
         self.model = model.to(device)
+        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         t = cfg.train
         self.max_epochs = t.epochs  # where fit() stops; the schedule is always t.epochs long
         self.optimizer = self.build_optimizer()
@@ -117,13 +120,15 @@ class FoldTrainer:
         self.steps_per_epoch = max(1, math.ceil(per_rank / t.batch_size))
         self.scheduler = self.build_scheduler()
         self.ema = self.build_ema()
-        self.amp_dtype = amp_dtype(device, t.amp)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.amp_dtype = amp_dtype(device, t.amp, t.amp_dtype)
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
         self.criterion = self.build_criterion()
         self.train_model: nn.Module = self.model
         if self.dist.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if t.compile:  # compiled for training only; evaluation runs the plain module (no recompiles)
+            self.train_model = torch.compile(self.train_model)
         self.epoch = 0
         self.num_updates = 0
         self.best: dict[str, Any] = {"epoch": 0, "val_balanced_accuracy": -1.0, "val_loss": float("inf")}
@@ -190,6 +195,7 @@ class FoldTrainer:
         Returns the batch's mean loss.
         """
         t = self.cfg.train
+        images = images.contiguous(memory_format=self.memory_format)
         with autocast(self.device, self.amp_dtype):
             logits = self.train_model(images)
         loss = compute_loss(self.criterion, logits.float(), labels)

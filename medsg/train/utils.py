@@ -63,9 +63,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where the GPU supports it, else fp16 (with a GradScaler); None (fp32) on CPU or when off."""
-    if not enabled or device.type != "cuda":
+def amp_dtype(device: torch.device, enabled: bool, name: str = "auto") -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. ``auto``: bf16 where the GPU supports it, else fp16 (with a
+    GradScaler), fp32 on CPU; a named dtype ("bfloat16", "float16") applies on any device."""
+    if not enabled:
+        return None
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
