@@ -1,5 +1,5 @@
 """The ``medsg`` command: run, report, reproduce, explain, export, predict, evaluate, compare, splits, audit,
-demo, info.
+demo, bench, info.
 
 Errors a user can cause (``MedsgError``, or a missing file they named) print one line ``medsg: error: ...``
 and exit with status 2, also when a library wrapped them (MONAI raises ``RuntimeError("applying transform ...")``
@@ -210,6 +210,96 @@ def dispatch_model_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_common(p: argparse.ArgumentParser, config: bool = False) -> None:
+    """--batch-size, --img-size and --device of the bench subcommands (``config``: defaults from the config)."""
+    batch, size, device = (None, None, None) if config else (8, 224, "auto")
+    p.add_argument(
+        "--batch-size", type=int, default=batch, help=f"images per step (default {batch or 'config'})"
+    )
+    p.add_argument(
+        "--img-size", type=int, default=size, help=f"input size in px (default {size or 'config'})"
+    )
+    p.add_argument(
+        "--device", default=device, help=f"auto, cpu, cuda or cuda:N (default {device or 'config'})"
+    )
+
+
+def _add_bench(sub: argparse._SubParsersAction, adapters: list[str]) -> None:
+    from medsg.bench import DEFAULT_COMPARE
+
+    p = sub.add_parser(
+        "bench",
+        help="throughput on this machine: models (img/s, GFLOP/s, memory), data pipeline, epoch phases",
+    )
+    what = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    m = what.add_parser(
+        "model", help="train/eval img/s, GFLOP/s and peak memory of models measured interleaved, with ratios"
+    )
+    m.add_argument(
+        "--models", nargs="+", default=["sgformer_s"], metavar="NAME", help="timm names (default sgformer_s)"
+    )
+    m.add_argument(
+        "--compare",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help=f"models measured beside them (default {' '.join(DEFAULT_COMPARE)}; --compare alone: none)",
+    )
+    m.add_argument(
+        "--reference",
+        metavar="DIR",
+        help="a local checkout of OliverRensu/SG-Former: its version of the first model, same weights",
+    )
+    m.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds, the median reported (default 3)"
+    )
+    m.add_argument("--steps", type=int, default=3, help="timed steps per model and round (default 3)")
+    m.add_argument(
+        "--memory",
+        action="store_true",
+        help="peak memory on CPU too, one subprocess per model (slower; on CUDA it is always measured)",
+    )
+    m.add_argument(
+        "--matmul-size",
+        type=int,
+        default=2048,
+        help="N of the NxN fp32 matmul behind the %% matmul columns (default 2048; 0: none)",
+    )
+    m.add_argument("--num-classes", type=int, default=3, help="classifier outputs (default 3)")
+    m.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA, as training with train.amp")
+    _add_bench_common(m)
+    p = what.add_parser(
+        "pipeline", help="the training data pipeline's img/s, with and without the cache, vs training img/s"
+    )
+    p.add_argument("--adapter", default="busi", choices=adapters, help="dataset adapter (default busi)")
+    p.add_argument("--root", required=True, help="dataset folder")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="a random subset of N images")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers (default 0 2)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per setting, the last reported (default 2)")
+    p.add_argument(
+        "--cache", nargs="+", choices=("memory", "none"), default=["memory", "none"], help="default both"
+    )
+    p.add_argument("--model", default="sgformer_s", help="the model whose training img/s is compared")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps of the model (default 3)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA for the model")
+    _add_bench_common(p)
+    p = what.add_parser(
+        "epoch",
+        help="seconds in data loading, forward, backward, optimizer and evaluation of one epoch "
+        "(a config, or the demo's synthetic setup)",
+    )
+    p.add_argument("--config", default=None, help="experiment YAML (default: the demo on synthetic images)")
+    _add_overrides(p)
+    p.add_argument("--model", default=None, help="model.name")
+    p.add_argument("--workers", type=int, default=None, help="train.workers")
+    p.add_argument("--steps", type=int, default=None, help="training steps timed (default: the whole epoch)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    p.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="N images (default: all; synthetic: 24)"
+    )
+    _add_bench_common(p, config=True)
+
+
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
@@ -281,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="medsg_demo", help="folder for data, runs and report (default: medsg_demo)"
     )
     p.add_argument("--quick", action="store_true", help="2 folds x 1 epoch on fewer images (a smoke test)")
+    _add_bench(sub, adapter_names())
     sub.add_parser(
         "info", help="registered SG-Former variants, parameter counts and a forward pass (smoke test)"
     )
@@ -374,6 +465,10 @@ def dispatch(args: argparse.Namespace) -> int:
         print(f"demo finished in {time.perf_counter() - start:.0f} s")
         print("\n".join(experiment.run_summary_lines(result.run_dir)))
         print(f"report: {result.report}")
+    elif args.command == "bench":
+        from medsg.bench import run_bench
+
+        return run_bench(args)
     elif args.command == "info":
         return cmd_info()
     return 0

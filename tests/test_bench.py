@@ -1,16 +1,23 @@
-"""Benchmarks print ratios and are skipped by default (-m bench runs them); the helpers they use are tested here."""
+"""``medsg bench`` on tiny settings (sgformer_tiny, batch 2, 1 step): the tables and their columns, never a time.
+
+Benchmarks on real sizes and data are marked ``bench`` and skipped by default (``-m bench`` runs them).
+"""
 
 import os
 import textwrap
-from pathlib import Path
 
 import pytest
 import timm
 import torch
 
 from medsg import bench
+from medsg.bench.epoch import PHASES
+from medsg.bench.model import peak_rss_mb
+from medsg.cli import main
+from medsg.config import config_from_dict
+from medsg.demo import demo_config, make_synthetic_busi
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+TINY = ["--batch-size", "2", "--steps", "1"]
 
 
 def test_reference_loader_keeps_medsg_registry(tmp_path):
@@ -43,18 +50,80 @@ def test_reference_loader_names_missing_checkout(tmp_path):
         bench.load_reference_model(tmp_path)
 
 
-def test_model_command_prints_both_modes(capsys):
-    assert bench.main(["model", "--variant", "sgformer_tiny", "--rounds", "1", "--batch-size", "2"]) == 0
+def test_bench_model_prints_ratio_gflops_and_share_columns(capsys):
+    argv = ["bench", "model", "--models", "sgformer_tiny", "--compare", "test_vit", "--rounds", "1", *TINY]
+    assert main([*argv, "--matmul-size", "128", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("model") and "train img/s" in line)
+    assert all(c in header for c in ("train ratio", "eval img/s", "eval ratio"))
+    compute = next(line for line in lines if line.startswith("model") and "GFLOP/img" in line)
+    assert all(c in compute for c in ("train GFLOP/s", "train % matmul", "eval GFLOP/s", "eval % matmul"))
+    assert any("128x128 fp32 matmul" in line and "GFLOP/s" in line for line in lines)
+    first = [line.split() for line in lines if line.startswith("sgformer_tiny")]
+    assert len(first) == 2 and first[0][3] == first[0][5] == "1.00x"  # ratios against itself
+    assert first[1][-1].endswith("%") and float(first[1][1]) > 0  # share of the matmul rate; GFLOP/img
+    assert sum(line.startswith("test_vit") for line in lines) == 2
+
+
+def test_bench_unknown_model_is_one_line_error(capsys):
+    assert main(["bench", "model", "--models", "no_such_model", "--compare"]) == 2
+    assert "'no_such_model' is not a timm model" in capsys.readouterr().err
+
+
+def test_memory_child_reports_eval_and_train_peaks():
+    spec = {"name": "sgformer_tiny", "num_classes": 3, "img_size": 224, "batch_size": 2, "steps": 1}
+    out = bench.memory_child({**spec, "warmup": 0})
+    assert set(out) == {"eval_mb", "train_mb"} and out["train_mb"] >= out["eval_mb"] >= 0
+    assert peak_rss_mb() > 0
+
+
+def test_bench_pipeline_on_synthetic_busi(tmp_path, capsys):
+    make_synthetic_busi(tmp_path, n_per_class=2, size=40, seed=0)
+    argv = ["bench", "pipeline", "--root", str(tmp_path), "--model", "sgformer_tiny", *TINY]
+    assert main([*argv, "--workers", "0", "--epochs", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "sgformer_tiny train images/s" in out and "sgformer_tiny eval images/s" in out
+    assert "6 busi images" in out and "x training" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert set(rows) == {"memory", "none"} and all(r[-1].endswith("x") for r in rows.values())
+
+
+def test_epoch_breakdown_phases_sum_to_total(tmp_path):
+    make_synthetic_busi(tmp_path / "data", n_per_class=2, size=40, seed=0)
+    raw = demo_config(tmp_path).model_dump(mode="json")
+    cfg = config_from_dict(raw, ["train.batch_size=2"], check_paths=False)
+    result = bench.epoch_breakdown(cfg, steps=1, limit=6)
+    phases = result["phases_s"]
+    assert tuple(phases) == PHASES and all(s >= 0 for s in phases.values())
+    assert sum(phases.values()) == pytest.approx(result["total_s"], rel=0.05, abs=1e-3)
+    assert result["steps"] == 1 and result["n_train_images"] == 2 and result["n_val_images"] == 1
+
+
+def test_bench_epoch_command_prints_every_phase(capsys):
+    assert main(["bench", "epoch", *TINY, "--limit", "3", "--warmup", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "synthetic BUSI" in lines[0] and "1 of " in lines[0]
+    assert [line.split()[0] for line in lines[2:8]] == [*PHASES, "total"]
 
 
 @pytest.mark.bench
-def test_bench_pipeline_vs_training_on_busi(capsys):
-    root = SHARED / "data" / "busi"
-    if not root.is_dir():
-        pytest.skip(f"{root} not found")
-    assert bench.main(["pipeline", "--root", str(root)]) == 0
+def test_bench_model_memory_in_subprocesses(capsys):
+    argv = ["model", "--models", "sgformer_tiny", "--compare", "--rounds", "1", *TINY, "--memory"]
+    assert bench.main([*argv, "--device", "cpu"]) == 0  # python -m medsg.bench's entry
+    out = capsys.readouterr().out
+    assert "train peak MB" in out
+    print(out)
+
+
+@pytest.mark.bench
+def test_bench_defaults_sgformer_s_beside_swin_and_convnext(capsys):
+    assert main(["bench", "model", "--memory"]) == 0
+    print(capsys.readouterr().out)
+
+
+@pytest.mark.bench
+def test_bench_pipeline_vs_training_on_busi(shared, capsys):
+    root = shared("data", "busi")
+    assert main(["bench", "pipeline", "--root", str(root)]) == 0
     print(capsys.readouterr().out)
 
 
@@ -63,5 +132,5 @@ def test_bench_model_vs_reference(capsys):
     reference = os.environ.get("MEDSG_REFERENCE_DIR")
     if not reference:
         pytest.skip("set MEDSG_REFERENCE_DIR to a local checkout of OliverRensu/SG-Former")
-    assert bench.main(["model", "--reference", reference]) == 0
+    assert main(["bench", "model", "--reference", reference]) == 0
     print(capsys.readouterr().out)

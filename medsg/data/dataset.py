@@ -10,7 +10,6 @@ Use ``monai.data.DataLoader`` (or its ``worker_init_fn``) so random transforms d
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,57 +59,3 @@ def build_dataset(
     if cache == "none":
         return Dataset(list(records), transform)
     raise DataError(f"cache must be one of {CACHE_MODES}, got {cache!r}.")
-
-
-def benchmark_pipeline(
-    adapter: str,
-    root: str | Path,
-    n_images: int | None = None,
-    img_size: int = 224,
-    batch_size: int = 8,
-    epochs: int = 2,
-    num_workers: Sequence[int] = (0, 2),
-    color_aug: bool = False,
-    cache: str = "memory",
-) -> dict[str, Any]:
-    """Training-pipeline throughput (images/s) per epoch and worker count, cache filled first.
-
-    Epoch 1 includes nothing but augmentation when ``cache="memory"`` (the cache is filled before timing, and
-    reported as ``cache_fill_s``); the steady-state figure is the last epoch.
-    """
-    from monai.data import DataLoader
-
-    from medsg.data.manifest import load_manifest
-    from medsg.data.transforms import build_transforms
-
-    df = load_manifest(adapter, root)
-    if n_images:
-        df = df.sample(n=min(n_images, len(df)), random_state=0)
-    transform = build_transforms(
-        img_size,
-        (0.485, 0.456, 0.406),
-        (0.229, 0.224, 0.225),
-        train=True,
-        color_aug=color_aug,
-        with_mask=True,
-    )
-    t0 = time.perf_counter()
-    dataset = build_dataset(manifest_to_records(df), transform, cache=cache)
-    result: dict[str, Any] = {
-        "adapter": adapter,
-        "n_images": len(df),
-        "img_size": img_size,
-        "batch_size": batch_size,
-        "cache": cache,
-        "cache_fill_s": round(time.perf_counter() - t0, 2),
-        "images_per_s": {},
-    }
-    for workers in num_workers:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
-        rates = []
-        for _ in range(epochs):
-            start = time.perf_counter()
-            n = sum(len(batch["label"]) for batch in loader)
-            rates.append(round(n / (time.perf_counter() - start), 1))
-        result["images_per_s"][f"workers={workers}"] = rates
-    return result

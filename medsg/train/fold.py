@@ -23,6 +23,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -189,10 +190,18 @@ class FoldTrainer:
             weight=None if weight is None else weight.to(self.device), label_smoothing=t.label_smoothing
         )
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int) -> float:
+    def train_step(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        epoch: int,
+        step: int,
+        lap: Callable[[str], None] | None = None,
+    ) -> float:
         """One batch: forward, loss (stop on NaN/inf on every rank), backward, clip, step, schedule, EMA.
 
-        Returns the batch's mean loss.
+        Returns the batch's mean loss. ``lap`` (``medsg bench epoch``) is called after the "forward",
+        "backward" and "optimizer" phases, so the benchmark times this very step rather than a copy of it.
         """
         t = self.cfg.train
         images = images.contiguous(memory_format=self.memory_format)
@@ -204,23 +213,27 @@ class FoldTrainer:
             torch.distributed.all_reduce(bad)  # every rank stops together
         if bad.item() > 0:
             raise TrainingDiverged(self.fold, epoch, step, _current_lr(self.optimizer), float(loss.item()))
+        if lap is not None:
+            lap("forward")
         self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            if t.grad_clip:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if t.grad_clip:
+            if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        if lap is not None:
+            lap("backward")
+        if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
-            if t.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
             self.optimizer.step()
         self.num_updates += 1
         self.scheduler.step_update(num_updates=self.num_updates)
         if self.ema is not None:
             self.ema.update(self.model, step=self.num_updates)
+        if lap is not None:
+            lap("optimizer")
         return float(loss.item())
 
     # ------------------------------------------------------------ paths and state
