@@ -124,17 +124,10 @@ class ModelBundle:
 
 
 def create_model(arch: str, num_classes: int, img_size: int) -> nn.Module:
-    """An untrained timm model of ``arch`` (``img_size`` passed only to models that take it)."""
-    import timm
+    """An untrained model of ``arch`` for a member's weights."""
+    from medsg.train.model import create_timm_model
 
-    import medsg.models  # noqa: F401 - registers the SG-Former variants
-
-    try:
-        return timm.create_model(arch, num_classes=num_classes, img_size=img_size)
-    except TypeError as exc:
-        if "img_size" not in str(exc):
-            raise
-        return timm.create_model(arch, num_classes=num_classes)
+    return create_timm_model(arch, img_size, num_classes=num_classes)
 
 
 def load_model(path: str | Path) -> ModelBundle:

@@ -146,12 +146,9 @@ def create_model(
         raise ConfigError(
             f"{name!r} is not a timm model; see timm.list_models() (SG-Former: sgformer_tiny/s/m/b)"
         )
-    try:
-        return timm.create_model(name, num_classes=num_classes, img_size=img_size)
-    except TypeError as exc:
-        if "img_size" not in str(exc):
-            raise
-        return timm.create_model(name, num_classes=num_classes)
+    from medsg.train.model import create_timm_model
+
+    return create_timm_model(name, img_size, num_classes=num_classes)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

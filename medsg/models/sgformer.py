@@ -232,7 +232,13 @@ class FullAttention(_AttentionBase):
     """Plain multi-head attention (last stage)."""
 
     def __init__(
-        self, dim: int, num_heads: int, grid: tuple[int, int], qkv_bias: bool, attn_drop: float, proj_drop: float
+        self,
+        dim: int,
+        num_heads: int,
+        grid: tuple[int, int],
+        qkv_bias: bool,
+        attn_drop: float,
+        proj_drop: float,
     ):
         super().__init__(dim, num_heads, grid, attn_drop, proj_drop)
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
@@ -248,8 +254,8 @@ class FullAttention(_AttentionBase):
         return self.output(out, self.lepe(x)), None
 
 
-class HybridAttention(_AttentionBase):
-    """Half the heads global (strided keys), half local (7x7 windows); returns the significance map."""
+class _SplitHeadAttention(_AttentionBase):
+    """The hybrid and guided blocks' common init: heads in two halves, tied to the stage's ``sr_ratio``."""
 
     def __init__(
         self,
@@ -262,6 +268,17 @@ class HybridAttention(_AttentionBase):
         proj_drop: float,
     ):
         super().__init__(dim, num_heads, grid, attn_drop, proj_drop, sr_ratio, split_heads=True)
+        self.build(dim, sr_ratio, qkv_bias)  # after the shared layers: the released checkpoints' init order
+
+    def build(self, dim: int, sr_ratio: int, qkv_bias: bool) -> None:
+        """The layers of this attention kind."""
+        raise NotImplementedError
+
+
+class HybridAttention(_SplitHeadAttention):
+    """Half the heads global (strided keys), half local (7x7 windows); returns the significance map."""
+
+    def build(self, dim: int, sr_ratio: int, qkv_bias: bool) -> None:
         self.window = WINDOW
         self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
         self.norm = nn.LayerNorm(dim)
@@ -312,24 +329,14 @@ class HybridAttention(_AttentionBase):
         return local + glob
 
 
-class GuidedAttention(_AttentionBase):
+class GuidedAttention(_SplitHeadAttention):
     """Keys/values aggregated from tokens sorted by the previous block's significance map.
 
     ``groupers[i]`` merges groups of ``group_sizes[i]`` consecutive sorted tokens over the share ``splits[i]``
     of them (least significant first); the spans are fixed by the grid at build time.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        grid: tuple[int, int],
-        sr_ratio: int,
-        qkv_bias: bool,
-        attn_drop: float,
-        proj_drop: float,
-    ):
-        super().__init__(dim, num_heads, grid, attn_drop, proj_drop, sr_ratio, split_heads=True)
+    def build(self, dim: int, sr_ratio: int, qkv_bias: bool) -> None:
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv1 = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv2 = nn.Linear(dim, dim, bias=qkv_bias)
@@ -485,7 +492,9 @@ def check_sgformer_input(x: torch.Tensor, in_chans: int, img_size: tuple[int, in
     """Refuse inputs the model cannot serve, before any layer sees them. A leaf for FX tracing (timm's
     notrace functions; FX wraps only public names, hence no leading underscore)."""
     if x.ndim != 4 or x.shape[1] != in_chans:
-        raise InputSizeError(f"SG-Former expects a (B, {in_chans}, H, W) image batch, got shape {tuple(x.shape)}.")
+        raise InputSizeError(
+            f"SG-Former expects a (B, {in_chans}, H, W) image batch, got shape {tuple(x.shape)}."
+        )
     hw = (int(x.shape[-2]), int(x.shape[-1]))
     if hw != img_size:
         built = f"{img_size[0]}x{img_size[1]}"
@@ -548,7 +557,9 @@ class SGFormer(nn.Module):
         # records {"block<stage>.<index>": significance map} while not None (medsg.explain.significance_maps)
         self.significance_recorder: dict[str, torch.Tensor] | None = None
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
+        dpr = torch.linspace(
+            0, drop_path_rate, sum(depths), device="cpu"
+        ).tolist()  # also under a meta device
         stages, cur = [], 0
         for i in range(self.num_stages):
             stages.append(
@@ -775,7 +786,9 @@ def rename_reference_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
     return {rename_reference_key(k): v for k, v in state_dict.items()}
 
 
-def _rename_reference_keys_hook(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+def _rename_reference_keys_hook(
+    module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
+):
     """``load_state_dict`` pre-hook: fold checkpoints and packages saved with the flat names still load."""
     for key in [k for k in state_dict if k.startswith(prefix)]:
         new = prefix + rename_reference_key(key[len(prefix) :])
