@@ -551,3 +551,15 @@ def test_report_made_before_origins_is_replaced_only_by_its_experiment(tmp_path)
         write_run_report(run, legacy)
     (legacy / "summary.json").write_text(json.dumps({"experiment": f"exp{EVIL}"}))
     assert write_run_report(run, legacy).is_file()
+
+
+def test_grouping_words_come_from_old_and_new_split_headers():
+    from medsg.report.run_files import grouping_description
+
+    legacy = {"grouping": "lesion_id from HAM10000_metadata.csv merged with 2 audit near-duplicate cluster(s)"}
+    assert grouping_description(legacy, "isic2018", "group") == legacy["grouping"]
+    current = {"grouping": "group", "grouping_description": "duplicate clusters from the audit"}
+    assert grouping_description(current, "busi", "group") == "duplicate clusters from the audit"
+    assert grouping_description({"grouping": "group"}, "busi", "group").endswith(
+        "(from how the runner groups this dataset; the split file does not describe its groups)"
+    )

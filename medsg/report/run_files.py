@@ -105,12 +105,11 @@ def grouping_description(
     min_correlation: Any = UNKNOWN,
 ) -> str:
     """The split header's own description of its groups, else the runner's wording from the config (said so)."""
-    header = header or {}
-    keys = ["grouping_description", *sorted(k for k in header if "description" in str(k).lower())]
-    for key in keys:
-        value = header.get(key)
-        if isinstance(value, str) and value.strip():
-            return value.strip()
+    from medsg.data.splits import header_grouping
+
+    described = header_grouping(header or {})[1]  # also the words older split files kept in "grouping"
+    if described:
+        return described
     if adapter == UNKNOWN:
         return UNKNOWN
     custom = grouping not in ("group", UNKNOWN)
