@@ -208,11 +208,14 @@ class FoldTrainer:
         with autocast(self.device, self.amp_dtype):
             logits = self.train_model(images)
         loss = compute_loss(self.criterion, logits.float(), labels)
-        bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)
+        value = float(loss.detach().item())  # the step's one host sync (three before): the check and the log
+        bad = not math.isfinite(value)
         if self.dist.enabled:
-            torch.distributed.all_reduce(bad)  # every rank stops together
-        if bad.item() > 0:
-            raise TrainingDiverged(self.fold, epoch, step, _current_lr(self.optimizer), float(loss.item()))
+            flag = torch.tensor([float(bad)], device=self.device)
+            torch.distributed.all_reduce(flag)  # every rank stops together
+            bad = bool(flag.item() > 0)
+        if bad:
+            raise TrainingDiverged(self.fold, epoch, step, _current_lr(self.optimizer), value)
         if lap is not None:
             lap("forward")
         self.optimizer.zero_grad(set_to_none=True)
@@ -234,7 +237,7 @@ class FoldTrainer:
             self.ema.update(self.model, step=self.num_updates)
         if lap is not None:
             lap("optimizer")
-        return float(loss.item())
+        return value
 
     # ------------------------------------------------------------ paths and state
 
