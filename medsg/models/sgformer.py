@@ -301,7 +301,7 @@ class HybridAttention(_SplitHeadAttention):
         k1, v1 = (
             self.kv1(self.act(self.norm(pooled))).reshape(b, -1, 2, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
         )
-        attn1 = ((q1 @ k1.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        attn1 = ((q1 * self.scale) @ k1.transpose(-2, -1)).softmax(dim=-1)  # scale the small side
         x1 = (self.attn_drop(attn1) @ v1).transpose(1, 2).reshape(b, n, c // 2)
 
         # local half: attention inside non-overlapping 7x7 windows
@@ -310,7 +310,7 @@ class HybridAttention(_SplitHeadAttention):
         q2 = q2.reshape(b, heads, nh * nw, win * win, d)
         kv2 = self.kv2(x).reshape(b, nh, win, nw, win, 2, heads, d).permute(5, 0, 6, 1, 3, 2, 4, 7)
         k2, v2 = kv2.reshape(2, b, heads, nh * nw, win * win, d).unbind(0)
-        attn2 = ((q2 @ k2.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        attn2 = ((q2 * self.scale) @ k2.transpose(-2, -1)).softmax(dim=-1)
         x2 = self.attn_drop(attn2) @ v2  # (b, heads, windows, 49, d)
         x2 = x2.reshape(b, heads, nh, nw, win, win, d).permute(0, 2, 4, 3, 5, 1, 6).reshape(b, n, c // 2)
 
@@ -358,7 +358,9 @@ class GuidedAttention(_SplitHeadAttention):
         for i, layer in enumerate(self.groupers):
             start, size, groups, group = self.spans[i]
             chunk = ranked[:, start : start + size].reshape(b, groups, group, c)
-            out.append(layer(chunk.transpose(-1, -2)).squeeze(-1))
+            # (1, g) @ (b, groups, g, c): a weighted sum over each group's tokens, read in place (no transposed
+            # copy, no matmul of width 1)
+            out.append(torch.matmul(layer.weight, chunk).squeeze(-2) + layer.bias)
         return torch.cat(out, dim=1)
 
     def forward(
