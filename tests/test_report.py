@@ -395,14 +395,19 @@ def test_smaller_fold_says_why_and_absolute_root_is_hidden(tmp_path):
     split = json.loads((run / "splits.json").read_text())
     folds = [{"train": [], "val": [f"f{f}_{i:03d}" for i in range(40)]} for f in range(4)]
     path = run / "fold_1" / "predictions.csv"
-    pd.read_csv(path).iloc[:-2].to_csv(path, index=False)  # f1_038, f1_039 dropped by the audit
+    pd.read_csv(path).iloc[:-3].to_csv(
+        path, index=False
+    )  # f1_038, f1_039 dropped by the audit, f1_037 absent
     (run / "splits.json").write_text(json.dumps(split | {"folds": folds}))
+    protocol = json.loads((run / "protocol.json").read_text()) if (run / "protocol.json").is_file() else {}
+    (run / "protocol.json").write_text(json.dumps(protocol | {"dropped_ids": ["f1_038", "f1_039"]}))
     write_report(run, tmp_path / "r", n_bootstrap=20)
     summary = json.loads((run / "summary.json").read_text())
     (note,) = [n for n in summary["notes"] if n.startswith("fold 1 has")]
     assert note == (
-        "fold 1 has 38 test images, 2 fewer than the largest fold; 2 of its split-file images were removed "
-        "by the audit policy (f1_038, f1_039)"
+        "fold 1 has 37 test images, 3 fewer than the largest fold; 2 of its split-file images were removed "
+        "by the audit policy (f1_038, f1_039); 1 of its split-file images are not in the data the run read "
+        "(the split file lists more images than the data folder holds: f1_037)"
     )
     assert "/data/busi" not in (tmp_path / "r" / "report.md").read_text()
     assert summary["protocol"]["data folder"] == "'busi' (an absolute path on the machine that ran it)"
@@ -556,7 +561,9 @@ def test_report_made_before_origins_is_replaced_only_by_its_experiment(tmp_path)
 def test_grouping_words_come_from_old_and_new_split_headers():
     from medsg.report.run_files import grouping_description
 
-    legacy = {"grouping": "lesion_id from HAM10000_metadata.csv merged with 2 audit near-duplicate cluster(s)"}
+    legacy = {
+        "grouping": "lesion_id from HAM10000_metadata.csv merged with 2 audit near-duplicate cluster(s)"
+    }
     assert grouping_description(legacy, "isic2018", "group") == legacy["grouping"]
     current = {"grouping": "group", "grouping_description": "duplicate clusters from the audit"}
     assert grouping_description(current, "busi", "group") == "duplicate clusters from the audit"

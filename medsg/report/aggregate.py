@@ -377,10 +377,14 @@ def baseline_metrics(run: RunData) -> dict[str, Any]:
 
 
 def fold_size_notes(run: RunData, per_fold: list[dict[str, Any]]) -> list[str]:
-    """Why a fold has fewer test images than the largest: the split-file ids the run did not have."""
+    """Why a fold has fewer test images than the largest: split-file ids the audit policy dropped
+    (protocol.json's dropped_ids), and ids absent from the data (a split file over a larger copy)."""
     split_file = read_json_or_none(run.run_dir / "splits.json") or {}
     folds = split_file.get("folds") if isinstance(split_file.get("folds"), list) else []
     largest = max(m["n"] for m in per_fold)
+    protocol = read_json_or_none(run.run_dir / "protocol.json") or {}
+    listed = protocol.get("dropped_ids")
+    audit_dropped = {str(i) for i in listed} if isinstance(listed, list) else set()
     notes = []
     for m in per_fold:
         if m["n"] == largest:
@@ -390,15 +394,23 @@ def fold_size_notes(run: RunData, per_fold: list[dict[str, Any]]) -> list[str]:
         if fold < len(folds) and isinstance(folds[fold], dict):
             have = set(run.oof.loc[run.oof["fold"] == fold, "id"])
             gone = sorted(str(i) for i in folds[fold].get("val", []) if str(i) not in have)
-            if gone:
+            dropped = [i for i in gone if i in audit_dropped]
+            absent = [i for i in gone if i not in audit_dropped]
+            if dropped:
+                text += f"; {len(dropped)} of its split-file images were removed by the audit policy ({_ids(dropped)})"
+            if absent:
                 text += (
-                    f"; {len(gone)} of its split-file images were removed by the audit policy "
-                    f"({', '.join(gone[:5])}{', ...' if len(gone) > 5 else ''})"
+                    f"; {len(absent)} of its split-file images are not in the data the run read (the split file "
+                    f"lists more images than the data folder holds: {_ids(absent)})"
                 )
         else:
             text += " (folds are made with whole groups, so their sizes differ)"
         notes.append(text)
     return notes
+
+
+def _ids(ids: list[str]) -> str:
+    return ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
 
 
 def confusion_text(pooled: dict[str, Any], class_names: list[str], critical: str | None) -> str:
