@@ -115,6 +115,14 @@ def _tensors_only(state_dict: dict, key: str) -> dict[str, torch.Tensor]:
     return dict(state_dict)
 
 
+def _renamed_for(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An SG-Former's state dict with the released checkpoints' flat names (patch_embed1, block1.0, norm1;
+    also medsg's fold checkpoints and packages from before the stages) renamed to its stage layout."""
+    from medsg.models.sgformer import SGFormer, rename_reference_keys
+
+    return rename_reference_keys(state_dict) if isinstance(model, SGFormer) else state_dict
+
+
 def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state_dict.items():
@@ -146,11 +154,7 @@ def adapt_state_dict(
     """
     if isinstance(state_dict, dict) and not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         state_dict = select_state_dict(state_dict)[0]
-    state_dict = _strip_prefixes(state_dict)
-    from medsg.models.sgformer import SGFormer, rename_reference_keys
-
-    if isinstance(model, SGFormer):  # the released checkpoints' flat names (patch_embed1, block1.0, norm1)
-        state_dict = rename_reference_keys(state_dict)
+    state_dict = _renamed_for(model, _strip_prefixes(state_dict))
     target = model.state_dict()
     dropped, resized = [], []
     pos = state_dict.get("pos_embed")
@@ -196,7 +200,7 @@ def load_exact(model: nn.Module, path: str | os.PathLike, use_ema: bool = True) 
     entry was used ('state_dict_ema', 'state_dict', ...).
     """
     state_dict, source = select_state_dict(read_checkpoint(path), use_ema=use_ema)
-    state_dict = _strip_prefixes(state_dict)
+    state_dict = _renamed_for(model, _strip_prefixes(state_dict))
     missing, unexpected, shapes = _mismatch_report(state_dict, model.state_dict(), head_optional=False)
     head = [s for s in shapes if s.startswith(_CLASSIFIER)]
     if head:
