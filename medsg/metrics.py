@@ -230,8 +230,7 @@ def sensitivity_cis(
     an interval like the headline metrics; resamples without a member of a class do not count for its CI.
     """
     y, p = validate_inputs(y_true, probs, class_names)
-    codes = None if groups is None else _group_codes(groups, len(y))
-    weights = resample_weights(n_resamples, groups=codes, n=len(y), seed=seed)
+    weights = resample_weights(n_resamples, groups=groups, n=len(y), seed=seed)
     hit = p.argmax(axis=1) == y
     out = {}
     for c, name in enumerate(class_names):
@@ -272,8 +271,7 @@ def paired_differences(
     """
     y, pa = validate_inputs(y_true, probs_a, class_names)
     _, pb = validate_inputs(y_true, probs_b, class_names)
-    codes = None if groups is None else _group_codes(groups, len(y))
-    weights = resample_weights(n_resamples, groups=codes, n=len(y), seed=seed)
+    weights = resample_weights(n_resamples, groups=groups, n=len(y), seed=seed)
     ones = np.ones((1, len(y)))
     boot_a, boot_b = _weighted_metrics(y, pa, weights), _weighted_metrics(y, pb, weights)
     point_a, point_b = _weighted_metrics(y, pa, ones), _weighted_metrics(y, pb, ones)

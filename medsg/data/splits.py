@@ -315,14 +315,15 @@ def inner_split(
     if n_groups < 2:
         raise DataError(f"inner_split needs at least 2 groups, got {n_groups} ({len(df)} images).")
     counts = pd.crosstab(df[group_col], df["label"])  # groups x classes, sorted by group name
+    per_group = counts.to_numpy()
     order = np.random.default_rng(seed).permutation(len(counts))
-    sizes = counts.to_numpy().sum(axis=1)
+    sizes = per_group.sum(axis=1)
     order = order[np.argsort(-sizes[order], kind="stable")]  # largest first, ties in seeded order
-    target = val_fraction * counts.to_numpy().sum(axis=0)
+    target = val_fraction * per_group.sum(axis=0)
     in_val = np.zeros(len(counts), dtype=bool)
     val_counts = np.zeros(counts.shape[1])
     for g in order:
-        with_g = val_counts + counts.to_numpy()[g]
+        with_g = val_counts + per_group[g]
         if np.abs(with_g - target).sum() < np.abs(val_counts - target).sum():
             in_val[g], val_counts = True, with_g
     if not in_val.any():  # a fraction below half the smallest group: take one group rather than none

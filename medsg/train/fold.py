@@ -82,12 +82,6 @@ def _finite_params(model: nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def _fraction(val: Any, train: Any) -> float:
-    """The share of a training fold that went to inner validation (0.0 without one)."""
-    n_val = len(val) if val is not None else 0
-    return round(n_val / max(1, n_val + len(train)), 4)
-
-
 def _current_lr(optimizer: torch.optim.Optimizer) -> float:
     return max(group["lr"] for group in optimizer.param_groups)
 
@@ -422,14 +416,15 @@ class FoldTrainer:
         names = self.data.class_names
         frame = self._frame(ids, y, probs)
         metrics = classification_metrics(y, probs, names)
+        n_train, n_val = len(self.data.train), len(self.data.val) if self.data.val is not None else 0
         metrics.update(
             fold=self.fold,
             n_test=len(ids),
             selection=selection_description(self.cfg),
             # the split actually drawn (groups make it differ slightly from splits.inner_val_fraction)
-            n_train=len(self.data.train),
-            n_val=len(self.data.val) if self.data.val is not None else 0,
-            inner_val_fraction_used=_fraction(self.data.val, self.data.train),
+            n_train=n_train,
+            n_val=n_val,
+            inner_val_fraction_used=round(n_val / max(1, n_val + n_train), 4),
             best_epoch=int(self.best["epoch"]),
             epochs_trained=self.epoch,
             stopped_early=self.stopped_early,
