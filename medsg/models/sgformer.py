@@ -137,7 +137,10 @@ class Stem(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x).flatten(2).transpose(1, 2))
+        # channels-last convs: oneDNN's NHWC kernels are faster for these few-channel maps (forward and
+        # backward), and the (B, C, H, W) -> tokens view below needs no transposing copy
+        x = self.conv(x.contiguous(memory_format=torch.channels_last))
+        return self.norm(x.flatten(2).transpose(1, 2))
 
 
 class Downsample(nn.Module):
@@ -171,12 +174,20 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
+        # x + dwconv(x) is one depthwise conv whose centre tap is raised by one: no separate add pass
+        identity = torch.zeros(hidden, 1, 3, 3)
+        identity[:, :, 1, 1] = 1.0
+        self.register_buffer("identity", identity, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc1(x)
-        local = self.dwconv(_tokens_to_map(x, self.grid)).flatten(2).transpose(1, 2)
-        x = self.drop(self.act(x + local))
-        return self.drop(self.fc2(x))
+        x = _tokens_to_map(self.fc1(x), self.grid)
+        kernel = self.dwconv.weight + self.identity
+        x = (
+            F.conv2d(x, kernel, self.dwconv.bias, padding=1, groups=self.dwconv.groups)
+            .flatten(2)
+            .transpose(1, 2)
+        )
+        return self.drop(self.fc2(self.drop(self.act(x))))
 
 
 class _AttentionBase(nn.Module):
@@ -322,9 +333,10 @@ class HybridAttention(_SplitHeadAttention):
         b = attn1.shape[0]
         h, w = self.grid
         r, win = self.sr_ratio, self.window
-        glob = attn1.mean(1).mean(1).reshape(b, h // r, 1, w // r, 1)
+        # one reduction over heads and queries together: a single pass over each probability tensor
+        glob = attn1.mean(dim=(1, 2)).reshape(b, h // r, 1, w // r, 1)
         glob = glob.expand(b, h // r, r, w // r, r).reshape(b, h, w)
-        local = attn2.mean(1).mean(2).reshape(b, h // win, w // win, win, win)
+        local = attn2.mean(dim=(1, 3)).reshape(b, h // win, w // win, win, win)
         local = local.permute(0, 1, 3, 2, 4).reshape(b, h, w)
         return local + glob
 
@@ -343,25 +355,36 @@ class GuidedAttention(_SplitHeadAttention):
         group_sizes = [g for g in GROUP_LENGTHS[sr_ratio] if g is not None]
         self.groupers = nn.ModuleList(nn.Linear(g, 1) for g in group_sizes)
         self.splits = (1 / 4, 1 / 2, 1 / 4) if len(group_sizes) == 3 else (1 / 2, 1 / 2)
-        spans, start = [], 0
+        spans, ranks_to_keys, start, first_key = [], [], 0, 0
         for frac, group in zip(self.splits, group_sizes, strict=True):
             size = int(self.num_tokens * frac)
             spans.append((start, size, size // group, group))
-            start += size
+            ranks_to_keys.append(first_key + torch.arange(size) // group)
+            start, first_key = start + size, first_key + size // group
         self.spans: list[tuple[int, int, int, int]] = spans  # (first token, tokens, groups, group size)
+        self.num_groups = first_key
+        # static index maps (not in the state dict): the key each sorted rank feeds, and the row-major token
+        # at each column-major position (so the column-major half reads x in place, without a copy)
+        h, w = self.grid
+        group_of_rank = torch.cat(ranks_to_keys)
+        cols_to_rows = torch.arange(h * w).reshape(h, w).t().reshape(-1)
+        self.register_buffer("group_of_rank", group_of_rank, persistent=False)
+        self.register_buffer("cols_to_rows", cols_to_rows, persistent=False)
 
-    def _aggregate(self, tokens: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        """Sort tokens by significance and merge consecutive groups -> (B, M, C)."""
-        b, n, c = tokens.shape[0], self.num_tokens, self.dim
-        ranked = torch.gather(tokens, 1, order.unsqueeze(-1).expand(b, n, c))
-        out = []
-        for i, layer in enumerate(self.groupers):
-            start, size, groups, group = self.spans[i]
-            chunk = ranked[:, start : start + size].reshape(b, groups, group, c)
-            # (1, g) @ (b, groups, g, c): a weighted sum over each group's tokens, read in place (no transposed
-            # copy, no matmul of width 1)
-            out.append(torch.matmul(layer.weight, chunk).squeeze(-2) + layer.bias)
-        return torch.cat(out, dim=1)
+    def _aggregate(
+        self, x: torch.Tensor, order: torch.Tensor, weight_of_rank: torch.Tensor, bias_of_group: torch.Tensor
+    ) -> torch.Tensor:
+        """Merge groups of consecutive ranks (``order``: rank -> token of ``x``) into keys -> (B, M, C).
+
+        Each token is scaled by its rank's grouper weight and added into its key in place (``scatter_add``):
+        no sorted copy of the tokens, and a backward of one ``gather`` instead of zero-filled scatters.
+        """
+        b, n, c = x.shape[0], self.num_tokens, self.dim
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand(b, n))
+        key = self.group_of_rank[rank].unsqueeze(-1).expand(b, n, c)
+        scaled = x * weight_of_rank[rank].unsqueeze(-1)
+        keys = scaled.new_zeros((b, self.num_groups, c)).scatter_add(1, key, scaled)
+        return keys + bias_of_group.unsqueeze(-1)
 
     def forward(
         self, x: torch.Tensor, significance: torch.Tensor | None
@@ -369,14 +392,18 @@ class GuidedAttention(_SplitHeadAttention):
         if significance is None:
             raise RuntimeError("a guided block needs the significance map of the hybrid block before it")
         b, n, c = x.shape[0], self.num_tokens, self.dim
-        h, w = self.grid
         heads, d = self.num_heads // 2, self.head_dim
         q = self.q(x).reshape(b, n, self.num_heads, d).transpose(1, 2)
         order_rows = torch.sort(significance.reshape(b, n), dim=1)[1]
-        order_cols = torch.sort(significance.transpose(1, 2).reshape(b, n), dim=1)[1]
-        x_cols = x.reshape(b, h, w, c).transpose(1, 2).reshape(b, n, c)
-        seq1 = self._aggregate(x, order_rows)
-        seq2 = self._aggregate(x_cols, order_cols)
+        order_cols = self.cols_to_rows[torch.sort(significance.transpose(1, 2).reshape(b, n), dim=1)[1]]
+        weights, biases = [], []
+        for i, layer in enumerate(self.groupers):
+            groups = self.spans[i][2]
+            weights.append(layer.weight.reshape(-1).repeat(groups))
+            biases.append(layer.bias.expand(groups))
+        weight_of_rank, bias_of_group = torch.cat(weights), torch.cat(biases)
+        seq1 = self._aggregate(x, order_rows, weight_of_rank, bias_of_group)
+        seq2 = self._aggregate(x, order_cols, weight_of_rank, bias_of_group)
         kv1 = self.kv1(seq1).reshape(b, -1, 2, heads, d)
         kv2 = self.kv2(seq2).reshape(b, -1, 2, heads, d)
         k, v = torch.cat([kv1, kv2], dim=3).permute(2, 0, 3, 1, 4).unbind(0)
