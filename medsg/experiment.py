@@ -287,8 +287,6 @@ class ManifestFolds:
 
     def _shared(self, pipelines: dict[bool, Any]) -> tuple[RunDecodes, dict[bool, Any]] | None:
         """The run-wide decode cache (built on the first fold) and each pipeline's remaining steps."""
-        from monai.transforms import Compose
-
         if self.cfg.data.cache == "none":
             return None
         n = shared_head(pipelines[True], pipelines[False])
@@ -297,9 +295,9 @@ class ManifestFolds:
             return None
         if self._decodes is None:
             ids = list(self.data.manifest["id"])
-            head = Compose(pipelines[True].transforms[:n])
+            head = type(pipelines[True])(pipelines[True].transforms[:n])  # keeps UntrackedCompose
             self._decodes = RunDecodes(ids, self._dataset(ids, head))
-        return self._decodes, {train: Compose(p.transforms[n:]) for train, p in pipelines.items()}
+        return self._decodes, {train: type(p)(p.transforms[n:]) for train, p in pipelines.items()}
 
     def __call__(self, fold: int | str, model: nn.Module) -> FoldData:
         ids = self.fold_ids(fold)

@@ -146,6 +146,21 @@ def test_training_pipeline_is_repeatable_with_seed(square_sample: dict) -> None:
     assert not torch.equal(outs_a[0], outs_a[1])
 
 
+def test_untracked_pipeline_matches_the_metadata_tracking_one(square_sample: dict) -> None:
+    """Turning MONAI's metadata tracking off (for speed) changes no pixel, mask or random draw, and leaves
+    the global flag as it was."""
+    from monai.data import get_track_meta
+
+    fast = build_transforms(64, MEAN, STD, train=True, color_aug=True, with_mask=True)
+    tracked = Compose(build_transforms(64, MEAN, STD, train=True, color_aug=True, with_mask=True).transforms)
+    fast.set_random_state(3)
+    tracked.set_random_state(3)
+    for _ in range(6):
+        a, b = fast(square_sample), tracked(square_sample)
+        assert type(a["image"]) is torch.Tensor and get_track_meta()
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+
+
 def _regions_keep_one_colour(img: torch.Tensor, regions: torch.Tensor) -> bool:
     """Whether every region of ``regions`` is still one colour in ``img`` (C, H, W)."""
     return all(float(img[:, regions == r].std(dim=1).max()) < 1e-5 for r in regions.unique())

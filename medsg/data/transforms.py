@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
+from monai.data import MetaTensor, get_track_meta, set_track_meta
 from monai.transforms import (
     Compose,
     DeleteItemsd,
@@ -115,6 +115,23 @@ def pil_to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(pil_to_array(image))
 
 
+class UntrackedCompose(Compose):
+    """``Compose`` run with MONAI's metadata tracking off (``set_track_meta(False)``), restored afterwards.
+
+    medsg's pipelines never read a sample's affine or its log of applied operations (``EnsureTyped`` drops
+    them at the end), yet keeping them up to date took about half of the augmentation time, and each cached
+    sample's deep copy carried them. Slices of it (the cached head, the rest) keep the class.
+    """
+
+    def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
+        previous = get_track_meta()
+        set_track_meta(False)
+        try:
+            return super().__call__(input_, *args, **kwargs)
+        finally:
+            set_track_meta(previous)
+
+
 class LoadRGBImaged(MapTransform):
     """Replace each key's file path by its pixels: a float32 (H, W, 3) MetaTensor in 0-255 (``read_image``).
 
@@ -126,7 +143,8 @@ class LoadRGBImaged(MapTransform):
         for key in self.key_iterator(d):
             path = str(d[key])
             pixels = images.read_image(path)  # looked up at call time, so tests can count the reads
-            d[key] = MetaTensor(torch.from_numpy(pixels.astype(np.float32)), meta={"filename_or_obj": path})
+            tensor = torch.from_numpy(pixels.astype(np.float32))
+            d[key] = MetaTensor(tensor, meta={"filename_or_obj": path}) if get_track_meta() else tensor
         return d
 
 
@@ -302,7 +320,7 @@ def build_transforms(
         NormalizeIntensityd("image", subtrahend=np.asarray(mean), divisor=np.asarray(std), channel_wise=True),
         EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=False),
     ]
-    return Compose(steps)
+    return UntrackedCompose(steps)
 
 
 def _train_steps(
