@@ -131,8 +131,8 @@ def run_model(args: argparse.Namespace) -> int:
         for label, s in specs.items()
     }
     first = next(iter(models))
-    if args.reference:  # the same weights in both
-        models[f"{first} (reference)"].load_state_dict(models[first].state_dict())
+    if args.reference:  # the same weights in both: medsg's model reads the reference's flat key names
+        models[first].load_state_dict(models[f"{first} (reference)"].state_dict())
     gflop = {label: forward_gflops(model, args.img_size) for label, model in models.items()}
     kw = {"img_size": args.img_size, "steps": args.steps, "amp": args.amp}
     result, matmul = compare_models(models, args.batch_size, args.rounds, device, args.matmul_size, **kw)
