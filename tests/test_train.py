@@ -284,3 +284,23 @@ def test_val_metrics_are_the_report_metrics_even_with_a_class_missing() -> None:
     assert got["val_macro_auroc"] == ref["macro_auroc"] and not np.isnan(got["val_macro_auroc"])
     assert got["val_balanced_accuracy"] == ref["balanced_accuracy"]
     assert got["val_loss"] == pytest.approx(ref["log_loss"], rel=1e-9)
+
+
+def test_deterministic_seeding_skips_the_nan_fill_of_new_tensors():
+    """Deterministic kernels stay on; only torch's NaN-filling of uninitialised memory (a debugging aid that
+    cost about a tenth of a CPU step) is off, and a non-deterministic run leaves both as they were."""
+    from medsg.train.utils import seed_everything
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+    try:
+        torch.use_deterministic_algorithms(False)
+        torch.utils.deterministic.fill_uninitialized_memory = True
+        seed_everything(0, deterministic=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory
+        seed_everything(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.utils.deterministic.fill_uninitialized_memory
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = before[1]

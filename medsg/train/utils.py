@@ -19,13 +19,19 @@ def derive_seed(*parts: int | str) -> int:
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed python, numpy and torch; ask torch for deterministic kernels (warn where none exists)."""
+    """Seed python, numpy and torch; ask torch for deterministic kernels (warn where none exists).
+
+    Deterministic mode also makes torch fill every new uninitialised tensor with NaN, a debugging aid that
+    does not change any result of correct code but cost about a tenth of a CPU training step (one fill per
+    ``torch.empty``); it is turned off.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
 
 
