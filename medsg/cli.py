@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medsg.errors import ConfigError, MedsgError
+from medsg.malloc import keep_freed_memory
 
 log = logging.getLogger("medsg")
 
@@ -508,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medsg`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.debug, args.quiet)
+    keep_freed_memory()  # CPU forward passes page-fault much less (medsg.malloc)
     try:
         return dispatch(args)
     except Exception as exc:
