@@ -45,6 +45,38 @@ def test_reference_loader_keeps_medsg_registry(tmp_path):
     assert not hasattr(np, "float")
 
 
+def test_bench_model_times_the_reference_with_the_same_weights(tmp_path, capsys):
+    # A stand-in for the reference: a model whose state dict has the released checkpoints' flat key names, as
+    # the real one's has; the bench gives medsg's model the reference's weights (medsg renames flat keys on load).
+    (tmp_path / "sgformer.py").write_text(
+        textwrap.dedent(
+            """
+            import timm
+            import torch.nn as nn
+            from reference_keys import to_reference_keys
+
+            class Reference(nn.Module):
+                def __init__(self, **kwargs):
+                    super().__init__()
+                    self.inner = timm.create_model("sgformer_tiny", **kwargs)
+
+                def forward(self, x):
+                    return self.inner(x)
+
+                def state_dict(self, *args, **kwargs):
+                    return to_reference_keys(self.inner.state_dict())
+
+            def sgformer_tiny(pretrained=False, **kwargs):
+                return Reference(**kwargs)
+            """
+        )
+    )
+    argv = ["bench", "model", "--models", "sgformer_tiny", "--compare", "--reference", str(tmp_path)]
+    assert main([*argv, "--rounds", "1", "--matmul-size", "0", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "sgformer_tiny (reference)" in out
+
+
 def test_reference_loader_names_missing_checkout(tmp_path):
     with pytest.raises(FileNotFoundError, match="OliverRensu/SG-Former"):
         bench.load_reference_model(tmp_path)
