@@ -291,7 +291,10 @@ def test_deterministic_seeding_skips_the_nan_fill_of_new_tensors():
     cost about a tenth of a CPU step) is off, and a non-deterministic run leaves both as they were."""
     from medsg.train.utils import seed_everything
 
-    before = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
     try:
         torch.use_deterministic_algorithms(False)
         torch.utils.deterministic.fill_uninitialized_memory = True
