@@ -164,7 +164,11 @@ def _tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU(x + dwconv(x)) -> fc2, on the stage's fixed token grid."""
+    """fc1 -> GELU(x + dwconv(x)) -> fc2, on the stage's fixed token grid.
+
+    ``dwconv`` holds the depthwise weights (the checkpoints' names) but is not called as a module: the forward
+    folds the identity into its kernel, so a hook on ``mlp.dwconv`` never fires; hook ``mlp.act`` instead.
+    """
 
     def __init__(self, dim: int, hidden: int, grid: tuple[int, int], drop: float = 0.0):
         super().__init__()
