@@ -120,7 +120,9 @@ class UntrackedCompose(Compose):
 
     medsg's pipelines never read a sample's affine or its log of applied operations (``EnsureTyped`` drops
     them at the end), yet keeping them up to date took about half of the augmentation time, and each cached
-    sample's deep copy carried them. Slices of it (the cached head, the rest) keep the class.
+    sample's deep copy carried them. Slices of it (the cached head, the rest) keep the class. The flag is
+    process-wide: threads filling a cache at once may find it restored early, which costs speed, never values
+    (the pixels are the same either way, and ``EnsureTyped`` ends every pipeline with plain tensors).
     """
 
     def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
