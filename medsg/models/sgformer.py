@@ -349,7 +349,7 @@ class GuidedAttention(_SplitHeadAttention):
     """Keys/values aggregated from tokens sorted by the previous block's significance map.
 
     ``groupers[i]`` merges groups of ``group_sizes[i]`` consecutive sorted tokens over the share ``splits[i]``
-    of them (least significant first); the spans are fixed by the grid at build time.
+    of them (least significant first); which key each rank feeds is fixed by the grid at build time.
     """
 
     def build(self, dim: int, sr_ratio: int, qkv_bias: bool) -> None:
@@ -359,14 +359,13 @@ class GuidedAttention(_SplitHeadAttention):
         group_sizes = [g for g in GROUP_LENGTHS[sr_ratio] if g is not None]
         self.groupers = nn.ModuleList(nn.Linear(g, 1) for g in group_sizes)
         self.splits = (1 / 4, 1 / 2, 1 / 4) if len(group_sizes) == 3 else (1 / 2, 1 / 2)
-        spans, ranks_to_keys, start, first_key = [], [], 0, 0
+        keys_per_grouper, ranks_to_keys = [], []
         for frac, group in zip(self.splits, group_sizes, strict=True):
-            size = int(self.num_tokens * frac)
-            spans.append((start, size, size // group, group))
-            ranks_to_keys.append(first_key + torch.arange(size) // group)
-            start, first_key = start + size, first_key + size // group
-        self.spans: list[tuple[int, int, int, int]] = spans  # (first token, tokens, groups, group size)
-        self.num_groups = first_key
+            size = int(self.num_tokens * frac)  # the ranks this grouper merges, after the previous ones'
+            ranks_to_keys.append(sum(keys_per_grouper) + torch.arange(size) // group)
+            keys_per_grouper.append(size // group)
+        self.keys_per_grouper: list[int] = keys_per_grouper
+        self.num_groups = sum(keys_per_grouper)
         # static index maps (not in the state dict): the key each sorted rank feeds, and the row-major token
         # at each column-major position (so the column-major half reads x in place, without a copy)
         h, w = self.grid
@@ -402,7 +401,7 @@ class GuidedAttention(_SplitHeadAttention):
         order_cols = self.cols_to_rows[torch.sort(significance.transpose(1, 2).reshape(b, n), dim=1)[1]]
         weights, biases = [], []
         for i, layer in enumerate(self.groupers):
-            groups = self.spans[i][2]
+            groups = self.keys_per_grouper[i]
             weights.append(layer.weight.reshape(-1).repeat(groups))
             biases.append(layer.bias.expand(groups))
         weight_of_rank, bias_of_group = torch.cat(weights), torch.cat(biases)
