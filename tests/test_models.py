@@ -304,3 +304,75 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
         model(x).sum().backward()
         grads.append(model.stages[0].blocks[1].attn.groupers[0].weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------ the MLP's recomputing backward
+def _mlp_and_input(dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, torch.Tensor]:
+    from medsg.models.sgformer import Mlp
+
+    torch.manual_seed(0)
+    mlp = Mlp(16, 64, (14, 14)).to(dtype)
+    with torch.no_grad():
+        mlp.dwconv.weight.normal_()  # a non-trivial kernel and biases, so a wrong gradient shows
+        mlp.dwconv.bias.normal_()
+    return mlp, torch.randn(2, 196, 16, dtype=dtype, requires_grad=True)
+
+
+def _plain_mlp(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The same MLP in plain autograd ops (what ``conv_gelu_linear`` replaces)."""
+    from medsg.models.sgformer import _conv_tokens, _tokens_to_map
+
+    hidden = _tokens_to_map(mlp.fc1(x), mlp.grid)
+    tokens = _conv_tokens(hidden, mlp.dwconv.weight + mlp.identity, mlp.dwconv.bias, mlp.dwconv.groups)
+    return mlp.fc2(torch.nn.functional.gelu(tokens))
+
+
+def _output_and_grads(mlp, x, forward) -> list[torch.Tensor]:
+    mlp.zero_grad()
+    x.grad = None
+    out = forward(mlp, x)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out).to(out.dtype)).sum().backward()
+    return [out.detach(), x.grad, *(p.grad for p in mlp.parameters())]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mlp_recomputing_backward_is_bit_identical_to_autograd(dtype) -> None:
+    mlp, x = _mlp_and_input(dtype)
+    mlp.train()
+    fused = _output_and_grads(mlp, x, lambda m, t: m(t))
+    plain = _output_and_grads(mlp, x, _plain_mlp)
+    assert len(fused) == 2 + len(list(mlp.parameters()))
+    for a, b in zip(fused, plain, strict=True):
+        assert a is not None and torch.equal(a, b)
+
+
+def test_mlp_recomputing_backward_under_bf16_autocast() -> None:
+    mlp, x = _mlp_and_input()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = _output_and_grads(mlp, x, lambda m, t: m(t))
+        plain = _output_and_grads(mlp, x, _plain_mlp)
+    assert fused[0].dtype == torch.bfloat16
+    for a, b in zip(fused, plain, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_mlp_keeps_only_the_fc1_map_of_its_hidden_tensors_for_backward() -> None:
+    """The point of the recompute: of the hidden-sized (B, N, 64) tensors, autograd keeps three (fc1 output, conv
+    output, GELU output); the MLP keeps one."""
+    mlp, x = _mlp_and_input()
+    hidden_numel = 2 * 196 * 64
+
+    def hidden_tensors_saved(forward) -> int:
+        saved = set()
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            if t.numel() == hidden_numel:
+                saved.add(t.untyped_storage().data_ptr())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            forward(mlp, x)
+        return len(saved)
+
+    assert hidden_tensors_saved(_plain_mlp) == 3
+    assert hidden_tensors_saved(lambda m, t: m(t)) == 1

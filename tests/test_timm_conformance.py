@@ -47,6 +47,8 @@ def test_meta_device_creation_and_unknown_arguments() -> None:
     model = timm.create_model("sgformer_tiny", device="meta", dtype=torch.float32)
     tensors = [*model.parameters(), *model.buffers()]
     assert all(t.device.type == "meta" for t in tensors)
+    features = model.eval().forward_features(torch.randn(1, 3, 224, 224, device="meta"))  # timm's cfg test
+    assert features.device.type == "meta" and features.shape == (1, model.num_features, 7, 7)
     with pytest.raises(TypeError):
         timm.create_model("sgformer_tiny", not_a_model_arg=1)
     model = timm.create_model("sgformer_tiny", dtype=torch.float64).eval()

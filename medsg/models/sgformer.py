@@ -163,11 +163,96 @@ def _tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid[0], grid[1])
 
 
+class _ConvGeluLinear(torch.autograd.Function):
+    """The MLP after ``fc1``: depthwise 3x3 conv of the (B, C, H, W) map -> GELU -> ``fc2`` on (B, H*W, C) tokens,
+    saving only the map for the backward and recomputing the conv and GELU outputs there.
+
+    Autograd would keep the conv output (GELU's input) and the GELU output (``fc2``'s input) beside the map:
+    two hidden-sized tensors per block, the largest a block holds (S, batch 8: about 390 MB over its 23
+    blocks), bought back with one depthwise conv and one GELU forward per block in the backward. The backward
+    makes autograd's own calls (the same kernels, operands and layouts), so values and gradients are
+    bit-identical to plain autograd. One dtype throughout: ``conv_gelu_linear`` casts for autocast first.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x, weight, bias, fc_weight, fc_bias, groups: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight, bias, fc_weight)
+        ctx.groups = groups
+        return F.linear(F.gelu(_conv_tokens(x, weight, bias, groups)), fc_weight, fc_bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, bias, fc_weight = ctx.saved_tensors
+        need_x, need_w, need_b, need_fc_w, need_fc_b = ctx.needs_input_grad[:5]
+        pre = _conv_tokens(x, weight, bias, ctx.groups)
+        grad = grad.reshape(-1, grad.shape[-1])  # F.linear on (B, N, C) is addmm on the (B*N, C) view
+        fc_weight_grad = grad.t().mm(F.gelu(pre).reshape(-1, pre.shape[-1])) if need_fc_w else None
+        fc_bias_grad = grad.sum(0) if need_fc_b else None
+        grad = torch.ops.aten.gelu_backward(grad.mm(fc_weight).view(pre.shape), pre)
+        grad = grad.transpose(1, 2).reshape(x.shape)  # tokens -> map, the view autograd would hand the conv
+        one, no_pad = [1, 1], [0, 0]
+        conv_grads = torch.ops.aten.convolution_backward(
+            grad,
+            x,
+            weight,
+            [weight.shape[0]],
+            one,
+            one,
+            one,
+            False,
+            no_pad,
+            ctx.groups,
+            [need_x, need_w, need_b],
+        )
+        return (*conv_grads, fc_weight_grad, fc_bias_grad, None)
+
+
+def _conv_tokens(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int
+) -> torch.Tensor:
+    """Depthwise 3x3 conv of a (B, C, H, W) map, as (B, H*W, C) tokens."""
+    return F.conv2d(x, weight, bias, padding=1, groups=groups).flatten(2).transpose(1, 2)
+
+
+@register_notrace_function
+def conv_gelu_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    fc_weight: torch.Tensor,
+    fc_bias: torch.Tensor | None,
+    groups: int,
+) -> torch.Tensor:
+    """``F.linear(GELU(conv2d(x, weight, bias, padding=1, groups=groups)) as tokens, fc_weight, fc_bias)``; when
+    training, the conv and GELU outputs are recomputed in the backward instead of kept (``_ConvGeluLinear``).
+    A leaf for FX; under TorchScript (which cannot run an autograd Function) plain autograd."""
+    if torch.jit.is_scripting():
+        return F.linear(F.gelu(_conv_tokens(x, weight, bias, groups)), fc_weight, fc_bias)
+    else:
+        return _conv_gelu_linear_eager(x, weight, bias, fc_weight, fc_bias, groups)
+
+
+def _conv_gelu_linear_eager(x, weight, bias, fc_weight, fc_bias, groups: int) -> torch.Tensor:
+    inputs = (x, weight, bias, fc_weight, fc_bias)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)):
+        return F.linear(F.gelu(_conv_tokens(x, weight, bias, groups)), fc_weight, fc_bias)
+    device = x.device.type
+    if not torch.amp.is_autocast_available(device):  # e.g. the meta device
+        return _ConvGeluLinear.apply(*inputs, groups)
+    if torch.is_autocast_enabled(device):  # what autocast would give conv and linear, for both passes
+        dtype = torch.get_autocast_dtype(device)
+        inputs = tuple(None if t is None else t.to(dtype) for t in inputs)
+    with torch.autocast(device, enabled=False):
+        return _ConvGeluLinear.apply(*inputs, groups)
+
+
 class Mlp(nn.Module):
     """fc1 -> GELU(x + dwconv(x)) -> fc2, on the stage's fixed token grid.
 
-    ``dwconv`` holds the depthwise weights (the checkpoints' names) but is not called as a module: the forward
-    folds the identity into its kernel, so a hook on ``mlp.dwconv`` never fires; hook ``mlp.act`` instead.
+    ``dwconv`` and ``fc2`` hold the weights (the checkpoints' names) but are not called as modules: the forward
+    folds the identity into the depthwise kernel and runs conv, GELU and ``fc2`` as one step that recomputes
+    its hidden tensors in the backward (``conv_gelu_linear``), so hooks on ``mlp.dwconv`` or ``mlp.fc2`` never
+    fire. With dropout (``drop`` > 0) in training the steps run one by one.
     """
 
     def __init__(self, dim: int, hidden: int, grid: tuple[int, int], drop: float = 0.0):
@@ -175,7 +260,6 @@ class Mlp(nn.Module):
         self.grid = grid
         self.fc1 = nn.Linear(dim, hidden)
         self.dwconv = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
         # x + dwconv(x) is one depthwise conv whose centre tap is raised by one: no separate add pass
@@ -186,12 +270,12 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _tokens_to_map(self.fc1(x), self.grid)
         kernel = self.dwconv.weight + self.identity
-        x = (
-            F.conv2d(x, kernel, self.dwconv.bias, padding=1, groups=self.dwconv.groups)
-            .flatten(2)
-            .transpose(1, 2)
+        if self.training and self.drop.p > 0:
+            x = F.gelu(_conv_tokens(x, kernel, self.dwconv.bias, self.dwconv.groups))
+            return self.drop(self.fc2(self.drop(x)))
+        return conv_gelu_linear(
+            x, kernel, self.dwconv.bias, self.fc2.weight, self.fc2.bias, self.dwconv.groups
         )
-        return self.drop(self.fc2(self.drop(self.act(x))))
 
 
 class _AttentionBase(nn.Module):
