@@ -288,12 +288,14 @@ def test_val_metrics_are_the_report_metrics_even_with_a_class_missing() -> None:
 
 def test_deterministic_seeding_skips_the_nan_fill_of_new_tensors():
     """Deterministic kernels stay on; only torch's NaN-filling of uninitialised memory (a debugging aid that
-    cost about a tenth of a CPU step) is off, and a non-deterministic run leaves both as they were."""
+    cost about a tenth of a CPU step) is off, and a non-deterministic run leaves both as they were and lets
+    cuDNN autotune."""
     from medsg.train.utils import seed_everything
 
     before = (
         torch.are_deterministic_algorithms_enabled(),
         torch.utils.deterministic.fill_uninitialized_memory,
+        torch.backends.cudnn.benchmark,
     )
     try:
         torch.use_deterministic_algorithms(False)
@@ -301,9 +303,12 @@ def test_deterministic_seeding_skips_the_nan_fill_of_new_tensors():
         seed_everything(0, deterministic=False)
         assert not torch.are_deterministic_algorithms_enabled()
         assert torch.utils.deterministic.fill_uninitialized_memory
+        assert torch.backends.cudnn.benchmark
         seed_everything(0, deterministic=True)
         assert torch.are_deterministic_algorithms_enabled()
         assert not torch.utils.deterministic.fill_uninitialized_memory
+        assert not torch.backends.cudnn.benchmark
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=True)
         torch.utils.deterministic.fill_uninitialized_memory = before[1]
+        torch.backends.cudnn.benchmark = before[2]
