@@ -124,9 +124,8 @@ def model_specs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def run_model(args: argparse.Namespace) -> int:
     device = device_from_name(args.device)
-    torch.backends.cudnn.benchmark = (
-        True  # fixed shapes: cuDNN's autotuned kernels, as a non-deterministic run
-    )
+    # fixed shapes: cuDNN's autotuned kernels, as in a non-deterministic training run
+    torch.backends.cudnn.benchmark = True
     specs = model_specs(args)
     torch.manual_seed(0)
     models = {

@@ -172,6 +172,7 @@ class _ConvGeluLinear(torch.autograd.Function):
     blocks), bought back with one depthwise conv and one GELU forward per block in the backward. The backward
     makes autograd's own calls (the same kernels, operands and layouts), so values and gradients are
     bit-identical to plain autograd. One dtype throughout: ``conv_gelu_linear`` casts for autocast first.
+    Differentiable once (no double backward).
     """
 
     @staticmethod
