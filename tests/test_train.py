@@ -312,3 +312,32 @@ def test_deterministic_seeding_skips_the_nan_fill_of_new_tensors():
         torch.use_deterministic_algorithms(before[0], warn_only=True)
         torch.utils.deterministic.fill_uninitialized_memory = before[1]
         torch.backends.cudnn.benchmark = before[2]
+
+
+def test_training_augmentation_does_not_depend_on_the_worker_count(tmp_path):
+    """Each sample's random transforms are seeded from (epoch seed, its place in the epoch), so the main process
+    and two workers give the same batches; another epoch seed gives other draws."""
+    from PIL import Image
+
+    from medsg.data.dataset import build_dataset
+    from medsg.data.transforms import build_transforms
+    from medsg.train.loader import training_loader
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(10):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
+        records.append({"image": str(path), "label": i % 2, "id": str(i)})
+    transform = build_transforms(32, (0.5,) * 3, (0.25,) * 3, train=True, color_aug=True, with_mask=False)
+    dataset = build_dataset(records, transform, cache="memory")
+    order = epoch_indices(np.array([r["label"] for r in records]), 3, False)
+
+    def images(workers: int, epoch_seed: int = 3) -> torch.Tensor:
+        loader = training_loader(dataset, 4, workers, order, epoch_seed)
+        return torch.cat([torch.as_tensor(batch["image"]) for batch in loader])
+
+    main_process = images(0)
+    assert torch.equal(main_process, images(2))
+    assert torch.equal(main_process, images(0))
+    assert not torch.equal(main_process, images(0, epoch_seed=4))

@@ -36,7 +36,7 @@ def epoch_breakdown(
     from medsg.data.transforms import build_transforms
     from medsg.train.evaluate import predict, val_metrics
     from medsg.train.fold import FoldTrainer
-    from medsg.train.loader import FoldData, epoch_indices, make_loader, to_device
+    from medsg.train.loader import FoldData, epoch_indices, make_loader, to_device, training_loader
     from medsg.train.model import build_model
     from medsg.train.utils import resolve_device, seed_everything
 
@@ -82,7 +82,7 @@ def epoch_breakdown(
         for batch in itertools.islice(make_loader(data.train, t.batch_size, 0, seed=0), warmup):
             trainer.train_step(*to_device(batch, device), 1, 0)
         order = epoch_indices(train_labels, cfg.experiment.seed, t.sampler == "balanced")
-        loader = make_loader(data.train, t.batch_size, t.workers, seed=cfg.experiment.seed, sampler=order)
+        loader = training_loader(data.train, t.batch_size, t.workers, order, cfg.experiment.seed)
         phases = dict.fromkeys(PHASES, 0.0)
         sync(device)
         start = mark = time.perf_counter()

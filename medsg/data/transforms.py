@@ -50,6 +50,7 @@ from monai.transforms import (
     RandZoomd,
     Resized,
     ScaleIntensityRanged,
+    Transform,
 )
 from PIL import Image
 
@@ -113,6 +114,27 @@ def pil_to_rgb(image: Image.Image) -> Image.Image:
     Kept for callers holding a Pillow image; files (DICOM included) are read with ``images.read_image``.
     """
     return Image.fromarray(pil_to_array(image))
+
+
+def random_parts(transform: Any) -> list[Randomizable]:
+    """Every MONAI ``Randomizable`` inside ``transform`` (itself, a ``Compose``'s steps, transforms held by
+    transforms), each once: what draws random numbers, so one stream can be handed to all of them."""
+    found: dict[int, Randomizable] = {}
+    stack, seen = [transform], set()
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, list | tuple):
+            stack.extend(obj)
+        elif isinstance(obj, Transform | Randomizable):
+            if isinstance(obj, Randomizable):
+                found[id(obj)] = obj
+            stack.extend(
+                v for v in vars(obj).values() if isinstance(v, list | tuple | Transform | Randomizable)
+            )
+    return list(found.values())
 
 
 class UntrackedCompose(Compose):

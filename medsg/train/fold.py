@@ -48,7 +48,7 @@ from medsg.explain import EXPLAIN_DIR, ExplainSettings, cases_from_manifest, exp
 from medsg.io import atomic_torch_save, atomic_write_text
 from medsg.train import ddp
 from medsg.train.evaluate import predict, val_metrics
-from medsg.train.loader import FoldData, class_weights, epoch_indices, make_loader, to_device
+from medsg.train.loader import FoldData, class_weights, epoch_indices, to_device, training_loader
 from medsg.train.selection import is_better, selection_description
 from medsg.train.state import (
     capture_rng,
@@ -300,7 +300,9 @@ class FoldTrainer:
         order = epoch_indices(
             self.data.train_labels, epoch_seed, t.sampler == "balanced", self.dist.rank, self.dist.world_size
         )
-        loader = make_loader(self.data.train, t.batch_size, t.workers, seed=epoch_seed, sampler=order)
+        loader = training_loader(
+            self.data.train, t.batch_size, t.workers, order, epoch_seed, self.dist.rank, self.dist.world_size
+        )
         show = not self.quiet and self.dist.is_main and sys.stderr.isatty()
         self.train_model.train()
         total, count = 0.0, 0

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medsg.data.dataset import plain_tensor
+from medsg.train.utils import derive_seed
 
 
 @dataclass
@@ -78,6 +79,51 @@ def make_loader(
         drop_last=False,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+class SeededAugmentation(Dataset):
+    """``dataset[index]`` with its random transforms drawing from the sample's own seed: the key is ``(index,
+    seed)``. The draws then depend on the epoch and the sample's place in it alone, not on how many DataLoader
+    workers there are or which one loads the sample (MONAI seeds the main process and each worker's copy of the
+    transforms differently).
+
+    All random parts of the pipeline share one generator, reseeded per sample (about a microsecond, where
+    reseeding each part through ``set_random_state`` costs about a millisecond). It is handed to them again for
+    every sample because MONAI's loaders reseed each part's own generator when they start.
+    """
+
+    def __init__(self, dataset: Dataset):
+        from medsg.data.transforms import random_parts
+
+        self.dataset = dataset
+        self.rng = np.random.RandomState()
+        self.parts = random_parts(getattr(dataset, "transform", None))  # none: nothing random to seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        self.rng.seed(seed)
+        for part in self.parts:
+            part.R = self.rng
+        return self.dataset[index]
+
+
+def training_loader(
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    order: Sequence[int],
+    epoch_seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """One epoch's training loader over ``order`` (``epoch_indices``), each sample's augmentation seeded from the
+    epoch seed and its place in the epoch's full order (``rank + k * world_size``, as the shards interleave), so
+    the results do not depend on ``train.workers``."""
+    samples = [(i, derive_seed(epoch_seed, "augment", rank + k * world_size)) for k, i in enumerate(order)]
+    return make_loader(SeededAugmentation(dataset), batch_size, workers, seed=epoch_seed, sampler=samples)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
