@@ -119,7 +119,7 @@ def pil_to_rgb(image: Image.Image) -> Image.Image:
 def random_parts(transform: Any) -> list[Randomizable]:
     """Every MONAI ``Randomizable`` inside ``transform`` (itself, a ``Compose``'s steps, transforms held by
     transforms), each once: what draws random numbers, so one stream can be handed to all of them."""
-    found: dict[int, Randomizable] = {}
+    found: list[Randomizable] = []
     stack, seen = [transform], set()
     while stack:
         obj = stack.pop()
@@ -130,11 +130,11 @@ def random_parts(transform: Any) -> list[Randomizable]:
             stack.extend(obj)
         elif isinstance(obj, Transform | Randomizable):
             if isinstance(obj, Randomizable):
-                found[id(obj)] = obj
+                found.append(obj)
             stack.extend(
                 v for v in vars(obj).values() if isinstance(v, list | tuple | Transform | Randomizable)
             )
-    return list(found.values())
+    return found
 
 
 class UntrackedCompose(Compose):

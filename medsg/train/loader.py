@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medsg.data.dataset import plain_tensor
+from medsg.data.transforms import random_parts
 from medsg.train.utils import derive_seed
 
 
@@ -93,8 +94,6 @@ class SeededAugmentation(Dataset):
     """
 
     def __init__(self, dataset: Dataset):
-        from medsg.data.transforms import random_parts
-
         self.dataset = dataset
         self.rng = np.random.RandomState()
         self.parts = random_parts(getattr(dataset, "transform", None))  # none: nothing random to seed
