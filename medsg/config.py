@@ -43,7 +43,9 @@ NON_RESULT_KEYS = frozenset(
         "data.cache",
         "data.cache_dir",
         "data.synthetic",  # a label for the report; the images decide the results
-        "train.workers",  # each sample's augmentation draws from its own seed (train.loader.SeededAugmentation)
+        # each sample's augmentation draws from its own seed (train.loader.SeededAugmentation); a worker's
+        # single-threaded transforms differ only in float rounding, like another thread count
+        "train.workers",
         "eval",  # what the report computes from the predictions (bootstrap, operating points, subgroups)
         "explain",  # explanations are computed after training and never change its results
     }

@@ -316,7 +316,9 @@ def test_deterministic_seeding_skips_the_nan_fill_of_new_tensors():
 
 def test_training_augmentation_does_not_depend_on_the_worker_count(tmp_path):
     """Each sample's random transforms are seeded from (epoch seed, its place in the epoch), so the main process
-    and two workers give the same batches; another epoch seed gives other draws."""
+    and two workers give the same batches; another epoch seed gives other draws. (Images this small stay under
+    torch's parallel grain, so the main process computes them on one thread like a worker and the pixels are equal
+    to the bit; larger images can differ in rounding, see SeededAugmentation.)"""
     from PIL import Image
 
     from medsg.data.dataset import build_dataset

@@ -86,7 +86,8 @@ class SeededAugmentation(Dataset):
     """``dataset[index]`` with its random transforms drawing from the sample's own seed: the key is ``(index,
     seed)``. The draws then depend on the epoch and the sample's place in it alone, not on how many DataLoader
     workers there are or which one loads the sample (MONAI seeds the main process and each worker's copy of the
-    transforms differently).
+    transforms differently). The values can still differ in the last float bits: PyTorch runs a worker on one
+    thread, and some transforms' arithmetic depends on the thread count.
 
     All random parts of the pipeline share one generator, reseeded per sample (about a microsecond, where
     reseeding each part through ``set_random_state`` costs about a millisecond). It is handed to them again for
