@@ -179,7 +179,7 @@ class _ConvGeluLinear(torch.autograd.Function):
     def forward(ctx: Any, x, weight, bias, fc_weight, fc_bias, groups: int) -> torch.Tensor:
         ctx.save_for_backward(x, weight, bias, fc_weight)
         ctx.groups = groups
-        return F.linear(F.gelu(_conv_tokens(x, weight, bias, groups)), fc_weight, fc_bias)
+        return _conv_gelu_linear_plain(x, weight, bias, fc_weight, fc_bias, groups)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -215,6 +215,18 @@ def _conv_tokens(
     return F.conv2d(x, weight, bias, padding=1, groups=groups).flatten(2).transpose(1, 2)
 
 
+def _conv_gelu_linear_plain(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    fc_weight: torch.Tensor,
+    fc_bias: torch.Tensor | None,
+    groups: int,
+) -> torch.Tensor:
+    """The MLP after ``fc1`` in plain ops: what ``_ConvGeluLinear`` computes, and what its backward mirrors."""
+    return F.linear(F.gelu(_conv_tokens(x, weight, bias, groups)), fc_weight, fc_bias)
+
+
 @register_notrace_function
 def conv_gelu_linear(
     x: torch.Tensor,
@@ -228,7 +240,7 @@ def conv_gelu_linear(
     training, the conv and GELU outputs are recomputed in the backward instead of kept (``_ConvGeluLinear``).
     A leaf for FX; under TorchScript (which cannot run an autograd Function) plain autograd."""
     if torch.jit.is_scripting():
-        return F.linear(F.gelu(_conv_tokens(x, weight, bias, groups)), fc_weight, fc_bias)
+        return _conv_gelu_linear_plain(x, weight, bias, fc_weight, fc_bias, groups)
     else:
         return _conv_gelu_linear_eager(x, weight, bias, fc_weight, fc_bias, groups)
 
@@ -236,7 +248,7 @@ def conv_gelu_linear(
 def _conv_gelu_linear_eager(x, weight, bias, fc_weight, fc_bias, groups: int) -> torch.Tensor:
     inputs = (x, weight, bias, fc_weight, fc_bias)
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)):
-        return F.linear(F.gelu(_conv_tokens(x, weight, bias, groups)), fc_weight, fc_bias)
+        return _conv_gelu_linear_plain(x, weight, bias, fc_weight, fc_bias, groups)
     device = x.device.type
     if not torch.amp.is_autocast_available(device):  # e.g. the meta device
         return _ConvGeluLinear.apply(*inputs, groups)

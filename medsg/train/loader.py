@@ -121,7 +121,7 @@ def training_loader(
 ) -> DataLoader:
     """One epoch's training loader over ``order`` (``epoch_indices``), each sample's augmentation seeded from the
     epoch seed and its place in the epoch's full order (``rank + k * world_size``, as the shards interleave), so
-    the results do not depend on ``train.workers``."""
+    the draws do not depend on ``train.workers`` (``SeededAugmentation``)."""
     samples = [(i, derive_seed(epoch_seed, "augment", rank + k * world_size)) for k, i in enumerate(order)]
     return make_loader(SeededAugmentation(dataset), batch_size, workers, seed=epoch_seed, sampler=samples)
 
