@@ -134,7 +134,37 @@ def test_bench_epoch_command_prints_every_phase(capsys):
     assert main(["bench", "epoch", *TINY, "--limit", "3", "--warmup", "0"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "synthetic BUSI" in lines[0] and "1 of " in lines[0]
-    assert [line.split()[0] for line in lines[2:8]] == [*PHASES, "total"]
+    assert lines[1].startswith("warm-up, not counted: ")
+    assert [line.split()[0] for line in lines[3:9]] == [*PHASES, "total"]
+
+
+def test_epoch_warm_up_meets_every_batch_size_before_timing(tmp_path, monkeypatch):
+    """The last, smaller training batch and each validation batch size run once untimed (a GPU's one-off cost)."""
+    from medsg.train import evaluate
+    from medsg.train.fold import FoldTrainer
+
+    make_synthetic_busi(tmp_path / "data", n_per_class=4, size=40, seed=0)
+    raw = demo_config(tmp_path).model_dump(mode="json")
+    cfg = config_from_dict(raw, ["train.batch_size=4", "splits.inner_val_fraction=0.42"], check_paths=False)
+    train_sizes, eval_sizes = [], []
+    step, predict = FoldTrainer.train_step, evaluate.predict
+
+    def record_step(self, images, labels, *args, **kwargs):
+        train_sizes.append(len(labels))
+        return step(self, images, labels, *args, **kwargs)
+
+    def record_predict(model, dataset, *args, **kwargs):
+        eval_sizes.append(len(dataset))
+        return predict(model, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(FoldTrainer, "train_step", record_step)
+    monkeypatch.setattr(evaluate, "predict", record_predict)
+    result = bench.epoch_breakdown(cfg, warmup=1)
+    n_train, n_val = result["n_train_images"], result["n_val_images"]
+    assert (n_train, n_val) == (7, 5)  # training batches of 4 and 3, validation batches of 4 and 1
+    assert train_sizes == [4, 3, 4, 3]  # warm-up on a full batch, then on the last batch's size; then timed
+    assert eval_sizes == [1, 4, 5]  # one batch of each size, then the timed pass over all of it
+    assert result["warmup_s"] > 0
 
 
 @pytest.mark.bench
@@ -166,3 +196,51 @@ def test_bench_model_vs_reference(capsys):
         pytest.skip("set MEDSG_REFERENCE_DIR to a local checkout of OliverRensu/SG-Former")
     assert main(["bench", "model", "--reference", reference]) == 0
     print(capsys.readouterr().out)
+
+
+@pytest.mark.bench
+def test_bench_conv_parts_of_sgformer_s(capsys):
+    """How much of sgformer_s's CPU time is its convolutions (what Swin-T lacks): the same model with Swin-T's
+    4x4 patch stem, then also without the depthwise convs of its MLPs and positional encodings, beside swin_tiny.
+    Prints ratios; the README's "What is left on CPU" figures come from here."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from medsg.bench.measure import forward_gflops
+    from medsg.bench.model import compare_models, compute_table, throughput_table
+    from medsg.malloc import keep_freed_memory
+    from medsg.models import sgformer
+
+    keep_freed_memory()  # as `medsg` does
+
+    class PatchStem(nn.Module):
+        def __init__(self, dim: int):
+            super().__init__()
+            self.proj, self.norm = nn.Conv2d(3, dim, 4, 4), nn.LayerNorm(dim)
+
+        def forward(self, x):
+            return self.norm(self.proj(x).flatten(2).transpose(1, 2))
+
+    def variant(patch_stem: bool, depthwise: bool) -> nn.Module:
+        model = timm.create_model("sgformer_s", num_classes=3)
+        if patch_stem:
+            model.stages[0].downsample = PatchStem(model.stages[0].downsample.norm.normalized_shape[0])
+        if not depthwise:
+            for m in model.modules():
+                if isinstance(m, sgformer.Mlp):
+                    m.forward = lambda x, m=m: m.fc2(F.gelu(m.fc1(x)))
+                elif isinstance(m, sgformer._AttentionBase):
+                    m.lepe = m.lepe_linear
+        return model
+
+    models = {
+        "sgformer_s": variant(False, True),
+        "patch stem": variant(True, True),
+        "patch stem, no depthwise": variant(True, False),
+        "swin_tiny_patch4_window7_224": timm.create_model("swin_tiny_patch4_window7_224", num_classes=3),
+    }
+    result, _ = compare_models(models, batch_size=8, rounds=5, steps=3)
+    params = {k: sum(p.numel() for p in m.parameters()) / 1e6 for k, m in models.items()}
+    gflop = {k: forward_gflops(m) for k, m in models.items()}
+    print("\n" + throughput_table(result, params) + "\n" + compute_table(result, gflop, None))
+    assert set(result) == set(models)

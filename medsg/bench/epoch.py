@@ -26,7 +26,8 @@ def epoch_breakdown(
     Mirrors a fold: ``limit`` images of the config's data (default all), ``splits.inner_val_fraction`` of them
     for validation, the config's pipelines, cache (filled before timing; a disk cache in a temporary folder),
     model, loader and ``FoldTrainer`` (optimizer, scheduler, EMA, loss, precision). ``warmup`` steps run
-    first, untimed. The phases are consecutive laps of one clock, so they sum to ``total_s``.
+    first, untimed, then one step and one evaluation batch at each other batch size the timed part will see
+    (``_warm_up``). The phases are consecutive laps of one clock, so they sum to ``total_s``.
     """
     import numpy as np
     import timm.data
@@ -36,7 +37,7 @@ def epoch_breakdown(
     from medsg.data.transforms import build_transforms
     from medsg.train.evaluate import predict, val_metrics
     from medsg.train.fold import FoldTrainer
-    from medsg.train.loader import FoldData, epoch_indices, make_loader, to_device, training_loader
+    from medsg.train.loader import FoldData, epoch_indices, to_device, training_loader
     from medsg.train.model import build_model
     from medsg.train.utils import resolve_device, seed_everything
 
@@ -78,9 +79,10 @@ def epoch_breakdown(
         data = FoldData(dataset(train_rows, True), train_labels, val, None, names)
         fill = time.perf_counter() - fill
         trainer = FoldTrainer(cfg, 0, model, data, Path(tmp) / "fold_0", device, quiet=True)
-        trainer.train_model.train()
-        for batch in itertools.islice(make_loader(data.train, t.batch_size, 0, seed=0), warmup):
-            trainer.train_step(*to_device(batch, device), 1, 0)
+        warm = time.perf_counter()
+        _warm_up(trainer, data.train, val, warmup, steps, device)
+        sync(device)
+        warm = time.perf_counter() - warm
         order = epoch_indices(train_labels, cfg.experiment.seed, t.sampler == "balanced")
         loader = training_loader(data.train, t.batch_size, t.workers, order, cfg.experiment.seed)
         phases = dict.fromkeys(PHASES, 0.0)
@@ -116,11 +118,40 @@ def epoch_breakdown(
         "steps": n_steps,
         "steps_per_epoch": trainer.steps_per_epoch,
         "warmup_steps": warmup,
+        "warmup_s": warm,
         "n_train_images": n_images,
         "n_val_images": n_val,
         "phases_s": phases,
         "total_s": total,
     }
+
+
+def _warm_up(trainer: Any, train: Any, val: Any, steps: int, timed_steps: int | None, device: Any) -> None:
+    """``steps`` training steps on full batches, then one on the epoch's last, smaller batch (if it is timed) and
+    one evaluation batch of each size the validation pass will see, all untimed.
+
+    A GPU pays once per new batch shape (kernel and library plans; on an H100 about 8 s for sgformer_s's first
+    training step at a new batch size, 1-2 s for an evaluation), so without this a short timed epoch would
+    report that one-off cost as the steady step time. On a CPU it costs a few steps.
+    """
+    import torch
+
+    from medsg.train.evaluate import predict
+    from medsg.train.loader import make_loader, to_device
+
+    batch_size = trainer.cfg.train.batch_size
+    trainer.train_model.train()
+    for batch in itertools.islice(make_loader(train, batch_size, 0, seed=0), steps):
+        trainer.train_step(*to_device(batch, device), 1, 0)
+    last = len(train) % batch_size
+    if last and (timed_steps is None or timed_steps >= trainer.steps_per_epoch):
+        batch = next(iter(make_loader(torch.utils.data.Subset(train, range(last)), last, 0, seed=0)))
+        trainer.train_step(*to_device(batch, device), 1, 0)
+    if val is not None:
+        sizes = {min(batch_size, len(val)), len(val) % batch_size} - {0}
+        for size in sorted(sizes):
+            subset = torch.utils.data.Subset(val, range(size))
+            predict(trainer.eval_model, subset, device, batch_size, 0, trainer.amp_dtype)
 
 
 def epoch_config(args: argparse.Namespace, workdir: Path) -> Config:
@@ -150,6 +181,10 @@ def run_epoch(args: argparse.Namespace) -> int:
         f"Epoch breakdown: {r['model']} on {source}, {r['device']}, batch {r['batch_size']}, {r['img_size']} px: "
         f"{r['steps']} of {r['steps_per_epoch']} training steps ({r['n_train_images']} images, after "
         f"{r['warmup_steps']} untimed warm-up step(s)), validation on {r['n_val_images']} images; {cache}"
+    )
+    print(
+        f"warm-up, not counted: {r['warmup_s']:.1f} s (those steps, then the first use of each batch size the "
+        "epoch and its validation see, which a GPU pays once per shape)"
     )
     total, steps = r["total_s"], max(r["steps"], 1)
     rows = []
