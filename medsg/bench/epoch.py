@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING, Any
 from medsg.bench.measure import device_words, format_table, sync
 
 if TYPE_CHECKING:  # pydantic on use only: every `medsg` command imports medsg.bench for its parser
+    import torch
+    from torch.utils.data import Dataset
+
     from medsg.config import Config
+    from medsg.train.fold import FoldTrainer
 
 PHASES = ("data", "forward", "backward", "optimizer", "evaluate")
 
@@ -126,7 +130,14 @@ def epoch_breakdown(
     }
 
 
-def _warm_up(trainer: Any, train: Any, val: Any, steps: int, timed_steps: int | None, device: Any) -> None:
+def _warm_up(
+    trainer: FoldTrainer,
+    train: Dataset,
+    val: Dataset | None,
+    steps: int,
+    timed_steps: int | None,
+    device: torch.device,
+) -> None:
     """``steps`` training steps on full batches, then one on the epoch's last, smaller batch (if it is timed) and
     one evaluation batch of each size the validation pass will see, all untimed.
 
@@ -134,7 +145,7 @@ def _warm_up(trainer: Any, train: Any, val: Any, steps: int, timed_steps: int | 
     training step at a new batch size, 1-2 s for an evaluation), so without this a short timed epoch would
     report that one-off cost as the steady step time. On a CPU it costs a few steps.
     """
-    import torch
+    from torch.utils.data import Subset
 
     from medsg.train.evaluate import predict
     from medsg.train.loader import make_loader, to_device
@@ -145,12 +156,12 @@ def _warm_up(trainer: Any, train: Any, val: Any, steps: int, timed_steps: int | 
         trainer.train_step(*to_device(batch, device), 1, 0)
     last = len(train) % batch_size
     if last and (timed_steps is None or timed_steps >= trainer.steps_per_epoch):
-        batch = next(iter(make_loader(torch.utils.data.Subset(train, range(last)), last, 0, seed=0)))
+        batch = next(iter(make_loader(Subset(train, range(last)), last, 0, seed=0)))
         trainer.train_step(*to_device(batch, device), 1, 0)
     if val is not None:
         sizes = {min(batch_size, len(val)), len(val) % batch_size} - {0}
         for size in sorted(sizes):
-            subset = torch.utils.data.Subset(val, range(size))
+            subset = Subset(val, range(size))
             predict(trainer.eval_model, subset, device, batch_size, 0, trainer.amp_dtype)
 
 
