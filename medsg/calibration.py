@@ -17,6 +17,15 @@ The protocol (what ``medsg.train.fold`` does):
   T = 1.0 (uncalibrated) and ``calibration.json`` says so;
 * the final model trained on every image (``--fold all``) has no validation data: its T is the median of the
   folds' temperatures.
+
+The decision rule (``eval.decision``). A model trained with a class-balanced loss estimates p(y|x) as if every
+class were equally common, so its argmax throws away accuracy on data with the training prior. Beside T, each
+fold fits a prior shift on the same inner validation predictions: ``softmax(log p_T + s * log prior)``, with
+``prior`` the class frequencies of the fold's training images and the one strength ``s`` chosen by the NLL on
+the inner validation split (s = 1 is the exact logit adjustment of Menon et al. 2021; s = 0 changes nothing).
+``balanced`` decides by the argmax of p_T (a uniform prior: balanced accuracy), ``prior`` by the argmax after
+the shift (the training prior: accuracy). The final model takes the median strength of the folds and the
+class frequencies of all its training images.
 """
 
 from __future__ import annotations
@@ -31,6 +40,9 @@ VAL_PREDICTIONS = "val_predictions.csv"  # a fold's inner validation probabiliti
 CALIBRATION_FILE = "calibration.json"  # a fold's temperature and its before/after scores
 CALIBRATED_PREDICTIONS = "calibrated_predictions.csv"  # a fold's test predictions after its temperature
 BETA_BOUNDS = (0.05, 20.0)  # inverse temperature 1/T searched in [1/20, 20]
+STRENGTH_BOUNDS = (-3.0, 3.0)  # prior-shift strength s searched in [-3, 3] (0: no shift, 1: logit adjustment)
+DECISIONS = ("balanced", "prior")  # eval.decision: what the argmax means (see the module docstring)
+PRIOR_KEY = "prior_shift"  # calibration.json's record of the decision rule
 FEW_VAL = 50  # a temperature fitted on fewer validation images is recorded with a warning
 _TINY = 1e-45  # float32 softmax can round a probability to 0; its log must stay finite
 
@@ -56,28 +68,103 @@ def nll(y: np.ndarray, probs: np.ndarray) -> float:
     return float(-log_probs(probs)[np.arange(len(y)), y].mean())
 
 
+def _bounded_argmin(loss: Any, bounds: tuple[float, float]) -> float:
+    """The minimiser of a convex scalar loss on ``bounds``: deterministic, no learning rate."""
+    from scipy.optimize import minimize_scalar
+
+    return float(minimize_scalar(loss, bounds=bounds, method="bounded", options={"xatol": 1e-7}).x)
+
+
+def _mean_nll_of_logits(y: np.ndarray, logits: np.ndarray) -> float:
+    top = logits.max(axis=1)
+    lse = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+    return float((lse - logits[np.arange(len(y)), y]).mean())
+
+
 def fit_temperature(y: Sequence[int] | np.ndarray, probs: np.ndarray) -> float:
     """The T that minimises the NLL of ``softmax(log p / T)`` on (y, probs).
 
     The NLL is convex in the inverse temperature beta = 1/T (a log-sum-exp minus a linear term), so a bounded
     scalar search finds the one minimum; it is deterministic and needs no learning rate.
     """
-    from scipy.optimize import minimize_scalar
-
     y = np.asarray(y, dtype=np.int64)
-    z = log_probs(probs)
     if len(y) == 0:
         raise ValueError("cannot fit a temperature on zero predictions")
-    true = z[np.arange(len(y)), y]
+    z = log_probs(probs)
+    return 1.0 / _bounded_argmin(lambda beta: _mean_nll_of_logits(y, beta * z), BETA_BOUNDS)
 
-    def loss(beta: float) -> float:
-        scaled = beta * z
-        top = scaled.max(axis=1)
-        lse = top + np.log(np.exp(scaled - top[:, None]).sum(axis=1))
-        return float((lse - beta * true).mean())
 
-    result = minimize_scalar(loss, bounds=BETA_BOUNDS, method="bounded", options={"xatol": 1e-7})
-    return float(1.0 / result.x)
+def class_prior(labels: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
+    """Class frequencies of training labels; a class absent from them counts as half an image (finite log)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    counts = np.where(counts > 0, counts, 0.5)
+    return counts / counts.sum()
+
+
+def apply_prior_shift(probs: np.ndarray, prior: Sequence[float] | np.ndarray, strength: float) -> np.ndarray:
+    """``softmax(log p + s * log prior)``: calibrated probabilities moved toward the training prior."""
+    shifted = log_probs(probs) + strength * np.log(np.asarray(prior, dtype=np.float64))[None, :]
+    shifted -= shifted.max(axis=1, keepdims=True)
+    out = np.exp(shifted)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def fit_prior_strength(y: Sequence[int] | np.ndarray, probs: np.ndarray, prior: Sequence[float]) -> float:
+    """The strength s minimising the NLL of ``apply_prior_shift(probs, prior, s)`` (convex in s)."""
+    y = np.asarray(y, dtype=np.int64)
+    if len(y) == 0:
+        raise ValueError("cannot fit a prior shift on zero predictions")
+    z, log_prior = log_probs(probs), np.log(np.asarray(prior, dtype=np.float64))[None, :]
+    return _bounded_argmin(lambda s: _mean_nll_of_logits(y, z + s * log_prior), STRENGTH_BOUNDS)
+
+
+def prior_shift_record(
+    val_y: np.ndarray | None,
+    val_probs: np.ndarray | None,
+    train_labels: np.ndarray,
+    class_names: Sequence[str],
+    strength: float | None = None,
+    reason: str = "",
+) -> dict[str, Any]:
+    """calibration.json's ``prior_shift``: the training prior and the strength fitted on the (temperature-
+    scaled) inner validation predictions, or the given ``strength`` (and why) when there are none."""
+    prior = class_prior(train_labels, len(class_names))
+    record: dict[str, Any] = {"class_prior": [float(v) for v in prior], "n_train": int(len(train_labels))}
+    if val_y is None or val_probs is None or len(val_y) == 0:
+        return record | {"strength": float(strength or 0.0), "fitted": False, "reason": reason}
+    if np.ptp(prior) == 0:  # a shift along a constant vector changes nothing: say so instead of fitting noise
+        return record | {
+            "strength": 0.0,
+            "fitted": False,
+            "reason": "uniform training prior: nothing to shift",
+        }
+    fitted = fit_prior_strength(val_y, val_probs, prior)
+    after = apply_prior_shift(val_probs, prior, fitted)
+    y = np.asarray(val_y, dtype=np.int64)
+    return record | {
+        "strength": fitted,
+        "fitted": True,
+        "fitted_on": "inner validation split at the selected epoch, after the temperature",
+        "val_nll_before": nll(y, val_probs),
+        "val_nll_after": nll(y, after),
+        "val_accuracy_before": float((val_probs.argmax(axis=1) == y).mean()),
+        "val_accuracy_after": float((after.argmax(axis=1) == y).mean()),
+    }
+
+
+def decide(probs: np.ndarray, calibration: dict[str, Any], decision: str) -> np.ndarray:
+    """The probabilities whose argmax is the decision: ``probs`` (temperature-scaled) as they are for
+    ``balanced``, shifted by the member's ``prior_shift`` for ``prior``."""
+    if decision not in DECISIONS:
+        raise ValueError(f"eval.decision must be one of {DECISIONS}, got {decision!r}")
+    if decision == "balanced":
+        return probs
+    record = calibration.get(PRIOR_KEY)
+    if not record:
+        raise ValueError(
+            "this model has no prior shift (it was calibrated before medsg fitted one): use decision 'balanced'"
+        )
+    return apply_prior_shift(probs, record["class_prior"], float(record["strength"]))
 
 
 def probability_scores(y: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:

@@ -263,6 +263,10 @@ class EvalConfig(_Strict):
     """What the report computes from the predictions; none of it changes training (all non-result keys)."""
 
     bootstrap: int = Field(DEFAULT_BOOTSTRAP, ge=0)
+    # what the headline argmax means (medsg.calibration): "balanced", the model's class-balanced argmax (a
+    # uniform prior), or "prior", after each model's prior shift fitted on its inner validation split (the
+    # training prior: accuracy). The report shows both rows; predict and evaluate use this one.
+    decision: Literal["balanced", "prior"] = "balanced"
     # the clinically critical class for operating points (one against the rest); null: the dataset's default
     # (BUSI malignant, ISIC MEL, none for other datasets)
     critical_class: str | None = None
@@ -293,6 +297,7 @@ class Config(_Strict):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     # data.root as the user wrote it: config.yaml stores this, not an absolute path of one machine
     _root_as_given: str | None = PrivateAttr(default=None)
+    _pretrained_as_given: str | None = PrivateAttr(default=None)  # likewise model.pretrained
 
     # Derived values, so every module reads the same defaults.
     @property
@@ -462,6 +467,7 @@ def config_from_dict(
     cfg._root_as_given = cfg.data.root
     cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
     if cfg.model.pretrained:
+        cfg._pretrained_as_given = cfg.model.pretrained
         cfg.model.pretrained = str(Path(cfg.model.pretrained).expanduser().resolve())
     if check_paths:
         check_config_paths(cfg)
@@ -479,11 +485,11 @@ def check_config_paths(cfg: Config) -> None:
         raise ConfigError(
             f"data.root: folder not found: {cfg.data.root} (set data.root or --set data.root=DIR)"
         )
-    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
+    if cfg.model.pretrained and not Path(cfg.model.pretrained).exists():
         raise ConfigError(
-            f"model.pretrained: weights file not found: {cfg.model.pretrained}. Download the released "
-            f"{cfg.model.name} ImageNet weights (see README, 'Pretrained weights') to that path, or set "
-            "model.pretrained: null to train from scratch."
+            f"model.pretrained: weights file or model folder not found: {cfg.model.pretrained}. Name the released {cfg.model.name} ImageNet "
+            "weights (see README, 'Pretrained weights'), a `medsg pretrain` checkpoint, or a medsg run folder or "
+            "package to transfer from; or set model.pretrained: null to train from scratch."
         )
 
 
@@ -528,6 +534,7 @@ def resolved_config(cfg: Config) -> dict[str, Any]:
     """The full config with defaults filled in, derived paths and provenance: what ``config.yaml`` holds."""
     data = cfg.model_dump(mode="json")
     data["data"]["root"] = cfg._root_as_given or cfg.data.root
+    data["model"]["pretrained"] = cfg._pretrained_as_given or cfg.model.pretrained
     data["experiment"]["report_dir"] = str(cfg.report_dir)
     data["splits"]["file"] = str(cfg.split_file)
     data["data"]["color_aug"] = cfg.color_aug
@@ -553,7 +560,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 def _same_value(key: str, a: Any, b: Any) -> bool:
     """Equal for resuming: data.root compares as the folder it names (config.yaml keeps it as given, and
     runs saved before that keep an absolute path)."""
-    if key == "data.root" and isinstance(a, str) and isinstance(b, str):
+    if key in ("data.root", "model.pretrained") and isinstance(a, str) and isinstance(b, str):
         return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
     return a == b
 

@@ -65,21 +65,21 @@ def audit_overlap(bundle: ModelBundle, manifest: pd.DataFrame) -> tuple[list[dic
 
 
 def cv_predictions(bundle: ModelBundle) -> tuple[pd.DataFrame, bool] | None:
-    """The cross-validation's pooled out-of-fold predictions, calibrated with each fold's temperature when
-    every fold has one (the flag says whether they are), or None without a cross-validation."""
-    from medsg.calibration import apply_temperature
-
+    """The cross-validation's pooled out-of-fold predictions, calibrated with each fold's temperature (and,
+    for the ``prior`` decision, its prior shift) when every fold has one (the flag says whether they are), or
+    None without a cross-validation."""
     path = bundle.source / ("cv" if bundle.kind == "package" else "") / "oof_predictions.csv"
     if not path.is_file():
         return None
     frame = pd.read_csv(path, dtype={"id": str})
-    temperatures = {m.name: m.temperature for m in bundle.members if m.kind == "fold"}
-    if not set(frame["fold"].astype(str)) <= set(temperatures):
+    folds = {m.name: m for m in bundle.members if m.kind == "fold"}
+    if not set(frame["fold"].astype(str)) <= set(folds):
         return frame, False
+    decision = bundle.check_decision(list(folds.values()))
     cols = [f"p_{c}" for c in bundle.class_names]
     for fold, rows in frame.groupby(frame["fold"].astype(str)):
         probs = rows[cols].to_numpy(dtype=np.float64)
-        frame.loc[rows.index, cols] = apply_temperature(probs, temperatures[fold])
+        frame.loc[rows.index, cols] = folds[fold].calibrated(probs, decision)
     calibrated = all(m.calibration.get("fitted", False) for m in bundle.members if m.kind == "fold")
     return frame, calibrated
 

@@ -31,11 +31,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
 
-from medsg.calibration import CALIBRATION_FILE
+from medsg.calibration import CALIBRATION_FILE, PRIOR_KEY, apply_temperature, decide
 from medsg.errors import CheckpointError, DataError
 from medsg.io import atomic_write_text, publish_dir, staging_dir
 
@@ -81,6 +82,10 @@ class Member:
     calibration: dict[str, Any] = field(default_factory=dict)
     use_ema: bool = True
 
+    def calibrated(self, probs: np.ndarray, decision: str = "balanced") -> np.ndarray:
+        """Raw probabilities after the member's temperature and, for the ``prior`` rule, its prior shift."""
+        return decide(apply_temperature(probs, self.temperature), self.calibration, decision)
+
 
 @dataclass
 class ModelBundle:
@@ -111,6 +116,23 @@ class ModelBundle:
         model = create_model(self.arch, len(self.class_names), self.preprocessing.img_size)
         load_exact(model, member.weights, use_ema=member.use_ema)
         return model.to(device).eval()
+
+    @property
+    def decision(self) -> str:
+        """The decision rule of the run (``eval.decision``; ``balanced`` for runs made before it existed)."""
+        return str((self.config.get("eval") or {}).get("decision", "balanced"))
+
+    def check_decision(self, members: list[Member]) -> str:
+        """The bundle's decision rule, after checking that every member can apply it."""
+        decision = self.decision
+        if decision == "prior":
+            lacking = [m.name for m in members if PRIOR_KEY not in m.calibration]
+            if lacking:
+                raise DataError(
+                    f"{self.source}: eval.decision is prior, but members {lacking} have no prior shift "
+                    "(calibrated before medsg fitted one); export the run again from a current medsg run"
+                )
+        return decision
 
     def audit_rules(self) -> tuple[int, float]:
         """(near-duplicate threshold, min correlation) of the training run's audit."""

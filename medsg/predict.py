@@ -35,7 +35,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from medsg.calibration import apply_temperature
 from medsg.errors import DataError
 from medsg.io import atomic_write_text
 from medsg.package import Member, ModelBundle
@@ -46,6 +45,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 AGREEMENT_FLAG = 0.5  # flagged when at most this share of the members votes for the ensemble's class
 SPREAD_FLAG = 0.25  # ... or when the members' probabilities of that class spread this much (SD)
 CALIBRATION_NOTE = "calibrated: each model's probabilities are temperature-scaled before they are averaged"
+DECISION_NOTE = {  # what `predicted` means (eval.decision of the run the model comes from)
+    "balanced": "the argmax of the calibrated probabilities (the class-balanced model's own rule)",
+    "prior": "each model's probabilities are shifted toward its training class frequencies (a prior shift "
+    "fitted on its inner validation split) before they are averaged; the argmax of the result",
+}
 
 
 @dataclass(frozen=True)
@@ -159,16 +163,21 @@ def raw_probs(model: nn.Module, images: torch.Tensor) -> np.ndarray:
 
 
 def member_probs(
-    models: Sequence[nn.Module], temperatures: Sequence[float], images: torch.Tensor, tta: bool = False
+    models: Sequence[nn.Module],
+    members: Sequence[Member],
+    images: torch.Tensor,
+    tta: bool = False,
+    decision: str = "balanced",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(calibrated, raw) probabilities of every member, each (M, B, C); with ``tta`` the mean over the image
-    and its horizontal flip (flipped after normalisation: the same pixels mirrored)."""
+    """(calibrated, raw) probabilities of every member, each (M, B, C): calibrated is after the member's
+    temperature and, for the ``prior`` decision, its prior shift; with ``tta`` the mean over the image and its
+    horizontal flip (flipped after normalisation: the same pixels mirrored)."""
     views = [images, torch.flip(images, dims=[-1])] if tta else [images]
     calibrated, raw = [], []
-    for model, temperature in zip(models, temperatures, strict=True):
+    for model, member in zip(models, members, strict=True):
         per_view = [raw_probs(model, v) for v in views]
         raw.append(np.mean(per_view, axis=0))
-        calibrated.append(np.mean([apply_temperature(p, temperature) for p in per_view], axis=0))
+        calibrated.append(np.mean([member.calibrated(p, decision) for p in per_view], axis=0))
     return np.stack(calibrated), np.stack(raw)
 
 
@@ -325,8 +334,8 @@ def predict_items(
     start = time.perf_counter()
     members: list[Member] = bundle.select(options.which)
     device = torch.device(options.device)
+    decision = bundle.check_decision(members)
     models = [bundle.build(m, device) for m in members]
-    temperatures = [m.temperature for m in members]
     reference = _load_reference(bundle)
     names = bundle.class_names
     dataset = ImageFiles(items, bundle.preprocessing.transform(), with_stats=reference is not None)
@@ -350,7 +359,7 @@ def predict_items(
             if batch["images"] is None:
                 continue
             images = batch["images"].to(device)
-            calibrated, raw = member_probs(models, temperatures, images, options.tta)
+            calibrated, raw = member_probs(models, members, images, options.tta, decision)
             probs = ensemble_probs(calibrated)
             predicted = probs.argmax(axis=1)
             spread, agree = disagreement(calibrated, predicted)
@@ -393,6 +402,7 @@ def _summary(
         "model_kind": bundle.kind,
         "members": [{"name": m.name, "kind": m.kind, "temperature": m.temperature} for m in members],
         "calibrated": CALIBRATION_NOTE,
+        "decision": f"{bundle.decision}: {DECISION_NOTE[bundle.decision]}",
         "ensemble": "mean of the members' calibrated probabilities" if len(members) > 1 else "one model",
         "tta": "mean over the image and its horizontal flip" if options.tta else "none",
         "n_inputs": result.n_inputs,

@@ -84,7 +84,9 @@ def test_missing_paths_name_key_and_path(tmp_path):
         config_from_dict(raw)
     raw = minimal(tmp_path)
     raw["model"]["pretrained"] = str(tmp_path / "sgformer_s.pth")
-    with pytest.raises(ConfigError, match=r"model\.pretrained: weights file not found: .*sgformer_s\.pth"):
+    with pytest.raises(
+        ConfigError, match=r"model\.pretrained: weights file or model folder not found: .*sgformer_s\.pth"
+    ):
         config_from_dict(raw)
     with pytest.raises(ConfigError, match="config file not found"):
         read_yaml(tmp_path / "absent.yaml")
@@ -312,6 +314,7 @@ train:
   deterministic: true
 eval:
   bootstrap: 1000
+  decision: prior
 explain:
   cases_per_fold: 8
 """

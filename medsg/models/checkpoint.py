@@ -43,7 +43,14 @@ __all__ = [
 _log = logging.getLogger(__name__)
 _SAFE_GLOBALS = [argparse.Namespace]  # allowed only inside read_checkpoint (see module docstring)
 _PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers
-_CLASSIFIER = "head."
+
+
+def head_prefix(model: nn.Module) -> str:
+    """The classifier's key prefix (``head.`` for SG-Former, ``classifier.`` for MobileNetV3), from timm's
+    ``pretrained_cfg['classifier']``."""
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    name = name[0] if isinstance(name, (list, tuple)) else name
+    return str(name).split(".")[0] + "."
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
@@ -164,7 +171,7 @@ def adapt_state_dict(
         if pos.ndim == 3 and pos.shape[-1] == want.shape[-1] and grid is not None:
             state_dict["pos_embed"] = resize_pos_embed(pos, grid)
             resized.append("pos_embed")
-    for key in [k for k in state_dict if k.startswith(_CLASSIFIER)]:
+    for key in [k for k in state_dict if k.startswith(head_prefix(model))]:
         if key not in target or target[key].shape != state_dict[key].shape:
             dropped.append(key)
             del state_dict[key]
@@ -172,11 +179,13 @@ def adapt_state_dict(
 
 
 def _mismatch_report(
-    state_dict: dict[str, torch.Tensor], target: dict[str, torch.Tensor], head_optional: bool = True
+    state_dict: dict[str, torch.Tensor], target: dict[str, torch.Tensor], optional_head: str | None = None
 ) -> tuple[list[str], list[str], list[str]]:
-    """(missing, unexpected, shape mismatches); with ``head_optional`` a missing head is fine (fine-tuning:
-    it was dropped or is new), without it the head must be there too (inference)."""
-    missing = [k for k in target if k not in state_dict and not (head_optional and k.startswith(_CLASSIFIER))]
+    """(missing, unexpected, shape mismatches); with ``optional_head`` (a key prefix) a missing head is fine
+    (fine-tuning: it was dropped or is new), without it the head must be there too (inference)."""
+    missing = [
+        k for k in target if k not in state_dict and not (optional_head and k.startswith(optional_head))
+    ]
     unexpected = [k for k in state_dict if k not in target]
     shapes = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
@@ -201,8 +210,8 @@ def load_exact(model: nn.Module, path: str | os.PathLike, use_ema: bool = True) 
     """
     state_dict, source = select_state_dict(read_checkpoint(path), use_ema=use_ema)
     state_dict = _renamed_for(model, _strip_prefixes(state_dict))
-    missing, unexpected, shapes = _mismatch_report(state_dict, model.state_dict(), head_optional=False)
-    head = [s for s in shapes if s.startswith(_CLASSIFIER)]
+    missing, unexpected, shapes = _mismatch_report(state_dict, model.state_dict())
+    head = [s for s in shapes if s.startswith(head_prefix(model))]
     if head:
         raise CheckpointError(
             f"{path}: the classifier head does not match the class list ({head[0]}); the weights were "
@@ -219,17 +228,24 @@ def load_exact(model: nn.Module, path: str | os.PathLike, use_ema: bool = True) 
     return source
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike, use_ema: bool = True) -> dict[str, Any]:
+def load_checkpoint(
+    model: nn.Module, path: str | os.PathLike, use_ema: bool = True, new_head: bool = False
+) -> dict[str, Any]:
     """Load a checkpoint into ``model`` in place; return (and log) what was dropped/resized/reinitialised.
 
     ``use_ema`` takes ``state_dict_ema`` when the file has one (the reference's default weights), else
     ``state_dict``. A classifier head whose shape does not fit (e.g. 1000 ImageNet classes into a 3-class
-    model) is dropped and the model keeps its fresh head; any other mismatch raises CheckpointError.
+    model) is dropped and the model keeps its fresh head; ``new_head`` drops it even when it fits (transfer
+    from another task's classes). Any other mismatch raises CheckpointError.
     """
+    head = head_prefix(model)
     state_dict, source = select_state_dict(read_checkpoint(path), use_ema=use_ema)
     state_dict, changes = adapt_state_dict(state_dict, model)
+    if new_head:
+        changes["dropped"] += [k for k in state_dict if k.startswith(head)]
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(head)}
     target = model.state_dict()
-    missing, unexpected, shapes = _mismatch_report(state_dict, target)
+    missing, unexpected, shapes = _mismatch_report(state_dict, target, optional_head=head)
     if missing or unexpected or shapes:
         raise CheckpointError(
             f"Checkpoint {path} ('{source}') does not fit {type(model).__name__}: "
@@ -238,7 +254,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, use_ema: bool = T
             "Was it saved for another variant (sgformer_s/m/b/tiny) or another config?"
         )
     model.load_state_dict(state_dict, strict=False)
-    reinit = [k for k in target if k.startswith(_CLASSIFIER) and k not in state_dict]
+    reinit = [k for k in target if k.startswith(head) and k not in state_dict]
     report = {"path": str(path), "source": source, **changes, "reinitialised": reinit}
     _log.info(
         "Loaded %s from %s; dropped %s, resized %s, reinitialised %s",

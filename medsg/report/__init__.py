@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
+
+from medsg.calibration import CALIBRATION_FILE, VAL_PREDICTIONS
 from medsg.config import DEFAULT_BOOTSTRAP
 from medsg.io import atomic_write_bytes, atomic_write_text
 from medsg.report.aggregate import RunData, build_summary, load_run
@@ -27,7 +30,8 @@ def write_report(
     """Aggregate the folds with a DONE marker; returns the path of report.html.
 
     Writes summary.json and oof_predictions.csv into ``run_dir`` and ``report_dir``, and report.md,
-    report.html and figures/*.png into ``report_dir``, all atomically.
+    report.html, figures/*.png, the folds' calibration.json records and their pooled inner validation
+    predictions (val_predictions.csv) into ``report_dir``, all atomically.
     """
     run_dir, report_dir = Path(run_dir), Path(report_dir)
     run = load_run(run_dir)
@@ -36,6 +40,13 @@ def write_report(
     for folder in (run_dir, report_dir):
         atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
         atomic_write_text(folder / "oof_predictions.csv", run.oof.to_csv(index=False))
+    # what the temperatures, prior shifts and operating-point thresholds were fitted on, and their values
+    if run.val:
+        val = pd.concat([run.val[f] for f in sorted(run.val)], ignore_index=True)
+        atomic_write_text(report_dir / VAL_PREDICTIONS, val.to_csv(index=False))
+    if run.calibration:
+        records = {str(f): rec for f, rec in sorted(run.calibration.items())}
+        atomic_write_text(report_dir / CALIBRATION_FILE, json.dumps(records, indent=2) + "\n")
 
     figures = _figures(run, summary)
     for _, name, png in figures:

@@ -23,6 +23,7 @@ from medsg.metrics import (
     summarize_folds,
 )
 from medsg.protocol import OUTER_TEST_UNUSED, selection_rule_text
+from medsg.report.decision import RULE_TEXT, decision_summary, prior_probs
 from medsg.report.operating_points import (
     critical_class,
     eval_settings,
@@ -443,22 +444,33 @@ def confusion_text(pooled: dict[str, Any], class_names: list[str], critical: str
 
 
 def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Per-fold metrics (recomputed from predictions.csv), mean ± SD, pooled metrics and bootstrap CIs."""
+    """Per-fold metrics (recomputed from predictions.csv), mean ± SD, pooled metrics and bootstrap CIs.
+
+    The headline uses the probabilities of ``eval.decision`` (``medsg.report.decision``): the raw ones for
+    ``balanced``, each fold's prior-shifted ones for ``prior``; the Decision rule section shows both.
+    """
+    y = run.oof["y_true"].to_numpy()
+    groups, unit = group_labels(run)
+    requested = eval_settings(cfg_get(run.config, "eval", {})).decision
+    baseline = baseline_metrics(run)
+    critical = run_critical_class(run)[0]
+    decision = decision_summary(run, requested, groups, baseline["accuracy"], critical, n_bootstrap, seed)
+    p = run.probs() if decision["headline"] == "balanced" else prior_probs(run)
     per_fold = []
     for fold in run.folds:
-        frame = run.oof[run.oof["fold"] == fold]
-        metrics = classification_metrics(frame["y_true"].to_numpy(), run.probs(frame), run.class_names)
+        rows = (run.oof["fold"] == fold).to_numpy()
+        metrics = classification_metrics(y[rows], p[rows], run.class_names)
         meta = run.fold_meta.get(fold, {})
         per_fold.append(
             {"fold": fold, "best_epoch": meta.get("best_epoch"), "selection": meta.get("selection")} | metrics
         )
-    y, p = run.oof["y_true"].to_numpy(), run.probs()
     notes = [f"fold {m['fold']}: {note}" for m in per_fold for note in m["notes"]]
     notes += fold_size_notes(run, per_fold)
     if run.missing:
         notes.append(f"folds {run.missing} are not finished and are not included")
+    if decision["note"]:
+        notes.append(decision["note"])
     proto = protocol(run)
-    groups, unit = group_labels(run)
     calibration = calibration_summary(run, n_bootstrap, seed, groups)
     extra = {} if calibration is None else {"calibration": calibration}
     extra |= clinical_sections(run, groups, n_bootstrap, seed)
@@ -478,12 +490,13 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
         "per_fold_full": per_fold,
         "mean_sd": summarize_folds(per_fold),
         "pooled": pooled,
-        "baseline": {k: baseline_metrics(run)[k] for k in HEADLINE},
+        "baseline": {k: baseline[k] for k in HEADLINE},
+        "decision": decision,
         "bootstrap_ci": bootstrap_ci(
             y, p, run.class_names, n_resamples=n_bootstrap, seed=seed, groups=groups
         ),
         "sensitivity_ci": sensitivity_cis(y, p, run.class_names, n_bootstrap, seed, groups=groups),
-        "confusions": confusion_text(pooled, run.class_names, run_critical_class(run)[0]),
+        "confusions": confusion_text(pooled, run.class_names, critical),
         "notes": notes,
         "definitions": {
             "per_fold": "recomputed from each fold's test predictions (fold_K/predictions.csv)",
@@ -496,7 +509,9 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
             "ece": "15 equal-width bins (m/15, (m+1)/15] on the max probability; "
             "sum over bins of |bin|/n * |accuracy - mean confidence|",
             "ece_ci": "ECE is biased upwards under resampling, so its bootstrap CI can sit above the point value",
-            "y_pred": "argmax of the stored probabilities (the y_pred column of predictions.csv is not used)",
+            "y_pred": f"argmax of the {decision['headline']} rule's probabilities: "
+            + RULE_TEXT[decision["headline"]]
+            + " (the y_pred column of predictions.csv is not used)",
             "brier": "mean over samples of sum over classes of (p - onehot)^2 (range 0 to 2)",
             "macro AUROC": "mean of one-vs-rest AUROCs over the classes present; absent classes are null",
         },

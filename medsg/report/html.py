@@ -6,11 +6,14 @@ import base64
 import html
 from typing import Any
 
+from medsg.report.decision import headline_warning
 from medsg.report.tables import (
     SYNTHETIC_TEXT,
     calibration_table,
     calibration_text,
     class_table,
+    decision_table,
+    decision_text,
     fold_summary_rows,
     fold_table,
     operating_point_tables,
@@ -32,7 +35,7 @@ dt { font-weight: 600; }
 figure { margin: 1.5em 0; }
 img { max-width: 100%; border: 1px solid #eee; }
 .note { color: #8a4b00; }
-.synthetic { border: 2px solid #b00; padding: 0.5em 1em; color: #b00; font-weight: 600; }
+.synthetic, .warning { border: 2px solid #b00; padding: 0.5em 1em; color: #b00; font-weight: 600; }
 """
 
 
@@ -59,6 +62,7 @@ def render_html(
             f"<h2>Calibration (pooled out-of-fold)</h2><p>{esc(calibration_text(summary))}</p>"
             f"{to_html(calibration)}"
         )
+    banner = f'<p class="synthetic">{esc(SYNTHETIC_TEXT)}</p>' if summary.get("synthetic_data") else ""
     clinical = ""
     if "operating_points" in summary:
         clinical += "<h2>Operating points of the critical class</h2>"
@@ -71,9 +75,17 @@ def render_html(
         subgroups = subgroup_table(summary)
         clinical += f"<h2>Subgroups (pooled out-of-fold)</h2><p>{esc(summary['subgroups']['text'])}</p>"
         clinical += "" if subgroups is None else to_html(subgroups)
+    decision = decision_table(summary)
+    if decision is not None:
+        clinical = (
+            f"<h2>Decision rule (pooled out-of-fold)</h2><p>{esc(decision_text(summary))}</p>{to_html(decision)}"
+            + clinical
+        )
+    warning = headline_warning(summary)
+    if warning:
+        banner += f'<p class="warning">{esc(warning.replace("**", ""))}</p>'
     recipe = recipe_table(summary)
     recipe_html = "" if recipe is None else f"<h2>Training recipe</h2>{to_html(recipe)}"
-    banner = f'<p class="synthetic">{esc(SYNTHETIC_TEXT)}</p>' if summary.get("synthetic_data") else ""
     definitions = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in summary["definitions"].items())
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from medsg.report.decision import headline_warning
 from medsg.report.tables import (
     SYNTHETIC_TEXT,
     calibration_table,
     calibration_text,
     class_table,
+    decision_table,
+    decision_text,
     fold_table,
     md_escape,
     operating_point_tables,
@@ -29,6 +32,9 @@ def render_markdown(
     lines = [f"# Cross-validation report: {esc(summary['experiment'])}", ""]
     if summary.get("synthetic_data"):
         lines += [f"> **{esc(SYNTHETIC_TEXT)}**", ""]
+    warning = headline_warning(summary)
+    if warning:
+        lines += [f"> {esc(warning)}", ""]
     lines += ["## Protocol", ""]
     lines += [f"- **{esc(key)}**: {esc(value)}" for key, value in summary["protocol"].items()]
     recipe = recipe_table(summary)
@@ -51,6 +57,10 @@ def render_markdown(
         to_markdown(class_table(summary)),
         "",
     ]
+    decision = decision_table(summary)
+    if decision is not None:
+        lines += ["## Decision rule (pooled out-of-fold)", "", esc(decision_text(summary)), ""]
+        lines += [to_markdown(decision), ""]
     if "operating_points" in summary:
         lines += [
             "## Operating points of the critical class",

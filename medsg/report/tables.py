@@ -174,6 +174,46 @@ def ci_cell(ci: dict[str, Any] | None) -> str:
     return f"{fmt(ci['point'])} [{fmt(ci['low'])}, {fmt(ci['high'])}]"
 
 
+def decision_table(summary: dict[str, Any]) -> pd.DataFrame | None:
+    """Both argmax rules (balanced, prior) with accuracy, balanced accuracy, macro F1 and critical-class
+    sensitivity, their 95% CIs, and the majority-class baseline's accuracy."""
+    decision = summary.get("decision")
+    if not decision or not decision.get("rows"):
+        return None
+    critical = decision.get("critical_class")
+    out = []
+    for row in decision["rows"]:
+        cells = {
+            "Rule": row["rule"] + (" (headline)" if row["headline"] else ""),
+            **{COLUMN_TITLES[k]: ci_cell(row[k]) for k in ("accuracy", "balanced_accuracy", "macro_f1")},
+        }
+        if critical and "critical_sensitivity" in row:
+            cells[f"{critical} sensitivity"] = ci_cell(row["critical_sensitivity"])
+        cells["Beats the majority class"] = "no" if row["below_majority_baseline"] else "yes"
+        out.append(cells)
+    return pd.DataFrame(out)
+
+
+def decision_text(summary: dict[str, Any]) -> str:
+    """The sentence above the decision table: what each rule means, the folds' strengths, the baseline."""
+    decision = summary["decision"]
+    strengths = ", ".join(
+        f"fold {f['fold']}: s = {fmt(f['strength'], 2)}" + ("" if f["fitted"] else " (not fitted)")
+        for f in decision["per_fold"]
+    )
+    text = (
+        "Two decision rules on the same models. balanced: the argmax of the probabilities as trained (a "
+        "class-balanced loss aims at equal priors, so this rule serves balanced accuracy). prior: the argmax after "
+        "each fold's prior shift softmax(log p_T + s log prior), with the fold's training class frequencies and "
+        "the strength s fitted by NLL on its inner validation split (never the test fold); it serves accuracy "
+        f"on data with the training prior. The headline, predict and evaluate use the {decision['headline']} rule "
+        f"(eval.decision). Majority-class accuracy: {fmt(decision['baseline_accuracy'])}."
+    )
+    if strengths:
+        text += f" Strengths: {strengths}."
+    return text + (f" {decision['note']}" if decision.get("note") else "")
+
+
 def operating_point_tables(summary: dict[str, Any]) -> list[tuple[str, pd.DataFrame]]:
     """(caption, table) per operating point: each fold's threshold and achieved rates, then the pooled CIs."""
     out = []

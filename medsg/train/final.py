@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from medsg.calibration import CALIBRATION_FILE, median_temperature
+from medsg.calibration import CALIBRATION_FILE, PRIOR_KEY, median_temperature, prior_shift_record
 from medsg.config import Config
 from medsg.io import atomic_write_text
 from medsg.train.fold import FoldTrainer
@@ -63,10 +63,9 @@ def final_plan(cfg: Config, run_dir: Path) -> dict[str, Any]:
         epochs = schedule
         why = "selection is last_epoch" if done else "not every cross-validation fold is finished"
         rule = f"the schedule length train.epochs ({why})"
-    temps = [
-        _read_json(run_dir / f"fold_{f}" / CALIBRATION_FILE).get("temperature") for f in range(k) if done
-    ]
-    temps = [float(t) for t in temps if t is not None]
+    records = [_read_json(run_dir / f"fold_{f}" / CALIBRATION_FILE) for f in range(k) if done]
+    temps = [float(r["temperature"]) for r in records if r.get("temperature") is not None]
+    strengths = [float(r[PRIOR_KEY]["strength"]) for r in records if r.get(PRIOR_KEY, {}).get("fitted")]
     temperature = median_temperature(temps)
     t_rule = (
         f"median of the {len(temps)} cross-validation folds' temperatures {[round(t, 4) for t in temps]}"
@@ -79,6 +78,13 @@ def final_plan(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "schedule_epochs": schedule,
         "temperature": temperature,
         "temperature_rule": t_rule,
+        "prior_strength": float(np.median(strengths)) if strengths else 0.0,
+        "prior_strength_rule": (
+            f"median of the {len(strengths)} cross-validation folds' prior-shift strengths "
+            f"{[round(v, 4) for v in strengths]}"
+            if strengths
+            else "0.0: no fold fitted a prior shift"
+        ),
     }
 
 
@@ -116,6 +122,15 @@ class FinalTrainer(FoldTrainer):
                 "fitted": False,
                 "reason": self.plan["temperature_rule"],
                 "fold": ALL,
+                # a plan written before the decision rule existed has no strength: no shift
+                PRIOR_KEY: prior_shift_record(
+                    None,
+                    None,
+                    self.data.train_labels,
+                    self.data.class_names,
+                    strength=self.plan.get("prior_strength", 0.0),
+                    reason=self.plan.get("prior_strength_rule", "0.0: planned before prior shifts existed"),
+                ),
             }
             atomic_write_text(self.fold_dir / CALIBRATION_FILE, json.dumps(calibration, indent=2) + "\n")
             atomic_write_text(self.fold_dir / "DONE", "final model (all images) finished\n")

@@ -37,9 +37,11 @@ from tqdm.auto import tqdm
 from medsg.calibration import (
     CALIBRATED_PREDICTIONS,
     CALIBRATION_FILE,
+    PRIOR_KEY,
     VAL_PREDICTIONS,
     apply_temperature,
     fold_calibration,
+    prior_shift_record,
     probability_scores,
 )
 from medsg.config import Config
@@ -456,8 +458,9 @@ class FoldTrainer:
         return y, probs
 
     def calibrate(self, model: nn.Module, ids: list[str], y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-        """Fit the fold's temperature on its inner validation predictions (never the test fold) and write
-        ``calibration.json`` and ``calibrated_predictions.csv``; ``predictions.csv`` stays raw."""
+        """Fit the fold's temperature, then its prior shift (``medsg.calibration``), on its inner validation
+        predictions (never the test fold) and write ``calibration.json`` and ``calibrated_predictions.csv``
+        (temperature only); ``predictions.csv`` stays raw."""
         val = self._selected_val_predictions(model)
         no_val = (
             f"no inner validation split (selection {self.cfg.train.selection}, splits.inner_val_fraction "
@@ -465,6 +468,16 @@ class FoldTrainer:
         )
         names = self.data.class_names
         record = fold_calibration(*(val or (None, None)), names, no_val)
+        val_y, val_probs = val or (None, None)
+        if val_probs is not None:
+            val_probs = apply_temperature(val_probs, record["temperature"])
+        record[PRIOR_KEY] = prior_shift_record(
+            val_y,
+            val_probs,
+            self.data.train_labels,
+            names,
+            reason=no_val.replace("T = 1.0", "no prior shift"),
+        )
         calibrated = apply_temperature(probs, record["temperature"])
         record.update(
             fold=self.fold,
@@ -475,10 +488,11 @@ class FoldTrainer:
         frame = self._frame(ids, y, calibrated)
         atomic_write_text(self.fold_dir / CALIBRATED_PREDICTIONS, frame.to_csv(index=False))
         log.info(
-            "fold %s: temperature %.3f (%s); test ECE %.4f -> %.4f",
+            "fold %s: temperature %.3f (%s), prior-shift strength %.3f; test ECE %.4f -> %.4f",
             self.fold,
             record["temperature"],
             record.get("fitted_on", "not fitted"),
+            record[PRIOR_KEY]["strength"],
             record["test_before"]["ece"],
             record["test_after"]["ece"],
         )

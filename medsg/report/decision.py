@@ -1,0 +1,116 @@
+"""The decision rule's section of a report: both argmax rules side by side, and which one is the headline.
+
+``balanced`` is the argmax of the model as trained (a class-balanced loss aims at a uniform prior: balanced
+accuracy); ``prior`` is the argmax after each fold's prior shift, fitted on its inner validation predictions
+(``medsg.calibration``), which aims at the training prior (accuracy). ``eval.decision`` says which one the
+headline, ``predict`` and ``evaluate`` use; the table shows both, so nobody reads one without the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medsg.calibration import DECISIONS, PRIOR_KEY, decide
+from medsg.metrics import bootstrap_ci, sensitivity_cis
+
+DECISION_KEYS = ("accuracy", "balanced_accuracy", "macro_f1")
+RULE_TEXT = {
+    "balanced": "argmax of the model's probabilities (class-balanced training: a uniform prior)",
+    "prior": "argmax after each fold's prior shift toward its training class frequencies, fitted on its inner "
+    "validation split",
+}
+
+
+def prior_probs(run: Any) -> np.ndarray | None:
+    """The pooled OOF probabilities under the ``prior`` rule (each fold's temperature, then its prior shift),
+    in ``run.oof`` order; None when a fold has no prior shift (a run calibrated before medsg fitted one)."""
+    if run.calibrated is None or not all(PRIOR_KEY in run.calibration.get(f, {}) for f in run.folds):
+        return None
+    out = np.empty((len(run.oof), len(run.class_names)))
+    calibrated = run.probs(run.calibrated)
+    for fold in run.folds:
+        rows = (run.oof["fold"] == fold).to_numpy()
+        out[rows] = decide(calibrated[rows], run.calibration[fold], "prior")
+    return out
+
+
+def headline_rule(requested: str, available: bool) -> tuple[str, str]:
+    """(the rule the headline uses, a note when it is not the requested one)."""
+    if requested not in DECISIONS:
+        return "balanced", f"eval.decision {requested!r} is unknown; the headline uses the balanced rule"
+    if requested == "prior" and not available:
+        return "balanced", (
+            "eval.decision is prior, but the folds have no prior shift (calibrated before medsg fitted one): "
+            "the headline uses the balanced rule"
+        )
+    return requested, ""
+
+
+def decision_summary(
+    run: Any,
+    requested: str,
+    groups: np.ndarray | None,
+    baseline_accuracy: float,
+    critical: str | None,
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, Any]:
+    """summary.json's ``decision``: each rule's accuracy, balanced accuracy, macro F1 and critical-class
+    sensitivity with CIs, the folds' prior-shift strengths, and which rule the headline uses."""
+    y = run.oof["y_true"].to_numpy()
+    shifted = prior_probs(run)
+    headline, note = headline_rule(requested, shifted is not None)
+    candidates = {"balanced": run.probs(), "prior": shifted}
+    rows = []
+    for rule, probs in candidates.items():
+        if probs is None:
+            continue
+        cis = bootstrap_ci(y, probs, run.class_names, n_resamples=n_bootstrap, seed=seed, groups=groups)
+        row: dict[str, Any] = {"rule": rule, "meaning": RULE_TEXT[rule], "headline": rule == headline}
+        row |= {k: cis[k] for k in DECISION_KEYS}
+        if critical in run.class_names:
+            sens = sensitivity_cis(y, probs, run.class_names, n_bootstrap, seed, groups=groups)
+            row["critical_sensitivity"] = sens[critical]
+        row["below_majority_baseline"] = bool(cis["accuracy"]["point"] < baseline_accuracy)
+        rows.append(row)
+    strengths = [
+        {
+            "fold": f,
+            "strength": rec[PRIOR_KEY]["strength"],
+            "fitted": rec[PRIOR_KEY].get("fitted", False),
+            "class_prior": rec[PRIOR_KEY]["class_prior"],
+        }
+        for f, rec in run.calibration.items()
+        if PRIOR_KEY in rec
+    ]
+    return {
+        "requested": requested,
+        "headline": headline,
+        "note": note,
+        "critical_class": critical,
+        "baseline_accuracy": baseline_accuracy,
+        "rows": rows,
+        "per_fold": strengths,
+    }
+
+
+def headline_warning(summary: dict[str, Any]) -> str:
+    """The sentence a report opens with when its headline accuracy is below the majority-class baseline."""
+    acc, base = summary["pooled"]["accuracy"], summary["baseline"]["accuracy"]
+    if acc >= base:
+        return ""
+    decision = summary.get("decision", {})
+    others = [r for r in decision.get("rows", []) if not r["headline"] and not r["below_majority_baseline"]]
+    text = (
+        f"**Accuracy {acc:.3f} is below the majority-class baseline's {base:.3f}**: this model's headline "
+        f"argmax ({decision.get('headline', 'balanced')} rule) is worse than always answering the most common class."
+    )
+    if others:
+        other = others[0]
+        text += (
+            f" Under the {other['rule']} rule its accuracy is {other['accuracy']['point']:.3f} "
+            "(see Decision rule)."
+        )
+    return text
