@@ -312,6 +312,29 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_pretrain(sub: argparse._SubParsersAction, adapters: list[str]) -> None:
+    from medsg.pretrain import PretrainSettings
+
+    d = PretrainSettings()
+    p = sub.add_parser(
+        "pretrain",
+        help="self-supervised pretraining (BYOL) of a timm backbone on unlabelled images; resumable",
+    )
+    p.add_argument(
+        "--adapter", choices=adapters, default=None, help="read the images of a dataset (labels unused)"
+    )
+    p.add_argument("--root", default=None, help="the dataset folder (with --adapter)")
+    p.add_argument("--folder", default=None, help="or: every image below this folder")
+    p.add_argument("--out", required=True, help="output folder; run the same command again to resume")
+    p.add_argument("--model", default=d.model, help=f"any timm model name (default: {d.model})")
+    p.add_argument("--img-size", type=int, default=d.img_size)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``medsg`` argument parser with its subcommands."""
     from medsg.data.manifest import adapter_names
@@ -335,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_explain(sub)
     _add_model_commands(sub, adapter_names())
+    _add_pretrain(sub, adapter_names())
     p = sub.add_parser(
         "compare", help="paired comparison of runs on the same split file: differences, CIs, McNemar"
     )
@@ -466,6 +490,20 @@ def dispatch(args: argparse.Namespace) -> int:
         print(f"demo finished in {time.perf_counter() - start:.0f} s")
         print("\n".join(experiment.run_summary_lines(result.run_dir)))
         print(f"report: {result.report}")
+    elif args.command == "pretrain":
+        from medsg.pretrain import PretrainSettings, pretrain, unlabelled_images
+
+        items = unlabelled_images(args.adapter, args.root, args.folder)
+        settings = PretrainSettings(
+            model=args.model,
+            img_size=args.img_size,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+        )
+        source = {"adapter": args.adapter, "root": args.root, "folder": args.folder}
+        print(f"backbone: {pretrain(items, args.out, settings, source, device=args.device)}")
     elif args.command == "bench":
         from medsg.bench import run_bench
 

@@ -23,6 +23,7 @@ from torch import nn
 from medsg.config import DEFAULT_BOOTSTRAP, Config, dump_config, load_config, resolved_config, result_diff
 from medsg.errors import ConfigError
 from medsg.io import atomic_write_text
+from medsg.pretrain import pretraining_source
 from medsg.train import ddp
 from medsg.train.decoded import RunDecodes, shared_head
 from medsg.train.final import ALL
@@ -189,6 +190,9 @@ def prepare_data(
         if used is None:
             atomic_write_text(run_dir / "splits.json", Path(cfg.split_file).read_text(encoding="utf-8"))
         protocol = protocol_record(cfg, list(raw["id"]), dropped, used or cfg.split_file, used is not None)
+        pretraining = pretraining_source(cfg.model.pretrained, cfg.data.adapter, list(raw["id"]))
+        if pretraining is not None:
+            protocol["pretraining"] = pretraining
         atomic_write_text(run_dir / "protocol.json", json.dumps(protocol, indent=1) + "\n")
     return PreparedData(manifest, names, splits, report.manifest_hash)
 

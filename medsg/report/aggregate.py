@@ -279,10 +279,37 @@ def protocol(run: RunData) -> dict[str, str]:
         "model": str(cfg_get(cfg, "model.name")),
         # the runner treats null and "" alike (no weights file): both mean training from scratch
         "pretrained weights": str(cfg_get(cfg, "model.pretrained", null=FROM_SCRATCH) or FROM_SCRATCH),
+        "pretraining": pretraining_text(
+            cfg_get(cfg, "model.pretrained", None), read_json_or_none(run.run_dir / "protocol.json")
+        ),
         "epochs": str(cfg_get(cfg, "train.epochs")),
         "model selection": selection_text(cfg),
         "provenance": _provenance(cfg_get(cfg, "provenance", None)),
     }
+
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+def pretraining_text(pretrained: Any, protocol: dict[str, Any] | None) -> str:
+    """Where the starting weights came from, and why no test image of this experiment is in them."""
+    if not pretrained:
+        return FROM_SCRATCH
+    record = (protocol or {}).get("pretraining")
+    if isinstance(record, dict):
+        images = record.get("images", {})
+        data = images.get("adapter") or images.get("folder") or "unknown data"
+        return (
+            f"self-supervised, {record.get('method')}: {record.get('epochs')} epochs on {images.get('n')} unlabelled "
+            f"images of {data} (ids sha256 {str(images.get('ids_sha256'))[:12]}); none of them is an image of "
+            "this experiment (checked at the start of the run)"
+        )
+    if Path(str(pretrained)).suffix.lower() not in WEIGHT_SUFFIXES:
+        return (
+            f"supervised transfer: the backbone of the final model of {pretrained} (a medsg run folder or "
+            "package, trained on another dataset), with a new head"
+        )
+    return f"a weights file ({pretrained}); its training data are not recorded by medsg"
 
 
 def selection_text(cfg: dict[str, Any]) -> str:

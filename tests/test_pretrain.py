@@ -1,0 +1,131 @@
+"""Transfer into a new task: `medsg pretrain` (BYOL) and model.pretrained naming a medsg package or backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medsg.config import config_from_dict, resolved_config
+from medsg.errors import ConfigError
+from medsg.models.checkpoint import read_checkpoint
+from medsg.pretrain import (
+    BACKBONE_FILE,
+    PretrainSettings,
+    TwoViews,
+    pretrain,
+    pretraining_source,
+    unlabelled_images,
+)
+from medsg.report.aggregate import pretraining_text
+from medsg.train.model import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+ISIC_PACKAGE = REPO / "reports" / "isic2018_cpu_sgformer_tiny" / "model"
+TINY = PretrainSettings(epochs=2, batch_size=4, projection_hidden=64, projection_dim=32, warmup_epochs=1)
+
+
+def _config(tmp_path: Path, pretrained: str | None, name: str = "sgformer_tiny"):
+    raw = {
+        "experiment": {"name": "t"},
+        "data": {"adapter": "busi", "root": str(tmp_path)},
+        "model": {"name": name, "pretrained": pretrained, "drop_path": 0.0},
+    }
+    return config_from_dict(raw, check_paths=False)
+
+
+def test_supervised_transfer_takes_the_final_models_backbone_and_a_new_head(tmp_path):
+    cfg = _config(tmp_path, str(ISIC_PACKAGE))
+    model = build_model(cfg, num_classes=3)
+    source = read_checkpoint(ISIC_PACKAGE / "weights" / "all.safetensors")
+    state = model.state_dict()
+    backbone = [k for k in source if not k.startswith("head.")]
+    assert len(backbone) > 50
+    assert all(torch.equal(state[k], source[k]) for k in backbone)
+    assert state["head.weight"].shape[0] == 3 and source["head.weight"].shape[0] == 7
+    # the head is new even when the class counts agree
+    seven = build_model(cfg, num_classes=7).state_dict()
+    assert not torch.equal(seven["head.weight"], source["head.weight"])
+    # config.yaml keeps the path as written, like data.root
+    given = config_from_dict(
+        {**resolved_config(cfg), "model": {"name": "sgformer_tiny", "pretrained": "reports/x/model"}},
+        check_paths=False,
+    )
+    assert resolved_config(given)["model"]["pretrained"] == "reports/x/model"
+
+
+def test_supervised_transfer_refuses_another_architecture(tmp_path):
+    with pytest.raises(ConfigError, match="holds a sgformer_tiny model, model.name is mobilenetv3_small_050"):
+        build_model(_config(tmp_path, str(ISIC_PACKAGE), "mobilenetv3_small_050"), num_classes=3)
+
+
+def _images(folder: Path, n: int = 9) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        pixels = (rng.random((64 + 8 * i, 80, 3)) * 255).astype(np.uint8)
+        sub = folder / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(sub / f"img{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_pretrain_resumes_after_a_crash_to_the_same_backbone(tmp_path, monkeypatch):
+    items = unlabelled_images(folder=_images(tmp_path / "images"))
+    assert [i.id for i in items] == sorted(f"{'a' if k % 2 else 'b'}/img{k}.png" for k in range(9))
+    whole = pretrain(items, tmp_path / "whole", TINY, device="cpu")
+    history = json.loads((tmp_path / "whole" / "pretrain.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and all(np.isfinite(h["loss"]) for h in history)
+
+    # a crash in the second epoch (as kill -9 would leave it: epoch 1 saved, epoch 2 lost)
+    calls = {"n": 0}
+    original = TwoViews.__getitem__
+
+    def crash_in_epoch_two(self, index):
+        calls["n"] += 1
+        if calls["n"] > 8 + 3:  # 2 batches of 4 per epoch
+            raise RuntimeError("killed")
+        return original(self, index)
+
+    monkeypatch.setattr(TwoViews, "__getitem__", crash_in_epoch_two)
+    with pytest.raises(RuntimeError, match="killed"):
+        pretrain(items, tmp_path / "resumed", TINY, device="cpu")
+    assert not (tmp_path / "resumed" / "DONE").exists()
+    monkeypatch.setattr(TwoViews, "__getitem__", original)
+    resumed = pretrain(items, tmp_path / "resumed", TINY, device="cpu")
+    a, b = read_checkpoint(whole), read_checkpoint(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(k.startswith("head.") for k in a)
+
+    # other settings in the same folder are refused, not mixed
+    with pytest.raises(ConfigError, match="other settings"):
+        pretrain(items, tmp_path / "resumed", PretrainSettings(epochs=3, batch_size=4), device="cpu")
+
+
+def test_a_pretrained_backbone_loads_as_model_pretrained_and_guards_against_leakage(tmp_path):
+    items = unlabelled_images(folder=_images(tmp_path / "images"))
+    settings = PretrainSettings(epochs=1, batch_size=4, projection_hidden=64, projection_dim=32)
+    backbone = pretrain(items, tmp_path / "ssl", settings, source={"folder": "images"}, device="cpu")
+    assert backbone.name == BACKBONE_FILE
+    model = build_model(_config(tmp_path, str(backbone)), num_classes=3)
+    weights = read_checkpoint(backbone)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], weights[k]) for k in weights)
+
+    record = pretraining_source(backbone, "busi", ["other.png"])
+    assert record["images"]["n"] == 9 and record["epochs"] == 1
+    assert "self-supervised" in pretraining_text(str(backbone), {"pretraining": record})
+    with pytest.raises(ConfigError, match="pretrained on 1 images of this experiment"):
+        pretraining_source(backbone, "imagefolder", ["a/img1.png", "other.png"])
+    assert pretraining_source(tmp_path / "plain.pth", "busi", ["a/img1.png"]) is None
+
+
+def test_pretrain_says_what_is_wrong(tmp_path):
+    with pytest.raises(ConfigError, match="either --adapter"):
+        unlabelled_images()
+    with pytest.raises(Exception, match="no images found"):
+        unlabelled_images(folder=tmp_path)
