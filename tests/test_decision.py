@@ -103,7 +103,7 @@ def _run_with_prior_shift(root, decision: str):
         folder.mkdir()
         ids = [f"f{fold}_{i}" for i in range(len(y))]
 
-        def frame(ids, y, probs):
+        def frame(ids, y, probs, fold=fold):
             out = pd.DataFrame({"id": ids, "fold": fold, "y_true": y, "y_pred": probs.argmax(1)})
             for c, name in enumerate(CLASSES):
                 out[f"p_{name}"] = probs[:, c]
