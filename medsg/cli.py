@@ -363,7 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="paired comparison of runs on the same split file: differences, CIs, McNemar"
     )
     p.add_argument(
-        "run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run folders; the first is the reference"
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="two or more run folders or committed report folders; the first is the reference",
     )
     p.add_argument("--out", default=None, help="report folder (default: reports/compare_<A>_vs_<B>)")
     p.add_argument("--force", action="store_true", help="replace a folder that holds another kind of report")
@@ -458,7 +461,7 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "compare":
         print(
             experiment.compare_run_folders(
-                [Path(d) for d in args.run_dirs], Path(args.out) if args.out else None
+                [Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, force=args.force
             )
         )
     elif args.command == "config":

@@ -251,7 +251,7 @@ def sensitivity_cis(
     return out
 
 
-PAIRED_KEYS = ("balanced_accuracy", "macro_f1", "macro_auroc", "log_loss")
+PAIRED_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "log_loss")
 
 
 def paired_differences(

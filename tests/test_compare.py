@@ -131,3 +131,40 @@ def test_compare_does_not_overwrite_a_run_report(tmp_path):
     assert (out / "report.md").read_text() == "# Cross-validation report\n"
     write_comparison([a, b], out, n_bootstrap=20, force=True)
     write_comparison([a, b], out, n_bootstrap=20)  # a comparison may replace a comparison
+
+
+def test_compare_from_committed_report_folders_matches_the_run_folders(tmp_path):
+    from medsg.report import write_report
+
+    weak, strong = _make_run(tmp_path, "weak", 0.5), _make_run(tmp_path, "strong", 0.9)
+    reports = []
+    for run in (weak, strong):
+        write_report(run, tmp_path / "reports" / run.name, n_bootstrap=50)
+        reports.append(tmp_path / "reports" / run.name)
+    oof = pd.read_csv(reports[0] / "oof_predictions.csv", dtype=str)
+    assert oof["group"].nunique() == 40  # each image's bootstrap group travels with the report
+    from_runs = compare_runs([weak, strong], n_bootstrap=200, seed=3)
+    from_reports = compare_runs(reports, n_bootstrap=200, seed=3)
+    assert from_reports["comparisons"] == from_runs["comparisons"]
+    assert "resampling the 40 groups" in from_reports["definitions"]["ci"]
+    mixed = compare_runs([weak, reports[1]], n_bootstrap=200, seed=3)
+    assert mixed["comparisons"] == from_runs["comparisons"]
+    # a report folder whose images sit in other folds is refused like a run folder
+    moved = pd.read_csv(reports[1] / "oof_predictions.csv", dtype={"id": str, "group": str})
+    moved.loc[0, "fold"] = 1 - moved.loc[0, "fold"]
+    moved.to_csv(reports[1] / "oof_predictions.csv", index=False)
+    with pytest.raises(DataError, match="different folds"):
+        compare_runs([weak, reports[1]], n_bootstrap=50)
+
+
+def test_compare_force_reaches_the_writer(tmp_path, monkeypatch):
+    from medsg import cli
+
+    monkeypatch.chdir(tmp_path)
+    a, b = _make_run(tmp_path, "a", 0.5), _make_run(tmp_path, "b", 0.9)
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "report.md").write_text("# Cross-validation report\n")
+    assert cli.main(["compare", str(a), str(b), "--out", str(out)]) != 0
+    assert cli.main(["compare", str(a), str(b), "--out", str(out), "--force"]) == 0
+    assert (out / "comparison.json").is_file()

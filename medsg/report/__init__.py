@@ -10,7 +10,7 @@ import pandas as pd
 from medsg.calibration import CALIBRATION_FILE, VAL_PREDICTIONS
 from medsg.config import DEFAULT_BOOTSTRAP
 from medsg.io import atomic_write_bytes, atomic_write_text
-from medsg.report.aggregate import RunData, build_summary, load_run
+from medsg.report.aggregate import RunData, build_summary, group_labels, load_run
 from medsg.report.explanations import (
     copy_explanations,
     explanation_text,
@@ -36,10 +36,14 @@ def write_report(
     run_dir, report_dir = Path(run_dir), Path(report_dir)
     run = load_run(run_dir)
     summary = build_summary(run, n_bootstrap=n_bootstrap, seed=seed)
+    oof = run.oof.copy()
+    groups, _ = group_labels(run)
+    if groups is not None:  # the bootstrap's unit, so every CI can be recomputed from the report folder
+        oof["group"] = groups
     # in the run folder and beside the report, so a committed report can be recomputed without the run
     for folder in (run_dir, report_dir):
         atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
-        atomic_write_text(folder / "oof_predictions.csv", run.oof.to_csv(index=False))
+        atomic_write_text(folder / "oof_predictions.csv", oof.to_csv(index=False))
     # what the temperatures, prior shifts and operating-point thresholds were fitted on, and their values
     if run.val:
         val = pd.concat([run.val[f] for f in sorted(run.val)], ignore_index=True)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from medsg.calibration import CALIBRATED_PREDICTIONS, CALIBRATION_FILE, VAL_PREDICTIONS
+from medsg.calibration import CALIBRATED_PREDICTIONS, CALIBRATION_FILE, VAL_PREDICTIONS, apply_temperature
 from medsg.data.transforms import aug_defaults, describe_augmentations, resolve_augmentations
 from medsg.errors import ConfigError, DataError
 from medsg.metrics import (
@@ -23,7 +23,7 @@ from medsg.metrics import (
     summarize_folds,
 )
 from medsg.protocol import OUTER_TEST_UNUSED, selection_rule_text
-from medsg.report.decision import RULE_TEXT, decision_summary, prior_probs
+from medsg.report.decision import RULE_TEXT, decision_summary, headline_rule, prior_probs
 from medsg.report.operating_points import (
     critical_class,
     eval_settings,
@@ -131,6 +131,56 @@ def load_run(run_dir: Path) -> RunData:
             f"image id {dup!r} is in the test set of more than one fold in {run_dir}; splits overlap"
         )
     return run
+
+
+def load_report_folder(report_dir: Path) -> RunData:
+    """A committed report folder as the run it pools: oof_predictions.csv (with each image's group),
+    config.yaml, and, where present, calibration.json and val_predictions.csv. Everything a paired comparison
+    or a reader's recomputation needs, without the run folder."""
+    report_dir = Path(report_dir)
+    oof_path = report_dir / "oof_predictions.csv"
+    if not oof_path.is_file():
+        raise FileNotFoundError(
+            f"{report_dir} is neither a run folder (no fold_K/DONE) nor a report folder (no oof_predictions.csv)"
+        )
+    oof = _read_csv(
+        oof_path, "write the report again", dtype={"id": str, "group": str}, keep_default_na=False
+    )
+    names = [c[2:] for c in oof.columns if c.startswith("p_")]
+    folds = sorted(int(f) for f in oof["fold"].unique())
+    run = RunData(report_dir, _read_config(report_dir / "config.yaml"), names, folds, [], oof)
+    records = read_json_or_none(report_dir / CALIBRATION_FILE)
+    if records:
+        run.calibration = {int(k): v for k, v in records.items()}
+        if set(run.calibration) >= set(folds):
+            calibrated = oof.copy()
+            for fold in folds:
+                rows = (oof["fold"] == fold).to_numpy()
+                calibrated.loc[rows, [f"p_{c}" for c in names]] = apply_temperature(
+                    run.probs(oof[rows]), float(run.calibration[fold]["temperature"])
+                )
+            run.calibrated = calibrated
+    val_path = report_dir / VAL_PREDICTIONS
+    if val_path.is_file():
+        val = _read_csv(val_path, "write the report again", dtype={"id": str})
+        run.val = {int(f): frame.reset_index(drop=True) for f, frame in val.groupby("fold")}
+    return run
+
+
+def load_run_or_report(path: Path) -> RunData:
+    """A run folder (finished folds) or, when it has no fold folder, a committed report folder."""
+    path = Path(path)
+    if path.is_dir() and not any(path.glob("fold_*")) and (path / "oof_predictions.csv").is_file():
+        return load_report_folder(path)
+    return load_run(path)
+
+
+def headline_probs(run: RunData) -> tuple[np.ndarray, str]:
+    """The pooled OOF probabilities whose argmax is the run's headline decision, and that rule's name."""
+    requested = eval_settings(cfg_get(run.config, "eval", {})).decision
+    shifted = prior_probs(run)
+    rule = headline_rule(requested, shifted is not None)[0]
+    return (run.probs() if rule == "balanced" else shifted), rule
 
 
 def _load_calibration(run: RunData, fold_dirs: dict[int, Path]) -> None:
@@ -378,6 +428,14 @@ def group_labels(run: RunData) -> tuple[np.ndarray | None, str]:
     The split keeps near-duplicates and lesions in one fold, so they are correlated: the CIs resample those
     groups. Without the column (an old or hand-made run folder) the CIs resample images, and say so.
     """
+    if "group" in run.oof.columns:  # a report folder: oof_predictions.csv carries each image's group
+        groups = run.oof["group"].astype(str)
+        if (groups == "").any():
+            return None, "images (some predicted images have no group in oof_predictions.csv)"
+        return (
+            groups.to_numpy(),
+            f"the {groups.nunique()} groups the split keeps together ({len(groups)} images)",
+        )
     column = str(cfg_get(run.config, "splits.grouping", "group"))
     path = run.run_dir / "manifest.csv"
     try:

@@ -1,9 +1,12 @@
 """``medsg compare``: paired differences between runs on the same split file, on the images all runs predicted.
 
-Each run's out-of-fold predictions come from its own run folder (``load_run``). The first run is the
+Each run's out-of-fold predictions come from its run folder or from its committed report folder
+(oof_predictions.csv with each image's group, calibration.json), so a fresh clone can compare committed
+reports. Each run is scored under its own headline decision rule (``eval.decision``). The first run is the
 reference: every other run is compared with it, on one shared set of bootstrap resamples of the split's
 groups, so the CI of a difference keeps the pairing. McNemar's exact test adds a test on per-image
-correctness. Runs on different split files are refused: their folds test different models on each image.
+correctness. Runs whose images were tested in different folds are refused: their folds test different models
+on each image.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,7 @@ from medsg.config import DEFAULT_BOOTSTRAP
 from medsg.errors import DataError, ReportRefused
 from medsg.io import atomic_write_bytes, atomic_write_text
 from medsg.metrics import PAIRED_KEYS, mcnemar_exact, paired_differences
-from medsg.report.aggregate import RunData, cfg_get, group_labels, load_run
+from medsg.report.aggregate import RunData, cfg_get, group_labels, headline_probs, load_run_or_report
 from medsg.report.figures import plain, to_png
 from medsg.report.html import CSS
 from medsg.report.run_files import read_json_or_none
@@ -31,16 +35,19 @@ from medsg.report.tables import COLUMN_TITLES, fmt, md_escape, to_html, to_markd
 LOWER_IS_BETTER = {"log_loss"}
 
 
-def split_folds(run: RunData) -> list[dict[str, list[str]]]:
-    """The folds of the run's own splits.json (the file its folds came from); refuse when it is absent."""
+def test_folds(run: RunData) -> dict[str, int]:
+    """Each image's outer test fold: from the run's own splits.json (the file its folds came from), or, for a
+    report folder, from its out-of-fold predictions; a run folder without splits.json is refused."""
+    if not any(run.run_dir.glob("fold_*")):  # a report folder: the OOF rows name each image's test fold
+        return dict(zip(run.oof["id"].astype(str), run.oof["fold"].astype(int), strict=True))
     record = read_json_or_none(run.run_dir / "splits.json")
     folds = record.get("folds") if record else None
     if not isinstance(folds, list):
         raise DataError(
             f"{run.run_dir / 'splits.json'} is missing or unreadable: without it the runs cannot be shown to "
-            "share their folds; compare run folders made by `medsg run`"
+            "share their folds; compare run folders made by `medsg run`, or their report folders"
         )
-    return [{part: sorted(map(str, fold.get(part, []))) for part in ("train", "val")} for fold in folds]
+    return {str(i): k for k, fold in enumerate(folds) for i in fold.get("val", [])}
 
 
 def run_name(run: RunData) -> str:
@@ -50,14 +57,15 @@ def run_name(run: RunData) -> str:
 def _check_comparable(runs: list[RunData]) -> None:
     """Same classes and the same split file; otherwise a paired comparison means nothing."""
     first = runs[0]
-    folds = split_folds(first)
+    folds = test_folds(first)
     for run in runs[1:]:
         if run.class_names != first.class_names:
             raise DataError(
                 f"{run.run_dir} has classes {run.class_names}, {first.run_dir} has {first.class_names}; "
                 "compare runs of one dataset"
             )
-        if split_folds(run) != folds:
+        other = test_folds(run)
+        if any(folds[i] != other[i] for i in set(folds) & set(other)):
             raise DataError(
                 f"{run.run_dir / 'splits.json'} and {first.run_dir / 'splits.json'} hold different folds: each "
                 "image was tested by different models, so a paired comparison is refused; run both "
@@ -69,7 +77,7 @@ def compare_runs(run_dirs: list[Path], n_bootstrap: int = DEFAULT_BOOTSTRAP, see
     """Paired differences of every run against the first, on the ids all runs predicted."""
     if len(run_dirs) < 2:
         raise DataError("compare needs at least two run folders")
-    runs = [load_run(Path(d)) for d in run_dirs]
+    runs = [load_run_or_report(Path(d)) for d in run_dirs]
     _check_comparable(runs)
     common = set.intersection(*(set(r.oof["id"]) for r in runs))
     ids = [i for i in runs[0].oof["id"] if i in common]
@@ -83,7 +91,11 @@ def compare_runs(run_dirs: list[Path], n_bootstrap: int = DEFAULT_BOOTSTRAP, see
     groups, unit = group_labels(runs[0])
     if groups is not None:
         groups = pd.Series(groups, index=runs[0].oof["id"]).loc[ids].to_numpy()
-    probs = [r.probs(f.reset_index()) for r, f in zip(runs, frames, strict=True)]
+    headline = [headline_probs(r) for r in runs]
+    probs = [
+        pd.DataFrame(p, index=r.oof["id"]).loc[ids].to_numpy()
+        for r, (p, _) in zip(runs, headline, strict=True)
+    ]
     correct = [p.argmax(axis=1) == y for p in probs]
     names = [run_name(r) for r in runs]
     comparisons = [
@@ -104,8 +116,9 @@ def compare_runs(run_dirs: list[Path], n_bootstrap: int = DEFAULT_BOOTSTRAP, see
                 "model": str(cfg_get(r.config, "model.name")),
                 "folds": r.folds,
                 "n_predicted": int(len(r.oof)),
+                "decision": rule,
             }
-            for name, r in zip(names, runs, strict=True)
+            for name, r, (_, rule) in zip(names, runs, headline, strict=True)
         ],
         "class_names": runs[0].class_names,
         "n_common": len(ids),
@@ -115,7 +128,11 @@ def compare_runs(run_dirs: list[Path], n_bootstrap: int = DEFAULT_BOOTSTRAP, see
             "ci": f"paired percentile {n_bootstrap}-resample bootstrap, seed {seed}, resampling {unit}; both "
             "runs are scored on every resample",
             "mcnemar": "McNemar's exact test (two-sided binomial test on the images exactly one run "
-            "classified correctly)",
+            "classified correctly). It counts images as independent; images of one duplicate cluster or lesion "
+            "are not, so its p-value is optimistic where groups hold several images: read it beside the "
+            "group-resampled CI",
+            "decision": "each run is scored under its own headline rule (eval.decision: balanced or prior), "
+            "named beside it",
             "log loss": "lower is better, so a negative difference favours the second run",
         },
     }
@@ -158,11 +175,13 @@ def verdict(comp: dict[str, Any]) -> str:
 
 
 def difference_figure(summary: dict[str, Any]) -> Figure:
-    """One panel per metric: each comparison's difference with its CI, and a line at no difference."""
+    """One row per metric: each comparison's difference with its CI, and a line at no difference. Rows (not
+    columns) leave the comparison names room on the left, wrapped, and each title its own line."""
     comps = summary["comparisons"]
-    fig = Figure(figsize=(10, 1.2 + 0.5 * len(comps) * 1.0 + 1.5), layout="constrained")
-    axes = fig.subplots(1, len(PAIRED_KEYS), sharey=True)
-    labels = [plain(f"{c['b']} vs {c['a']}") for c in comps]
+    labels = [textwrap.fill(plain(f"{c['b']} vs {c['a']}"), 28) for c in comps]
+    height = len(PAIRED_KEYS) * (0.9 + 0.45 * len(comps))
+    fig = Figure(figsize=(8, height), layout="constrained")
+    axes = fig.subplots(len(PAIRED_KEYS), 1)
     for ax, key in zip(axes, PAIRED_KEYS, strict=True):
         for row, comp in enumerate(comps):
             m = comp["metrics"][key]
@@ -172,9 +191,10 @@ def difference_figure(summary: dict[str, Any]) -> Figure:
             ax.errorbar([m["difference"]], [row], xerr=err, fmt="o", color="tab:blue", capsize=4)
         ax.axvline(0, color="grey", linestyle="--", linewidth=1)
         title = COLUMN_TITLES[key] + (" (lower is better)" if key in LOWER_IS_BETTER else "")
-        ax.set(title=title, xlabel="difference (compared - reference)")
-    axes[0].set_yticks(range(len(comps)), labels)
-    axes[0].set_ylim(-0.7, len(comps) - 0.3)
+        ax.set_title(title, loc="left", fontsize=10)
+        ax.set_yticks(range(len(comps)), labels, fontsize=8)
+        ax.set_ylim(-0.7, len(comps) - 0.3)
+    axes[-1].set_xlabel("difference (compared run - reference run), with paired 95% CI")
     return fig
 
 
@@ -199,7 +219,10 @@ def write_comparison(
     png = to_png(difference_figure(summary))
     atomic_write_bytes(out / "figures" / "differences.png", png)
     table = difference_table(summary)
-    runs = [f"{r['name']} ({r['model']}, folds {', '.join(map(str, r['folds']))})" for r in summary["runs"]]
+    runs = [
+        f"{r['name']} ({r['model']}, {r['decision']} rule, folds {', '.join(map(str, r['folds']))})"
+        for r in summary["runs"]
+    ]
     intro = (
         f"Runs: {'; '.join(runs)}. The first is the reference. {summary['n_common']} images were predicted "
         "by every run (out of fold, on the same split file)."
