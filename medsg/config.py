@@ -512,6 +512,9 @@ def git_hash(path: str | Path | None = None) -> str | None:
 
 def provenance() -> dict[str, Any]:
     """Versions and git hash, so a reader can rebuild the environment of a result."""
+    import monai
+    import numpy
+    import PIL
     import timm
     import torch
 
@@ -521,13 +524,47 @@ def provenance() -> dict[str, Any]:
         "medsg": getattr(medsg, "__version__", None),
         "torch": str(torch.__version__),
         "timm": str(timm.__version__),
+        "monai": str(monai.__version__),
+        "numpy": str(numpy.__version__),
+        "pillow": str(PIL.__version__),
         "git": git_hash(),
         "clean_tree": git_clean(),
-        # what `medsg reproduce` names when results differ: float32 kernels depend on all three
+        # what `medsg reproduce` names when results differ: float32 kernels depend on all of these
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),  # the ISA torch's kernels use
+        "cpu_simd": cpu_simd_flags(),
         "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
     }
+
+
+SIMD_PREFIXES = ("sse", "ssse", "avx", "fma", "f16c", "amx", "neon", "asimd", "sve")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU's model name (the kernels' rounding depends on it), or what platform says."""
+    info = _cpuinfo()
+    return info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
+
+
+def cpu_simd_flags() -> str:
+    """The CPU's vector-instruction flags (SSE, AVX, AVX-512, AMX, NEON, SVE), sorted and space-separated."""
+    flags = (_cpuinfo().get("flags") or _cpuinfo().get("Features") or "").split()
+    return " ".join(sorted(f for f in set(flags) if f.startswith(SIMD_PREFIXES)))
 
 
 def resolved_config(cfg: Config) -> dict[str, Any]:
@@ -611,17 +648,24 @@ def git_toplevel(path: str | Path | None = None) -> Path | None:
     )
 
 
+# What can change a fold's numbers: the package's code (but not its report writers or benchmarks), the split
+# files and the dependency pins. README, tests, experiments (reproduce reads the report's own config.yaml) and
+# reports cannot, so a difference there does not count as "other code".
+NUMERIC_PATHS = (":(top)medsg", ":(top)data_splits", ":(top)pyproject.toml")
+NOT_NUMERIC = (":(exclude,top)medsg/report", ":(exclude,top)medsg/bench")
+
+
 def git_same_code(commit: str | None, path: str | Path | None = None) -> bool | None:
-    """Whether the checkout is ``commit``'s code: no diff outside reports/ between that commit and the working
-    tree, and nothing untracked (None when either cannot be told: no git, unknown commit)."""
+    """Whether the checkout has ``commit``'s numerics: no diff in ``NUMERIC_PATHS`` between that commit and
+    the working tree, and nothing untracked there (None when either cannot be told: no git, unknown commit)."""
     if not commit:
         return None
     where = Path(path) if path else Path(__file__).resolve().parent
-    diff = _git(["diff", "--quiet", commit, "--", ":/", ":(exclude,top)reports"], where)
-    if diff is None or diff.returncode not in (0, 1):
+    diff = _git(["diff", "--quiet", commit, "--", *NUMERIC_PATHS, *NOT_NUMERIC], where)
+    status = _git(["status", "--porcelain", "--", *NUMERIC_PATHS, *NOT_NUMERIC], where)
+    if diff is None or diff.returncode not in (0, 1) or status is None or status.returncode != 0:
         return None
-    clean = git_clean(where)
-    return None if clean is None else diff.returncode == 0 and clean
+    return diff.returncode == 0 and not status.stdout.strip()
 
 
 def git_clean(path: str | Path | None = None) -> bool | None:

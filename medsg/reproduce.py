@@ -24,6 +24,22 @@ from medsg.io import atomic_write_text
 COMPARED = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "ece", "brier", "log_loss")
 DEFAULT_TOLERANCE = 0.05  # absolute, on every compared metric, when the environment differs
 REPRODUCE_FILE = "reproduce.json"
+# the recorded provenance that can change float32 results: versions, threads, the CPU (model, the ISA torch
+# dispatches to, its vector flags) and the accelerator
+ENVIRONMENT_KEYS = (
+    "medsg",
+    "torch",
+    "timm",
+    "monai",
+    "numpy",
+    "pillow",
+    "threads",
+    "machine",
+    "cpu",
+    "cpu_capability",
+    "cpu_simd",
+    "accelerator",
+)
 
 
 @dataclass(frozen=True)
@@ -69,12 +85,14 @@ def environment_differences(
     """What differs between the recorded run's provenance and this machine, in words."""
     notes = []
     if same_code is False:
-        notes.append(f"code: this checkout differs from the run's commit {str(recorded.get('git'))[:12]}")
+        notes.append(
+            f"code: the package, split files or pins differ from the run's commit {str(recorded.get('git'))[:12]}"
+        )
     elif same_code is None:
         notes.append(
             "code: cannot tell whether this checkout is the run's commit (no git, or commit unknown)"
         )
-    for key in ("medsg", "torch", "timm", "threads", "machine", "accelerator"):
+    for key in ENVIRONMENT_KEYS:
         if key not in recorded:
             notes.append(f"{key}: not recorded by the run (now {current.get(key)})")
         elif recorded[key] != current.get(key):

@@ -45,13 +45,23 @@ def test_writing_into_reports_needs_a_clean_tree(repo: Path) -> None:
     check_reports_write(repo.parent / "elsewhere", checkout=repo)  # outside reports/: never refused
 
 
-def test_same_code_means_no_diff_outside_reports(repo: Path) -> None:
+def test_same_code_means_no_diff_in_what_can_change_numbers(repo: Path) -> None:
     first = _git(repo, "rev-parse", "HEAD")
     assert git_same_code(first, repo) is True
     (repo / "reports" / "old" / "summary.json").write_text("{}\n")
     _git(repo, "add", ".")
     _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a report")
     assert git_same_code(first, repo) is True  # a later commit that only adds reports is the same code
+    (repo / "README.md").write_text("words\n")  # prose and tests cannot change numbers
+    (repo / "tests").mkdir()
+    (repo / "tests" / "test_x.py").write_text("def test(): pass\n")
+    assert git_clean(repo) is False and git_same_code(first, repo) is True
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "docs and tests")
+    assert git_same_code(first, repo) is True
+    (repo / "medsg" / "report").mkdir()
+    (repo / "medsg" / "report" / "words.py").write_text("TITLE = 'x'\n")  # report writers: no numbers
+    assert git_same_code(first, repo) is True
     (repo / "medsg" / "new.py").write_text("y = 1\n")  # untracked code
     assert git_clean(repo) is False and git_same_code(first, repo) is False
     _git(repo, "add", ".")

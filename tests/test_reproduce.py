@@ -76,8 +76,14 @@ def test_environment_differences_are_named() -> None:
     assert any(n.startswith("machine: not recorded") for n in notes)
     assert not any(n.startswith("code") for n in notes)
     assert environment_differences(recorded, now, same_code=False)[0].startswith(
-        "code: this checkout differs"
+        "code: the package, split files or pins differ"
     )
+    # the same code on another CPU names the CPU, not the code
+    cpu = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "cpu_simd": "avx avx2 avx512f"}
+    other = {"cpu": "Intel Xeon", "cpu_capability": "AVX2", "cpu_simd": "avx avx2"}
+    notes = environment_differences(recorded | cpu, now | other, same_code=True)
+    assert [n.split(":")[0] for n in notes if n.startswith("cpu")] == ["cpu", "cpu_capability", "cpu_simd"]
+    assert "cpu: AMD EPYC when the report was made, Intel Xeon now" in notes
 
 
 def test_a_folder_without_config_is_refused(tmp_path: Path) -> None:
