@@ -14,7 +14,7 @@ import yaml
 from medsg.errors import DataError
 from medsg.metrics import HEADLINE, classification_metrics
 from medsg.report import write_report
-from medsg.report.aggregate import load_run, protocol
+from medsg.report.aggregate import build_summary, load_run, protocol
 
 EVIL = "<script>alert('x')</script>"
 CLASSES = ["benign", f"mal{EVIL}", "normal $|x"]
@@ -412,6 +412,42 @@ def test_smaller_fold_says_why_and_absolute_root_is_hidden(tmp_path):
     assert "/data/busi" not in (tmp_path / "r" / "report.md").read_text()
     assert summary["protocol"]["data folder"] == "'busi' (an absolute path on the machine that ran it)"
     assert summary["protocol"]["split file"] == "data_splits/busi_4fold_seed0.json"  # relative: as given
+
+
+def test_a_data_subset_is_said_once_not_fold_by_fold(tmp_path):
+    """ISIC's shared copy holds 5984 of the split file's 10015 images: every fold is a subset of its split-file
+    fold, which one note says, instead of singling out the folds that happen to be smaller."""
+    run = _make_run(tmp_path)
+    split = json.loads((run / "splits.json").read_text())
+    folds = [{"train": [], "val": [f"f{f}_{i:03d}" for i in range(60)]} for f in range(4)]
+    (run / "splits.json").write_text(json.dumps(split | {"folds": folds}))
+    path = run / "fold_2" / "predictions.csv"
+    pd.read_csv(path).iloc[:-5].to_csv(path, index=False)
+    summary = build_summary(load_run(run), n_bootstrap=20)
+    notes = [n for n in summary["notes"] if "fold" in n and "split" in n]
+    assert len(notes) == 1, notes
+    assert notes[0].startswith("the data folder holds a subset of the split file: 65 of its 240 images")
+    assert "fold 0 40, fold 1 40, fold 2 35" in notes[0]
+
+
+def test_calibration_that_made_scores_worse_is_said(tmp_path):
+    from medsg.report.tables import calibration_text
+
+    before = {k: {"point": 0.5, "low": 0.4, "high": 0.6} for k in ("ece", "brier", "log_loss")}
+    after = before | {"brier": {"point": 0.5636, "low": 0.5, "high": 0.6}}
+    per_fold = [{"fold": 0, "temperature": 1.2, "fitted": True}]
+    text = calibration_text({"calibration": {"per_fold": per_fold, "before": before, "after": after}})
+    assert "made the pooled test predictions worse on Brier 0.5000 -> 0.5636" in text
+    same = calibration_text({"calibration": {"per_fold": per_fold, "before": before, "after": before}})
+    assert "worse" not in same
+
+
+def test_explanations_without_masks_define_no_scores():
+    from medsg.report.explanations import explanation_text
+
+    lines = explanation_text({"n_scored": 0, "n_without_mask_files": 1197, "definitions": {"pointing": "x"}})
+    assert lines[0].startswith("No localisation scores: none of the test images has a lesion mask (1197")
+    assert not any(line.startswith("pointing") or "0 test images" in line for line in lines)
 
 
 def test_cluster_bootstrap_resamples_the_split_groups(tmp_path):

@@ -284,3 +284,30 @@ def test_manifest_without_subgroup_columns_says_so(tmp_path):
     manifest[["id", "path", "label", "group"]].to_csv(run / "manifest.csv", index=False)
     sub = build_summary(load_run(run), n_bootstrap=20)["subgroups"]
     assert sub["columns"] == [] and sub["rows"] == [] and "none of the columns" in sub["text"]
+
+
+def test_subgroup_sensitivity_on_few_critical_cases_is_flagged_without_a_ci():
+    """A subgroup of 200 images with one MEL case: its MEL sensitivity (0 or 1) gets no CI and a flag."""
+    from medsg.report.subgroups import subgroup_rows
+
+    rng = np.random.default_rng(0)
+    names = ["MEL", "NV"]
+    y = np.r_[np.zeros(1, int), np.ones(199, int), np.zeros(40, int), np.ones(160, int)]
+    probs = rng.dirichlet([1, 1], size=len(y))
+    labels = pd.DataFrame({"sex": ["female"] * 200 + ["male"] * 200})
+    rows = {
+        r["value"]: r
+        for r in subgroup_rows(y, probs, names, labels, critical="MEL", min_size=30, n_bootstrap=50)
+    }
+    female, male = rows["female"], rows["male"]
+    assert not female["too_small"] and female["critical_too_small"]
+    assert female["sensitivity"]["low"] is None and female["sensitivity"]["support"] == 1
+    assert female["balanced_accuracy"]["low"] is not None  # the images are enough for balanced accuracy
+    assert not male["critical_too_small"] and male["sensitivity"]["low"] is not None
+    from medsg.report.tables import subgroup_table
+
+    table = subgroup_table(
+        {"subgroups": {"rows": list(rows.values()), "critical_class": "MEL", "min_subgroup_size": 30}}
+    )
+    assert table.set_index("Subgroup").loc["female", "Flag"] == "< 30 MEL cases: sensitivity without CI"
+    assert table.set_index("Subgroup").loc["male", "Flag"] == ""

@@ -464,27 +464,45 @@ def baseline_metrics(run: RunData) -> dict[str, Any]:
 
 def fold_size_notes(run: RunData, per_fold: list[dict[str, Any]]) -> list[str]:
     """Why a fold has fewer test images than the largest: split-file ids the audit policy dropped
-    (protocol.json's dropped_ids), and ids absent from the data (a split file over a larger copy)."""
+    (protocol.json's dropped_ids), and ids absent from the data (a split file over a larger copy). When every
+    fold misses split-file images (the data are a subset of the split file), that is said once for all."""
     split_file = read_json_or_none(run.run_dir / "splits.json") or {}
     folds = split_file.get("folds") if isinstance(split_file.get("folds"), list) else []
     largest = max(m["n"] for m in per_fold)
     protocol = read_json_or_none(run.run_dir / "protocol.json") or {}
     listed = protocol.get("dropped_ids")
     audit_dropped = {str(i) for i in listed} if isinstance(listed, list) else set()
-    notes = []
+    missing: dict[int, tuple[list[str], list[str]]] = {}
     for m in per_fold:
-        if m["n"] == largest:
-            continue
-        text = f"fold {m['fold']} has {m['n']} test images, {largest - m['n']} fewer than the largest fold"
         fold = m["fold"]
         if fold < len(folds) and isinstance(folds[fold], dict):
             have = set(run.oof.loc[run.oof["fold"] == fold, "id"])
             gone = sorted(str(i) for i in folds[fold].get("val", []) if str(i) not in have)
-            dropped = [i for i in gone if i in audit_dropped]
-            absent = [i for i in gone if i not in audit_dropped]
+            missing[fold] = (
+                [i for i in gone if i in audit_dropped],
+                [i for i in gone if i not in audit_dropped],
+            )
+    subset = bool(missing) and all(absent for _, absent in missing.values())
+    notes = []
+    if subset:
+        n_absent = sum(len(absent) for _, absent in missing.values())
+        n_listed = sum(len(f.get("val", [])) for f in folds if isinstance(f, dict))
+        notes.append(
+            f"the data folder holds a subset of the split file: {n_absent} of its {n_listed} images are absent, "
+            "so every fold tests only the images present (sizes: "
+            + ", ".join(f"fold {m['fold']} {m['n']}" for m in per_fold)
+            + ")"
+        )
+    for m in per_fold:
+        fold = m["fold"]
+        dropped, absent = missing.get(fold, ([], []))
+        if m["n"] == largest or (subset and not dropped):
+            continue
+        text = f"fold {fold} has {m['n']} test images, {largest - m['n']} fewer than the largest fold"
+        if fold in missing:
             if dropped:
                 text += f"; {len(dropped)} of its split-file images were removed by the audit policy ({_ids(dropped)})"
-            if absent:
+            if absent and not subset:
                 text += (
                     f"; {len(absent)} of its split-file images are not in the data the run read (the split file "
                     f"lists more images than the data folder holds: {_ids(absent)})"

@@ -80,6 +80,17 @@ def explanation_text(record: dict[str, Any]) -> list[str]:
     """The section's paragraphs: what was scored, what was left out, how the CIs were made, the definitions."""
     scored, no_lesion = record.get("n_scored", 0), record.get("n_without_lesion", 0)
     no_files = record.get("n_without_mask_files", 0)
+    review = (
+        "For clinical review, open explain/review.html in the run folder in a browser (medsg explain RUN_DIR "
+        "remakes it): filters, map toggle, opacity, and ratings saved to a CSV on your machine."
+    )
+    if scored == 0:  # no lesion masks (ISIC): nothing was scored, so no score is defined or shown
+        return [
+            "No localisation scores: none of the test images has a lesion mask "
+            f"({no_files} without mask files, {no_lesion} with an empty mask), so the maps cannot be checked "
+            "against the lesion. The panels below show significance maps and Grad-CAM for review only.",
+            review,
+        ]
     lines = [
         f"{scored} test images with a lesion mask were scored, each with the model of its own outer fold "
         f"(out-of-fold). {no_lesion} images whose mask is empty (no lesion, e.g. normal) and {no_files} without "
@@ -93,10 +104,7 @@ def explanation_text(record: dict[str, Any]) -> list[str]:
         "significance ranking, so it is not scored: it adds no independent evidence.",
     ]
     lines += [f"{k}: {v}." for k, v in record.get("definitions", {}).items()]
-    lines.append(
-        "For clinical review, open explain/review.html in the run folder in a browser (medsg explain RUN_DIR "
-        "remakes it): filters, map toggle, opacity, and ratings saved to a CSV on your machine."
-    )
+    lines.append(review)
     return lines
 
 

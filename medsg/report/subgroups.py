@@ -75,7 +75,8 @@ def subgroup_rows(
 
     ``labels`` comes from ``subgroup_labels`` (row-aligned with ``y_true``); ``groups`` holds one split group
     per row (None: images are independent). A subgroup under ``min_size`` images is ``too_small``: point values
-    only, CIs None.
+    only, CIs None; likewise its sensitivity when it holds fewer than ``min_size`` critical-class cases
+    (``critical_too_small``), whatever its number of images.
     """
     y, p = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     g = None if groups is None else np.asarray(groups)
@@ -93,8 +94,12 @@ def subgroup_rows(
                 "too_small": small,
                 "balanced_accuracy": _balanced_accuracy(ys, ps, class_names, gs, small, n_bootstrap, seed),
             }
-            if critical is not None:
-                row["sensitivity"] = _sensitivity(ys, ps, class_names, critical, gs, small, n_bootstrap, seed)
+            if critical is not None:  # a sensitivity rests on the subgroup's critical cases, not its images
+                cases = int((ys == list(class_names).index(critical)).sum())
+                row["critical_too_small"] = cases < min_size
+                row["sensitivity"] = _sensitivity(
+                    ys, ps, class_names, critical, gs, cases < min_size, n_bootstrap, seed
+                )
             out.append(row)
     return out
 
@@ -161,6 +166,12 @@ def subgroup_text(columns: Sequence[str], critical: str | None, min_size: int, r
         f"as the fold table, resampling the split's groups within each subgroup. Subgroups with fewer than "
         f"{min_size} images (eval.min_subgroup_size) are flagged too small to say anything about: their "
         "point values are shown without a CI."
+        + (
+            f" Likewise a sensitivity resting on fewer than {min_size} {critical} cases is shown without a CI "
+            "and flagged, however many images the subgroup has."
+            if critical
+            else ""
+        )
     )
 
 

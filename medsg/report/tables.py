@@ -157,6 +157,19 @@ def calibration_text(summary: dict[str, Any]) -> str:
     )
     if unfitted:
         text += f" Folds {', '.join(unfitted)} had no validation split and keep T = 1.0 (uncalibrated)."
+    cal = summary["calibration"]
+    worse = [
+        f"{COLUMN_TITLES[k]} {fmt(cal['before'][k]['point'], 4)} -> {fmt(cal['after'][k]['point'], 4)}"
+        for k in ("ece", "brier", "log_loss")
+        if cal["after"][k]["point"] is not None
+        and cal["before"][k]["point"] is not None
+        and cal["after"][k]["point"] > cal["before"][k]["point"]
+    ]
+    if worse:
+        text += (
+            f" Calibration made the pooled test predictions worse on {', '.join(worse)}: the temperatures fitted "
+            "on the small inner validation splits did not carry over to the test folds."
+        )
     few = [str(f["fold"]) for f in per_fold if f.get("warning")]
     if few:
         text += (
@@ -264,8 +277,11 @@ def subgroup_table(summary: dict[str, Any]) -> pd.DataFrame | None:
             row[f"{critical} sensitivity [95% CI]"] = (
                 f"{ci_cell(sens)} (n = {sens['support']})" if sens["support"] else "–"
             )
-        flag = f"too small (< {section['min_subgroup_size']} images): no CI"
-        rows.append(row | {"Flag": flag if r["too_small"] else ""})
+        size = section["min_subgroup_size"]
+        flags = [f"too small (< {size} images): no CI"] if r["too_small"] else []
+        if critical and r.get("critical_too_small") and not r["too_small"]:
+            flags.append(f"< {size} {critical} cases: sensitivity without CI")
+        rows.append(row | {"Flag": "; ".join(flags)})
     return pd.DataFrame(rows)
 
 
