@@ -606,3 +606,13 @@ def test_grouping_words_come_from_old_and_new_split_headers():
     assert grouping_description({"grouping": "group"}, "busi", "group").endswith(
         "(from how the runner groups this dataset; the split file does not describe its groups)"
     )
+
+
+def test_near_duplicates_under_two_labels_are_named_in_the_protocol(tmp_path):
+    run = _make_run(tmp_path)
+    audit = json.loads((run / "audit.json").read_text())
+    audit["near_conflicts"] = [{"ids": ["ISIC_1", "ISIC_2"], "labels": ["MEL", "NV"], "kind": "near"}]
+    (run / "audit.json").write_text(json.dumps(audit))
+    text = protocol(load_run(run))["audit policy"]
+    assert "1 near-duplicate cluster(s) span two or more labels and are kept" in text
+    assert "ISIC_1, ISIC_2 (MEL, NV)" in text

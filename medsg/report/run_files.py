@@ -59,6 +59,16 @@ def audit_policy_text(conflicts: Any, threshold: Any, min_corr: Any, audit: dict
     text = f"conflicts {conflicts}; near duplicates: dHash-256 distance <= {threshold} bits"
     if min_corr is not None:
         text += f" and thumbnail correlation >= {min_corr}"
+    near = [c for c in (audit or {}).get("near_conflicts") or [] if isinstance(c, dict)]
+    if near:  # the policy drops exact conflicts only: near-duplicates under two labels stay, one group each
+        shown = "; ".join(
+            f"{', '.join(map(str, c.get('ids', [])))} ({', '.join(map(str, c.get('labels', [])))})"
+            for c in near[:5]
+        )
+        text += (
+            f". {len(near)} near-duplicate cluster(s) span two or more labels and are kept (each in one fold, "
+            f"never dropped by the policy; check their labels): {shown}" + ("; ..." if len(near) > 5 else "")
+        )
     return text
 
 
