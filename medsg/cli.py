@@ -183,9 +183,11 @@ def dispatch_model_command(args: argparse.Namespace) -> int:
 
         result = run_predict(args.model, args.inputs, Path(args.out), options)
         rate = result.summary.get("images_per_second")
+        kinds = ", ".join(f"{n} {kind}" for kind, n in result.flag_counts.items())
         print(
             f"{result.n_predicted} of {result.n_inputs} images predicted ({rate} images/s, calibrated "
-            f"probabilities), {result.n_flagged} flagged as unlike the training data, {result.n_skipped} skipped"
+            f"probabilities), {result.n_flagged} flagged ({kinds}; ood_reasons says why), "
+            f"{result.n_skipped} skipped"
         )
         print(f"predictions: {Path(args.out) / 'predictions.csv'}")
         if result.n_skipped:

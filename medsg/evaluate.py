@@ -28,8 +28,8 @@ import pandas as pd
 from medsg.config import DEFAULT_BOOTSTRAP
 from medsg.errors import DataError
 from medsg.io import atomic_write_text
-from medsg.package import ModelBundle, load_model, reference_dir
-from medsg.predict import CALIBRATION_NOTE, InputItem, PredictOptions, predict_items
+from medsg.package import ModelBundle, load_model
+from medsg.predict import CALIBRATION_NOTE, InputItem, PredictOptions, audit_overlap, predict_items
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,6 @@ def check_classes(bundle: ModelBundle, test_names: list[str], source: str) -> No
             f"{source} has classes {test_names}, the model {bundle.source} predicts {bundle.class_names}: "
             "the class lists (and their order) must match"
         )
-
-
-def audit_overlap(bundle: ModelBundle, manifest: pd.DataFrame) -> tuple[list[dict[str, Any]], list[dict]]:
-    """(test images that duplicate a training image, unreadable test images), with the audit's rules."""
-    from medsg.reference import FINGERPRINTS_FILE, Fingerprints, fingerprint, overlap
-
-    train = Fingerprints.load(reference_dir(bundle) / FINGERPRINTS_FILE)
-    test, problems = fingerprint(list(manifest["id"]), list(manifest["path"]))
-    threshold, min_corr = bundle.audit_rules()
-    return overlap(test, train, threshold, min_corr), problems
 
 
 def cv_predictions(bundle: ModelBundle) -> tuple[pd.DataFrame, bool] | None:
@@ -111,7 +101,7 @@ def evaluate(model: str | Path, request: EvaluateRequest, out_dir: str | Path) -
     bundle = load_model(model)
     manifest = load_manifest(request.adapter, request.root, **request.options)
     check_classes(bundle, class_names(request.adapter, request.root), f"{request.adapter} at {request.root}")
-    overlaps, problems = audit_overlap(bundle, manifest)
+    overlaps, problems = audit_overlap(bundle, list(manifest["id"]), list(manifest["path"]))
     frame = pd.DataFrame(overlaps, columns=["id", "kind", "train_ids"])
     frame["train_ids"] = [";".join(ids) for ids in frame["train_ids"]]
     atomic_write_text(out_dir / "overlap.csv", frame.to_csv(index=False))

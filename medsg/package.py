@@ -155,6 +155,8 @@ def create_model(arch: str, num_classes: int, img_size: int) -> nn.Module:
 def load_model(path: str | Path) -> ModelBundle:
     """A run folder (``config.yaml``) or a package (``package.json``, checksums verified) as a bundle."""
     path = Path(path)
+    if not path.exists():
+        raise DataError(f"model folder {path} does not exist; name a medsg run folder or an exported package")
     if (path / PACKAGE_FILE).is_file():
         return load_package(path)
     if (path / "config.yaml").is_file():

@@ -34,10 +34,12 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from medsg.errors import DataError
+from medsg.explain.ensemble import explain_ensemble
 from medsg.io import atomic_write_text
-from medsg.package import Member, ModelBundle
+from medsg.package import Member, ModelBundle, reference_dir
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +139,15 @@ class ImageFiles(Dataset):
                 "error": "",
             }
         except Exception as exc:  # noqa: BLE001 - any unreadable input is skipped and named, never fatal
-            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-            return {"index": index, "image": None, "stats": None, "error": reason}
+            return {"index": index, "image": None, "stats": None, "error": failure_reason(exc)}
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The reader's own words for a failure: MONAI wraps it as 'applying transform <object ...>', which says
+    nothing to a user, so the chain is followed down to the exception that names the file's problem."""
+    while exc.__cause__ is not None and str(exc).startswith("applying transform"):
+        exc = exc.__cause__
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -202,7 +211,7 @@ def disagreement_reason(spread: float, agreement: float, n_models: int) -> str |
         return None
     if agreement <= AGREEMENT_FLAG or spread >= SPREAD_FLAG:
         votes = round(agreement * n_models)
-        return f"folds disagree: {votes} of {n_models} vote for the ensemble's class, spread {spread:.2f}"
+        return f"{DISAGREE}: {votes} of {n_models} vote for the ensemble's class, spread {spread:.2f}"
     return None
 
 
@@ -260,6 +269,7 @@ class PredictResult:
     skipped: list[dict[str, str]]
     n_flagged: int
     seconds: float
+    flag_counts: dict[str, int] = field(default_factory=lambda: {DISAGREE: 0, UNLIKE: 0})
     summary: dict[str, Any] = field(default_factory=dict)
     ids: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
@@ -293,6 +303,33 @@ def _load_reference(bundle: ModelBundle) -> dict[str, Any] | None:
         log.warning("no training reference (%s): image-statistics flags are off", exc)
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+DISAGREE, UNLIKE = "folds disagree", "unlike the training data"  # the two kinds of flag, as the CSV says them
+
+
+def audit_overlap(
+    bundle: ModelBundle, ids: Sequence[str], paths: Sequence[str]
+) -> tuple[list[dict], list[dict]]:
+    """(images that duplicate one of the model's training images, unreadable images), by the audit's rules
+    (same bytes, same pixels, or a near duplicate): predictions on them are no test of the model."""
+    from medsg.reference import FINGERPRINTS_FILE, Fingerprints, fingerprint, overlap
+
+    train = Fingerprints.load(reference_dir(bundle) / FINGERPRINTS_FILE)
+    test, problems = fingerprint(list(ids), list(paths))
+    threshold, min_corr = bundle.audit_rules()
+    return overlap(test, train, threshold, min_corr), problems
+
+
+def _training_overlap(bundle: ModelBundle, items: Sequence[InputItem]) -> dict[str, str]:
+    """{input id: 'exact|pixel|near duplicate of <training ids>'} for inputs found in the training data; {}
+    (with a log line) when the model has no training reference."""
+    try:
+        rows, _ = audit_overlap(bundle, [i.id for i in items], [i.path for i in items])
+    except DataError as exc:
+        log.warning("no training reference (%s): inputs are not checked against the training data", exc)
+        return {}
+    return {r["id"]: f"{r['kind']} duplicate of {', '.join(r['train_ids'][:3])}" for r in rows}
 
 
 def _row(
@@ -345,7 +382,17 @@ def predict_items(
     labelled = any(i.label is not None for i in items)
     columns = ["id", "path", *(["y_true"] if labelled else []), *(f"p_{n}" for n in names)]
     columns += ["predicted", "confidence", "fold_spread", "fold_agreement", "ood_flag", "ood_reasons"]
+    columns += ["in_training_data"]
+    seen = _training_overlap(bundle, items) if reference is not None else {}
+    if seen:
+        log.warning(
+            "%d of %d inputs are in the model's training data (in_training_data in predictions.csv): their "
+            "predictions say nothing about how the model does on new images",
+            len(seen),
+            len(items),
+        )
     result = PredictResult(len(items), 0, [], 0, 0.0)
+    bar = tqdm(total=len(items), desc="predict", unit="img", disable=None)
     with (
         CsvStream(out_dir / "predictions.csv", columns) as stream,
         CsvStream(out_dir / "skipped.csv", ["id", "path", "reason"]) as skipped,
@@ -356,9 +403,11 @@ def predict_items(
                 log.warning("skipped %s: %s", row["path"], row["reason"])
             skipped.write(bad)
             result.skipped += bad
+            bar.update(len(batch["index"]) + len(bad))
             if batch["images"] is None:
                 continue
             images = batch["images"].to(device)
+            flags: list[str] = []
             calibrated, raw = member_probs(models, members, images, options.tta, decision)
             probs = ensemble_probs(calibrated)
             predicted = probs.argmax(axis=1)
@@ -368,9 +417,13 @@ def predict_items(
                 item = items[index]
                 reasons = [r for r in [disagreement_reason(spread[k], agree[k], len(models))] if r]
                 if reference is not None:
-                    reasons += ood_reasons(batch["stats"][k], reference)
-                rows.append(_row(item, probs[k], names, float(spread[k]), float(agree[k]), reasons))
+                    reasons += [f"{UNLIKE}: {r}" for r in ood_reasons(batch["stats"][k], reference)]
+                row = _row(item, probs[k], names, float(spread[k]), float(agree[k]), reasons)
+                rows.append(row | {"in_training_data": seen.get(item.id, "")})
+                flags.append(row["ood_reasons"])
                 result.n_flagged += bool(reasons)
+                for kind in (DISAGREE, UNLIKE):
+                    result.flag_counts[kind] += any(r.startswith(kind) for r in reasons)
                 cases.append(Case(item.id, item.path, tuple(float(p) for p in probs[k])))
                 if collect:
                     result.ids.append(item.id)
@@ -380,9 +433,8 @@ def predict_items(
             stream.write(rows)
             result.n_predicted += len(rows)
             if options.explain:
-                from medsg.explain.ensemble import explain_ensemble
-
-                explain_ensemble(models, images, cases, out_dir / "explain", names)
+                explain_ensemble(models, images, cases, out_dir / "explain", names, flags=flags)
+    bar.close()
     result.seconds = round(time.perf_counter() - start, 2)
     result.summary = _summary(bundle, members, options, result, reference)
     atomic_write_text(out_dir / "predict.json", json.dumps(result.summary, indent=2) + "\n")
@@ -409,6 +461,7 @@ def _summary(
         "n_predicted": result.n_predicted,
         "n_skipped": result.n_skipped,
         "n_flagged": result.n_flagged,
+        "n_flagged_by_kind": dict(result.flag_counts),
         "seconds": result.seconds,
         "images_per_second": round(rate, 2) if math.isfinite(rate) else None,
         "ood_rules": {

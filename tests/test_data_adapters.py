@@ -242,3 +242,19 @@ def test_missing_shared_data_skips_locally_and_fails_in_ci(monkeypatch: pytest.M
     monkeypatch.setenv("CI", "false")
     with pytest.raises(pytest.skip.Exception):
         conftest.require_shared(*absent)
+
+
+def test_isic_test_folder_read_as_training_names_the_option(tmp_path: Path) -> None:
+    root = make_isic_replica(tmp_path, n_lesions_per_class=1)
+    (root / "ISIC2018_Task3_Training_Input").rename(root / "ISIC2018_Task3_Test_Input")
+    with pytest.raises(DataError, match=r"holds the test subset: pass --option subset=test"):
+        load_manifest("isic2018", root)
+    with pytest.raises(DataError, match=r"image folder not found: .*Training_Input\.$"):
+        load_manifest("isic2018", tmp_path / "nothing_here")
+
+
+def test_a_missing_model_folder_says_it_does_not_exist(tmp_path: Path) -> None:
+    from medsg.package import load_model
+
+    with pytest.raises(DataError, match="model folder .*nope does not exist"):
+        load_model(tmp_path / "nope")

@@ -203,8 +203,38 @@ def test_predict_names_and_skips_unreadable_inputs_and_flags_unlike_images(run, 
     }
     flagged = frame.set_index("id").loc["colourful.png"]
     assert flagged["ood_flag"] and "chroma" in flagged["ood_reasons"]
+    assert flagged["ood_reasons"].startswith("unlike the training data: ")
     info = json.loads((out / "predict.json").read_text())
     assert info["n_skipped"] == 2 and info["n_predicted"] == 3 and "flip" in info["tta"]
+    assert info["n_flagged_by_kind"]["unlike the training data"] >= 1
+    # the reader's reason, not MONAI's "applying transform <object>"
+    reason = skipped.set_index(skipped["path"].map(lambda p: Path(p).name)).loc["broken.png", "reason"]
+    assert "not an image medsg reads" in reason and "applying transform" not in reason
+    # inputs from the training data are named, not silently scored as if new
+    assert frame.set_index("id").loc[Path(good[0]).name, "in_training_data"].startswith(("exact", "pixel"))
+    assert frame.set_index("id").loc["colourful.png", "in_training_data"] == ""
+
+
+def test_predict_says_each_kind_of_flag_in_the_csvs_words(run, tmp_path, capsys):
+    _, run_dir, package, _ = run
+    colourful = tmp_path / "colourful.png"
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (400, 400, 3), dtype=np.uint8)).save(colourful)
+    assert cli.main(["predict", str(package), str(colourful), "--out", str(tmp_path / "o"), "--explain"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "1 flagged (" in line and "1 unlike the training data" in line and "ood_reasons says why" in line
+    (panel,) = (tmp_path / "o" / "explain").glob("*.png")
+    from medsg.explain.cases import Case
+    from medsg.explain.ensemble import ensemble_panel
+
+    image = np.asarray(Image.open(colourful).convert("RGB"))
+    maps = {"significance": np.linspace(0, 1, 224 * 224).reshape(224, 224)}
+    case = Case("c", str(colourful), (0.2, 0.5, 0.3))
+    plain = ensemble_panel(image, maps, case, ["a", "b", "c"], 2, (224, 224))
+    marked = ensemble_panel(
+        image, maps, case, ["a", "b", "c"], 2, (224, 224), flag="unlike the training data: x"
+    )
+    assert plain != marked  # the flag is drawn on the panel
 
 
 def test_predict_explain_writes_ensemble_panels(run, tmp_path):

@@ -114,7 +114,17 @@ def load_isic2018(
     root = Path(root).expanduser().resolve()
     inputs = root / f"ISIC2018_Task3_{SUBSETS[subset]}_Input"
     if not inputs.is_dir():
-        raise DataError(f"ISIC 2018 image folder not found: {inputs}.")
+        others = [
+            k for k, v in SUBSETS.items() if k != subset and (root / f"ISIC2018_Task3_{v}_Input").is_dir()
+        ]
+        hint = (
+            f" The folder holds the {' and '.join(others)} subset: pass "
+            + " or ".join(f"--option subset={k}" for k in others)
+            + " (evaluate), or data.options.subset in a config."
+            if others
+            else ""
+        )
+        raise DataError(f"ISIC 2018 image folder not found: {inputs}.{hint}")
     truth = read_groundtruth(_find_groundtruth(root, subset))
     files = {p.stem: p for p in inputs.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
     missing = [i for i in truth["image"] if i not in files]

@@ -52,8 +52,10 @@ def ensemble_panel(
     class_names: Sequence[str],
     n_models: int,
     input_hw: tuple[int, int],
+    flag: str = "",
 ) -> bytes:
-    """The panel of one image: the original, then the ensemble's maps back on the original's geometry."""
+    """The panel of one image: the original, then the ensemble's maps back on the original's geometry; a
+    flagged prediction says why on the panel, in the words of predictions.csv's ood_reasons."""
     geometry = resize_geometry(image.shape[:2], input_hw)
     shown = {MAP_LABELS[k]: to_original(maps[k], geometry) for k in PANEL_MAPS if k in maps}
     pred = case.predicted
@@ -64,7 +66,11 @@ def ensemble_panel(
         if n_models > 1
         else "one model: each map min-max scaled per image"
     )
-    return panel_png(image, None, shown, title, footnote=f"{what} (viridis, low to high)")
+    footnote = f"{what} (viridis, low to high)"
+    if flag:
+        title += "   FLAGGED"
+        footnote = f"FLAGGED: {flag}\n{footnote}"
+    return panel_png(image, None, shown, title, footnote=footnote)
 
 
 def explain_ensemble(
@@ -74,15 +80,17 @@ def explain_ensemble(
     out_dir: Path,
     class_names: Sequence[str],
     settings: ExplainSettings | None = None,
+    flags: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Write ``out_dir/<case>.png`` for a batch of cases; ``images`` are their normalised model inputs."""
+    """Write ``out_dir/<case>.png`` for a batch of cases; ``images`` are their normalised model inputs and
+    ``flags`` each case's ood_reasons ("" when not flagged)."""
     settings = settings or ExplainSettings(true_class_cams=False, deletion_steps=0)
     device = next(models[0].parameters()).device
     all_maps = ensemble_maps(models, images.to(device), cases, settings)
     paths = []
     input_hw = (int(images.shape[-2]), int(images.shape[-1]))
-    for case, maps in zip(cases, all_maps, strict=True):
+    for case, maps, flag in zip(cases, all_maps, flags or [""] * len(cases), strict=True):
         original, _ = _read_original(case)
-        png = ensemble_panel(original, maps, case, class_names, len(models), input_hw)
+        png = ensemble_panel(original, maps, case, class_names, len(models), input_hw, flag)
         paths.append(atomic_write_bytes(Path(out_dir) / f"{safe_name(case.case_id)}.png", png))
     return paths
