@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
+from tqdm.auto import tqdm
 
 from medsg.data.dataset import plain_tensor
 from medsg.data.images import read_image
@@ -390,6 +391,13 @@ def explain_cases(
     reviewed: list[dict[str, Any]] = []
     counts = {"n_cases": len(cases), "n_scored": 0, "n_without_lesion": 0}
     wanted = [i for i, c in enumerate(cases) if c.mask_paths or c.case_id in review_ids]
+    fold = next((c.fold for c in cases if c.fold is not None), None)
+    bar = tqdm(
+        total=len(wanted),
+        desc="explain" + ("" if fold is None else f" fold {fold}"),
+        unit="img",
+        disable=None,
+    )
     for begin in range(0, len(wanted), max(settings.batch_size, 1)):
         chunk = wanted[begin : begin + settings.batch_size]
         batch_cases = [cases[i] for i in chunk]
@@ -406,6 +414,8 @@ def explain_cases(
             if case.case_id in review_ids:
                 hw = (int(batch.shape[-2]), int(batch.shape[-1]))
                 reviewed.append(_save_case(out_dir, case, maps, original, mask, class_names, hw))
+        bar.update(len(chunk))
+    bar.close()
     counts["n_without_mask_files"] = sum(1 for c in cases if not c.mask_paths)
     frame = pd.DataFrame(rows, columns=_ROW_COLUMNS)
     atomic_write_text(out_dir / "localization.csv", frame.to_csv(index=False))
