@@ -397,7 +397,18 @@ def collect_run_explanations(run_dir: Path, saved: dict[str, Any]) -> None:
         f"{name}: explanations of out-of-fold test cases",
         n_bootstrap=int(saved.get("eval", {}).get("bootstrap", DEFAULT_BOOTSTRAP)),
         seed=int(saved.get("experiment", {}).get("seed", 0)),
+        critical_class=review_critical_class(saved, folders),
     )
+
+
+def review_critical_class(saved: dict[str, Any], folders: list[Path]) -> str | None:
+    """The class the review page's outcome filter starts on: the report's critical class (eval.critical_class,
+    else the dataset's: malignant for BUSI, MEL for ISIC), or None."""
+    from medsg.report.operating_points import critical_class
+
+    names = json.loads((folders[0] / "explain.json").read_text(encoding="utf-8")).get("class_names", [])
+    configured = (saved.get("eval") or {}).get("critical_class")
+    return critical_class(configured, (saved.get("data") or {}).get("adapter"), names)[0]
 
 
 MADE_BY = "made_by.json"  # in a report folder: which run, config, commit and tree made it

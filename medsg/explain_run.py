@@ -20,7 +20,7 @@ import pandas as pd
 
 from medsg.config import Config, config_from_dict, read_yaml
 from medsg.errors import ConfigError, DataError
-from medsg.experiment import ManifestFolds, PreparedData
+from medsg.experiment import ManifestFolds, PreparedData, review_critical_class
 from medsg.explain import EXPLAIN_DIR, ExplainSettings, cases_from_manifest, collect_explanations
 from medsg.explain.cases import Case, explain_cases, pick_cases
 from medsg.train.kfold import fold_dir, fold_is_done
@@ -168,8 +168,9 @@ def explain_run(run_dir: str | Path, request: ExplainRequest | None = None) -> d
         log.info("fold %d: %d lesion images scored in %.0f s", fold, counts["n_scored"], counts["seconds"])
         folders.append(out)
     title = f"{cfg.experiment.name}: explanations of out-of-fold test cases"
+    critical = review_critical_class(cfg.model_dump(mode="json"), folders)
     result = collect_explanations(
-        folders, run_dir / EXPLAIN_DIR, title, cfg.eval.bootstrap, cfg.experiment.seed
+        folders, run_dir / EXPLAIN_DIR, title, cfg.eval.bootstrap, cfg.experiment.seed, critical
     )
     result["seconds_total"] = round(time.perf_counter() - start, 1)
     result["gradient_free_cases"] = n_free

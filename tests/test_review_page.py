@@ -276,3 +276,102 @@ def test_browser_test_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="no-chromium"):
         browser_or_skip()
+
+
+# ------------------------------------------------------------------------- overlays a clinician can read
+
+
+def layered_case() -> ReviewCase:
+    """A grey image; a map that is low on the left half and high on the right; a square lesion outline."""
+    import numpy as np
+
+    from medsg.explain.overlay import heatmap_rgba, outline_rgba, png_bytes
+
+    values = np.zeros((64, 64), dtype=np.float32)
+    values[:, 32:] = 1.0
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[16:48, 16:48] = True
+    grey = np.full((64, 64, 3), 120, dtype=np.uint8)
+    return ReviewCase(
+        "layered",
+        0,
+        "malignant",
+        "malignant",
+        0.8,
+        png_bytes(grey),
+        {SIG: png_bytes(heatmap_rgba(values))},
+        outline_png=png_bytes(outline_rgba(mask)),
+        calibrated=False,
+    )
+
+
+def test_heatmap_low_end_is_transparent_and_the_outline_is_a_layer_above() -> None:
+    import numpy as np
+
+    from medsg.explain.overlay import heatmap_rgba, outline_rgba
+
+    rgba = heatmap_rgba(np.linspace(0, 1, 100).reshape(10, 10))
+    assert rgba[0, 0, 3] == 0 and rgba[-1, -1, 3] == 255 and (np.diff(rgba[..., 3].ravel()) >= 0).all()
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[5:15, 5:15] = True
+    outline = outline_rgba(mask)
+    assert outline[5, 10, 3] == 255 and outline[10, 10, 3] == 0 and outline[0, 0, 3] == 0
+    assert tuple(outline[5, 10, :3]) == (255, 59, 48)
+    page = render_review_page([layered_case()], CLASSES, "t", critical_class="malignant")
+    stack = re.search(r'<div class="stack">(.*?)</div>', page, re.S).group(1)
+    assert stack.index('class="original"') < stack.index('class="overlay"') < stack.index('class="outline"')
+    assert (
+        '<option value="1" selected>malignant</option>' in page
+    )  # outcome filter starts on the critical class
+    assert "<dt>P(malignant), uncalibrated</dt><dd>80.0%</dd>" in page
+    with pytest.raises(ValueError, match="outline is not the size"):
+        render_review_page([replace(layered_case(), outline_png=png((0, 0, 0), size=8))], CLASSES, "t")
+
+
+def test_colour_bar_is_large_and_labelled() -> None:
+    from medsg.explain.overlay import colorbar_png
+
+    bar = Image.open(io.BytesIO(colorbar_png()))
+    assert bar.size[0] >= 500 and bar.size[1] >= 100  # readable, not a 14-pixel strip
+
+
+def test_overlays_in_chromium_keep_anatomy_and_outline_visible(driver, tmp_path: Path) -> None:
+    """Screenshots of a card: where the map is low the image shows through at full opacity, where it is high
+    the map covers it, and the lesion outline stays red at every opacity."""
+    from selenium.webdriver.common.by import By
+
+    from medsg.explain.overlay import colorbar_png
+
+    page = write_review_page(
+        tmp_path / "review.html", [layered_case()], CLASSES, "t", None, colorbar_png(), "malignant"
+    )
+    driver.get(page.as_uri())
+    assert driver.find_element(By.ID, "f-outcome-class").get_attribute("value") == "1"
+    bar = driver.find_element(By.CSS_SELECTOR, ".colorbar img")
+    assert bar.size["width"] >= 300 and bar.size["height"] >= 50
+    screenshots = {}
+    for opacity in (0, 100):
+        slider = driver.find_element(By.ID, "opacity")
+        driver.execute_script(
+            "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'));",
+            slider,
+            opacity,
+        )
+        stack = driver.find_element(By.CSS_SELECTOR, ".stack")
+        shot = Image.open(io.BytesIO(stack.screenshot_as_png)).convert("RGB")
+        shot.save(tmp_path / f"stack_{opacity}.png")
+        screenshots[opacity] = shot
+    full = screenshots[100]
+    w, h = full.size
+
+    def at(img: Image.Image, fx: float, fy: float) -> tuple[int, int, int]:
+        return img.getpixel((int(fx * (w - 1)), int(fy * (h - 1))))
+
+    def close(a, b, tol=12) -> bool:
+        return all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
+
+    assert close(at(full, 0.1, 0.1), (120, 120, 120))  # low map: transparent, the anatomy shows
+    assert not close(at(full, 0.9, 0.1), (120, 120, 120), tol=40)  # high map: coloured
+    for shot in screenshots.values():  # the outline (left edge of the square, x = 16/64) is red at both
+        r, g, b = at(shot, 16.5 / 64, 0.5)
+        assert r > 200 and g < 100 and b < 100, (r, g, b)

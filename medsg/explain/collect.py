@@ -23,7 +23,7 @@ from medsg.config import DEFAULT_BOOTSTRAP
 from medsg.data.images import read_image
 from medsg.explain.cases import BASELINES, EXPLAIN_DIR, MAP_LABELS
 from medsg.explain.localization import DEFINITIONS, summarise_scores
-from medsg.explain.overlay import allocation_rgb, colorbar_png, heatmap_rgb, png_bytes
+from medsg.explain.overlay import allocation_rgb, colorbar_png, heatmap_rgba, outline_rgba, png_bytes
 from medsg.explain.review import ReviewCase, write_review_page
 from medsg.io import atomic_write_text
 
@@ -58,27 +58,22 @@ def _review_size(hw: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _original_png(entry: dict[str, Any], pixels: np.ndarray, size: tuple[int, int]) -> bytes:
-    """The original, shrunk, with the lesion outline drawn in red where a mask is known."""
-    from medsg.data.transforms import mask_union
-
-    if entry.get("has_mask"):
-        mask = mask_union(entry["mask_paths"], pixels.shape[:2])
-        pixels = pixels.copy()
-        pixels[_dilate(mask & ~_erode(mask))] = (255, 59, 48)
+def _original_png(pixels: np.ndarray, size: tuple[int, int]) -> bytes:
+    """The original, shrunk to the review size (the lesion outline is a layer of its own, above the maps)."""
     return png_bytes(np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR)))
 
 
-def _erode(mask: np.ndarray) -> np.ndarray:
-    padded = np.pad(mask, 1, constant_values=False)
-    out = mask.copy()
-    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
-        out &= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
-    return out
+def _outline_png(entry: dict[str, Any], hw: tuple[int, int], size: tuple[int, int]) -> bytes | None:
+    """The lesion outline at review size on a transparent layer, or None without a known mask."""
+    from medsg.data.transforms import mask_union
 
-
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    return ~_erode(~mask)
+    if not entry.get("has_mask"):
+        return None
+    mask = mask_union(entry["mask_paths"], hw)
+    if not mask.any():
+        return None
+    small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+    return png_bytes(outline_rgba(small))
 
 
 def _heatmaps(folder: Path, entry: dict[str, Any], size: tuple[int, int]) -> dict[str, bytes]:
@@ -99,12 +94,12 @@ def _heatmaps(folder: Path, entry: dict[str, Any], size: tuple[int, int]) -> dic
             continue
         values = np.load(maps / f"{name}.npy")
         small = np.asarray(Image.fromarray(values.astype(np.float32)).resize(size, Image.BILINEAR))
-        out[MAP_LABELS[name]] = png_bytes(heatmap_rgb(small))
+        out[MAP_LABELS[name]] = png_bytes(heatmap_rgba(small))
     return out
 
 
 def review_cases(folders: Sequence[Path], class_names: Sequence[str]) -> list[ReviewCase]:
-    """The review cards of every folder's ``cases.json`` (original with outline, heatmaps, prediction)."""
+    """The review cards of every folder's ``cases.json`` (original, lesion outline, heatmaps, prediction)."""
     cards = []
     for folder in folders:
         for entry in json.loads((folder / "cases.json").read_text(encoding="utf-8")):
@@ -118,9 +113,11 @@ def review_cases(folders: Sequence[Path], class_names: Sequence[str]) -> list[Re
                     true_class=None if entry.get("label") is None else class_names[int(entry["label"])],
                     predicted_class=class_names[pred],
                     probability=float(entry["probs"][pred]),
-                    image_png=_original_png(entry, pixels, size),
+                    image_png=_original_png(pixels, size),
                     heatmaps=_heatmaps(folder, entry, size),
                     note=entry.get("note", ""),
+                    outline_png=_outline_png(entry, pixels.shape[:2], size),
+                    calibrated=False,  # a fold's cases.json holds its raw test probabilities
                 )
             )
     return cards
@@ -142,8 +139,10 @@ def collect_explanations(
     title: str,
     n_bootstrap: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
+    critical_class: str | None = None,
 ) -> dict[str, Any]:
-    """Pool the folds' explanations into ``out_dir``; returns counts, seconds and the summary table."""
+    """Pool the folds' explanations into ``out_dir``; returns counts, seconds and the summary table.
+    ``critical_class`` is the review page's default outcome class (malignant, MEL)."""
     out_dir = Path(out_dir)
     frames = [pd.read_csv(f / "localization.csv", dtype={"case_id": str, "group": str}) for f in folders]
     frames = [f for f in frames if not f.empty]
@@ -169,7 +168,9 @@ def collect_explanations(
     else:
         descriptions = {MAP_LABELS.get(k, k): v for k, v in MAP_DESCRIPTIONS.items()}
         descriptions["token allocation"] = MAP_DESCRIPTIONS["allocation"]
-        write_review_page(out_dir / "review.html", cards, class_names, title, descriptions, colorbar_png())
+        write_review_page(
+            out_dir / "review.html", cards, class_names, title, descriptions, colorbar_png(), critical_class
+        )
     totals["n_review_cases"] = len(cards)
     record = {
         **totals,

@@ -52,6 +52,53 @@ def heatmap_rgb(values: np.ndarray, cmap: str = CMAP) -> np.ndarray:
     return (rgba[..., :3] * 255).round().astype(np.uint8)
 
 
+TRANSPARENT_BELOW, OPAQUE_ABOVE = 0.15, 0.65  # heatmap alpha ramps between these scaled values
+
+
+def heatmap_alpha(scaled: np.ndarray) -> np.ndarray:
+    """The review overlay's alpha for min-max scaled values: 0 (the anatomy shows through) below
+    ``TRANSPARENT_BELOW``, rising linearly to 1 at ``OPAQUE_ABOVE``, so only the map's high end covers the image."""
+    return np.clip((scaled - TRANSPARENT_BELOW) / (OPAQUE_ABOVE - TRANSPARENT_BELOW), 0.0, 1.0)
+
+
+def heatmap_rgba(values: np.ndarray, cmap: str = CMAP) -> np.ndarray:
+    """(H, W) map -> (H, W, 4) uint8 RGBA through ``cmap``, transparent at its low end (``heatmap_alpha``)."""
+    scaled = scale01(values)
+    rgba = colormaps[cmap](scaled)
+    rgba[..., 3] = heatmap_alpha(scaled)
+    return (rgba * 255).round().astype(np.uint8)
+
+
+def outline_rgba(mask: np.ndarray, width: int = 2) -> np.ndarray:
+    """(H, W) bool lesion mask -> (H, W, 4) uint8: its outline ``width`` px wide in ``MASK_COLOUR``,
+    transparent elsewhere; a layer drawn above any heatmap, so the outline shows at every opacity."""
+    mask = np.asarray(mask, dtype=bool)
+    edge = mask & ~_shrink(mask)
+    for _ in range(max(width - 1, 0)):
+        edge = _grow(edge)
+    out = np.zeros((*mask.shape, 4), dtype=np.uint8)
+    out[edge] = (*(int(MASK_COLOUR[i : i + 2], 16) for i in (1, 3, 5)), 255)
+    return out
+
+
+def _shrink(mask: np.ndarray) -> np.ndarray:
+    """One-pixel erosion with a 4-neighbourhood (the image border counts as outside)."""
+    padded = np.pad(mask, 1, constant_values=False)
+    out = mask.copy()
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        out &= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
+    return out
+
+
+def _grow(mask: np.ndarray) -> np.ndarray:
+    """One-pixel dilation with a 4-neighbourhood (nothing grows in from outside the image)."""
+    padded = np.pad(mask, 1, constant_values=False)
+    out = mask.copy()
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        out |= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
+    return out
+
+
 def allocation_rgb(levels: np.ndarray, level_names: Sequence[str]) -> np.ndarray:
     """(H, W) int levels (0 = fine) -> (H, W, 3) uint8 in the fixed allocation colours."""
     palette = np.array([ALLOCATION_COLOURS[name] for name in level_names], dtype=np.uint8)
@@ -67,7 +114,7 @@ def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
-    """An (H, W, 3) uint8 array as PNG bytes."""
+    """An (H, W, 3) RGB or (H, W, 4) RGBA uint8 array as PNG bytes."""
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -85,13 +132,25 @@ def _text(value: object) -> str:
 
 
 def colorbar_png(cmap: str = CMAP) -> bytes:
-    """A horizontal colour bar, labelled low (left) to high (right), for the review page."""
-    fig = Figure(figsize=(3.2, 0.55), layout="constrained")
+    """The review page's colour bar: the overlay's colours and transparency (over a grey checkerboard, as on
+    an image), labelled from low (transparent: the image shows) to high, large enough to read."""
+    width, height, cell = 512, 48, 8
+    values = np.tile(np.linspace(0, 1, width), (height, 1))
+    rgba = colormaps[cmap](values)
+    alpha = heatmap_alpha(values)[..., None]
+    yy, xx = np.mgrid[0:height, 0:width]
+    board = np.where(((yy // cell) + (xx // cell)) % 2 == 0, 0.85, 0.6)[..., None]
+    shown = rgba[..., :3] * alpha + board * (1 - alpha)
+    fig = Figure(figsize=(5.2, 1.0), layout="constrained")
     ax = fig.add_subplot()
-    ax.imshow(np.linspace(0, 1, 256)[None, :], aspect="auto", cmap=cmap)
+    ax.imshow(shown, aspect="auto", extent=(0, 1, 0, 1))
     ax.set_yticks([])
-    ax.set_xticks([0, 255], ["low", "high"])
-    ax.tick_params(labelsize=8, length=0)
+    ax.set_xticks(
+        [0, TRANSPARENT_BELOW, OPAQUE_ABOVE, 1],
+        ["low\n(transparent)", f"{TRANSPARENT_BELOW:g}", f"{OPAQUE_ABOVE:g}", "high"],
+    )
+    ax.tick_params(labelsize=10)
+    ax.set_xlabel("map value, min-max scaled per image", fontsize=10)
     return _figure_png(fig)
 
 

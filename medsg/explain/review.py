@@ -42,9 +42,12 @@ class ReviewCase:
     true_class: str | None  # None when unlabelled (predict on new images)
     predicted_class: str
     probability: float  # probability of the predicted class
-    image_png: bytes  # the original image (RGB PNG, may carry a lesion contour already drawn in)
-    heatmaps: dict[str, bytes]  # map type name -> colour-mapped RGB PNG heatmap, same pixel size as the image
+    image_png: bytes  # the original image (RGB PNG)
+    # map type name -> colour-mapped PNG heatmap (RGBA, transparent where the map is low), same size as the image
+    heatmaps: dict[str, bytes]
     note: str = ""  # free text shown on the card (e.g. "ensemble mean of 5 folds")
+    outline_png: bytes | None = None  # the lesion outline on a transparent layer, drawn above every heatmap
+    calibrated: bool = False  # whether ``probability`` is temperature-scaled (the card says which)
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -64,6 +67,10 @@ def _check_case(case: ReviewCase, classes: set[str]) -> None:
     for name, value in (("true class", case.true_class), ("predicted class", case.predicted_class)):
         if value is not None and value not in classes:
             raise ValueError(f"{label}: {name} {value!r} is not one of the class names {sorted(classes)}")
+    if case.outline_png is not None and _png_size(case.outline_png, f"{label}: outline") != _png_size(
+        case.image_png, f"{label}: image"
+    ):
+        raise ValueError(f"{label}: the lesion outline is not the size of the image")
     if not (math.isfinite(case.probability) and 0.0 <= case.probability <= 1.0):
         raise ValueError(f"{label}: probability {case.probability!r} is not in [0, 1]")
     size = _png_size(case.image_png, f"{label}: image_png")
@@ -166,14 +173,19 @@ def _options(class_names: Sequence[str], first: Sequence[tuple[str, str]]) -> st
     return "".join(fixed + per_class)
 
 
-def _filters_html(class_names: Sequence[str]) -> str:
-    """Filter controls: outcome for a chosen class, true and predicted class, confidence range."""
+def _filters_html(class_names: Sequence[str], critical_class: str | None = None) -> str:
+    """Filter controls: outcome for a chosen class (the critical class first, where there is one), true and
+    predicted class, confidence range."""
     outcomes = [("any", "any")] + [(o, o) for o in ("TP", "FP", "FN", "TN")]
     outcome_options = "".join(f'<option value="{v}">{t}</option>' for v, t in outcomes)
+    outcome_classes = _options(class_names, [])
+    if critical_class in class_names:
+        chosen = f'<option value="{list(class_names).index(critical_class)}">'
+        outcome_classes = outcome_classes.replace(chosen, chosen[:-1] + " selected>", 1)
     return (
         '<fieldset class="filters"><legend>Filter cases</legend>'
         '<label>Outcome <select id="f-outcome">' + outcome_options + "</select></label>"
-        '<label>for class <select id="f-outcome-class">' + _options(class_names, []) + "</select></label>"
+        '<label>for class <select id="f-outcome-class">' + outcome_classes + "</select></label>"
         '<label>True class <select id="f-true">'
         + _options(class_names, [("any", "any"), ("none", "unlabelled")])
         + "</select></label>"
@@ -200,9 +212,11 @@ def _maps_html(maps: Sequence[str], colorbar_png: bytes | None) -> str:
     if colorbar_png is not None:
         _png_size(colorbar_png, "colorbar_png")
         colorbar = (
-            '<div class="colorbar"><span>low</span>'
-            f'<img src="{_data_uri(colorbar_png)}" alt="Colour scale of the heatmaps, from low to high">'
-            "<span>high</span></div>"
+            '<figure class="colorbar">'
+            f'<img src="{_data_uri(colorbar_png)}" alt="Colour scale of the heatmaps: transparent at the low end, '
+            'then dark to bright toward the high end">'
+            "<figcaption>Heatmap colours, low (transparent: the image shows through) to high. The red line is "
+            "the lesion outline, drawn above the heatmap.</figcaption></figure>"
         )
     return (
         '<fieldset class="maps"><legend>Heatmap</legend>'
@@ -260,11 +274,12 @@ def _card_html(index: int, case: ReviewCase) -> str:
     verdict_css, verdict = _verdict(case)
     fold = "ensemble / none" if case.fold is None else _esc(case.fold)
     true_class = "unlabelled" if case.true_class is None else _esc(case.true_class)
+    kind = "calibrated" if case.calibrated else "uncalibrated"
     facts = (
         _fact("Fold", fold)
         + _fact("True class", true_class)
         + _fact("Predicted", _esc(case.predicted_class))
-        + _fact("Probability", f"{case.probability:.1%}")
+        + _fact(f"P({_esc(case.predicted_class)}), {kind}", f"{case.probability:.1%}")
         + _fact("Result", verdict, f"verdict {verdict_css}")
     )
     note = f'<p class="case-note">{_esc(case.note)}</p>' if case.note else ""
@@ -274,7 +289,12 @@ def _card_html(index: int, case: ReviewCase) -> str:
         '<div class="stack">'
         f'<img class="original" src="{_data_uri(case.image_png)}" alt="Original image of case {case_id}">'
         '<img class="overlay" alt="" hidden>'
-        "</div>"
+        + (
+            f'<img class="outline" src="{_data_uri(case.outline_png)}" alt="Lesion outline of case {case_id}">'
+            if case.outline_png is not None
+            else ""
+        )
+        + "</div>"
         '<p class="missing" hidden>No <span class="map-name"></span> map for this case.</p>'
         f"<dl>{facts}</dl>{note}{_rating_html(index)}"
         "</article>"
@@ -287,6 +307,7 @@ def render_review_page(
     title: str,
     map_descriptions: Mapping[str, str] | None = None,
     colorbar_png: bytes | None = None,
+    critical_class: str | None = None,
 ) -> str:
     """The review page as HTML text (see the module docstring for what it does and why it is built so).
 
@@ -309,7 +330,7 @@ def render_review_page(
         "anywhere. Ratings stay in this browser until you download them.</p>"
         '<noscript><p class="warning">Filters, heatmaps and ratings need JavaScript, which is turned off.'
         "</p></noscript></header>"
-        f'<section class="controls" aria-label="Controls">{_filters_html(class_names)}'
+        f'<section class="controls" aria-label="Controls">{_filters_html(class_names, critical_class)}'
         f"{_maps_html(maps, colorbar_png)}{_actions_html()}</section>"
         f'<main><p id="empty" class="empty" hidden>No case matches the filters.</p>'
         f'<div class="cards">{cards}</div></main>'
@@ -325,9 +346,10 @@ def write_review_page(
     title: str,
     map_descriptions: Mapping[str, str] | None = None,
     colorbar_png: bytes | None = None,
+    critical_class: str | None = None,
 ) -> Path:
     """Render the review page and write it atomically, so a reviewer never opens half a page."""
-    text = render_review_page(cases, class_names, title, map_descriptions, colorbar_png)
+    text = render_review_page(cases, class_names, title, map_descriptions, colorbar_png, critical_class)
     return atomic_write_text(path, text)
 
 
@@ -357,7 +379,9 @@ button#download { background: var(--accent); color: #fff; }
 .count { font-weight: 600; margin: .25rem 0; }
 .rated { color: var(--muted); margin: .25rem 0; }
 .colorbar { display: flex; align-items: center; gap: .5rem; font-size: .85rem; }
-.colorbar img { height: 14px; width: 12rem; border: 1px solid var(--line); }
+.colorbar { margin: .25rem 0 0; }
+.colorbar img { display: block; width: 22rem; max-width: 100%; height: auto; }
+.colorbar figcaption { font-size: .85rem; color: var(--muted); max-width: 26rem; }
 .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(17rem, 1fr)); gap: 1rem; }
 .card { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: .75rem; }
 .card[hidden], [hidden] { display: none !important; }
@@ -365,6 +389,7 @@ button#download { background: var(--accent); color: #fff; }
 .stack { position: relative; width: 100%; background: #000; }
 .stack img { display: block; width: 100%; height: auto; }
 .stack .overlay { position: absolute; inset: 0; height: 100%; opacity: var(--overlay-opacity); }
+.stack .outline { position: absolute; inset: 0; height: 100%; pointer-events: none; }
 .missing { color: #8a1c1c; font-size: .9rem; }
 dl { display: grid; grid-template-columns: auto 1fr; gap: .1rem .75rem; margin: .5rem 0; font-size: .9rem; }
 dt { color: var(--muted); }
