@@ -451,6 +451,12 @@ def check_report_target(out: Path, origin: dict[str, Any], force: bool) -> None:
     why = None
     if old.get("run_id") != origin["run_id"] or old.get("config_hash") != origin["config_hash"]:
         why = f"it holds the report of another run ({old.get('run_id')}, config {str(old.get('config_hash'))[:12]})"
+    elif old.get("run_commit") and origin.get("run_commit") and old["run_commit"] != origin["run_commit"]:
+        # the same config run again (another commit or machine) is another run: its numbers can differ
+        why = (
+            f"it holds the report of the same config run at commit {str(old['run_commit'])[:10]}, and this run "
+            f"started at {str(origin['run_commit'])[:10]}"
+        )
     elif old.get("complete") and not origin["complete"]:
         why = "it holds the report of the complete run, and this run has unfinished folds"
     if why:

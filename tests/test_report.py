@@ -577,6 +577,13 @@ def test_report_folder_records_its_run_and_refuses_another(tmp_path, monkeypatch
     with pytest.raises(ReportRefused, match="unfinished folds"):
         write_run_report(run, out)
 
+    # the same config run again from another commit is another run: refused without --force
+    rerun = _make_run(tmp_path / "rerun")
+    (rerun / "config.yaml").write_text(yaml.safe_dump(config | {"provenance": {"git": "def5678"}}))
+    _finish_fold_3(rerun)
+    with pytest.raises(ReportRefused, match="same config run at commit abc1234"):
+        write_run_report(rerun, out)
+
 
 def test_report_made_before_origins_is_replaced_only_by_its_experiment(tmp_path):
     from medsg.errors import ReportRefused
