@@ -79,18 +79,26 @@ def render_model_card(
     prep = meta["preprocessing"]
     data = config.get("data", {})
     pretrained = (config.get("model", {}) or {}).get("pretrained") or "none (trained from scratch)"
+    decision = str((config.get("eval") or {}).get("decision", "balanced"))
+    rule = {
+        "balanced": "the argmax of the calibrated probabilities (the class-balanced model's own rule: it serves "
+        "balanced accuracy, not accuracy on data with the training class mix)",
+        "prior": "the argmax after each model's prior shift toward its training class frequencies, fitted on its "
+        "inner validation split (it serves accuracy on data with the training class mix)",
+    }.get(decision, decision)
     lines = [
         f"# Model card: {meta['experiment']}",
         "",
         "## Model",
         "",
-        f"- Architecture: `{meta['arch']}` (timm), ImageNet weights: {pretrained}",
+        f"- Architecture: `{meta['arch']}` (timm), starting weights: {pretrained}",
         f"- Classes, in output order: {', '.join(meta['class_names'])}",
         f"- Input: RGB, resized ({prep['interpolation']}) to {prep['img_size']}x{prep['img_size']} "
         f"({prep['resize']}), normalised with mean {list(prep['mean'])} and std {list(prep['std'])}",
         *_members_text(meta, final_plan),
         "- Probabilities are calibrated (temperature scaling per model, see Calibration); `medsg predict` "
         "and `medsg evaluate` report calibrated probabilities.",
+        f"- Decision rule (`eval.decision: {decision}`): the predicted class is {rule}.",
         "",
         "## Training data",
         "",
