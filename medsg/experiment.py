@@ -341,7 +341,8 @@ def run_has_progress(run_dir: Path) -> bool:
 
 
 def save_or_check_config(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Write config.yaml on first use; later runs must match it in everything that changes results.
+    """Write config.yaml on first use; later runs must match it in everything that changes results, and
+    update only ``REPORT_SECTIONS`` (what the report computes and explains).
 
     A run with no trained fold (for example a start that failed on a data or model error) may be restarted
     with a corrected config: its config.yaml is replaced and its derived data files are removed, so the
@@ -373,9 +374,19 @@ def save_or_check_config(cfg: Config, run_dir: Path) -> dict[str, Any]:
                     new["provenance"],
                     saved.get("provenance"),
                 )
-            return saved
+            changed = [k for k in REPORT_SECTIONS if saved.get(k) != new.get(k)]
+            if not changed:
+                return saved
+            # what the report computes may follow the config as it is now; training and provenance stay
+            log.info(
+                "%s: taking %s from the current config (no training number depends on them)", run_dir, changed
+            )
+            new = saved | {k: new[k] for k in changed}
     atomic_write_text(path, dump_config(new))
     return new
+
+
+REPORT_SECTIONS = ("eval", "explain")  # sections a finished run may update: they change no training number
 
 
 def all_folds_done(run_dir: Path, k: int) -> bool:

@@ -363,3 +363,20 @@ def test_failed_start_can_be_restarted_with_a_corrected_config(busi_root, tmp_pa
     (run_dir / "fold_0" / "checkpoint_last.pt").write_bytes(b"")  # a fold has trained: the config is fixed
     with pytest.raises(ConfigError, match=r"different config \(train\.lr: 0\.001 -> 0\.01\) and has trained"):
         save_or_check_config(make_cfg(busi_root, tmp_path, "train.lr=0.01"), run_dir)
+
+
+def test_a_run_takes_report_settings_from_the_current_config_and_keeps_the_rest(busi_root, tmp_path):
+    from medsg.experiment import save_or_check_config
+
+    first = make_cfg(busi_root, tmp_path)
+    run_dir = first.run_dir.resolve()
+    run_dir.mkdir(parents=True)
+    saved = save_or_check_config(first, run_dir)
+    (run_dir / "fold_0").mkdir()
+    (run_dir / "fold_0" / "checkpoint_last.pt").write_bytes(b"")  # a fold has trained
+    later = make_cfg(busi_root, tmp_path, "eval.decision=prior", "explain.cases_per_fold=3")
+    updated = save_or_check_config(later, run_dir)
+    on_disk = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert on_disk == updated
+    assert updated["eval"]["decision"] == "prior" and updated["explain"]["cases_per_fold"] == 3
+    assert updated["provenance"] == saved["provenance"] and updated["train"] == saved["train"]

@@ -104,7 +104,7 @@ def headline_warning(summary: dict[str, Any]) -> str:
     decision = summary.get("decision", {})
     others = [r for r in decision.get("rows", []) if not r["headline"] and not r["below_majority_baseline"]]
     text = (
-        f"**Accuracy {acc:.3f} is below the majority-class baseline's {base:.3f}**: this model's headline "
+        f"Accuracy {acc:.3f} is below the majority-class baseline's {base:.3f}: this model's headline "
         f"argmax ({decision.get('headline', 'balanced')} rule) is worse than always answering the most common class."
     )
     if others:

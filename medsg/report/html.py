@@ -83,7 +83,7 @@ def render_html(
         )
     warning = headline_warning(summary)
     if warning:
-        banner += f'<p class="warning">{esc(warning.replace("**", ""))}</p>'
+        banner += f'<p class="warning">{esc(warning)}</p>'
     recipe = recipe_table(summary)
     recipe_html = "" if recipe is None else f"<h2>Training recipe</h2>{to_html(recipe)}"
     definitions = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in summary["definitions"].items())

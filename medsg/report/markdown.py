@@ -34,7 +34,7 @@ def render_markdown(
         lines += [f"> **{esc(SYNTHETIC_TEXT)}**", ""]
     warning = headline_warning(summary)
     if warning:
-        lines += [f"> {esc(warning)}", ""]
+        lines += [f"> **{esc(warning)}**", ""]
     lines += ["## Protocol", ""]
     lines += [f"- **{esc(key)}**: {esc(value)}" for key, value in summary["protocol"].items()]
     recipe = recipe_table(summary)
