@@ -152,10 +152,15 @@ def test_report_below_the_baseline_says_so_in_its_first_lines(tmp_path):
     records = json.loads((tmp_path / "report" / "calibration.json").read_text())
     assert set(records) == {"0", "1"} and PRIOR_KEY in records["0"]
     assert len(pd.read_csv(tmp_path / "report" / "val_predictions.csv")) == 300
-    fine = write_report(
+    # headline above the baseline, the other rule's row below it: still said first
+    prior = write_report(
         _run_with_prior_shift(tmp_path / "p", "prior"), tmp_path / "p_report", n_bootstrap=100
     )
-    assert "below the majority-class baseline" not in fine.read_text()
+    head = (tmp_path / "p_report" / "report.md").read_text().splitlines()[:4]
+    assert any("Under the balanced rule (in the Decision rule table) accuracy is" in line for line in head), (
+        head
+    )
+    assert "below the majority-class baseline" in prior.read_text()[:3000]
 
 
 def test_report_without_prior_shifts_falls_back_and_says_why(tmp_path):
@@ -169,3 +174,25 @@ def test_report_without_prior_shifts_falls_back_and_says_why(tmp_path):
     assert summary["decision"]["headline"] == "balanced"
     assert [r["rule"] for r in summary["decision"]["rows"]] == ["balanced"]
     assert any("no prior shift" in note for note in summary["notes"])
+
+
+def test_no_warning_when_no_shown_accuracy_is_below_the_baseline():
+    from medsg.report.decision import headline_warning
+
+    def row(rule, acc, headline):
+        return {
+            "rule": rule,
+            "headline": headline,
+            "accuracy": {"point": acc},
+            "below_majority_baseline": acc < 0.6,
+        }
+
+    summary = {"pooled": {"accuracy": 0.7}, "baseline": {"accuracy": 0.6}}
+    both_fine = summary | {
+        "decision": {"headline": "prior", "rows": [row("balanced", 0.65, False), row("prior", 0.7, True)]}
+    }
+    assert headline_warning(both_fine) == ""
+    one_below = summary | {
+        "decision": {"headline": "prior", "rows": [row("balanced", 0.5, False), row("prior", 0.7, True)]}
+    }
+    assert headline_warning(one_below).startswith("Under the balanced rule")

@@ -97,20 +97,26 @@ def decision_summary(
 
 
 def headline_warning(summary: dict[str, Any]) -> str:
-    """The sentence a report opens with when its headline accuracy is below the majority-class baseline."""
+    """The sentence a report opens with when an accuracy it shows (the headline's, or another rule's in the
+    Decision rule table) is below the majority-class baseline's; "" when none is."""
     acc, base = summary["pooled"]["accuracy"], summary["baseline"]["accuracy"]
-    if acc >= base:
-        return ""
     decision = summary.get("decision", {})
-    others = [r for r in decision.get("rows", []) if not r["headline"] and not r["below_majority_baseline"]]
+    rows = decision.get("rows", [])
+    others_below = [r for r in rows if not r["headline"] and r["below_majority_baseline"]]
+    if acc >= base:
+        if not others_below:
+            return ""
+        row = others_below[0]
+        return (
+            f"Under the {row['rule']} rule (in the Decision rule table) accuracy is {row['accuracy']['point']:.3f}, "
+            f"below the majority-class baseline's {base:.3f}; the headline ({decision.get('headline')} rule) has "
+            f"{acc:.3f}."
+        )
     text = (
         f"Accuracy {acc:.3f} is below the majority-class baseline's {base:.3f}: this model's headline "
         f"argmax ({decision.get('headline', 'balanced')} rule) is worse than always answering the most common class."
     )
+    others = [r for r in rows if not r["headline"] and not r["below_majority_baseline"]]
     if others:
-        other = others[0]
-        text += (
-            f" Under the {other['rule']} rule its accuracy is {other['accuracy']['point']:.3f} "
-            "(see Decision rule)."
-        )
+        text += f" Under the {others[0]['rule']} rule its accuracy is {others[0]['accuracy']['point']:.3f} (see Decision rule)."
     return text
