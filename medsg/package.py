@@ -39,6 +39,7 @@ from torch import nn
 from medsg.calibration import CALIBRATION_FILE, PRIOR_KEY, apply_temperature, decide
 from medsg.errors import CheckpointError, DataError
 from medsg.io import atomic_write_text, publish_dir, staging_dir
+from medsg.models import create_model
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class ModelBundle:
         """The member's model in eval mode, its weights loaded exactly (no head replaced, nothing dropped)."""
         from medsg.models.checkpoint import load_exact
 
-        model = create_model(self.arch, len(self.class_names), self.preprocessing.img_size)
+        model = create_model(self.arch, self.preprocessing.img_size, num_classes=len(self.class_names))
         load_exact(model, member.weights, use_ema=member.use_ema)
         return model.to(device).eval()
 
@@ -143,13 +144,6 @@ class ModelBundle:
             int(audit.get("near_dup_threshold", NEAR_DUP_THRESHOLD)),
             float(audit.get("min_correlation", MIN_CORRELATION)),
         )
-
-
-def create_model(arch: str, num_classes: int, img_size: int) -> nn.Module:
-    """An untrained model of ``arch`` for a member's weights."""
-    from medsg.train.model import create_timm_model
-
-    return create_timm_model(arch, img_size, num_classes=num_classes)
 
 
 def load_model(path: str | Path) -> ModelBundle:
@@ -211,7 +205,7 @@ def load_run(run_dir: str | Path) -> ModelBundle:
         raise CheckpointError(
             f"{members[0].weights} does not record its class names; it is not a medsg checkpoint"
         )
-    model = create_model(cfg.model.name, len(names), cfg.model.img_size)
+    model = create_model(cfg.model.name, cfg.model.img_size, num_classes=len(names))
     data_cfg = timm.data.resolve_data_config({}, model=model)
     prep = Preprocessing(cfg.model.img_size, tuple(data_cfg["mean"]), tuple(data_cfg["std"]))
     default = FOLDS if any(m.kind == "fold" for m in members) else FINAL

@@ -54,8 +54,8 @@ from tqdm.auto import tqdm
 
 from medsg.errors import ConfigError, DataError
 from medsg.io import atomic_torch_save, atomic_write_text
+from medsg.models import create_model
 from medsg.models.checkpoint import read_checkpoint, save_safetensors
-from medsg.train.model import create_timm_model
 from medsg.train.utils import derive_seed, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ def pretrain(
         return out_dir / BACKBONE_FILE
     seed_everything(settings.seed)
     run_device = resolve_device(device)
-    backbone = create_timm_model(settings.model, settings.img_size, num_classes=0)
+    backbone = create_model(settings.model, settings.img_size, num_classes=0)
     data_cfg = timm.data.resolve_data_config({}, model=backbone)
     model = BYOL(backbone, settings.projection_hidden, settings.projection_dim).to(run_device)
     optimizer = create_optimizer_v2(model, "adamw", lr=settings.lr, weight_decay=settings.weight_decay)

@@ -295,8 +295,9 @@ def _isic_package(tmp_path: Path) -> Path:
     """A package of an untrained 7-class sgformer_tiny, with a reference made from 600x450 images."""
     import yaml
 
+    from medsg.models import create_model
     from medsg.models.checkpoint import save_safetensors
-    from medsg.package import FORMAT, _write_checksums, create_model
+    from medsg.package import FORMAT, _write_checksums
     from medsg.reference import write_reference
 
     pkg = tmp_path / "isic_pkg"
@@ -304,7 +305,9 @@ def _isic_package(tmp_path: Path) -> Path:
     images = sorted((train / "ISIC2018_Task3_Training_Input").glob("*.jpg"))
     write_reference([p.stem for p in images], [str(p) for p in images], pkg)
     torch.manual_seed(0)
-    save_safetensors(create_model("sgformer_tiny", 7, 224).state_dict(), pkg / "weights" / "0.safetensors")
+    save_safetensors(
+        create_model("sgformer_tiny", 224, num_classes=7).state_dict(), pkg / "weights" / "0.safetensors"
+    )
     meta = {
         "format": FORMAT,
         "arch": "sgformer_tiny",

@@ -16,6 +16,7 @@ from torch import nn
 
 import medsg  # noqa: F401  (registers the SG-Former variants)
 from medsg.errors import ConfigError
+from medsg.models import create_model as timm_model
 from medsg.train.utils import amp_dtype, autocast
 
 
@@ -146,9 +147,7 @@ def create_model(
         raise ConfigError(
             f"{name!r} is not a timm model; see timm.list_models() (SG-Former: sgformer_tiny/s/m/b)"
         )
-    from medsg.train.model import create_timm_model
-
-    return create_timm_model(name, img_size, num_classes=num_classes)
+    return timm_model(name, img_size, num_classes=num_classes)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -7,30 +7,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import timm
 from torch import nn
 
 from medsg.config import Config
 from medsg.errors import ConfigError
+from medsg.models import create_model
 from medsg.models.checkpoint import load_checkpoint
 from medsg.package import FINAL, Member, load_model
 
 log = logging.getLogger(__name__)
-
-
-def create_timm_model(name: str, img_size: int | None = None, **kwargs: Any) -> nn.Module:
-    """``timm.create_model`` with ``img_size`` passed only to models that take it (ViTs, SG-Former): the one
-    place training, packages and benchmarks build a model by name."""
-    import medsg.models  # noqa: F401 - registers the SG-Former variants
-
-    if img_size is None:
-        return timm.create_model(name, **kwargs)
-    try:
-        return timm.create_model(name, img_size=img_size, **kwargs)
-    except TypeError as exc:
-        if "img_size" not in str(exc):
-            raise
-        return timm.create_model(name, **kwargs)
 
 
 def transfer_source(folder: str | Path, arch: str) -> Member:
@@ -59,7 +44,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     source = cfg.model.pretrained
     if source and Path(source).is_dir():
         member = transfer_source(source, cfg.model.name)
-        model = create_timm_model(cfg.model.name, cfg.model.img_size, **kwargs)
+        model = create_model(cfg.model.name, cfg.model.img_size, **kwargs)
         load_checkpoint(model, member.weights, use_ema=member.use_ema, new_head=True)
         log.info(
             "model.pretrained: backbone of %s (member %s), new %d-class head",
@@ -70,4 +55,4 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         return model
     if source:
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": source})
-    return create_timm_model(cfg.model.name, cfg.model.img_size, **kwargs)
+    return create_model(cfg.model.name, cfg.model.img_size, **kwargs)
