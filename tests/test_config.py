@@ -119,7 +119,23 @@ def test_resolved_config_round_trips_with_provenance(tmp_path):
     cfg = config_from_dict(minimal(tmp_path), ["experiment.seed=7"])
     data = resolved_config(cfg)
     prov = data["provenance"]
-    assert set(prov) == {"medsg", "torch", "timm", "git", "clean_tree", "threads", "machine", "accelerator"}
+    assert set(prov) == {
+        "medsg",
+        "torch",
+        "timm",
+        "monai",
+        "numpy",
+        "pillow",
+        "git",
+        "clean_tree",
+        "threads",
+        "machine",
+        "cpu",
+        "cpu_capability",
+        "cpu_simd",
+        "accelerator",
+    }
+    assert prov["cpu"] and prov["cpu_capability"]  # what `medsg reproduce` names when the CPU differs
     assert isinstance(prov["torch"], str) and prov["medsg"]
     assert prov["git"] is None or len(prov["git"]) == 40
     assert data["experiment"]["seed"] == 7
