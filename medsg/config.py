@@ -520,6 +520,7 @@ def provenance() -> dict[str, Any]:
 
     import medsg
 
+    cpu = _cpuinfo()
     return {
         "medsg": getattr(medsg, "__version__", None),
         "torch": str(torch.__version__),
@@ -532,9 +533,9 @@ def provenance() -> dict[str, Any]:
         # what `medsg reproduce` names when results differ: float32 kernels depend on all of these
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
-        "cpu": cpu_model(),
+        "cpu": cpu_model(cpu),
         "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),  # the ISA torch's kernels use
-        "cpu_simd": cpu_simd_flags(),
+        "cpu_simd": cpu_simd_flags(cpu),
         "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
     }
 
@@ -555,15 +556,14 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
-def cpu_model() -> str:
-    """The CPU's model name (the kernels' rounding depends on it), or what platform says."""
-    info = _cpuinfo()
+def cpu_model(info: dict[str, str]) -> str:
+    """The CPU's model name from ``_cpuinfo()`` (the kernels' rounding depends on it), or what platform says."""
     return info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
 
 
-def cpu_simd_flags() -> str:
-    """The CPU's vector-instruction flags (SSE, AVX, AVX-512, AMX, NEON, SVE), sorted and space-separated."""
-    flags = (_cpuinfo().get("flags") or _cpuinfo().get("Features") or "").split()
+def cpu_simd_flags(info: dict[str, str]) -> str:
+    """The CPU's vector-instruction flags (SSE, AVX, AVX-512, AMX, NEON, SVE) from ``_cpuinfo()``, sorted."""
+    flags = (info.get("flags") or info.get("Features") or "").split()
     return " ".join(sorted(f for f in set(flags) if f.startswith(SIMD_PREFIXES)))
 
 
