@@ -43,6 +43,12 @@ BETA_BOUNDS = (0.05, 20.0)  # inverse temperature 1/T searched in [1/20, 20]
 STRENGTH_BOUNDS = (-3.0, 3.0)  # prior-shift strength s searched in [-3, 3] (0: no shift, 1: logit adjustment)
 DECISIONS = ("balanced", "prior")  # eval.decision: what the argmax means (see the module docstring)
 PRIOR_KEY = "prior_shift"  # calibration.json's record of the decision rule
+DECISION_TEXT = {  # what each rule's argmax means: the report, the model card and predict all say it this way
+    "balanced": "the argmax of the (temperature-scaled) probabilities, the class-balanced model's own rule: it "
+    "serves balanced accuracy, not accuracy on data with the training class mix",
+    "prior": "the argmax after each model's prior shift toward its training class frequencies, fitted on its "
+    "inner validation split: it serves accuracy on data with the training class mix",
+}
 FEW_VAL = 50  # a temperature fitted on fewer validation images is recorded with a warning
 _TINY = 1e-45  # float32 softmax can round a probability to 0; its log must stay finite
 

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from medsg.calibration import DECISION_TEXT
 from medsg.errors import DataError
 from medsg.explain.ensemble import explain_ensemble
 from medsg.io import atomic_write_text
@@ -47,11 +48,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 AGREEMENT_FLAG = 0.5  # flagged when at most this share of the members votes for the ensemble's class
 SPREAD_FLAG = 0.25  # ... or when the members' probabilities of that class spread this much (SD)
 CALIBRATION_NOTE = "calibrated: each model's probabilities are temperature-scaled before they are averaged"
-DECISION_NOTE = {  # what `predicted` means (eval.decision of the run the model comes from)
-    "balanced": "the argmax of the calibrated probabilities (the class-balanced model's own rule)",
-    "prior": "each model's probabilities are shifted toward its training class frequencies (a prior shift "
-    "fitted on its inner validation split) before they are averaged; the argmax of the result",
-}
 
 
 @dataclass(frozen=True)
@@ -454,7 +450,7 @@ def _summary(
         "model_kind": bundle.kind,
         "members": [{"name": m.name, "kind": m.kind, "temperature": m.temperature} for m in members],
         "calibrated": CALIBRATION_NOTE,
-        "decision": f"{bundle.decision}: {DECISION_NOTE[bundle.decision]}",
+        "decision": f"{bundle.decision}: {DECISION_TEXT[bundle.decision]}",
         "ensemble": "mean of the members' calibrated probabilities" if len(members) > 1 else "one model",
         "tta": "mean over the image and its horizontal flip" if options.tta else "none",
         "n_inputs": result.n_inputs,

@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from medsg.calibration import CALIBRATED_PREDICTIONS, CALIBRATION_FILE, VAL_PREDICTIONS, apply_temperature
+from medsg.calibration import (
+    CALIBRATED_PREDICTIONS,
+    CALIBRATION_FILE,
+    DECISION_TEXT,
+    VAL_PREDICTIONS,
+    apply_temperature,
+)
 from medsg.data.transforms import aug_defaults, describe_augmentations, resolve_augmentations
 from medsg.errors import ConfigError, DataError
 from medsg.metrics import (
@@ -23,7 +29,7 @@ from medsg.metrics import (
     summarize_folds,
 )
 from medsg.protocol import OUTER_TEST_UNUSED, selection_rule_text
-from medsg.report.decision import RULE_TEXT, decision_summary, headline_rule, prior_probs
+from medsg.report.decision import decision_summary, headline_rule, prior_probs
 from medsg.report.operating_points import (
     critical_class,
     eval_settings,
@@ -557,8 +563,11 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
     requested = eval_settings(cfg_get(run.config, "eval", {})).decision
     baseline = baseline_metrics(run)
     critical = run_critical_class(run)[0]
-    decision = decision_summary(run, requested, groups, baseline["accuracy"], critical, n_bootstrap, seed)
-    p = run.probs() if decision["headline"] == "balanced" else prior_probs(run)
+    shifted = prior_probs(run)
+    decision = decision_summary(
+        run, requested, shifted, groups, baseline["accuracy"], critical, n_bootstrap, seed
+    )
+    p = run.probs() if decision["headline"] == "balanced" else shifted
     per_fold = []
     for fold in run.folds:
         rows = (run.oof["fold"] == fold).to_numpy()
@@ -613,7 +622,7 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
             "sum over bins of |bin|/n * |accuracy - mean confidence|",
             "ece_ci": "ECE is biased upwards under resampling, so its bootstrap CI can sit above the point value",
             "y_pred": f"argmax of the {decision['headline']} rule's probabilities: "
-            + RULE_TEXT[decision["headline"]]
+            + DECISION_TEXT[decision["headline"]]
             + " (the y_pred column of predictions.csv is not used)",
             "brier": "mean over samples of sum over classes of (p - onehot)^2 (range 0 to 2)",
             "macro AUROC": "mean of one-vs-rest AUROCs over the classes present; absent classes are null",

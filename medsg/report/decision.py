@@ -12,15 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from medsg.calibration import DECISIONS, PRIOR_KEY, decide
+from medsg.calibration import DECISION_TEXT, DECISIONS, PRIOR_KEY, decide
 from medsg.metrics import bootstrap_ci, sensitivity_cis
 
 DECISION_KEYS = ("accuracy", "balanced_accuracy", "macro_f1")
-RULE_TEXT = {
-    "balanced": "argmax of the model's probabilities (class-balanced training: a uniform prior)",
-    "prior": "argmax after each fold's prior shift toward its training class frequencies, fitted on its inner "
-    "validation split",
-}
 
 
 def prior_probs(run: Any) -> np.ndarray | None:
@@ -51,6 +46,7 @@ def headline_rule(requested: str, available: bool) -> tuple[str, str]:
 def decision_summary(
     run: Any,
     requested: str,
+    shifted: np.ndarray | None,
     groups: np.ndarray | None,
     baseline_accuracy: float,
     critical: str | None,
@@ -58,9 +54,9 @@ def decision_summary(
     seed: int,
 ) -> dict[str, Any]:
     """summary.json's ``decision``: each rule's accuracy, balanced accuracy, macro F1 and critical-class
-    sensitivity with CIs, the folds' prior-shift strengths, and which rule the headline uses."""
+    sensitivity with CIs, the folds' prior-shift strengths, and which rule the headline uses. ``shifted`` is
+    ``prior_probs(run)``."""
     y = run.oof["y_true"].to_numpy()
-    shifted = prior_probs(run)
     headline, note = headline_rule(requested, shifted is not None)
     candidates = {"balanced": run.probs(), "prior": shifted}
     rows = []
@@ -68,7 +64,7 @@ def decision_summary(
         if probs is None:
             continue
         cis = bootstrap_ci(y, probs, run.class_names, n_resamples=n_bootstrap, seed=seed, groups=groups)
-        row: dict[str, Any] = {"rule": rule, "meaning": RULE_TEXT[rule], "headline": rule == headline}
+        row: dict[str, Any] = {"rule": rule, "meaning": DECISION_TEXT[rule], "headline": rule == headline}
         row |= {k: cis[k] for k in DECISION_KEYS}
         if critical in run.class_names:
             sens = sensitivity_cis(y, probs, run.class_names, n_bootstrap, seed, groups=groups)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from medsg.calibration import DECISION_TEXT
 from medsg.report.tables import COLUMN_TITLES, fmt
 
 SINGLE_FOLD_WARNING = (
@@ -80,12 +81,7 @@ def render_model_card(
     data = config.get("data", {})
     pretrained = (config.get("model", {}) or {}).get("pretrained") or "none (trained from scratch)"
     decision = str((config.get("eval") or {}).get("decision", "balanced"))
-    rule = {
-        "balanced": "the argmax of the calibrated probabilities (the class-balanced model's own rule: it serves "
-        "balanced accuracy, not accuracy on data with the training class mix)",
-        "prior": "the argmax after each model's prior shift toward its training class frequencies, fitted on its "
-        "inner validation split (it serves accuracy on data with the training class mix)",
-    }.get(decision, decision)
+    rule = DECISION_TEXT.get(decision, decision)
     lines = [
         f"# Model card: {meta['experiment']}",
         "",
