@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from medsg.calibration import DECISION_TEXT
 from medsg.metrics import HEADLINE
 
 COLUMN_TITLES = {
@@ -215,12 +216,10 @@ def decision_text(summary: dict[str, Any]) -> str:
         for f in decision["per_fold"]
     )
     text = (
-        "Two decision rules on the same models. balanced: the argmax of the probabilities as trained (a "
-        "class-balanced loss aims at equal priors, so this rule serves balanced accuracy). prior: the argmax after "
-        "each fold's prior shift softmax(log p_T + s log prior), with the fold's training class frequencies and "
-        "the strength s fitted by NLL on its inner validation split (never the test fold); it serves accuracy "
-        f"on data with the training prior. The headline, predict and evaluate use the {decision['headline']} rule "
-        f"(eval.decision). Majority-class accuracy: {fmt(decision['baseline_accuracy'])}."
+        f"Two decision rules on the same models. balanced: {DECISION_TEXT['balanced']}. prior: "
+        f"{DECISION_TEXT['prior']}; the shift is softmax(log p_T + s log prior), with s fitted by NLL on the "
+        f"inner validation split, never the test fold. The headline, predict and evaluate use the "
+        f"{decision['headline']} rule (eval.decision). Majority-class accuracy: {fmt(decision['baseline_accuracy'])}."
     )
     if strengths:
         text += f" Strengths: {strengths}."

@@ -462,10 +462,11 @@ class FoldTrainer:
         predictions (never the test fold) and write ``calibration.json`` and ``calibrated_predictions.csv``
         (temperature only); ``predictions.csv`` stays raw."""
         val = self._selected_val_predictions(model)
-        no_val = (
+        missing = (
             f"no inner validation split (selection {self.cfg.train.selection}, splits.inner_val_fraction "
-            f"{self.cfg.splits.inner_val_fraction}): probabilities are left uncalibrated (T = 1.0)"
+            f"{self.cfg.splits.inner_val_fraction})"
         )
+        no_val = f"{missing}: probabilities are left uncalibrated (T = 1.0)"
         names = self.data.class_names
         record = fold_calibration(*(val or (None, None)), names, no_val)
         val_y, val_probs = val or (None, None)
@@ -476,7 +477,7 @@ class FoldTrainer:
             val_probs,
             self.data.train_labels,
             names,
-            reason=no_val.replace("T = 1.0", "no prior shift"),
+            reason=f"{missing}: no prior shift",
         )
         calibrated = apply_temperature(probs, record["temperature"])
         record.update(
