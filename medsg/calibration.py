@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from medsg.metrics import classification_metrics
+
 VAL_PREDICTIONS = "val_predictions.csv"  # a fold's inner validation probabilities at the selected epoch
 CALIBRATION_FILE = "calibration.json"  # a fold's temperature and its before/after scores
 CALIBRATED_PREDICTIONS = "calibrated_predictions.csv"  # a fold's test predictions after its temperature
@@ -175,8 +177,6 @@ def decide(probs: np.ndarray, calibration: dict[str, Any], decision: str) -> np.
 
 def probability_scores(y: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
     """ECE, Brier and log loss, with the definitions of ``medsg.metrics`` (what calibration changes)."""
-    from medsg.metrics import classification_metrics
-
     metrics = classification_metrics(y, probs, class_names)
     return {k: float(metrics[k]) for k in ("ece", "brier", "log_loss")}
 

@@ -27,8 +27,16 @@ from pydantic import (
     model_validator,
 )
 
+import medsg
+import medsg.models  # noqa: F401 (registers the SG-Former variants)
 from medsg.data.audit import MIN_CORRELATION, NEAR_DUP_THRESHOLD
-from medsg.errors import ConfigError
+from medsg.data.dicom import check_keyword, grouping_keyword
+from medsg.data.manifest import adapter_names
+from medsg.data.splits import split_filename
+from medsg.data.transforms import aug_defaults, resolve_augmentations
+from medsg.errors import ConfigError, InputSizeError
+from medsg.models.sgformer import check_img_size
+from medsg.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +68,11 @@ ADDED_KEYS = {
     "train.amp_dtype": "auto",  # the GPU-path switches came later; earlier runs used these values
     "train.channels_last": False,
     "train.compile": False,
+    "train.trainer": "medsg.train.fold.FoldTrainer",
 }
+# added keys that leave config_hash as it was while they hold their default (reports keep their hash)
+HASH_NEUTRAL_DEFAULTS = {"train.trainer": "medsg.train.fold.FoldTrainer"}
+DEFAULT_TRAINER = HASH_NEUTRAL_DEFAULTS["train.trainer"]
 
 
 class _Strict(BaseModel):
@@ -137,8 +149,6 @@ class DataConfig(_Strict):
     @classmethod
     def _known_adapter(cls, value: str) -> str:
         """One list of adapters: the registry that ``load_manifest`` dispatches on."""
-        from medsg.data.manifest import adapter_names
-
         names = adapter_names()
         if value not in names:
             match = difflib.get_close_matches(value, names, n=1)
@@ -161,8 +171,6 @@ class SplitsConfig(_Strict):
     @classmethod
     def _known_dicom_keyword(cls, value: str) -> str:
         """``dicom:<Keyword>`` must name a DICOM element that can hold an id, checked before any data is read."""
-        from medsg.data.dicom import check_keyword, grouping_keyword
-
         keyword = grouping_keyword(value)
         if keyword is not None:
             check_keyword(keyword)
@@ -180,10 +188,6 @@ class ModelConfig(_Strict):
         """The model name must be in timm's registry (after ``import medsg``, which adds SG-Former) and an
         SG-Former must get a size it can serve: both failed only at model build, after the whole audit."""
         import timm
-
-        import medsg.models  # noqa: F401  (registers the SG-Former variants)
-        from medsg.errors import InputSizeError
-        from medsg.models.sgformer import check_img_size
 
         if not timm.is_model(self.name):
             match = difflib.get_close_matches(self.name, timm.list_models(), n=1)
@@ -225,6 +229,8 @@ class TrainConfig(_Strict):
     early_stop_patience: int | None = Field(None, ge=1)
     selection: Literal["inner_val", "last_epoch"] = "inner_val"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # the FoldTrainer subclass that runs each fold (dotted path): a recipe changed by hooks, not by edits
+    trainer: str = DEFAULT_TRAINER
     workers: int = Field(2, ge=0)
     deterministic: bool = True
 
@@ -287,6 +293,9 @@ class ExplainConfig(_Strict):
     deletion_steps: int = Field(0, ge=0)
 
 
+OUTER_TEST_UNUSED = "the outer test fold is never used for selection"  # said beside every selection rule
+
+
 class Config(_Strict):
     experiment: ExperimentConfig
     data: DataConfig
@@ -298,6 +307,36 @@ class Config(_Strict):
     # data.root as the user wrote it: config.yaml stores this, not an absolute path of one machine
     _root_as_given: str | None = PrivateAttr(default=None)
     _pretrained_as_given: str | None = PrivateAttr(default=None)  # likewise model.pretrained
+    _provenance: dict[str, Any] = PrivateAttr(default_factory=dict)  # where a saved config.yaml was made
+
+    @property
+    def selection_rule(self) -> str:
+        """Which epoch's weights a fold keeps, in words: stored in each fold's metrics.json and quoted by the
+        report, from this one place so the two cannot drift apart."""
+        train, frac = self.train, self.splits.inner_val_fraction
+        if train.selection == "last_epoch":
+            return f"fixed schedule: weights after the last epoch ({train.epochs})" + (
+                " (EMA)" if train.ema else ""
+            )
+        return (
+            f"best inner-validation balanced accuracy (tie-break: lower val loss) on a grouped, stratified "
+            f"{frac:.0%} split of the training folds" + (", EMA weights" if train.ema else "")
+        )
+
+    @property
+    def root_as_given(self) -> str:
+        """``data.root`` as the config file wrote it (relative paths stay relative), for reports."""
+        return self._root_as_given or self.data.root
+
+    @property
+    def pretrained_as_given(self) -> str | None:
+        """``model.pretrained`` as written; None or "" (both mean from scratch) become None."""
+        return self._pretrained_as_given or self.model.pretrained or None
+
+    @property
+    def saved_provenance(self) -> dict[str, Any]:
+        """The provenance recorded in the config.yaml this config was loaded from ({} for a new config)."""
+        return self._provenance
 
     # Derived values, so every module reads the same defaults.
     @property
@@ -313,16 +352,12 @@ class Config(_Strict):
     @property
     def split_file(self) -> Path:
         """``splits.file``, or ``data_splits/<adapter>_<k>fold_seed<seed>.json`` relative to the working dir."""
-        from medsg.data.splits import split_filename
-
         default = Path("data_splits") / split_filename(self.data.adapter, self.splits.k, self.splits.seed)
         return Path(self.splits.file or default)
 
     @property
     def augmentations(self) -> Any:
         """``data.augment`` as ``medsg.data.transforms.Augmentations``, the dataset's vertical-flip default filled."""
-        from medsg.data.transforms import resolve_augmentations
-
         return resolve_augmentations(self.data.augment.model_dump(), self.data.adapter)
 
     @property
@@ -330,7 +365,6 @@ class Config(_Strict):
         """None means the dataset's default: off for grey-scale ultrasound, on for dermoscopy / endoscopy."""
         if self.data.color_aug is not None:
             return self.data.color_aug
-        from medsg.data.transforms import aug_defaults
 
         return aug_defaults(self.data.adapter)["color_aug"]
 
@@ -474,6 +508,26 @@ def config_from_dict(
     return cfg
 
 
+def load_saved_config(folder: str | Path, required: bool = True) -> Config | None:
+    """The config a run folder, report folder or package was made with (its ``config.yaml``), typed.
+
+    Paths are not checked (the data may lie on another machine); the recorded provenance stays readable as
+    ``cfg.saved_provenance``. An absent file is an error naming the folder, or None when not ``required``.
+    """
+    path = RunFolder(Path(folder)).config
+    if not path.is_file():
+        if not required:
+            return None
+        raise ConfigError(
+            f"{path} not found: is {folder} a medsg run folder (<output_dir>/<name>) or report folder?"
+        )
+    raw = read_yaml(path)
+    provenance = raw.get("provenance")
+    cfg = config_from_dict(raw, source=str(path), check_paths=False)
+    cfg._provenance = provenance if isinstance(provenance, dict) else {}
+    return cfg
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None, check_paths: bool = True) -> Config:
     """Read (with its ``base:`` chain), override and validate a YAML config file."""
     return config_from_dict(compose_yaml(path), overrides, source=str(path), check_paths=check_paths)
@@ -517,8 +571,6 @@ def provenance() -> dict[str, Any]:
     import PIL
     import timm
     import torch
-
-    import medsg
 
     cpu = _cpuinfo()
     return {
@@ -625,7 +677,9 @@ def config_hash(saved: dict[str, Any]) -> str:
     kept = {
         k: v
         for k, v in flat.items()
-        if k not in NON_RESULT_KEYS | {"data.root"} and not k.startswith(ignored)
+        if k not in NON_RESULT_KEYS | {"data.root"}
+        and not k.startswith(ignored)
+        and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])
     }
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 

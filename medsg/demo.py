@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageFilter
 
+from medsg.config import config_from_dict
+from medsg.experiment import run_experiment
 from medsg.io import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
@@ -93,8 +95,6 @@ def demo_config(out: Path, quick: bool = False) -> Config:
 
     import yaml
 
-    from medsg.config import config_from_dict
-
     raw = yaml.safe_load(resources.files("medsg").joinpath("configs/demo.yaml").read_text(encoding="utf-8"))
     out = Path(out).resolve()
     name = raw["experiment"]["name"] + ("_quick" if quick else "")
@@ -125,8 +125,6 @@ def run_demo(out: str | Path = "medsg_demo", quick: bool = False, quiet: bool = 
     Everything (data, split file, runs, report) goes below ``out``, which ignores itself in git (a
     ``.gitignore`` of ``*``), so a demo run inside a clone leaves no untracked files.
     """
-    from medsg.experiment import run_experiment
-
     out = Path(out)
     ignore = out / ".gitignore"
     if not ignore.exists():

@@ -26,10 +26,13 @@ import numpy as np
 import pandas as pd
 
 from medsg.config import DEFAULT_BOOTSTRAP
+from medsg.data import class_names, load_manifest
 from medsg.errors import DataError
-from medsg.io import atomic_write_text
+from medsg.io import atomic_write_text, read_json
+from medsg.metrics import bootstrap_ci, calibration_cis, classification_metrics
 from medsg.package import ModelBundle, load_model
 from medsg.predict import CALIBRATION_NOTE, InputItem, PredictOptions, audit_overlap, predict_items
+from medsg.report.external import write_external_report
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +79,13 @@ def cv_predictions(bundle: ModelBundle) -> tuple[pd.DataFrame, bool] | None:
 
 def _cv_summary(bundle: ModelBundle) -> dict[str, Any]:
     path = bundle.source / ("cv/summary.json" if bundle.kind == "package" else "summary.json")
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json(path, default={})
 
 
 def score(
     y: np.ndarray, probs: np.ndarray, raw: np.ndarray, names: list[str], groups: np.ndarray, n: int, seed: int
 ) -> dict[str, Any]:
     """Metrics, bootstrap CIs (resampling groups) and calibration before/after of the ensemble's predictions."""
-    from medsg.metrics import bootstrap_ci, calibration_cis, classification_metrics
-
     return {
         "metrics": classification_metrics(y, probs, names),
         "bootstrap_ci": bootstrap_ci(y, probs, names, n_resamples=n, seed=seed, groups=groups),
@@ -94,9 +95,6 @@ def score(
 
 def evaluate(model: str | Path, request: EvaluateRequest, out_dir: str | Path) -> dict[str, Any]:
     """Run the whole evaluation; writes predictions, overlap.csv, evaluation.json and the report into out_dir."""
-    from medsg.data import class_names, load_manifest
-    from medsg.report.external import write_external_report
-
     out_dir = Path(out_dir)
     bundle = load_model(model)
     manifest = load_manifest(request.adapter, request.root, **request.options)

@@ -17,17 +17,40 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from torch import nn
 
-from medsg.config import DEFAULT_BOOTSTRAP, Config, dump_config, load_config, resolved_config, result_diff
-from medsg.errors import ConfigError
-from medsg.io import atomic_write_text
+import medsg
+from medsg.config import (
+    DEFAULT_BOOTSTRAP,
+    Config,
+    config_hash,
+    dump_config,
+    git_clean,
+    git_hash,
+    git_toplevel,
+    load_config,
+    load_saved_config,
+    read_yaml,
+    resolved_config,
+    result_diff,
+)
+from medsg.data import class_names, load_manifest, save_manifest
+from medsg.data.audit import apply_audit_policy, audit_manifest, describe_grouping, read_audit, write_audit
+from medsg.data.dataset import build_dataset, manifest_to_records
+from medsg.data.dicom import add_header_groups, grouping_keyword, new_salt
+from medsg.data.splits import check_no_leakage, inner_split, load_or_create_splits, read_group_salt
+from medsg.errors import ConfigError, ReportRefused
+from medsg.explain import EXPLAIN_DIR, collect_explanations, fold_explain_dirs
+from medsg.io import atomic_write_text, read_json
 from medsg.pretrain import pretraining_source
+from medsg.report import write_report
+from medsg.report.compare import write_comparison
+from medsg.report.operating_points import critical_class
+from medsg.run_folder import ALL, CONFIG_FILE, DONE_FILE, RunFolder
 from medsg.train import ddp
 from medsg.train.decoded import RunDecodes, shared_head
-from medsg.train.final import ALL
-from medsg.train.kfold import fold_dir, fold_is_done, run_folds, train_final
+from medsg.train.fold import trainer_class
+from medsg.train.kfold import run_folds, train_final
 from medsg.train.loader import FoldData
 from medsg.train.utils import derive_seed, resolve_device, seed_everything
 
@@ -49,8 +72,6 @@ class PreparedData:
 
 def grouping_description(cfg: Config) -> str:
     """What the split's groups are, in words, for the split header and the report's protocol text."""
-    from medsg.data.audit import describe_grouping
-
     audit = cfg.data.audit
     return describe_grouping(
         cfg.data.adapter, cfg.splits.grouping, audit.near_dup_threshold, audit.min_correlation
@@ -63,9 +84,6 @@ def dicom_group_salt(cfg: Config, run_dir: Path | None, dist: ddp.DistInfo | Non
     Read from the split file (a resumed run's own copy first), so every run on the same data hashes a patient
     to the same group; a new split gets a new salt, drawn by rank 0 and shared with the other ranks.
     """
-    from medsg.data.dicom import grouping_keyword, new_salt
-    from medsg.data.splits import read_group_salt
-
     if grouping_keyword(cfg.splits.grouping) is None:
         return None
     own = run_dir / "splits.json" if run_dir is not None else None
@@ -81,8 +99,6 @@ def dicom_group_salt(cfg: Config, run_dir: Path | None, dist: ddp.DistInfo | Non
 
 def _note_new_split_file(path: Path, expected: bool) -> None:
     """A new split file means new folds: say where it went, since a relative path follows the working dir."""
-    import medsg
-
     canonical = Path(medsg.__file__).resolve().parents[1] / "data_splits"
     level = logging.INFO if expected else logging.WARNING
     log.log(
@@ -127,16 +143,10 @@ def prepare_data(
     Creating a split file logs a WARNING with its absolute path unless ``new_split_expected`` (``medsg splits``,
     the demo): a run that silently makes new folds is not comparable with runs on the canonical ones.
     """
-    from medsg.data import class_names, load_manifest, save_manifest
-    from medsg.data.audit import apply_audit_policy, audit_manifest, read_audit, write_audit
-    from medsg.data.splits import check_no_leakage, load_or_create_splits
-
     dist = dist or ddp.DistInfo()
     raw = load_manifest(cfg.data.adapter, cfg.data.root, **cfg.data.options)
     salt = dicom_group_salt(cfg, run_dir, dist)  # None unless splits.grouping is dicom:<Keyword>
     if salt is not None:  # the header id becomes a manifest column of salted hashes, named like the grouping
-        from medsg.data.dicom import add_header_groups
-
         raw = add_header_groups(raw, cfg.splits.grouping, salt)
     if cfg.splits.grouping not in raw.columns:  # checked before the audit, which can take minutes
         raise ConfigError(
@@ -218,8 +228,6 @@ class ManifestFolds:
 
         ``fold="all"`` (the final model) trains on every id of the manifest, with neither val nor test.
         """
-        from medsg.data.splits import inner_split
-
         if fold == ALL:
             return {"train": sorted(self.data.manifest["id"]), "val": [], "test": []}
         if not 0 <= fold < len(self.data.splits):
@@ -253,26 +261,13 @@ class ManifestFolds:
         """The train (True) and eval (False) pipelines for ``model``'s mean/std."""
         import timm
 
-        from medsg.data.transforms import build_transforms
-
         data_cfg = timm.data.resolve_data_config({}, model=model)
-        return {
-            train: build_transforms(
-                self.cfg.model.img_size,
-                tuple(data_cfg["mean"]),
-                tuple(data_cfg["std"]),
-                train=train,
-                color_aug=self.cfg.color_aug,
-                with_mask=False,  # classification only: a varying number of mask paths would not collate
-                augment=self.cfg.augmentations,  # data.augment, the dataset's vertical-flip rule filled in
-            )
-            for train in (True, False)
-        }
+        mean, std = tuple(data_cfg["mean"]), tuple(data_cfg["std"])
+        trainer = trainer_class(self.cfg)  # the trainer's build_transforms hook
+        return {train: trainer.build_transforms(self.cfg, mean, std, train) for train in (True, False)}
 
     def _dataset(self, ids: list[str], transform: Any) -> Any:
         """A dataset of ``ids`` (masks left out) through ``transform``, cached as ``data.cache`` says."""
-        from medsg.data.dataset import build_dataset, manifest_to_records
-
         records = manifest_to_records(self._by_id.loc[ids].reset_index(drop=True))
         for record in records:
             record.pop("mask", None)
@@ -306,7 +301,9 @@ class ManifestFolds:
     def __call__(self, fold: int | str, model: nn.Module) -> FoldData:
         ids = self.fold_ids(fold)
         if self.dist.is_main:
-            atomic_write_text(fold_dir(self.run_dir, fold) / "inner_split.json", json.dumps(ids, indent=1))
+            atomic_write_text(
+                RunFolder(self.run_dir).fold(fold).file("inner_split.json"), json.dumps(ids, indent=1)
+            )
         pipelines = self._pipelines(model)
         shared = self._shared(pipelines)
 
@@ -337,7 +334,7 @@ DERIVED_FILES = ("audit.json", "manifest.csv", "splits.json", "protocol.json")
 
 def run_has_progress(run_dir: Path) -> bool:
     """Whether any fold of the run has trained: a checkpoint or a DONE marker (then its config is fixed)."""
-    return any(run_dir.glob("fold_*/DONE")) or any(run_dir.glob("fold_*/checkpoint_*.pt"))
+    return any(run_dir.glob(f"fold_*/{DONE_FILE}")) or any(run_dir.glob("fold_*/checkpoint_*.pt"))
 
 
 def save_or_check_config(cfg: Config, run_dir: Path) -> dict[str, Any]:
@@ -349,9 +346,9 @@ def save_or_check_config(cfg: Config, run_dir: Path) -> dict[str, Any]:
     restart cannot reuse folds or a manifest made under the old config.
     """
     new = resolved_config(cfg)
-    path = run_dir / "config.yaml"
+    path = RunFolder(run_dir).config
     if path.exists():
-        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        saved = read_yaml(path)
         diff = result_diff(saved, new)
         if diff and not run_has_progress(run_dir):
             log.warning(
@@ -391,50 +388,45 @@ REPORT_SECTIONS = ("eval", "explain")  # sections a finished run may update: the
 
 def all_folds_done(run_dir: Path, k: int) -> bool:
     """Whether folds 0..k-1 all have their DONE marker (then the report can be written)."""
-    return all(fold_is_done(run_dir, f) for f in range(k))
+    return RunFolder(run_dir).finished(k)
 
 
-def collect_run_explanations(run_dir: Path, saved: dict[str, Any]) -> None:
+def collect_run_explanations(run_dir: Path, cfg: Config) -> None:
     """Pool the folds' explanations into ``<run_dir>/explain/`` (scores with grouped CIs, review.html)."""
-    from medsg.explain import EXPLAIN_DIR, collect_explanations, fold_explain_dirs
-
     folders = fold_explain_dirs(run_dir)
     if not folders:
         return
-    name = saved.get("experiment", {}).get("name", run_dir.name)
     collect_explanations(
         folders,
         run_dir / EXPLAIN_DIR,
-        f"{name}: explanations of out-of-fold test cases",
-        n_bootstrap=int(saved.get("eval", {}).get("bootstrap", DEFAULT_BOOTSTRAP)),
-        seed=int(saved.get("experiment", {}).get("seed", 0)),
-        critical_class=review_critical_class(saved, folders),
+        f"{cfg.experiment.name}: explanations of out-of-fold test cases",
+        n_bootstrap=cfg.eval.bootstrap,
+        seed=cfg.experiment.seed,
+        critical_class=review_critical_class(cfg, folders),
     )
 
 
-def review_critical_class(saved: dict[str, Any], folders: list[Path]) -> str | None:
+def review_critical_class(cfg: Config, folders: list[Path]) -> str | None:
     """The class the review page's outcome filter starts on: the report's critical class (eval.critical_class,
     else the dataset's: malignant for BUSI, MEL for ISIC), or None."""
-    from medsg.report.operating_points import critical_class
-
-    names = json.loads((folders[0] / "explain.json").read_text(encoding="utf-8")).get("class_names", [])
-    configured = (saved.get("eval") or {}).get("critical_class")
-    return critical_class(configured, (saved.get("data") or {}).get("adapter"), names)[0]
+    names = read_json(folders[0] / "explain.json").get("class_names", [])
+    return critical_class(cfg.eval.critical_class, cfg.data.adapter, names)[0]
 
 
 MADE_BY = "made_by.json"  # in a report folder: which run, config, commit and tree made it
 
 
-def report_origin(run_dir: Path, saved: dict[str, Any]) -> dict[str, Any]:
-    """What ``made_by.json`` records: the run (name and config hash), whether every fold is in, and the code."""
-    from medsg.config import config_hash, git_clean, git_hash
+def report_origin(run_dir: Path, cfg: Config) -> dict[str, Any]:
+    """What ``made_by.json`` records: the run (name and config hash), whether every fold is in, and the code.
 
-    k = int(saved.get("splits", {}).get("k", 0) or 0)
+    The hash is of config.yaml as written (``config_hash`` skips provenance and I/O knobs), so the reports
+    made before the typed reading keep their hash."""
+    run = RunFolder(run_dir)
     return {
-        "run_id": str(saved.get("experiment", {}).get("name", run_dir.name)),
-        "config_hash": config_hash(saved),
-        "complete": bool(k) and all_folds_done(run_dir, k),
-        "run_commit": (saved.get("provenance") or {}).get("git"),
+        "run_id": cfg.experiment.name,
+        "config_hash": config_hash(read_yaml(run.config)),
+        "complete": run.finished(cfg.splits.k),
+        "run_commit": cfg.saved_provenance.get("git"),
         "report_commit": git_hash(),
         "clean_tree": git_clean(),
     }
@@ -448,16 +440,13 @@ def check_report_target(out: Path, origin: dict[str, Any], force: bool) -> None:
     """
     if force or not (out / "report.md").exists() and not (out / MADE_BY).exists():
         return
-    from medsg.errors import ReportRefused
 
     made_by = out / MADE_BY
     if made_by.is_file():
-        old = json.loads(made_by.read_text(encoding="utf-8"))
+        old = read_json(made_by)
     else:
         summary = out / "summary.json"
-        name = (
-            json.loads(summary.read_text(encoding="utf-8")).get("experiment") if summary.is_file() else None
-        )
+        name = read_json(summary, default={}).get("experiment")
         old = {"run_id": name, "config_hash": origin["config_hash"], "complete": True}
     why = None
     if old.get("run_id") != origin["run_id"] or old.get("config_hash") != origin["config_hash"]:
@@ -481,14 +470,10 @@ def check_reports_write(out: Path, force: bool = False, checkout: Path | None = 
     """Refuse to write into the ``reports/`` of medsg's checkout (or ``checkout``) from a tree with uncommitted
     changes outside it, unless ``force``: a committed report must come from committed code (made_by.json
     names the commit)."""
-    from medsg.config import git_clean, git_toplevel
-
     top = git_toplevel(checkout)
     if force or top is None or not Path(out).resolve().is_relative_to((top / "reports").resolve()):
         return
     if git_clean(top) is False:
-        from medsg.errors import ReportRefused
-
         raise ReportRefused(
             f"not writing into {out}: the checkout {top} has uncommitted changes outside reports/ (see `git "
             "status`), so the result could not be traced to a commit. Commit them first, write elsewhere "
@@ -503,35 +488,22 @@ def write_run_report(run_dir: Path, report_dir: Path | None = None, force: bool 
     quick try never lands in ``reports/``; any report folder records its origin in made_by.json, and
     another run's report there is not replaced without ``force``.
     """
-    from medsg.report import write_report
-
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(
-            f"{cfg_path} not found: is {run_dir} a medsg run folder (<output_dir>/<name>)?"
-        )
-    saved = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
-    experiment = saved.get("experiment", {})
-    origin = report_origin(run_dir, saved)
+    cfg = load_saved_config(run_dir)
+    origin = report_origin(run_dir, cfg)
     if report_dir is not None:
         out = Path(report_dir)
     elif origin["complete"]:
-        out = Path(experiment.get("report_dir") or Path("reports") / experiment.get("name", run_dir.name))
+        out = Path(cfg.experiment.report_dir or Path("reports") / cfg.experiment.name)
     else:
         out = run_dir / "report"
         log.info("the run has unfinished folds: its partial report goes to %s", out)
     check_report_target(out, origin, force)
     check_reports_write(out, force)
-    collect_run_explanations(run_dir, saved)
-    path = write_report(
-        run_dir,
-        out,
-        n_bootstrap=int(saved.get("eval", {}).get("bootstrap", DEFAULT_BOOTSTRAP)),
-        seed=int(experiment.get("seed", 0)),
-    )
+    collect_run_explanations(run_dir, cfg)
+    path = write_report(run_dir, out, n_bootstrap=cfg.eval.bootstrap, seed=cfg.experiment.seed)
     # the run's resolved config beside the numbers it made, so `medsg reproduce REPORT_DIR` can rerun a fold
-    atomic_write_text(out / "config.yaml", cfg_path.read_text(encoding="utf-8"))
+    atomic_write_text(out / CONFIG_FILE, RunFolder(run_dir).config.read_text(encoding="utf-8"))
     atomic_write_text(out / MADE_BY, json.dumps(origin, indent=1) + "\n")
     log.info("report written to %s", path)
     return path
@@ -540,8 +512,6 @@ def write_run_report(run_dir: Path, report_dir: Path | None = None, force: bool 
 def _report_after_training(run_dir: Path, report_dir: Path) -> None:
     """The report at the end of a run; a refusal (another run's report there) is logged, since the folds are
     safely written and `medsg report` can write it elsewhere."""
-    from medsg.errors import ReportRefused
-
     try:
         write_run_report(run_dir, report_dir)
     except ReportRefused as exc:
@@ -622,28 +592,20 @@ def run_from_file(
     return run_experiment(load_config(config_path, overrides), folds, quiet)
 
 
-def _saved_config(run_dir: Path) -> dict[str, Any]:
-    """A run folder's config.yaml as a dict ({} when absent)."""
-    path = run_dir / "config.yaml"
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
-
-
 def compare_run_folders(run_dirs: list[Path], out: Path | None = None, force: bool = False) -> Path:
     """``medsg compare``: paired comparison of runs on one split file, written to ``out`` (default
     ``reports/compare_<first>_<second>``); the bootstrap settings are the first run's."""
-    from medsg.report.compare import write_comparison
-
     run_dirs = [Path(d) for d in run_dirs]
-    saved = [_saved_config(d) for d in run_dirs]
-    first = saved[0] if saved else {}
-    names = [s.get("experiment", {}).get("name", d.name) for s, d in zip(saved, run_dirs, strict=True)]
+    saved = [load_saved_config(d, required=False) for d in run_dirs]
+    first = saved[0] if saved else None
+    names = [s.experiment.name if s else d.name for s, d in zip(saved, run_dirs, strict=True)]
     out = Path(out) if out else Path("reports") / ("compare_" + "_vs_".join(names))
     check_reports_write(out, force)
     path = write_comparison(
         run_dirs,
         out,
-        n_bootstrap=int(first.get("eval", {}).get("bootstrap", DEFAULT_BOOTSTRAP)),
-        seed=int(first.get("experiment", {}).get("seed", 0)),
+        n_bootstrap=first.eval.bootstrap if first else DEFAULT_BOOTSTRAP,
+        seed=first.experiment.seed if first else 0,
         force=force,
     )
     log.info("comparison written to %s", path)
@@ -655,8 +617,6 @@ def show_config(config_path: str | Path, overrides: list[str] | None = None) -> 
 
     Paths are not checked, so a config can be read on a machine without its data.
     """
-    from medsg.config import dump_config, resolved_config
-
     data = resolved_config(load_config(config_path, overrides, check_paths=False))
     data.pop("provenance", None)
     return dump_config(data)
@@ -677,7 +637,7 @@ def _plural(count: object, word: str) -> str:
 
 def run_summary_lines(run_dir: Path) -> list[str]:
     """Three lines on a finished run from its summary.json: data and protocol, pooled metrics, per fold."""
-    summary = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
+    summary = read_json(RunFolder(run_dir).file("summary.json"))
     proto, pooled = summary["protocol"], summary["pooled"]
     ci = summary.get("bootstrap_ci", {}).get("balanced_accuracy", {})
     ci_text = f" (95% CI {ci['low']:.2f}-{ci['high']:.2f})" if {"low", "high"} <= set(ci) else ""

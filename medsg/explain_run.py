@@ -18,12 +18,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medsg.config import Config, config_from_dict, read_yaml
+from medsg.config import Config, load_saved_config
+from medsg.data import class_names
+from medsg.data.manifest import read_manifest
+from medsg.data.splits import read_splits
+from medsg.data.transforms import mask_union, read_mask
 from medsg.errors import ConfigError, DataError
 from medsg.experiment import ManifestFolds, PreparedData, review_critical_class
 from medsg.explain import EXPLAIN_DIR, ExplainSettings, cases_from_manifest, collect_explanations
 from medsg.explain.cases import Case, explain_cases, pick_cases
-from medsg.train.kfold import fold_dir, fold_is_done
+from medsg.run_folder import RunFolder
+from medsg.train.model import build_model
+from medsg.train.state import load_training_checkpoint, selected_weights
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +48,8 @@ class ExplainRequest:
     seed: int = 0
 
 
-def _run_config(run_dir: Path) -> Config:
-    cfg = config_from_dict(
-        read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"), check_paths=False
-    )
-    return cfg
-
-
 def _prepared(run_dir: Path, cfg: Config) -> PreparedData:
     """The run's own manifest, folds and class names, read from its folder (never re-derived from data.root)."""
-    from medsg.data import class_names
-    from medsg.data.manifest import read_manifest
-    from medsg.data.splits import read_splits
-
     manifest = read_manifest(run_dir / "manifest.csv")
     _, folds = read_splits(run_dir / "splits.json")
     ids = set(manifest["id"])
@@ -76,9 +71,6 @@ def _probabilities(fold_path: Path, ids: Sequence[str], names: Sequence[str]) ->
 
 
 def _selected_model(cfg: Config, fold_path: Path, num_classes: int) -> Any:
-    from medsg.train.model import build_model
-    from medsg.train.state import load_training_checkpoint, selected_weights
-
     model = build_model(
         cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": None})}), num_classes
     )
@@ -108,8 +100,6 @@ def _match_images(request: ExplainRequest, manifest: pd.DataFrame) -> set[str]:
 
 
 def _lesion_ids(cases: Sequence[Case]) -> list[str]:
-    from medsg.data.transforms import mask_union, read_mask
-
     out = []
     for case in cases:
         if case.mask_paths:
@@ -123,13 +113,12 @@ def explain_run(run_dir: str | Path, request: ExplainRequest | None = None) -> d
     """Explain the finished folds of ``run_dir`` and pool them; returns counts, seconds and the summary."""
     request = request or ExplainRequest()
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise DataError(f"{run_dir / 'config.yaml'} not found: is {run_dir} a medsg run folder?")
+    run = RunFolder(run_dir)
     start = time.perf_counter()
-    cfg = _run_config(run_dir)
+    cfg = load_saved_config(run_dir)
     data = _prepared(run_dir, cfg)
     folds = list(request.folds) if request.folds is not None else list(range(cfg.splits.k))
-    done = [f for f in folds if fold_is_done(run_dir, f)]
+    done = [f for f in folds if run.fold(f).done]
     if not done:
         raise ConfigError(f"no finished fold among {folds} in {run_dir}: run `medsg run` first")
     wanted = _match_images(request, data.manifest) if request.images else set()
@@ -137,7 +126,7 @@ def explain_run(run_dir: str | Path, request: ExplainRequest | None = None) -> d
     per_fold: dict[int, tuple[Any, list[Case]]] = {}
     for fold in done:
         ids = factory.fold_ids(fold)["test"]
-        probs = _probabilities(fold_dir(run_dir, fold), ids, data.class_names)
+        probs = _probabilities(run.fold(fold).path, ids, data.class_names)
         rows = data.manifest.set_index("id", drop=False).loc[ids]
         per_fold[fold] = (ids, cases_from_manifest(rows, ids, probs, fold, cfg.splits.grouping))
     all_cases = [c for _, cases in per_fold.values() for c in cases]
@@ -159,16 +148,16 @@ def explain_run(run_dir: str | Path, request: ExplainRequest | None = None) -> d
         else:
             picked = pick_cases(ids, [c.label for c in cases], n_review)
             review = frozenset(ids[i] for i in picked)
-        model = _selected_model(cfg, fold_dir(run_dir, fold), len(data.class_names))
+        model = _selected_model(cfg, run.fold(fold).path, len(data.class_names))
         fold_data = factory(fold, model)
-        out = fold_dir(run_dir, fold) / EXPLAIN_DIR
+        out = run.fold(fold).file(EXPLAIN_DIR)
         counts = explain_cases(
             model, fold_data.test, cases, out, data.class_names, review, settings, free_ids
         )
         log.info("fold %d: %d lesion images scored in %.0f s", fold, counts["n_scored"], counts["seconds"])
         folders.append(out)
     title = f"{cfg.experiment.name}: explanations of out-of-fold test cases"
-    critical = review_critical_class(cfg.model_dump(mode="json"), folders)
+    critical = review_critical_class(cfg, folders)
     result = collect_explanations(
         folders, run_dir / EXPLAIN_DIR, title, cfg.eval.bootstrap, cfg.experiment.seed, critical
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -101,3 +102,23 @@ def publish_dir(staging: str | os.PathLike, final_dir: str | os.PathLike) -> Pat
     staging.rename(final_dir)
     shutil.rmtree(old, ignore_errors=True)
     return final_dir
+
+
+_REQUIRED = object()
+
+
+def read_json(path: str | os.PathLike, default: Any = _REQUIRED, advice: str = "re-create it") -> Any:
+    """The JSON value in ``path``: the one reader of medsg's own files (metrics, calibration, summaries).
+
+    An absent file gives ``default`` when one is given (else a ``MedsgError`` naming it); an unreadable one is
+    always an error that names the file and says what to do (``advice``), never a bare ``JSONDecodeError``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        if default is not _REQUIRED:
+            return default
+        raise MedsgError(f"{path} is missing; {advice}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MedsgError(f"{path} is not readable JSON ({exc}); {advice}") from exc

@@ -37,9 +37,17 @@ import yaml
 from torch import nn
 
 from medsg.calibration import CALIBRATION_FILE, PRIOR_KEY, apply_temperature, decide
+from medsg.config import load_saved_config, read_yaml
+from medsg.data.audit import MIN_CORRELATION, NEAR_DUP_THRESHOLD
+from medsg.data.manifest import read_manifest
+from medsg.data.transforms import build_transforms
 from medsg.errors import CheckpointError, DataError
-from medsg.io import atomic_write_text, publish_dir, staging_dir
+from medsg.io import atomic_write_text, publish_dir, read_json, staging_dir
 from medsg.models import create_model
+from medsg.models.checkpoint import load_exact, read_checkpoint, save_safetensors, select_state_dict
+from medsg.reference import FINGERPRINTS_FILE, STATS_FILE, write_reference
+from medsg.report.model_card import render_model_card
+from medsg.run_folder import ALL, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +73,6 @@ class Preprocessing:
     resize: str = "whole image to img_size x img_size, aspect ratio not kept"
 
     def transform(self) -> Any:
-        from medsg.data.transforms import build_transforms
-
         return build_transforms(
             self.img_size, self.mean, self.std, train=False, color_aug=False, with_mask=False
         )
@@ -112,8 +118,6 @@ class ModelBundle:
 
     def build(self, member: Member, device: torch.device | str = "cpu") -> nn.Module:
         """The member's model in eval mode, its weights loaded exactly (no head replaced, nothing dropped)."""
-        from medsg.models.checkpoint import load_exact
-
         model = create_model(self.arch, self.preprocessing.img_size, num_classes=len(self.class_names))
         load_exact(model, member.weights, use_ema=member.use_ema)
         return model.to(device).eval()
@@ -137,8 +141,6 @@ class ModelBundle:
 
     def audit_rules(self) -> tuple[int, float]:
         """(near-duplicate threshold, min correlation) of the training run's audit."""
-        from medsg.data.audit import MIN_CORRELATION, NEAR_DUP_THRESHOLD
-
         audit = self.config.get("data", {}).get("audit", {})
         return (
             int(audit.get("near_dup_threshold", NEAR_DUP_THRESHOLD)),
@@ -153,7 +155,7 @@ def load_model(path: str | Path) -> ModelBundle:
         raise DataError(f"model folder {path} does not exist; name a medsg run folder or an exported package")
     if (path / PACKAGE_FILE).is_file():
         return load_package(path)
-    if (path / "config.yaml").is_file():
+    if RunFolder(path).config.is_file():
         return load_run(path)
     raise DataError(
         f"{path} is neither a medsg run folder (no config.yaml) nor an exported package (no {PACKAGE_FILE})"
@@ -163,12 +165,8 @@ def load_model(path: str | Path) -> ModelBundle:
 # ---------------------------------------------------------------- run folders
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def _temperature(fold_path: Path) -> tuple[float, dict[str, Any]]:
-    record = _read_json(fold_path / CALIBRATION_FILE)
+    record = read_json(fold_path / CALIBRATION_FILE, default={})
     if not record:
         return 1.0, {
             "fitted": False,
@@ -181,22 +179,16 @@ def load_run(run_dir: str | Path) -> ModelBundle:
     """The finished folds of a run folder (and its final model, if trained) as a bundle."""
     import timm
 
-    from medsg.config import config_from_dict, read_yaml
-    from medsg.models.checkpoint import read_checkpoint
-
     run_dir = Path(run_dir)
-    raw = read_yaml(run_dir / "config.yaml")
-    cfg = config_from_dict(raw, source=str(run_dir / "config.yaml"), check_paths=False)
+    run = RunFolder(run_dir)
+    cfg = load_saved_config(run_dir)
     members = []
-    for name in [f"fold_{k}" for k in range(cfg.splits.k)] + ["fold_all"]:
-        folder = run_dir / name
-        if (folder / "DONE").is_file():
-            temperature, record = _temperature(folder)
-            kind = "all" if name == "fold_all" else "fold"
-            weights = folder / "checkpoint_best.pt"
-            members.append(
-                Member(name.removeprefix("fold_"), kind, weights, temperature, record, cfg.train.ema)
-            )
+    for folder in [*run.folds(cfg.splits.k), run.final]:
+        if folder.done:
+            temperature, record = _temperature(folder.path)
+            kind = "all" if folder.name == ALL else "fold"
+            weights = folder.checkpoint("best")
+            members.append(Member(str(folder.name), kind, weights, temperature, record, cfg.train.ema))
     if not members:
         raise DataError(f"{run_dir} has no finished fold (fold_K/DONE); train it with `medsg run` first")
     state = read_checkpoint(members[0].weights)
@@ -209,14 +201,12 @@ def load_run(run_dir: str | Path) -> ModelBundle:
     data_cfg = timm.data.resolve_data_config({}, model=model)
     prep = Preprocessing(cfg.model.img_size, tuple(data_cfg["mean"]), tuple(data_cfg["std"]))
     default = FOLDS if any(m.kind == "fold" for m in members) else FINAL
-    return ModelBundle(run_dir, "run", cfg.model.name, names, prep, members, raw, default)
+    # the bundle keeps config.yaml as written (provenance included), so an export copies it unchanged
+    return ModelBundle(run_dir, "run", cfg.model.name, names, prep, members, read_yaml(run.config), default)
 
 
 def run_reference_dir(run_dir: Path) -> Path:
     """``<run_dir>/reference/``, describing the run's training images (made once, from manifest.csv)."""
-    from medsg.data.manifest import read_manifest
-    from medsg.reference import FINGERPRINTS_FILE, STATS_FILE, write_reference
-
     out = Path(run_dir) / REFERENCE_DIR
     if not ((out / STATS_FILE).is_file() and (out / FINGERPRINTS_FILE).is_file()):
         manifest = read_manifest(Path(run_dir) / "manifest.csv")
@@ -271,7 +261,7 @@ def load_package(path: str | Path) -> ModelBundle:
     """An exported package as a bundle, after ``verify_package``."""
     path = Path(path)
     verify_package(path)
-    meta = _read_json(path / PACKAGE_FILE)
+    meta = read_json(path / PACKAGE_FILE)
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{path / PACKAGE_FILE} has format {meta.get('format')!r}; this medsg reads format {FORMAT}"
@@ -324,10 +314,6 @@ def export_package(run_dir: str | Path, out_dir: str | Path, models: str | None 
     ``models``: 'folds' (the ensemble), 'all' (the final model) or 'both'; default: both when the final
     model exists, else folds. The ensemble stays the default for prediction whenever it is shipped.
     """
-    from medsg.models.checkpoint import read_checkpoint, save_safetensors, select_state_dict
-    from medsg.reference import FINGERPRINTS_FILE, STATS_FILE
-    from medsg.report.model_card import render_model_card
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.is_dir() and not (out_dir / PACKAGE_FILE).is_file() and any(out_dir.iterdir()):
         raise DataError(f"{out_dir} exists and is not a medsg package; choose an empty or new folder")
@@ -335,7 +321,7 @@ def export_package(run_dir: str | Path, out_dir: str | Path, models: str | None 
     k = int(bundle.config.get("splits", {}).get("k", 0))
     has_final = any(m.kind == "all" for m in bundle.members)
     chosen = _members_to_export(bundle, models or ("both" if has_final else FOLDS), k)
-    summary = _read_json(run_dir / "summary.json")
+    summary = read_json(run_dir / "summary.json", default={})
     if any(m.kind == "fold" for m in chosen) and not summary:
         raise DataError(f"{run_dir / 'summary.json'} is missing: run `medsg report {run_dir}` first")
     staging = staging_dir(out_dir)
@@ -343,7 +329,9 @@ def export_package(run_dir: str | Path, out_dir: str | Path, models: str | None 
     for member in chosen:
         weights, _ = select_state_dict(read_checkpoint(member.weights), use_ema=member.use_ema)
         save_safetensors(weights, staging / "weights" / f"{member.name}.safetensors")
-        info = _read_json(member.weights.parent / ("final.json" if member.kind == "all" else "metrics.json"))
+        info = read_json(
+            member.weights.parent / ("final.json" if member.kind == "all" else "metrics.json"), default={}
+        )
         records.append(
             {
                 "name": member.name,
@@ -373,8 +361,8 @@ def export_package(run_dir: str | Path, out_dir: str | Path, models: str | None 
         "provenance": bundle.config.get("provenance", {}),
     }
     atomic_write_text(staging / PACKAGE_FILE, json.dumps(meta, indent=2) + "\n")
-    stats = _read_json(staging / STATS_FILE)
-    final_plan = _read_json(run_dir / "fold_all" / "final.json") if has_final else {}
+    stats = read_json(staging / STATS_FILE, default={})
+    final_plan = read_json(RunFolder(run_dir).final.file("final.json"), default={}) if has_final else {}
     atomic_write_text(
         staging / "MODEL_CARD.md", render_model_card(meta, bundle.config, summary, stats, final_plan)
     )

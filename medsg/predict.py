@@ -37,10 +37,22 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from medsg.calibration import DECISION_TEXT
+from medsg.data.dataset import plain_tensor
+from medsg.data.manifest import natural_key
 from medsg.errors import DataError
+from medsg.explain.cases import Case
 from medsg.explain.ensemble import explain_ensemble
-from medsg.io import atomic_write_text
-from medsg.package import Member, ModelBundle, reference_dir
+from medsg.io import atomic_write_text, read_json
+from medsg.package import Member, ModelBundle, load_model, reference_dir
+from medsg.reference import (
+    FINGERPRINTS_FILE,
+    STATS_FILE,
+    Fingerprints,
+    fingerprint,
+    ood_reasons,
+    overlap,
+    read_image_stats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +75,6 @@ class InputItem:
 
 
 def _image_files(folder: Path) -> Iterator[Path]:
-    from medsg.data.manifest import natural_key
-
     files = (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     yield from sorted(
         (p for p in files if not p.name.startswith(".")), key=lambda p: natural_key(p.as_posix())
@@ -119,9 +129,6 @@ class ImageFiles(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from medsg.data.dataset import plain_tensor
-        from medsg.reference import read_image_stats
-
         item = self.items[index]
         try:
             if not Path(item.path).is_file():
@@ -290,15 +297,12 @@ class PredictOptions:
 
 
 def _load_reference(bundle: ModelBundle) -> dict[str, Any] | None:
-    from medsg.package import reference_dir
-    from medsg.reference import STATS_FILE
-
     try:
         path = reference_dir(bundle) / STATS_FILE
     except DataError as exc:
         log.warning("no training reference (%s): image-statistics flags are off", exc)
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path, advice="export the package again")
 
 
 DISAGREE, UNLIKE = "folds disagree", "unlike the training data"  # the two kinds of flag, as the CSV says them
@@ -309,8 +313,6 @@ def audit_overlap(
 ) -> tuple[list[dict], list[dict]]:
     """(images that duplicate one of the model's training images, unreadable images), by the audit's rules
     (same bytes, same pixels, or a near duplicate): predictions on them are no test of the model."""
-    from medsg.reference import FINGERPRINTS_FILE, Fingerprints, fingerprint, overlap
-
     train = Fingerprints.load(reference_dir(bundle) / FINGERPRINTS_FILE)
     test, problems = fingerprint(list(ids), list(paths))
     threshold, min_corr = bundle.audit_rules()
@@ -359,9 +361,6 @@ def predict_items(
     Writes ``skipped.csv`` (unreadable inputs), ``predict.json`` (what was done) and, with ``explain``,
     ``explain/<id>.png``. ``collect`` keeps ids, labels and probabilities for metrics (``evaluate``).
     """
-    from medsg.explain.cases import Case
-    from medsg.reference import ood_reasons
-
     options = options or PredictOptions()
     out_dir = Path(out_dir)
     start = time.perf_counter()
@@ -474,8 +473,6 @@ def run_predict(
     model: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, options: PredictOptions
 ) -> PredictResult:
     """``medsg predict``: load the model (run folder or package), list the inputs, predict them."""
-    from medsg.package import load_model
-
     bundle = load_model(model)
     items = list_inputs(inputs)
     if not items:

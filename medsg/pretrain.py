@@ -52,8 +52,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from medsg.data import load_manifest
+from medsg.data.generic import IMAGE_SUFFIXES
+from medsg.data.images import read_image
 from medsg.errors import ConfigError, DataError
-from medsg.io import atomic_torch_save, atomic_write_text
+from medsg.io import atomic_torch_save, atomic_write_text, read_json
 from medsg.models import create_model
 from medsg.models.checkpoint import read_checkpoint, save_safetensors
 from medsg.train.utils import derive_seed, resolve_device, seed_everything
@@ -99,9 +102,6 @@ def unlabelled_images(
 ) -> list[UnlabelledImage]:
     """The images to pretrain on: a dataset through its adapter (labels ignored) or every image below a folder,
     sorted by id, so the list is reproducible."""
-    from medsg.data import load_manifest
-    from medsg.data.generic import IMAGE_SUFFIXES
-
     if (adapter is None) == (folder is None):
         raise ConfigError("pretrain: give either --adapter with --root, or --folder (a folder of images)")
     if folder is not None:
@@ -133,8 +133,6 @@ class TwoViews(Dataset):
     BYOL views per draw."""
 
     def __init__(self, items: Sequence[UnlabelledImage], transform: BYOLTransform, max_side: int) -> None:
-        from medsg.data.images import read_image
-
         self.transform = transform
         self.images = []
         for item in tqdm(items, desc="decoding", unit="img", disable=None, leave=False):
@@ -197,7 +195,7 @@ def _check_resumable(out_dir: Path, record: dict[str, Any]) -> dict[str, Any] | 
     path = out_dir / PRETRAIN_FILE
     if not path.is_file():
         return None
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    saved = read_json(path, advice="delete the folder to start again")
     for key in ("settings", "images"):
         if saved.get(key) != record[key]:
             raise ConfigError(
@@ -330,7 +328,7 @@ def pretraining_source(weights: str | Path | None, adapter: str, ids: Sequence[s
     path = folder / PRETRAIN_FILE
     if not path.is_file():
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = read_json(path, advice="name a complete pretraining folder")
     images = record.get("images", {})
     seen = (
         set((folder / IMAGES_FILE).read_text(encoding="utf-8").split("\n"))

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medsg.data.audit import inspect_file, near_duplicate_pairs
 from medsg.errors import DataError
 from medsg.io import atomic_write_bytes, atomic_write_text
 
@@ -161,8 +162,6 @@ class Fingerprints:
 
 def fingerprint(ids: Sequence[str], paths: Sequence[str]) -> tuple[Fingerprints, list[dict[str, Any]]]:
     """Fingerprints of readable images and the audit's problem record of the others."""
-    from medsg.data.audit import inspect_file
-
     rows, problems = [], []
     for image_id, path in zip(ids, paths, strict=True):
         info = inspect_file(path)
@@ -210,8 +209,6 @@ def overlap(
     One row per overlapping test id, with the strongest kind (exact > pixel > near) and the training ids it
     matches under that kind.
     """
-    from medsg.data.audit import near_duplicate_pairs
-
     found: dict[str, dict[str, Any]] = {}
     for kind, key in (("exact", "sha256"), ("pixel", "pixel_sha256")):
         index: dict[str, list[str]] = {}

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from medsg.config import config_from_dict, git_same_code, provenance, read_yaml
 from medsg.errors import ConfigError
-from medsg.io import atomic_write_text
+from medsg.experiment import run_experiment
+from medsg.io import atomic_write_text, read_json
+from medsg.run_folder import RunFolder
 
 COMPARED = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "ece", "brier", "log_loss")
 DEFAULT_TOLERANCE = 0.05  # absolute, on every compared metric, when the environment differs
@@ -59,15 +60,14 @@ class Reproduction:
 
 def read_report(report_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the run's saved config, summary.json) of a report folder, or a ConfigError saying what is missing."""
-    cfg_path, summary_path = report_dir / "config.yaml", report_dir / "summary.json"
+    cfg_path, summary_path = RunFolder(report_dir).config, report_dir / "summary.json"
     for path in (cfg_path, summary_path):
         if not path.is_file():
             raise ConfigError(
                 f"{path} not found: `medsg reproduce` needs a report folder written by `medsg report` "
                 "(reports made before reports kept their config.yaml cannot be rerun this way)"
             )
-    saved = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
-    return saved, json.loads(summary_path.read_text(encoding="utf-8"))
+    return read_yaml(cfg_path), read_json(summary_path)
 
 
 def committed_fold(summary: dict[str, Any], fold: int) -> dict[str, Any]:
@@ -127,11 +127,9 @@ def reproduce_fold(
 ) -> Reproduction:
     """Rerun ``fold`` from the report's recorded config (into ``out/<name>``; a killed rerun resumes) and
     compare its test metrics with the committed ones; writes ``reproduce.json`` in the rerun's fold folder."""
-    from medsg.config import config_from_dict, git_same_code, provenance
-    from medsg.experiment import run_experiment
-
     report_dir = Path(report_dir)
     saved, summary = read_report(report_dir)
+    cfg_path = RunFolder(report_dir).config
     committed = committed_fold(summary, fold)
     recorded = saved.get("provenance") or {}
     settings = [
@@ -139,9 +137,9 @@ def reproduce_fold(
         "explain.cases_per_fold=0",  # explanations never change the metrics; skip their cost
         "explain.localization=false",
     ]
-    cfg = config_from_dict(saved, [*settings, *(overrides or [])], source=str(report_dir / "config.yaml"))
+    cfg = config_from_dict(saved, [*settings, *(overrides or [])], source=str(cfg_path))
     run_dir = run_experiment(cfg, folds=[fold], report=False)
-    reproduced = json.loads((run_dir / f"fold_{fold}" / "metrics.json").read_text(encoding="utf-8"))
+    reproduced = read_json(RunFolder(run_dir).fold(fold).metrics)
     environment = environment_differences(recorded, provenance(), git_same_code(recorded.get("git")))
     verdict, rows = compare_fold(committed, reproduced, environment, tolerance)
     result = Reproduction(verdict, fold, rows, environment, run_dir)
@@ -153,7 +151,7 @@ def reproduce_fold(
         "metrics": rows,
         "environment_differences": environment,
     }
-    atomic_write_text(run_dir / f"fold_{fold}" / REPRODUCE_FILE, json.dumps(record, indent=1) + "\n")
+    atomic_write_text(RunFolder(run_dir).fold(fold).file(REPRODUCE_FILE), json.dumps(record, indent=1) + "\n")
     return result
 
 

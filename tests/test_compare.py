@@ -26,7 +26,12 @@ def _make_run(root: Path, name: str, correct_fraction: float) -> Path:
     """Fold K's image i is classified correctly when i < correct_fraction * N (0.7 on the predicted class)."""
     run = root / name
     run.mkdir(parents=True)
-    config = {"experiment": {"name": name, "seed": 0}, "splits": {"k": 2, "grouping": "group"}}
+    config = {
+        "experiment": {"name": name, "seed": 0},
+        "data": {"adapter": "busi", "root": "data"},
+        "model": {"name": "sgformer_tiny"},
+        "splits": {"k": 2, "grouping": "group"},
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     folds = [{"train": _ids(1 - f), "val": _ids(f)} for f in range(2)]
     (run / "splits.json").write_text(json.dumps({"header": {}, "folds": folds}))

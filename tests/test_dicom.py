@@ -22,7 +22,8 @@ from medsg.data.dicom import (
     header_value,
     salted_hash,
 )
-from medsg.data.images import UnreadableImage, decode_image, percentile_window, read_image
+from medsg.data.images import decode_image, read_image
+from medsg.data.pixels import UnreadableImage, percentile_window
 
 
 def _file(name: str) -> Path:

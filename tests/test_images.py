@@ -14,14 +14,8 @@ import pytest
 from PIL import Image
 
 from medsg.data.audit import inspect_file
-from medsg.data.images import (
-    MAX_PIXELS,
-    UnreadableImage,
-    decode_image,
-    percentile_window,
-    read_image,
-    read_mask,
-)
+from medsg.data.images import decode_image, read_image, read_mask
+from medsg.data.pixels import MAX_PIXELS, UnreadableImage, percentile_window
 from medsg.data.transforms import build_transforms, pil_to_rgb
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

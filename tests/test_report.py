@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from medsg.errors import DataError
+from medsg.errors import ConfigError, DataError
 from medsg.metrics import HEADLINE, classification_metrics
 from medsg.report import write_report
 from medsg.report.aggregate import build_summary, load_run, protocol
@@ -224,8 +224,11 @@ def test_protocol_without_data_files_derives_or_says_unknown(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     proto = protocol(load_run(run))
     assert proto["groups kept together"].startswith("lesion_id")
-    assert proto["audit policy"] == "conflicts unknown; near duplicates: dHash-256 distance <= unknown bits"
-    assert proto["inner validation fraction"] == "unknown"
+    # config.yaml is read with the current schema: keys it lacks take their defaults, as a run would
+    assert proto["audit policy"].startswith(
+        "conflicts drop; near duplicates: dHash-256 distance <= 40 bits and thumbnail correlation >= 0.95"
+    )
+    assert proto["inner validation fraction"] == "0.15"
     config["splits"]["grouping"] = "patient_id"
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     assert "'patient_id'" in protocol(load_run(run))["groups kept together"]
@@ -285,12 +288,11 @@ def test_class_absent_from_every_fold(tmp_path):
     [
         ({"name": "sgformer_tiny", "pretrained": None}, "none (trained from scratch)"),
         ({"name": "sgformer_tiny", "pretrained": ""}, "none (trained from scratch)"),
-        ({"name": "sgformer_tiny"}, "unknown"),
-        (None, "unknown"),
+        ({"name": "sgformer_tiny"}, "none (trained from scratch)"),  # absent: the schema's default (null)
         ({"name": "sgformer_tiny", "pretrained": "/w/sgformer_s.pth"}, "/w/sgformer_s.pth"),
     ],
 )
-def test_pretrained_null_is_from_scratch_absent_is_unknown(tmp_path, model, expected):
+def test_pretrained_null_is_from_scratch(tmp_path, model, expected):
     run = _make_run(tmp_path)
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["model"] = model
@@ -302,14 +304,23 @@ def test_report_says_trained_from_scratch(tmp_path):
     run = _make_run(tmp_path)
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["model"]["pretrained"] = None
-    config["train"]["epochs"] = None  # null where null means nothing stays unknown
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     html_path = write_report(run, tmp_path / "r", n_bootstrap=20)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["protocol"]["pretrained weights"] == "none (trained from scratch)"
-    assert summary["protocol"]["epochs"] == "unknown"
+    assert summary["protocol"]["epochs"] == "3"
     assert "none (trained from scratch)" in html_path.read_text()
     assert "**pretrained weights**: none (trained from scratch)" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_invalid_saved_config_names_the_file_and_key(tmp_path):
+    run = _make_run(tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"]["epochs"] = None
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"config\.yaml: train\.epochs"):
+        write_report(run, tmp_path / "r", n_bootstrap=20)
+    assert not (tmp_path / "r").exists()  # nothing half-written
 
 
 def test_unreadable_fold_csv_names_the_file(tmp_path):

@@ -50,7 +50,8 @@ def _make_run(
     run.mkdir(parents=True)
     config = {
         "experiment": {"name": "clinical"},
-        "data": {"adapter": adapter},
+        "data": {"adapter": adapter, "root": "data"},
+        "model": {"name": "sgformer_tiny"},
         "splits": {"k": 2, "grouping": "group", "inner_val_fraction": 0.15},
     }
     if eval_cfg is not None:

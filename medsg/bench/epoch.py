@@ -22,6 +22,33 @@ if TYPE_CHECKING:  # pydantic on use only: every `medsg` command imports medsg.b
 PHASES = ("data", "forward", "backward", "optimizer", "evaluate")
 
 
+class PhaseLaps:
+    """A ``TrainerCallback`` (duck-typed: this module stays importable without torch) that times the phases
+    of ``FoldTrainer.train_step`` as consecutive laps of one clock, synchronising the device at each."""
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+        self.phases = dict.fromkeys(PHASES, 0.0)
+        self.mark = 0.0
+
+    def start(self) -> float:
+        sync(self.device)
+        self.mark = time.perf_counter()
+        return self.mark
+
+    def lap(self, phase: str) -> None:
+        sync(self.device)
+        now = time.perf_counter()
+        self.phases[phase] += now - self.mark
+        self.mark = now
+
+    def on_phase_end(self, trainer: FoldTrainer, phase: str) -> None:
+        self.lap(phase)
+
+    def on_epoch_end(self, trainer: FoldTrainer, row: dict[str, float]) -> None:
+        """Not used: the benchmark times steps, not epochs."""
+
+
 def epoch_breakdown(
     cfg: Config, steps: int | None = None, limit: int | None = None, warmup: int = 1
 ) -> dict[str, Any]:
@@ -82,35 +109,27 @@ def epoch_breakdown(
         val = dataset(df.iloc[:n_val], False) if n_val else None
         data = FoldData(dataset(train_rows, True), train_labels, val, None, names)
         fill = time.perf_counter() - fill
-        trainer = FoldTrainer(cfg, 0, model, data, Path(tmp) / "fold_0", device, quiet=True)
+        laps = PhaseLaps(device)
+        trainer = FoldTrainer(cfg, 0, model, data, Path(tmp) / "fold_0", device, quiet=True, callbacks=[laps])
         warm = time.perf_counter()
         _warm_up(trainer, data.train, val, warmup, steps, device)
         sync(device)
         warm = time.perf_counter() - warm
         order = epoch_indices(train_labels, cfg.experiment.seed, t.sampler == "balanced")
         loader = training_loader(data.train, t.batch_size, t.workers, order, cfg.experiment.seed)
-        phases = dict.fromkeys(PHASES, 0.0)
-        sync(device)
-        start = mark = time.perf_counter()
-
-        def lap(phase: str) -> None:
-            nonlocal mark
-            sync(device)
-            now = time.perf_counter()
-            phases[phase] += now - mark
-            mark = now
-
+        start = laps.start()
         n_steps = n_images = 0
         for batch in itertools.islice(loader, steps):
             images, labels = to_device(batch, device)
-            lap("data")
-            trainer.train_step(images, labels, 1, n_steps, lap=lap)
+            laps.lap("data")
+            trainer.train_step(images, labels, 1, n_steps)  # laps forward / backward / optimizer itself
             n_steps, n_images = n_steps + 1, n_images + len(labels)
-        lap("data")  # the loader's end (and its workers' shut-down)
+        laps.lap("data")  # the loader's end (and its workers' shut-down)
         if val is not None:
             _, y, probs = predict(trainer.eval_model, val, device, t.batch_size, t.workers, trainer.amp_dtype)
             val_metrics(y, probs)
-        lap("evaluate")
+        laps.lap("evaluate")
+        phases = laps.phases
         total = time.perf_counter() - start
     return {
         "model": cfg.model.name,

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from medsg.data.images import (
+from medsg.data.pixels import (
     DecodedImage,
     Note,
     UnreadableImage,

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from medsg import __version__
 from medsg.errors import DataError
 from medsg.io import atomic_write_text
 
@@ -173,8 +174,6 @@ def make_header(
     DICOM-header grouping). Words passed as ``grouping`` without a description are refused: the file would read
     back as a legacy header whose key is unknown.
     """
-    from medsg import __version__
-
     if not grouping_description and not is_grouping_key(grouping):
         raise DataError(
             f"split header: grouping {grouping!r} is not a column name; pass the grouping column as grouping "

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from medsg.data.dataset import plain_tensor
 from medsg.data.images import read_image
+from medsg.data.manifest import mask_list
 from medsg.data.transforms import mask_union
 from medsg.explain import localization
 from medsg.explain.allocation import allocation_rules, token_allocation
@@ -460,8 +461,6 @@ def cases_from_manifest(
     with_labels: bool = True,
 ) -> list[Case]:
     """``Case`` objects for ``ids`` (in that order) from manifest rows indexed by id, with their probabilities."""
-    from medsg.data.manifest import mask_list
-
     missing = [i for i in ids if i not in rows.index]
     if missing:
         raise KeyError(f"{len(missing)} ids are not in the manifest, e.g. {missing[:3]}")

@@ -21,11 +21,12 @@ from PIL import Image
 
 from medsg.config import DEFAULT_BOOTSTRAP
 from medsg.data.images import read_image
+from medsg.data.transforms import mask_union
 from medsg.explain.cases import BASELINES, EXPLAIN_DIR, MAP_LABELS
 from medsg.explain.localization import DEFINITIONS, summarise_scores
 from medsg.explain.overlay import allocation_rgb, colorbar_png, heatmap_rgba, outline_rgba, png_bytes
 from medsg.explain.review import ReviewCase, write_review_page
-from medsg.io import atomic_write_text
+from medsg.io import atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,6 @@ def _original_png(pixels: np.ndarray, size: tuple[int, int]) -> bytes:
 
 def _outline_png(entry: dict[str, Any], hw: tuple[int, int], size: tuple[int, int]) -> bytes | None:
     """The lesion outline at review size on a transparent layer, or None without a known mask."""
-    from medsg.data.transforms import mask_union
-
     if not entry.get("has_mask"):
         return None
     mask = mask_union(entry["mask_paths"], hw)
@@ -102,7 +101,7 @@ def review_cases(folders: Sequence[Path], class_names: Sequence[str]) -> list[Re
     """The review cards of every folder's ``cases.json`` (original, lesion outline, heatmaps, prediction)."""
     cards = []
     for folder in folders:
-        for entry in json.loads((folder / "cases.json").read_text(encoding="utf-8")):
+        for entry in read_json(folder / "cases.json"):
             pixels = read_image(entry["path"])
             size = _review_size(pixels.shape[:2])
             pred = int(np.argmax(entry["probs"]))
@@ -127,7 +126,7 @@ def _panels(folders: Sequence[Path]) -> list[Path]:
     """Every review panel, classes taking turns (first case of each class across folds, then the second...)."""
     by_label: dict[Any, list[Path]] = {}
     for folder in folders:
-        for entry in json.loads((folder / "cases.json").read_text(encoding="utf-8")):
+        for entry in read_json(folder / "cases.json"):
             by_label.setdefault(entry.get("label"), []).append(folder / entry["panel"])
     queues = [by_label[k] for k in sorted(by_label, key=lambda k: (k is None, k))]
     return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
@@ -147,7 +146,7 @@ def collect_explanations(
     frames = [pd.read_csv(f / "localization.csv", dtype={"case_id": str, "group": str}) for f in folders]
     frames = [f for f in frames if not f.empty]
     scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    stats = [json.loads((f / "explain.json").read_text(encoding="utf-8")) for f in folders]
+    stats = [read_json(f / "explain.json") for f in folders]
     class_names = stats[0]["class_names"] if stats else []
     totals = {
         k: sum(s.get(k, 0) for s in stats) for k in ("n_cases", "n_scored", "n_without_lesion", "seconds")

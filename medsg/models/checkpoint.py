@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from medsg.errors import CheckpointError
+from medsg.io import atomic_write_bytes
 
 __all__ = [
     "read_checkpoint",
@@ -91,8 +92,6 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLik
     """Write a state dict as ``.safetensors`` (tensors only), atomically; shared storage is copied apart."""
     from safetensors.torch import save
 
-    from medsg.io import atomic_write_bytes
-
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     return atomic_write_bytes(path, save(tensors))
 
@@ -125,9 +124,10 @@ def _tensors_only(state_dict: dict, key: str) -> dict[str, torch.Tensor]:
 def _renamed_for(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An SG-Former's state dict with the released checkpoints' flat names (patch_embed1, block1.0, norm1;
     also medsg's fold checkpoints and packages from before the stages) renamed to its stage layout."""
-    from medsg.models.sgformer import SGFormer, rename_reference_keys
-
-    return rename_reference_keys(state_dict) if isinstance(model, SGFormer) else state_dict
+    # a model that knows older names of its own keys says so (SGFormer.rename_checkpoint_keys); asking the
+    # model keeps this generic loader free of any model module, so models may import it, never the reverse
+    rename = getattr(model, "rename_checkpoint_keys", None)
+    return rename(state_dict) if callable(rename) else state_dict
 
 
 def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

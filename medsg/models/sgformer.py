@@ -42,6 +42,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from medsg.errors import CheckpointError, ConfigError, InputSizeError
+from medsg.models.checkpoint import adapt_state_dict, load_checkpoint
 
 __all__ = [
     "SGFormer",
@@ -784,9 +785,13 @@ class SGFormer(nn.Module):
 
     def load_pretrained(self, checkpoint_path: str, prefix: str = "") -> dict:
         """Called by timm for ``pretrained=True``: load a local file through medsg's checkpoint loader."""
-        from medsg.models.checkpoint import load_checkpoint
-
         return load_checkpoint(self, checkpoint_path, use_ema=True)
+
+    @staticmethod
+    def rename_checkpoint_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The released checkpoints' flat names (patch_embed1, block1.0, norm1) in this model's stage layout;
+        ``medsg.models.checkpoint`` asks the model for this, so it never imports this module."""
+        return rename_reference_keys(state_dict)
 
     # ------------------------------------------------------------------------------- forward
     @torch.jit.ignore
@@ -928,8 +933,6 @@ def _rename_reference_keys_hook(
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SGFormer) -> dict[str, torch.Tensor]:
     """Adapt a reference/medsg state dict to ``model``: the reference's names renamed, wrapper prefixes
     stripped, pos_embed resized to the model's grid, a head of another size dropped."""
-    from medsg.models.checkpoint import adapt_state_dict
-
     return adapt_state_dict(state_dict, model)[0]
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from medsg.calibration import (
     CALIBRATED_PREDICTIONS,
@@ -18,8 +16,10 @@ from medsg.calibration import (
     VAL_PREDICTIONS,
     apply_temperature,
 )
-from medsg.data.transforms import aug_defaults, describe_augmentations, resolve_augmentations
-from medsg.errors import ConfigError, DataError
+from medsg.config import OUTER_TEST_UNUSED, Config, EvalConfig, load_saved_config
+from medsg.data.transforms import describe_augmentations
+from medsg.errors import DataError
+from medsg.io import read_json
 from medsg.metrics import (
     HEADLINE,
     bootstrap_ci,
@@ -28,27 +28,24 @@ from medsg.metrics import (
     sensitivity_cis,
     summarize_folds,
 )
-from medsg.protocol import OUTER_TEST_UNUSED, selection_rule_text
 from medsg.report.decision import decision_summary, headline_rule, prior_probs
 from medsg.report.operating_points import (
     critical_class,
-    eval_settings,
     operating_points,
     section_text,
 )
 from medsg.report.run_files import (
     UNKNOWN,
     audit_policy_text,
-    audit_thresholds,
     dropped_text,
     grouping_description,
     manifest_ids,
     read_json_or_none,
 )
 from medsg.report.subgroups import subgroup_summary
+from medsg.run_folder import RunFolder
 
 FROM_SCRATCH = "none (trained from scratch)"
-_AS_DEFAULT = object()  # cfg_get: a null value counts as missing unless ``null=`` is given
 POOLED_TEXT = (
     "Pooled out-of-fold figures combine the predictions of k different models (one per fold, each tested on "
     "the images it never saw); they describe the procedure, not one model."
@@ -60,7 +57,7 @@ class RunData:
     """Everything the report needs from a run folder; only folds with a DONE marker are included."""
 
     run_dir: Path
-    config: dict[str, Any]
+    config: Config | None  # None: a folder without config.yaml (its protocol lines say unknown)
     class_names: list[str]
     folds: list[int]
     missing: list[int]
@@ -78,22 +75,6 @@ class RunData:
         return frame[[f"p_{c}" for c in self.class_names]].to_numpy(dtype=np.float64)
 
 
-def cfg_get(config: dict[str, Any], dotted: str, default: Any = UNKNOWN, null: Any = _AS_DEFAULT) -> Any:
-    """``cfg_get(cfg, "splits.k")``: nested lookup that returns ``default`` for any missing level.
-
-    A key that is present but null returns ``null`` when given: for some keys null is a choice, not a gap
-    (``model.pretrained: null`` means trained from scratch), and the report must not call it unknown.
-    """
-    node: Any = config
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return default
-        node = node[key]
-    if node is None:
-        return default if null is _AS_DEFAULT else null
-    return node
-
-
 def load_run(run_dir: Path) -> RunData:
     """Read config.yaml and every finished fold_K/ (DONE marker); raise if none is finished."""
     run_dir = Path(run_dir)
@@ -101,15 +82,14 @@ def load_run(run_dir: Path) -> RunData:
         raise FileNotFoundError(
             f"run folder {run_dir} does not exist; pass the <output_dir>/<experiment> folder"
         )
-    config = _read_config(run_dir / "config.yaml")
-    fold_dirs = {int(d.name[5:]): d for d in run_dir.glob("fold_*") if d.is_dir() and d.name[5:].isdigit()}
-    done = sorted(k for k, d in fold_dirs.items() if (d / "DONE").exists())
+    config = load_saved_config(run_dir, required=False)
+    fold_dirs = {f.name: f.path for f in RunFolder(run_dir).folds_on_disk()}
+    done = sorted(k for k, d in fold_dirs.items() if RunFolder(run_dir).fold(k).done)
     if not done:
         raise FileNotFoundError(
             f"no finished fold in {run_dir} (no fold_K/DONE marker); train at least one fold before reporting"
         )
-    k = str(cfg_get(config, "splits.k", ""))
-    expected = range(int(k)) if k.isdigit() else range(max(fold_dirs) + 1)  # no config: the folders seen
+    expected = range(config.splits.k) if config else range(max(fold_dirs) + 1)  # no config: the folders seen
     missing = [fold for fold in expected if fold not in done]
     frames, class_names = [], None
     run = RunData(run_dir, config, [], done, missing, pd.DataFrame())
@@ -123,7 +103,7 @@ def load_run(run_dir: Path) -> RunData:
             )
         class_names = names
         frames.append(frame)
-        run.fold_meta[fold] = _read_json(fold_dirs[fold] / "metrics.json")
+        run.fold_meta[fold] = read_json(fold_dirs[fold] / "metrics.json", {}, f"re-run fold {fold}")
         history = fold_dirs[fold] / "history.csv"
         if history.exists():
             run.histories[fold] = _read_csv(history, f"re-run fold {fold} or delete the file")
@@ -154,7 +134,7 @@ def load_report_folder(report_dir: Path) -> RunData:
     )
     names = [c[2:] for c in oof.columns if c.startswith("p_")]
     folds = sorted(int(f) for f in oof["fold"].unique())
-    run = RunData(report_dir, _read_config(report_dir / "config.yaml"), names, folds, [], oof)
+    run = RunData(report_dir, load_saved_config(report_dir, required=False), names, folds, [], oof)
     records = read_json_or_none(report_dir / CALIBRATION_FILE)
     if records:
         run.calibration = {int(k): v for k, v in records.items()}
@@ -183,7 +163,7 @@ def load_run_or_report(path: Path) -> RunData:
 
 def headline_probs(run: RunData) -> tuple[np.ndarray, str]:
     """The pooled OOF probabilities whose argmax is the run's headline decision, and that rule's name."""
-    requested = eval_settings(cfg_get(run.config, "eval", {})).decision
+    requested = run_eval(run).decision
     shifted = prior_probs(run)
     rule = headline_rule(requested, shifted is not None)[0]
     return (run.probs() if rule == "balanced" else shifted), rule
@@ -199,7 +179,9 @@ def _load_calibration(run: RunData, fold_dirs: dict[int, Path]) -> None:
     if set(calibrated.index) != set(run.oof["id"]):
         raise DataError(f"{run.run_dir}: calibrated_predictions.csv and predictions.csv list different ids")
     run.calibrated = calibrated.loc[run.oof["id"]].reset_index()
-    run.calibration = {f: _read_json(fold_dirs[f] / CALIBRATION_FILE) for f in run.folds}
+    run.calibration = {
+        f: read_json(fold_dirs[f] / CALIBRATION_FILE, {}, f"re-run fold {f}") for f in run.folds
+    }
 
 
 def _load_val_predictions(run: RunData, fold_dirs: dict[int, Path]) -> None:
@@ -219,15 +201,20 @@ def _load_val_predictions(run: RunData, fold_dirs: dict[int, Path]) -> None:
 
 def run_critical_class(run: RunData) -> tuple[str | None, str]:
     """The run's critical class (eval.critical_class, else the dataset's) and how it was chosen."""
-    settings = eval_settings(cfg_get(run.config, "eval", {}))
-    return critical_class(settings.critical_class, cfg_get(run.config, "data.adapter"), run.class_names)
+    adapter = run.config.data.adapter if run.config else UNKNOWN
+    return critical_class(run_eval(run).critical_class, adapter, run.class_names)
+
+
+def run_eval(run: RunData) -> EvalConfig:
+    """The run's eval settings (the defaults for a folder without config.yaml)."""
+    return run.config.eval if run.config else EvalConfig()
 
 
 def clinical_sections(
     run: RunData, groups: np.ndarray | None, n_bootstrap: int, seed: int
 ) -> dict[str, dict[str, Any]]:
     """summary.json's "operating_points" and "subgroups", with the eval.* settings of the run's config.yaml."""
-    settings = eval_settings(cfg_get(run.config, "eval", {}))
+    settings = run_eval(run)
     critical, source = run_critical_class(run)
     if critical is None:
         points: dict[str, Any] = {"available": False, "critical_class": None, "points": [], "text": source}
@@ -304,44 +291,76 @@ def protocol(run: RunData) -> dict[str, str]:
     audit = read_json_or_none(run.run_dir / "audit.json")
     split_file = read_json_or_none(run.run_dir / "splits.json") or {}
     header = split_file.get("header") if isinstance(split_file.get("header"), dict) else None
-    conflicts = cfg_get(cfg, "data.audit.conflicts")
-    threshold, min_corr = audit_thresholds(
-        cfg_get(cfg, "data.audit.near_dup_threshold"), cfg_get(cfg, "data.audit.min_correlation"), audit
-    )
-    grouping = cfg_get(cfg, "splits.grouping")
-    return {
-        "experiment": str(cfg_get(cfg, "experiment.name", run.run_dir.name)),
-        "dataset": str(cfg_get(cfg, "data.adapter")),
-        "data folder": _path_text(cfg_get(cfg, "data.root")),
+    rows = {
+        "experiment": cfg.experiment.name if cfg else run.run_dir.name,
         "images (included folds)": str(len(run.oof)),
         "classes": ", ".join(run.class_names),
-        "cross-validation": f"{cfg_get(cfg, 'splits.k')}-fold, split seed {cfg_get(cfg, 'splits.seed')}",
-        "groups kept together": grouping_description(
-            header,
-            cfg_get(cfg, "data.adapter"),
-            grouping,
-            threshold,
-            UNKNOWN if min_corr is None else min_corr,
-        ),
-        "split file": _path_text(cfg_get(cfg, "splits.file")),
-        "audit policy": audit_policy_text(conflicts, threshold, min_corr, audit),
-        "images dropped by the audit policy": dropped_text(
-            audit, manifest_ids(run.run_dir / "manifest.csv"), conflicts
-        ),
-        "inner validation fraction": str(cfg_get(cfg, "splits.inner_val_fraction")),
         "folds included": ", ".join(map(str, run.folds)),
         "folds missing": ", ".join(map(str, run.missing)) or "none",
-        "experiment seed": str(cfg_get(cfg, "experiment.seed")),
-        "model": str(cfg_get(cfg, "model.name")),
-        # the runner treats null and "" alike (no weights file): both mean training from scratch
-        "pretrained weights": str(cfg_get(cfg, "model.pretrained", null=FROM_SCRATCH) or FROM_SCRATCH),
-        "pretraining": pretraining_text(
-            cfg_get(cfg, "model.pretrained", None), read_json_or_none(run.run_dir / "protocol.json")
-        ),
-        "epochs": str(cfg_get(cfg, "train.epochs")),
-        "model selection": selection_text(cfg),
-        "provenance": _provenance(cfg_get(cfg, "provenance", None)),
     }
+    if cfg is None:  # a hand-made folder without config.yaml: what its files show, the rest unknown
+        rows["groups kept together"] = grouping_description(header, UNKNOWN, UNKNOWN)
+        rows["audit policy"] = audit_policy_text(UNKNOWN, UNKNOWN, UNKNOWN, audit)
+        rows["images dropped by the audit policy"] = dropped_text(
+            audit, manifest_ids(run.run_dir / "manifest.csv"), UNKNOWN
+        )
+        return {key: rows.get(key, UNKNOWN) for key in PROTOCOL_KEYS}
+    audit_cfg = cfg.data.audit
+    pretrained = cfg.pretrained_as_given
+    rows |= {
+        "dataset": cfg.data.adapter,
+        "data folder": _path_text(cfg.root_as_given),
+        "cross-validation": f"{cfg.splits.k}-fold, split seed {cfg.splits.seed}",
+        "groups kept together": grouping_description(
+            header,
+            cfg.data.adapter,
+            cfg.splits.grouping,
+            audit_cfg.near_dup_threshold,
+            audit_cfg.min_correlation,
+        ),
+        "split file": _path_text(cfg.splits.file or UNKNOWN),
+        "audit policy": audit_policy_text(
+            audit_cfg.conflicts, audit_cfg.near_dup_threshold, audit_cfg.min_correlation, audit
+        ),
+        "images dropped by the audit policy": dropped_text(
+            audit, manifest_ids(run.run_dir / "manifest.csv"), audit_cfg.conflicts
+        ),
+        "inner validation fraction": str(cfg.splits.inner_val_fraction),
+        "experiment seed": str(cfg.experiment.seed),
+        "model": cfg.model.name,
+        # the runner treats null and "" alike (no weights file): both mean training from scratch
+        "pretrained weights": pretrained or FROM_SCRATCH,
+        "pretraining": pretraining_text(pretrained, read_json_or_none(run.run_dir / "protocol.json")),
+        "epochs": str(cfg.train.epochs),
+        "model selection": selection_text(cfg),
+        "provenance": _provenance(cfg.saved_provenance),
+    }
+    return {key: rows[key] for key in PROTOCOL_KEYS}
+
+
+# the protocol's lines, in the order the report shows them
+PROTOCOL_KEYS = (
+    "experiment",
+    "dataset",
+    "data folder",
+    "images (included folds)",
+    "classes",
+    "cross-validation",
+    "groups kept together",
+    "split file",
+    "audit policy",
+    "images dropped by the audit policy",
+    "inner validation fraction",
+    "folds included",
+    "folds missing",
+    "experiment seed",
+    "model",
+    "pretrained weights",
+    "pretraining",
+    "epochs",
+    "model selection",
+    "provenance",
+)
 
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
@@ -368,18 +387,9 @@ def pretraining_text(pretrained: Any, protocol: dict[str, Any] | None) -> str:
     return f"a weights file ({pretrained}); its training data are not recorded by medsg"
 
 
-def selection_text(cfg: dict[str, Any]) -> str:
-    """The selection rule in words (the same sentence as each fold's metrics.json), or 'unknown'."""
-    selection = cfg_get(cfg, "train.selection")
-    if selection == UNKNOWN:
-        return UNKNOWN
-    rule = selection_rule_text(
-        selection,
-        cfg_get(cfg, "train.epochs"),
-        cfg_get(cfg, "train.ema", False),
-        cfg_get(cfg, "splits.inner_val_fraction", None),
-    )
-    return f"{rule}; {OUTER_TEST_UNUSED}"
+def selection_text(cfg: Config) -> str:
+    """The selection rule in words (the same sentence as each fold's metrics.json)."""
+    return f"{cfg.selection_rule}; {OUTER_TEST_UNUSED}"
 
 
 def _path_text(path: Any) -> str:
@@ -390,40 +400,32 @@ def _path_text(path: Any) -> str:
     return f"{Path(text).name!r} (an absolute path on the machine that ran it)"
 
 
-def recipe(cfg: dict[str, Any]) -> list[dict[str, str]]:
+def recipe(cfg: Config | None) -> list[dict[str, str]]:
     """The training recipe as (item, value) rows from config.yaml, so a reader can repeat the run."""
-
-    def train(key: str, default: Any = UNKNOWN) -> Any:
-        return cfg_get(cfg, f"train.{key}", default)
-
-    adapter = cfg_get(cfg, "data.adapter")
-    defaults = aug_defaults(str(adapter))
-    color = cfg_get(cfg, "data.color_aug", defaults["color_aug"])
-    decay = cfg_get(cfg, "train.layer_decay", null="none (one learning rate for all layers)")
-    weighting = train("class_weighting")
-    loss = f"cross-entropy, label smoothing {train('label_smoothing')}, class weighting {weighting}"
-    if weighting == "balanced":
+    if cfg is None:
+        return []
+    train = cfg.train
+    loss = f"cross-entropy, label smoothing {train.label_smoothing}, class weighting {train.class_weighting}"
+    if train.class_weighting == "balanced":
         loss += " (inverse class frequency of the training fold)"
     rows = [
-        ("model", cfg_get(cfg, "model.name")),
-        ("pretrained weights", cfg_get(cfg, "model.pretrained", null=FROM_SCRATCH) or FROM_SCRATCH),
-        ("input size", f"{cfg_get(cfg, 'model.img_size')} px square"),
-        ("drop path", cfg_get(cfg, "model.drop_path")),
-        ("epochs", f"{train('epochs')} ({train('warmup_epochs')} warm-up), {train('sched')} schedule"),
-        ("batch size", train("batch_size")),
-        ("optimizer", f"{train('optimizer')}, weight decay {train('weight_decay')}"),
-        ("learning rate", f"{train('lr')} (minimum {train('min_lr')})"),
-        ("layer decay", decay),
-        ("loss", loss),
-        ("sampler", train("sampler")),
-        ("gradient clipping", cfg_get(cfg, "train.grad_clip", null="none")),
-        ("EMA of weights", {True: "yes", False: "no"}.get(train("ema"), UNKNOWN)),
+        ("model", cfg.model.name),
+        ("pretrained weights", cfg.pretrained_as_given or FROM_SCRATCH),
+        ("input size", f"{cfg.model.img_size} px square"),
+        ("drop path", cfg.model.drop_path),
+        ("epochs", f"{train.epochs} ({train.warmup_epochs} warm-up), {train.sched} schedule"),
+        ("batch size", train.batch_size),
+        ("optimizer", f"{train.optimizer}, weight decay {train.weight_decay}"),
+        ("learning rate", f"{train.lr} (minimum {train.min_lr})"),
         (
-            "augmentations (training only)",
-            describe_augmentations(
-                resolve_augmentations(cfg.get("data", {}).get("augment"), str(adapter)), bool(color)
-            ),
+            "layer decay",
+            "none (one learning rate for all layers)" if train.layer_decay is None else train.layer_decay,
         ),
+        ("loss", loss),
+        ("sampler", train.sampler),
+        ("gradient clipping", "none" if train.grad_clip is None else train.grad_clip),
+        ("EMA of weights", "yes" if train.ema else "no"),
+        ("augmentations (training only)", describe_augmentations(cfg.augmentations, cfg.color_aug)),
     ]
     return [{"item": item, "value": str(value)} for item, value in rows]
 
@@ -442,7 +444,7 @@ def group_labels(run: RunData) -> tuple[np.ndarray | None, str]:
             groups.to_numpy(),
             f"the {groups.nunique()} groups the split keeps together ({len(groups)} images)",
         )
-    column = str(cfg_get(run.config, "splits.grouping", "group"))
+    column = run.config.splits.grouping if run.config else "group"
     path = run.run_dir / "manifest.csv"
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=["id", column])
@@ -560,7 +562,7 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
     """
     y = run.oof["y_true"].to_numpy()
     groups, unit = group_labels(run)
-    requested = eval_settings(cfg_get(run.config, "eval", {})).decision
+    requested = run_eval(run).decision
     baseline = baseline_metrics(run)
     critical = run_critical_class(run)[0]
     shifted = prior_probs(run)
@@ -589,7 +591,7 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
     pooled = classification_metrics(y, p, run.class_names)
     return {
         "experiment": proto["experiment"],
-        "synthetic_data": bool(cfg_get(run.config, "data.synthetic", False)),
+        "synthetic_data": bool(run.config and run.config.data.synthetic),
         "protocol": proto,
         "recipe": recipe(run.config),
         "class_names": run.class_names,
@@ -634,27 +636,6 @@ def _provenance(value: Any) -> str:
     if isinstance(value, dict) and value:
         return ", ".join(f"{k} {v}" for k, v in value.items())
     return str(value) if value else UNKNOWN
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML ({exc}); fix or remove it") from exc
-    return config if isinstance(config, dict) else {}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{path} is not valid JSON ({exc}); re-run the fold or delete its DONE marker"
-        ) from exc
 
 
 def _read_csv(path: Path, advice: str, **kwargs: Any) -> pd.DataFrame:

@@ -26,10 +26,10 @@ from medsg.config import DEFAULT_BOOTSTRAP
 from medsg.errors import DataError, ReportRefused
 from medsg.io import atomic_write_bytes, atomic_write_text
 from medsg.metrics import PAIRED_KEYS, mcnemar_exact, paired_differences
-from medsg.report.aggregate import RunData, cfg_get, group_labels, headline_probs, load_run_or_report
+from medsg.report.aggregate import RunData, group_labels, headline_probs, load_run_or_report
 from medsg.report.figures import plain, to_png
 from medsg.report.html import CSS
-from medsg.report.run_files import read_json_or_none
+from medsg.report.run_files import UNKNOWN, read_json_or_none
 from medsg.report.tables import COLUMN_TITLES, fmt, md_escape, to_html, to_markdown
 
 LOWER_IS_BETTER = {"log_loss"}
@@ -51,7 +51,7 @@ def test_folds(run: RunData) -> dict[str, int]:
 
 
 def run_name(run: RunData) -> str:
-    return str(cfg_get(run.config, "experiment.name", run.run_dir.name))
+    return run.config.experiment.name if run.config else run.run_dir.name
 
 
 def _check_comparable(runs: list[RunData]) -> None:
@@ -113,7 +113,7 @@ def compare_runs(run_dirs: list[Path], n_bootstrap: int = DEFAULT_BOOTSTRAP, see
         "runs": [
             {
                 "name": name,
-                "model": str(cfg_get(r.config, "model.name")),
+                "model": r.config.model.name if r.config else UNKNOWN,
                 "folds": r.folds,
                 "n_predicted": int(len(r.oof)),
                 "decision": rule,

@@ -7,13 +7,12 @@ the fold panels), so the report never recomputes an explanation and a run withou
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from medsg.io import atomic_write_bytes, atomic_write_text
+from medsg.io import atomic_write_bytes, atomic_write_text, read_json
 from medsg.report.tables import fmt
 
 __all__ = ["MAX_PANELS", "load_explanations", "localization_table", "copy_explanations"]
@@ -33,7 +32,7 @@ def load_explanations(run_dir: Path) -> dict[str, Any] | None:
     record_path, table_path = folder / "explain.json", folder / "localization_summary.csv"
     if not record_path.is_file():
         return None
-    record = json.loads(record_path.read_text(encoding="utf-8"))
+    record = read_json(record_path, advice="run `medsg explain` again")
     record["table"] = pd.read_csv(table_path) if table_path.is_file() else None
     record["folder"] = folder
     return record

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from medsg.io import atomic_write_bytes, atomic_write_text
-from medsg.metrics import CALIBRATION_KEYS, HEADLINE
+from medsg.metrics import CALIBRATION_KEYS, HEADLINE, classification_metrics
 from medsg.report.figures import confusion_png, reliability_png, roc_png
 from medsg.report.html import CSS
 from medsg.report.tables import COLUMN_TITLES, class_table, fmt, md_escape, to_html, to_markdown
@@ -23,8 +23,6 @@ TEST_LABEL = "External test: the ensemble"
 
 def _figure_set(y: np.ndarray, probs: np.ndarray, names: list[str], where: str) -> list[tuple[str, bytes]]:
     """Confusion matrix, ROC and reliability of one set of predictions, titled with ``where``."""
-    from medsg.metrics import classification_metrics
-
     metrics = classification_metrics(y, probs, names)
     aurocs = [metrics["per_class"][c]["auroc"] for c in names]
     return [

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from medsg.data.audit import describe_grouping
+from medsg.data.splits import header_grouping
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,6 @@ def grouping_description(
     min_correlation: Any = UNKNOWN,
 ) -> str:
     """The split header's own description of its groups, else the runner's wording from the config (said so)."""
-    from medsg.data.splits import header_grouping
-
     described = header_grouping(header or {})[1]  # also the words older split files kept in "grouping"
     if described:
         return described

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from medsg.metrics import classification_metrics
 from medsg.train.loader import make_loader, to_device
 from medsg.train.utils import autocast
 
@@ -44,8 +45,6 @@ def val_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     tie-break: the mean negative log probability of the true class, computed as every earlier run did, so
     selection and history stay bit-identical.
     """
-    from medsg.metrics import classification_metrics
-
     scores = classification_metrics(y, probs, [str(c) for c in range(probs.shape[1])])
     loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(y)).item())
     auroc = scores["macro_auroc"]

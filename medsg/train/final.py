@@ -24,22 +24,13 @@ import numpy as np
 
 from medsg.calibration import CALIBRATION_FILE, PRIOR_KEY, median_temperature, prior_shift_record
 from medsg.config import Config
-from medsg.io import atomic_write_text
+from medsg.io import atomic_write_text, read_json
+from medsg.run_folder import ALL, RunFolder
 from medsg.train.fold import FoldTrainer
 
 log = logging.getLogger(__name__)
 
-ALL = "all"
 FINAL_FILE = "final.json"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def cv_folds_done(run_dir: Path, k: int) -> bool:
-    """Whether the k cross-validation folds all have their DONE marker."""
-    return all((Path(run_dir) / f"fold_{f}" / "DONE").is_file() for f in range(k))
 
 
 def final_plan(cfg: Config, run_dir: Path) -> dict[str, Any]:
@@ -47,15 +38,13 @@ def final_plan(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
     Read from ``fold_all/final.json`` when it exists, so a resumed final model keeps the plan it started with.
     """
-    run_dir = Path(run_dir)
-    saved = _read_json(run_dir / f"fold_{ALL}" / FINAL_FILE)
+    run = RunFolder(run_dir)
+    saved = read_json(run.final.file(FINAL_FILE), default={})
     if saved:
         return saved
     k, schedule = cfg.splits.k, cfg.train.epochs
-    done = cv_folds_done(run_dir, k)
-    selected = [
-        _read_json(run_dir / f"fold_{f}" / "metrics.json").get("best_epoch") for f in range(k) if done
-    ]
+    done = run.finished(k)
+    selected = [read_json(f.metrics, default={}).get("best_epoch") for f in run.folds(k) if done]
     if done and cfg.train.selection == "inner_val" and all(isinstance(e, int) for e in selected):
         epochs = max(1, math.floor(float(np.median(selected)) + 0.5))
         rule = f"median of the epochs selected in the {k} cross-validation folds ({selected})"
@@ -63,7 +52,7 @@ def final_plan(cfg: Config, run_dir: Path) -> dict[str, Any]:
         epochs = schedule
         why = "selection is last_epoch" if done else "not every cross-validation fold is finished"
         rule = f"the schedule length train.epochs ({why})"
-    records = [_read_json(run_dir / f"fold_{f}" / CALIBRATION_FILE) for f in range(k) if done]
+    records = [read_json(f.file(CALIBRATION_FILE), default={}) for f in run.folds(k) if done]
     temps = [float(r["temperature"]) for r in records if r.get("temperature") is not None]
     strengths = [float(r[PRIOR_KEY]["strength"]) for r in records if r.get(PRIOR_KEY, {}).get("fitted")]
     temperature = median_temperature(temps)
@@ -133,7 +122,7 @@ class FinalTrainer(FoldTrainer):
                 ),
             }
             atomic_write_text(self.fold_dir / CALIBRATION_FILE, json.dumps(calibration, indent=2) + "\n")
-            atomic_write_text(self.fold_dir / "DONE", "final model (all images) finished\n")
+            self.folder.mark_done("final model (all images) finished\n")
         log.info(
             "final model: %d images, %d epochs (%s), temperature %.3f",
             len(self.data.train),

@@ -8,9 +8,13 @@ Its pieces live beside it: ``loader`` (what it is fed), ``evaluate`` (prediction
 ``selection`` (which epoch wins) and ``model`` (building it); explanations come from ``medsg.explain``.
 
 A recipe is changed by overriding hooks, as in nnU-Net's trainers, not by editing the loop:
-``build_optimizer``, ``build_scheduler``, ``build_ema``, ``build_criterion`` and ``train_step`` (one batch:
-forward, loss, backward, optimizer and scheduler step). ``medsg.train.final.FinalTrainer`` (``--fold all``)
-is such a subclass. After the test prediction, ``calibrate`` fits the fold's temperature on its inner
+``build_transforms`` (the fold's train / eval pipelines), ``build_optimizer``, ``build_scheduler``,
+``build_ema``, ``build_criterion``, ``train_step`` (one batch: forward, loss, backward, optimizer and scheduler
+step), ``validate`` (the inner-validation metrics of an epoch) and ``on_epoch_end``. A config names its trainer
+with ``train.trainer: my_package.module.MyTrainer`` (a subclass of ``FoldTrainer``; ``trainer_class``
+resolves it). ``medsg.train.final.FinalTrainer`` (``--fold all``) is such a subclass, and is mixed into a
+custom trainer for the final model. Code that only watches (benchmarks, progress) attaches a
+``TrainerCallback`` instead of subclassing. After the test prediction, ``calibrate`` fits the fold's temperature on its inner
 validation predictions at the selected epoch (``val_predictions.csv``, see ``medsg.calibration``) and writes
 ``calibration.json`` and ``calibrated_predictions.csv``; ``predictions.csv`` keeps the raw probabilities.
 """
@@ -18,12 +22,13 @@ validation predictions at the selected epoch (``val_predictions.csv``, see ``med
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +49,17 @@ from medsg.calibration import (
     prior_shift_record,
     probability_scores,
 )
-from medsg.config import Config
-from medsg.errors import CheckpointError, TrainingDiverged
+from medsg.config import DEFAULT_TRAINER, Config
+from medsg.data.transforms import build_transforms
+from medsg.errors import CheckpointError, ConfigError, TrainingDiverged
 from medsg.explain import EXPLAIN_DIR, ExplainSettings, cases_from_manifest, explain_test_fold
 from medsg.io import atomic_torch_save, atomic_write_text
+from medsg.metrics import classification_metrics
+from medsg.run_folder import FoldFolder
 from medsg.train import ddp
 from medsg.train.evaluate import predict, val_metrics
 from medsg.train.loader import FoldData, class_weights, epoch_indices, to_device, training_loader
-from medsg.train.selection import is_better, selection_description
+from medsg.train.selection import is_better
 from medsg.train.state import (
     capture_rng,
     check_checkpoint_matches,
@@ -73,6 +81,34 @@ HISTORY_COLUMNS = [
     "val_macro_auroc",
     "time_s",
 ]
+
+
+class TrainerCallback:
+    """Watches a ``FoldTrainer`` without changing it: ``medsg bench epoch`` times the phases of the very
+    ``train_step`` a run executes through ``on_phase_end``. Override what you need; every method is a no-op."""
+
+    def on_phase_end(self, trainer: FoldTrainer, phase: str) -> None:
+        """After each phase of ``train_step``: "forward" (with the loss), "backward" (with clipping), "optimizer"."""
+
+    def on_epoch_end(self, trainer: FoldTrainer, row: dict[str, float]) -> None:
+        """After each epoch's validation, with its history row."""
+
+
+def trainer_class(cfg: Config) -> type[FoldTrainer]:
+    """The class named by ``train.trainer`` (dotted path), checked to be a ``FoldTrainer``."""
+    path = cfg.train.trainer
+    module_name, _, name = path.replace(":", ".").rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), name, None) if module_name else None
+    except ImportError as exc:
+        raise ConfigError(
+            f"train.trainer: cannot import {module_name!r} ({exc}); name a module.Class"
+        ) from exc
+    if not (isinstance(found, type) and issubclass(found, FoldTrainer)):
+        raise ConfigError(
+            f"train.trainer: {path!r} is not a FoldTrainer subclass; name one, e.g. {DEFAULT_TRAINER}"
+        )
+    return found
 
 
 def compute_loss(criterion: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -101,10 +137,14 @@ class FoldTrainer:
         device: torch.device,
         dist: ddp.DistInfo | None = None,
         quiet: bool = False,
+        callbacks: Sequence[TrainerCallback] = (),
     ) -> None:
-        self.cfg, self.fold, self.data, self.fold_dir, self.device = cfg, fold, data, Path(fold_dir), device
+        self.cfg, self.fold, self.data, self.device = cfg, fold, data, device
+        self.folder = FoldFolder(Path(fold_dir), fold)
+        self.fold_dir = self.folder.path
         self.dist = dist or ddp.DistInfo()
         self.quiet = quiet
+        self.callbacks = list(callbacks)
         self.num_classes = len(data.class_names)
         self.model = model.to(device)
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
@@ -134,6 +174,24 @@ class FoldTrainer:
         self.val_predictions: tuple[list[str], np.ndarray, np.ndarray] | None = None  # of the last validation
 
     # ------------------------------------------------------------ hooks (override to change the recipe)
+
+    @classmethod
+    def build_transforms(
+        cls, cfg: Config, mean: tuple[float, ...], std: tuple[float, ...], train: bool
+    ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """A fold's MONAI pipeline (train: with the config's augmentations), for the model's mean/std.
+
+        A class method: the data factory builds the pipelines (and the run-wide decode cache they share)
+        before a trainer exists."""
+        return build_transforms(
+            cfg.model.img_size,
+            mean,
+            std,
+            train=train,
+            color_aug=cfg.color_aug,
+            with_mask=False,  # classification only: a varying number of mask paths would not collate
+            augment=cfg.augmentations,  # data.augment, the dataset's vertical-flip rule filled in
+        )
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """timm's optimizer with layer-wise lr decay where the model has a ``group_matcher``."""
@@ -192,12 +250,11 @@ class FoldTrainer:
         labels: torch.Tensor,
         epoch: int,
         step: int,
-        lap: Callable[[str], None] | None = None,
     ) -> float:
         """One batch: forward, loss (stop on NaN/inf on every rank), backward, clip, step, schedule, EMA.
 
-        Returns the batch's mean loss. ``lap`` (``medsg bench epoch``) is called after the "forward",
-        "backward" and "optimizer" phases, so the benchmark times this very step rather than a copy of it.
+        Returns the batch's mean loss. Callbacks hear the end of the "forward", "backward" and "optimizer"
+        phases, so a benchmark times this very step rather than a copy of it.
         """
         t = self.cfg.train
         images = images.contiguous(memory_format=self.memory_format)
@@ -212,16 +269,14 @@ class FoldTrainer:
             bad = bool(flag.item() > 0)
         if bad:
             raise TrainingDiverged(self.fold, epoch, step, _current_lr(self.optimizer), value)
-        if lap is not None:
-            lap("forward")
+        self._phase_end("forward")
         self.optimizer.zero_grad(set_to_none=True)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         if t.grad_clip:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-        if lap is not None:
-            lap("backward")
+        self._phase_end("backward")
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -231,19 +286,39 @@ class FoldTrainer:
         self.scheduler.step_update(num_updates=self.num_updates)
         if self.ema is not None:
             self.ema.update(self.model, step=self.num_updates)
-        if lap is not None:
-            lap("optimizer")
+        self._phase_end("optimizer")
         return value
+
+    def _phase_end(self, phase: str) -> None:
+        for callback in self.callbacks:
+            callback.on_phase_end(self, phase)
+
+    def validate(self) -> dict[str, float]:
+        """The epoch's inner-validation metrics (``HISTORY_COLUMNS``' val_*), the same on every rank; NaN
+        without a validation split. Keeps the predictions: the selected epoch's calibrate the fold."""
+        if self.data.val is None or len(self.data.val) == 0:
+            return dict.fromkeys(HISTORY_COLUMNS[3:7], float("nan"))
+        ids, y, probs = self._predict(self.eval_model, self.data.val)
+        self.val_predictions = (ids, y, probs)  # saved with the checkpoint it selects: calibration data
+        result = val_metrics(y, probs)
+        keys = list(result)
+        values = ddp.broadcast_floats([result[k] for k in keys], self.device)  # rank 0 decides for all
+        return dict(zip(keys, values, strict=True))
+
+    def on_epoch_end(self, row: dict[str, float]) -> None:
+        """After an epoch is validated, recorded and saved; by default tells the callbacks."""
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, row)
 
     # ------------------------------------------------------------ paths and state
 
     @property
     def last_path(self) -> Path:
-        return self.fold_dir / "checkpoint_last.pt"
+        return self.folder.checkpoint("last")
 
     @property
     def best_path(self) -> Path:
-        return self.fold_dir / "checkpoint_best.pt"
+        return self.folder.checkpoint("best")
 
     @property
     def eval_model(self) -> nn.Module:
@@ -329,19 +404,9 @@ class FoldTrainer:
         t = self.cfg.train
         return predict(model, dataset, self.device, t.batch_size, t.workers, self.amp_dtype)
 
-    def _validate(self) -> dict[str, float]:
-        if self.data.val is None or len(self.data.val) == 0:
-            return dict.fromkeys(HISTORY_COLUMNS[3:7], float("nan"))
-        ids, y, probs = self._predict(self.eval_model, self.data.val)
-        self.val_predictions = (ids, y, probs)  # saved with the checkpoint it selects: calibration data
-        result = val_metrics(y, probs)
-        keys = list(result)
-        values = ddp.broadcast_floats([result[k] for k in keys], self.device)  # rank 0 decides for all
-        return dict(zip(keys, values, strict=True))
-
     def _write_history(self) -> None:
         frame = pd.DataFrame(self.history, columns=HISTORY_COLUMNS)
-        atomic_write_text(self.fold_dir / "history.csv", frame.to_csv(index=False))
+        atomic_write_text(self.folder.history, frame.to_csv(index=False))
 
     def _write_val_predictions(self) -> None:
         """The inner validation probabilities of the epoch just selected: what ``calibrate`` fits T on."""
@@ -367,7 +432,7 @@ class FoldTrainer:
             self.epoch += 1
             if not _finite_params(self.model):
                 raise TrainingDiverged(self.fold, self.epoch, self.steps_per_epoch, lr, float("nan"))
-            row = {"epoch": self.epoch, "lr": lr, "train_loss": train_loss, **self._validate()}
+            row = {"epoch": self.epoch, "lr": lr, "train_loss": train_loss, **self.validate()}
             row["time_s"] = round(time.perf_counter() - start, 3)
             self.history.append(row)
             improved = is_better(row, self.best, t.selection)
@@ -402,6 +467,7 @@ class FoldTrainer:
                 " *" if improved else "",
                 row["time_s"],
             )
+            self.on_epoch_end(row)
 
     def load_selected(self) -> nn.Module:
         """The selected weights (EMA when on) in a copy of the model, read back from ``checkpoint_best.pt``."""
@@ -413,8 +479,6 @@ class FoldTrainer:
     def test(self) -> dict[str, Any]:
         """Predict the outer test fold once with the selected weights; write predictions, metrics and the
         explanations (``fold_K/explain/``, rank 0), then the DONE marker."""
-        from medsg.metrics import classification_metrics
-
         model = self.load_selected()
         ids, y, probs = self._predict(model, self.data.test)
         names = self.data.class_names
@@ -424,7 +488,7 @@ class FoldTrainer:
         metrics.update(
             fold=self.fold,
             n_test=len(ids),
-            selection=selection_description(self.cfg),
+            selection=self.cfg.selection_rule,
             # the split actually drawn (groups make it differ slightly from splits.inner_val_fraction)
             n_train=n_train,
             n_val=n_val,
@@ -434,11 +498,11 @@ class FoldTrainer:
             stopped_early=self.stopped_early,
         )
         if self.dist.is_main:
-            atomic_write_text(self.fold_dir / "predictions.csv", frame.to_csv(index=False))
-            atomic_write_text(self.fold_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
+            atomic_write_text(self.folder.predictions, frame.to_csv(index=False))
+            atomic_write_text(self.folder.metrics, json.dumps(metrics, indent=2, default=float))
             self.calibrate(model, ids, y, probs)
             self._explain(model, ids, probs)
-            atomic_write_text(self.fold_dir / "DONE", f"fold {self.fold} finished\n")
+            self.folder.mark_done(f"fold {self.fold} finished\n")
         ddp.barrier()
         return metrics
 

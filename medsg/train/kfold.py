@@ -8,7 +8,6 @@ fold's ``FoldData`` for a model, so the driver can be tested with any tiny datas
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from contextlib import ExitStack
@@ -18,8 +17,11 @@ from typing import Any, Protocol
 from torch import nn
 
 from medsg.config import Config
+from medsg.io import read_json
+from medsg.run_folder import ALL, RunFolder
 from medsg.train import ddp
-from medsg.train.fold import FoldTrainer
+from medsg.train.final import FINAL_FILE, FinalTrainer, final_plan
+from medsg.train.fold import FoldTrainer, trainer_class
 from medsg.train.loader import FoldData
 from medsg.train.lock import FileLock
 from medsg.train.model import build_model
@@ -37,14 +39,14 @@ class FoldDataFactory(Protocol):
     def __call__(self, fold: int | str, model: nn.Module) -> FoldData: ...
 
 
-def fold_dir(run_dir: Path, fold: int | str) -> Path:
-    """``<run_dir>/fold_<fold>`` (``fold_all`` for the final model)."""
-    return Path(run_dir) / f"fold_{fold}"
-
-
-def fold_is_done(run_dir: Path, fold: int | str) -> bool:
-    """A fold is finished once its DONE marker exists (written last, after predictions and metrics)."""
-    return (fold_dir(run_dir, fold) / "DONE").exists()
+def final_trainer_class(cfg: Config) -> type[FinalTrainer]:
+    """``FinalTrainer`` over the config's trainer, so a custom recipe also trains the final model."""
+    custom = trainer_class(cfg)
+    if custom is FoldTrainer:
+        return FinalTrainer
+    if issubclass(custom, FinalTrainer):
+        return custom
+    return type(f"Final{custom.__name__}", (FinalTrainer, custom), {})
 
 
 def train_one_fold(
@@ -61,7 +63,9 @@ def train_one_fold(
     seed_everything(derive_seed(cfg.experiment.seed, "fold", fold), cfg.train.deterministic)
     model = build_model(cfg, num_classes=len(make_data.class_names))
     data = make_data(fold, model)
-    trainer = FoldTrainer(cfg, fold, model, data, fold_dir(run_dir, fold), device, dist, quiet)
+    trainer = trainer_class(cfg)(
+        cfg, fold, model, data, RunFolder(run_dir).fold(fold).path, device, dist, quiet
+    )
     result = trainer.run()
     if dist.enabled:
         log.info(  # the checksum lets a reader (and test_ddp) see that the ranks ended with the same weights
@@ -89,8 +93,8 @@ def run_folds(
     refused at once, while jobs on different folds (``--fold K``) still run in parallel.
     """
     dist = dist or ddp.DistInfo()
-    folds = list(folds)
-    pending = [f for f in folds if not fold_is_done(run_dir, f)]
+    folds, run = list(folds), RunFolder(run_dir)
+    pending = [f for f in folds if not run.fold(f).done]
     for f in folds:
         if f not in pending:
             log.info("fold %d: already finished (DONE), skipping", f)
@@ -98,7 +102,7 @@ def run_folds(
     with ExitStack() as stack:
         if dist.is_main:
             for f in pending:
-                stack.enter_context(FileLock(fold_dir(run_dir, f) / ".lock"))
+                stack.enter_context(FileLock(run.fold(f).file(".lock")))
         ddp.barrier()
         for f in pending:
             log.info("fold %d/%d: training", f, cfg.splits.k)
@@ -125,13 +129,12 @@ def train_final(
     Its epochs and temperature come from the finished CV folds (``final_plan``); it selects nothing, so it
     trains with ``selection: last_epoch`` whatever the config says.
     """
-    from medsg.train.final import ALL, FINAL_FILE, FinalTrainer, final_plan
-
     dist = dist or ddp.DistInfo()
-    out = fold_dir(run_dir, ALL)
-    if fold_is_done(run_dir, ALL):
+    final = RunFolder(run_dir).final
+    out = final.path
+    if final.done:
         log.info("final model: already finished (DONE), skipping")
-        return json.loads((out / FINAL_FILE).read_text(encoding="utf-8"))
+        return read_json(final.file(FINAL_FILE))
     plan = final_plan(cfg, run_dir)
     final_cfg = cfg.model_copy(deep=True)
     final_cfg.train.selection = "last_epoch"
@@ -144,5 +147,5 @@ def train_final(
         model = build_model(cfg, num_classes=len(make_data.class_names))
         data = make_data(ALL, model)
         log.info("final model: training on all %d images for %d epochs", len(data.train), plan["epochs"])
-        trainer = FinalTrainer(final_cfg, ALL, model, data, out, device, dist, quiet, plan=plan)
+        trainer = final_trainer_class(cfg)(final_cfg, ALL, model, data, out, device, dist, quiet, plan=plan)
         return trainer.run()

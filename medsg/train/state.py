@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from medsg.errors import CheckpointError
+from medsg.models.checkpoint import read_checkpoint
 from medsg.train.utils import get_rng_states, set_rng_states
 
 
@@ -48,8 +49,6 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
 
     An unreadable file is a ``CheckpointError`` that says how to recover: delete it and train the fold again.
     """
-    from medsg.models.checkpoint import read_checkpoint
-
     try:
         state = read_checkpoint(path)
     except CheckpointError as exc:

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsg.errors import ConfigError
+
 
 def derive_seed(*parts: int | str) -> int:
     """A stable 31-bit seed from (seed, fold, epoch, ...): the same inputs always give the same stream."""
@@ -61,8 +63,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without one is an error the user can fix."""
-    from medsg.errors import ConfigError
-
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
