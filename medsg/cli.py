@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from medsg.errors import ConfigError, MedsgError
+from medsg.errors import MedsgError
 from medsg.malloc import keep_freed_memory
 
 log = logging.getLogger("medsg")
@@ -147,16 +147,11 @@ def _add_reports_force(p: argparse.ArgumentParser) -> None:
 
 
 def _options(items: Sequence[str]) -> dict[str, object]:
-    """``KEY=VALUE`` adapter options, values parsed as YAML (so numbers and booleans keep their type)."""
-    import yaml
+    """``KEY=VALUE`` adapter options, values parsed as YAML like ``--set``'s (so numbers and booleans keep
+    their type)."""
+    from medsg.config import parse_key_value
 
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--option {item!r} must look like key=value, e.g. subset=validation")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    return out
+    return dict(parse_key_value(item, "--option", "key=value, e.g. subset=validation") for item in items)
 
 
 def dispatch_model_command(args: argparse.Namespace) -> int:
