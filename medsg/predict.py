@@ -41,6 +41,7 @@ from medsg.errors import DataError
 from medsg.explain.ensemble import explain_ensemble
 from medsg.io import atomic_write_text
 from medsg.package import Member, ModelBundle, reference_dir
+from medsg.train.utils import torch_device
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +367,7 @@ def predict_items(
     out_dir = Path(out_dir)
     start = time.perf_counter()
     members: list[Member] = bundle.select(options.which)
-    device = torch.device(options.device)
+    device = torch_device(options.device)
     decision = bundle.check_decision(members)
     models = [bundle.build(m, device) for m in members]
     reference = _load_reference(bundle)

@@ -16,14 +16,13 @@ from torch import nn
 
 from medsg.bench.measure import (
     create_model,
-    device_from_name,
     device_words,
     format_table,
     forward_gflops,
     matmul_gflops,
     model_throughput,
 )
-from medsg.train.utils import amp_dtype
+from medsg.train.utils import amp_dtype, torch_device
 
 DEFAULT_COMPARE = ("swin_tiny_patch4_window7_224", "convnext_tiny")
 TRAIN_FLOP_FACTOR = 3  # forward + backward (about twice the forward)
@@ -123,7 +122,7 @@ def model_specs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def run_model(args: argparse.Namespace) -> int:
-    device = device_from_name(args.device)
+    device = torch_device(args.device)
     # fixed shapes: cuDNN's autotuned kernels, as in a non-deterministic training run
     torch.backends.cudnn.benchmark = True
     specs = model_specs(args)
