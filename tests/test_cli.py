@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import medsg.cli as cli
+from medsg.commands import info
 from medsg.demo import make_synthetic_busi
 from medsg.errors import ConfigError, DataError
 
@@ -159,7 +160,8 @@ def test_splits_and_audit_subcommands(tmp_path, capsys):
 
 
 def test_info_lists_variants_with_a_forward_pass(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "INFO_VARIANTS", ("sgformer_tiny",))  # the large variants are slow on a busy CPU
+    # the large variants are slow on a busy CPU
+    monkeypatch.setattr(info, "INFO_VARIANTS", ("sgformer_tiny",))
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert "sgformer_tiny" in out and "M params" in out and "-> (1, 3)" in out
