@@ -11,6 +11,7 @@ import timm
 import torch
 
 from medsg import bench
+from medsg.bench.__main__ import main as bench_main
 from medsg.bench.epoch import PHASES
 from medsg.bench.model import peak_rss_mb
 from medsg.cli import main
@@ -170,7 +171,7 @@ def test_epoch_warm_up_meets_every_batch_size_before_timing(tmp_path, monkeypatc
 @pytest.mark.bench
 def test_bench_model_memory_in_subprocesses(capsys):
     argv = ["model", "--models", "sgformer_tiny", "--compare", "--rounds", "1", *TINY, "--memory"]
-    assert bench.main([*argv, "--device", "cpu"]) == 0  # python -m medsg.bench's entry
+    assert bench_main([*argv, "--device", "cpu"]) == 0  # python -m medsg.bench's entry
     out = capsys.readouterr().out
     assert "train peak MB" in out
     print(out)
@@ -244,3 +245,17 @@ def test_bench_conv_parts_of_sgformer_s(capsys):
     gflop = {k: forward_gflops(m) for k, m in models.items()}
     print("\n" + throughput_table(result, params) + "\n" + compute_table(result, gflop, None))
     assert set(result) == set(models)
+
+
+def test_bench_imports_neither_cli_nor_commands():
+    """medsg.commands.bench imports medsg.bench, never the reverse (only the ``python -m`` script reaches up)."""
+    import ast
+    from pathlib import Path
+
+    for path in Path(bench.__file__).parent.glob("*.py"):
+        if path.name == "__main__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.startswith(("medsg.cli", "medsg.commands"))], path.name
