@@ -72,7 +72,7 @@ def test_bench_model_times_the_reference_with_the_same_weights(tmp_path, capsys)
             """
         )
     )
-    argv = ["bench", "model", "--models", "sgformer_tiny", "--compare", "--reference", str(tmp_path)]
+    argv = ["bench", "model", "--model", "sgformer_tiny", "--compare", "--reference", str(tmp_path)]
     assert main([*argv, "--rounds", "1", "--matmul-size", "0", *TINY]) == 0
     out = capsys.readouterr().out
     assert "sgformer_tiny (reference)" in out
@@ -84,7 +84,7 @@ def test_reference_loader_names_missing_checkout(tmp_path):
 
 
 def test_bench_model_prints_ratio_gflops_and_share_columns(capsys):
-    argv = ["bench", "model", "--models", "sgformer_tiny", "--compare", "test_vit", "--rounds", "1", *TINY]
+    argv = ["bench", "model", "--model", "sgformer_tiny", "--compare", "test_vit", "--rounds", "1", *TINY]
     assert main([*argv, "--matmul-size", "128", "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if line.startswith("model") and "train img/s" in line)
@@ -99,7 +99,7 @@ def test_bench_model_prints_ratio_gflops_and_share_columns(capsys):
 
 
 def test_bench_unknown_model_is_one_line_error(capsys):
-    assert main(["bench", "model", "--models", "no_such_model", "--compare"]) == 2
+    assert main(["bench", "model", "--model", "no_such_model", "--compare"]) == 2
     assert "'no_such_model' is not a timm model" in capsys.readouterr().err
 
 
@@ -170,7 +170,7 @@ def test_epoch_warm_up_meets_every_batch_size_before_timing(tmp_path, monkeypatc
 
 @pytest.mark.bench
 def test_bench_model_memory_in_subprocesses(capsys):
-    argv = ["model", "--models", "sgformer_tiny", "--compare", "--rounds", "1", *TINY, "--memory"]
+    argv = ["model", "--model", "sgformer_tiny", "--compare", "--rounds", "1", *TINY, "--memory"]
     assert bench_main([*argv, "--device", "cpu"]) == 0  # python -m medsg.bench's entry
     out = capsys.readouterr().out
     assert "train peak MB" in out

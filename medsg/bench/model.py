@@ -108,10 +108,10 @@ def memory_in_subprocess(spec: dict[str, Any]) -> dict[str, float]:
 
 
 def model_specs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Label -> what builds and runs it: ``--models``, the reference's first model (``--reference``), then
+    """Label -> what builds and runs it: ``--model``, the reference's first model (``--reference``), then
     ``--compare`` (default ``DEFAULT_COMPARE``), each name once."""
     compare = DEFAULT_COMPARE if args.compare is None else args.compare
-    names = list(dict.fromkeys([*args.models, *compare]))
+    names = list(dict.fromkeys([*args.model, *compare]))
     common = {"num_classes": args.num_classes, "img_size": args.img_size, "batch_size": args.batch_size}
     common |= {"steps": args.steps, "warmup": 1}
     specs = {name: {"name": name, **common} for name in names}

@@ -27,9 +27,7 @@ def add_common(parser: argparse.ArgumentParser, config: bool = False) -> None:
 
 
 def add_model_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--models", nargs="+", default=["sgformer_s"], metavar="NAME", help="timm names (default sgformer_s)"
-    )
+    add_model(p, ["sgformer_s"], "timm names (default sgformer_s; --models: the old spelling)", several=True)
     p.add_argument(
         "--compare",
         nargs="*",

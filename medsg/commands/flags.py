@@ -44,9 +44,16 @@ def add_models(parser: argparse.ArgumentParser, choices: Sequence[str], help: st
     parser.add_argument("--models", choices=tuple(choices), default=None, help=help)
 
 
-def add_model(parser: argparse.ArgumentParser, default: str | None, help: str) -> None:
-    """``--model``: one timm architecture name (never a trained model; that is ``--models``)."""
-    parser.add_argument("--model", default=default, metavar="NAME", help=help)
+def add_model(
+    parser: argparse.ArgumentParser, default: str | list[str] | None, help: str, *, several: bool = False
+) -> None:
+    """``--model``: a timm architecture name (never a trained model; that is ``--models``). ``several``: one or
+    more names, where ``--models`` stays accepted (``medsg bench model``'s spelling before both were one)."""
+    if several:
+        names = ("--model", "--models")
+        parser.add_argument(*names, dest="model", nargs="+", default=default, metavar="NAME", help=help)
+    else:
+        parser.add_argument("--model", default=default, metavar="NAME", help=help)
 
 
 def add_device(parser: argparse.ArgumentParser, default: str | None, indexed: bool = True) -> None:
