@@ -411,21 +411,27 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 # ---------------------------------------------------------------- loading
 
 
+def parse_key_value(item: str, what: str, form: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--set`` and ``--option``: the stripped key and the value parsed as YAML, so numbers,
+    booleans and null keep their type (an empty value is None). ``what`` and ``form`` name the flag in errors."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"{what} {item!r} must look like {form}")
+    try:
+        return key, yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {key}: cannot parse value {text!r} as YAML ({exc})") from exc
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Apply ``a.b=value`` overrides (values parsed as YAML) to a raw config dict; return a new dict."""
     out = copy.deepcopy(raw)
     valid = set(_schema_keys(Config))
     for item in overrides or []:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=3")
+        key, value = parse_key_value(item, "override", "section.key=value, e.g. train.epochs=3")
         if key not in valid and not key.startswith("data.options."):
             raise ConfigError(f"unknown key {key} in --set {item}{_suggest(key)}")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {key}: cannot parse value {text!r} as YAML ({exc})") from exc
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

@@ -53,6 +53,7 @@ from medsg.reference import (
     overlap,
     read_image_stats,
 )
+from medsg.train.utils import torch_device
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +366,7 @@ def predict_items(
     out_dir = Path(out_dir)
     start = time.perf_counter()
     members: list[Member] = bundle.select(options.which)
-    device = torch.device(options.device)
+    device = torch_device(options.device)
     decision = bundle.check_decision(members)
     models = [bundle.build(m, device) for m in members]
     reference = _load_reference(bundle)

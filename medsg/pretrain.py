@@ -59,7 +59,7 @@ from medsg.errors import ConfigError, DataError
 from medsg.io import atomic_torch_save, atomic_write_text, read_json
 from medsg.models import create_model
 from medsg.models.checkpoint import read_checkpoint, save_safetensors
-from medsg.train.utils import derive_seed, resolve_device, seed_everything
+from medsg.train.utils import derive_seed, seed_everything, torch_device
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def pretrain(
         log.info("pretrain: %s is finished (DONE); nothing to do", out_dir)
         return out_dir / BACKBONE_FILE
     seed_everything(settings.seed)
-    run_device = resolve_device(device)
+    run_device = torch_device(device)
     backbone = create_model(settings.model, settings.img_size, num_classes=0)
     data_cfg = timm.data.resolve_data_config({}, model=backbone)
     model = BYOL(backbone, settings.projection_hidden, settings.projection_dim).to(run_device)

@@ -11,6 +11,7 @@ import timm
 import torch
 
 from medsg import bench
+from medsg.bench.__main__ import main as bench_main
 from medsg.bench.epoch import PHASES
 from medsg.bench.model import peak_rss_mb
 from medsg.cli import main
@@ -71,7 +72,7 @@ def test_bench_model_times_the_reference_with_the_same_weights(tmp_path, capsys)
             """
         )
     )
-    argv = ["bench", "model", "--models", "sgformer_tiny", "--compare", "--reference", str(tmp_path)]
+    argv = ["bench", "model", "--model", "sgformer_tiny", "--compare", "--reference", str(tmp_path)]
     assert main([*argv, "--rounds", "1", "--matmul-size", "0", *TINY]) == 0
     out = capsys.readouterr().out
     assert "sgformer_tiny (reference)" in out
@@ -83,7 +84,7 @@ def test_reference_loader_names_missing_checkout(tmp_path):
 
 
 def test_bench_model_prints_ratio_gflops_and_share_columns(capsys):
-    argv = ["bench", "model", "--models", "sgformer_tiny", "--compare", "test_vit", "--rounds", "1", *TINY]
+    argv = ["bench", "model", "--model", "sgformer_tiny", "--compare", "test_vit", "--rounds", "1", *TINY]
     assert main([*argv, "--matmul-size", "128", "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if line.startswith("model") and "train img/s" in line)
@@ -98,7 +99,7 @@ def test_bench_model_prints_ratio_gflops_and_share_columns(capsys):
 
 
 def test_bench_unknown_model_is_one_line_error(capsys):
-    assert main(["bench", "model", "--models", "no_such_model", "--compare"]) == 2
+    assert main(["bench", "model", "--model", "no_such_model", "--compare"]) == 2
     assert "'no_such_model' is not a timm model" in capsys.readouterr().err
 
 
@@ -169,8 +170,8 @@ def test_epoch_warm_up_meets_every_batch_size_before_timing(tmp_path, monkeypatc
 
 @pytest.mark.bench
 def test_bench_model_memory_in_subprocesses(capsys):
-    argv = ["model", "--models", "sgformer_tiny", "--compare", "--rounds", "1", *TINY, "--memory"]
-    assert bench.main([*argv, "--device", "cpu"]) == 0  # python -m medsg.bench's entry
+    argv = ["model", "--model", "sgformer_tiny", "--compare", "--rounds", "1", *TINY, "--memory"]
+    assert bench_main([*argv, "--device", "cpu"]) == 0  # python -m medsg.bench's entry
     out = capsys.readouterr().out
     assert "train peak MB" in out
     print(out)
@@ -244,3 +245,17 @@ def test_bench_conv_parts_of_sgformer_s(capsys):
     gflop = {k: forward_gflops(m) for k, m in models.items()}
     print("\n" + throughput_table(result, params) + "\n" + compute_table(result, gflop, None))
     assert set(result) == set(models)
+
+
+def test_bench_imports_neither_cli_nor_commands():
+    """medsg.commands.bench imports medsg.bench, never the reverse (only the ``python -m`` script reaches up)."""
+    import ast
+    from pathlib import Path
+
+    for path in Path(bench.__file__).parent.glob("*.py"):
+        if path.name == "__main__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.startswith(("medsg.cli", "medsg.commands"))], path.name

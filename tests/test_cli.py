@@ -8,11 +8,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import medsg.cli as cli
+from medsg.commands import COMMANDS, bench, info
+from medsg.commands.flags import parse_options
 from medsg.demo import make_synthetic_busi
 from medsg.errors import ConfigError, DataError
+from medsg.train.final import ALL
+from medsg.train.utils import torch_device
 
 
 def test_missing_config_is_one_line_exit_2_without_traceback(tmp_path):
@@ -159,7 +164,8 @@ def test_splits_and_audit_subcommands(tmp_path, capsys):
 
 
 def test_info_lists_variants_with_a_forward_pass(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "INFO_VARIANTS", ("sgformer_tiny",))  # the large variants are slow on a busy CPU
+    # the large variants are slow on a busy CPU
+    monkeypatch.setattr(info, "INFO_VARIANTS", ("sgformer_tiny",))
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert "sgformer_tiny" in out and "M params" in out and "-> (1, 3)" in out
@@ -239,3 +245,99 @@ def test_demo_writes_split_files_only_inside_its_folder(monkeypatch, tmp_path):
     assert (sorted(repo_splits.iterdir()) if repo_splits.is_dir() else []) == before
     assert (out / ".gitignore").read_text().splitlines()[-1] == "*"
     assert result.report == (out / "reports" / "demo_quick" / "report.html").resolve()
+
+
+# ----------------------------------------------------------------------------------------- command modules
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.NAME)
+def test_every_command_module_has_its_interface_and_help(command, capsys):
+    assert isinstance(command.NAME, str) and isinstance(command.HELP, str) and command.HELP
+    assert callable(command.add_arguments) and callable(command.run)
+    assert cli.BY_NAME[command.NAME] is command
+    parser = cli.build_parser()
+    subcommands = ["model", "pipeline", "epoch"] if command is bench else [None]
+    for sub in subcommands:
+        with pytest.raises(SystemExit) as done:
+            parser.parse_args([command.NAME, *([sub] if sub else []), "--help"])
+        assert done.value.code == 0
+        assert f"usage: medsg {command.NAME}" in capsys.readouterr().out
+
+
+def test_command_names_are_unique_and_listed_once():
+    names = [c.NAME for c in COMMANDS]
+    assert len(set(names)) == len(names) == 15 and names[:2] == ["run", "report"]
+
+
+# The minimal command line of each command that takes --fold, --models or --device.
+ARGV = {
+    "run": ["run", "c.yaml"],
+    "explain": ["explain", "runs/x"],
+    "reproduce": ["reproduce", "reports/x"],
+    "export": ["export", "runs/x", "pkg"],
+    "predict": ["predict", "pkg", "a.png"],
+    "evaluate": ["evaluate", "pkg", "--adapter", "busi", "--root", "d"],
+    "pretrain": ["pretrain", "--out", "o"],
+    "bench model": ["bench", "model"],
+    "bench pipeline": ["bench", "pipeline", "--root", "d"],
+    "bench epoch": ["bench", "epoch"],
+}
+
+
+def _parse(command: str, *flags: str):
+    return cli.build_parser().parse_args([*ARGV[command], *flags])
+
+
+def test_fold_is_a_fold_index_everywhere_and_all_only_where_the_final_model_counts(capsys):
+    assert _parse("run", "--fold", "1", "--fold", "all").fold == [1, ALL]
+    assert _parse("explain", "--fold", "1", "--fold", "2").fold == [1, 2]
+    assert _parse("reproduce", "--fold", "1").fold == 1
+    for command in ("explain", "reproduce"):  # no final model's test fold to explain or reproduce
+        with pytest.raises(SystemExit):
+            _parse(command, "--fold", "all")
+    with pytest.raises(SystemExit):
+        _parse("run", "--fold", "x")
+    assert "is not a fold index or 'all'" in capsys.readouterr().err
+
+
+def test_models_picks_a_runs_trained_models_and_model_a_timm_name():
+    for command in ("export", "predict", "evaluate"):
+        assert _parse(command).models is None  # the package's own default
+        assert _parse(command, "--models", "folds").models == "folds"
+        assert _parse(command, "--models", "all").models == "all"
+    assert _parse("export", "--models", "both").models == "both"
+    with pytest.raises(SystemExit):
+        _parse("predict", "--models", "both")
+    assert _parse("bench model").model == ["sgformer_s"]
+    assert _parse("bench model", "--model", "a", "b").model == ["a", "b"]
+    assert _parse("bench model", "--models", "a").model == ["a"]  # the old spelling
+    for command in ("bench pipeline", "bench epoch", "pretrain"):
+        assert _parse(command, "--model", "sgformer_tiny").model == "sgformer_tiny"
+
+
+def test_device_is_one_flag_with_each_commands_default():
+    defaults = {"predict": "cpu", "evaluate": "cpu", "pretrain": "auto", "bench model": "auto"}
+    defaults |= {"bench pipeline": "auto", "bench epoch": None}  # None: the config's train.device
+    for command, default in defaults.items():
+        assert _parse(command).device == default
+        assert _parse(command, "--device", "cuda:1").device == "cuda:1"
+
+
+def test_torch_device_of_a_device_flag():
+    assert torch_device("cpu") == torch.device("cpu") and torch_device("cuda:1") == torch.device("cuda", 1)
+    assert torch_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            torch_device("cuda")
+
+
+def test_option_values_are_parsed_like_set_values():
+    assert _parse("evaluate", "--option", "subset=validation", "--option", "n=3").option == [
+        "subset=validation",
+        "n=3",
+    ]
+    assert parse_options(["subset=validation", "n=3", "flag=true"]) == {
+        "subset": "validation",
+        "n": 3,
+        "flag": True,
+    }
+    with pytest.raises(ConfigError, match="--option 'subset' must look like key=value"):
+        parse_options(["subset"])

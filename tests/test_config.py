@@ -115,6 +115,21 @@ def test_override_errors(tmp_path):
         config_from_dict(minimal(tmp_path), ["train.epochs=abc"])
 
 
+def test_key_value_parser_of_set_and_option():
+    """One parser for ``--set`` and ``--option``: values as YAML, an empty value None, errors name the flag."""
+    from medsg.config import parse_key_value
+
+    assert parse_key_value(" train.epochs = 3", "override", "x") == ("train.epochs", 3)
+    assert parse_key_value("subset=validation", "--option", "x") == ("subset", "validation")
+    assert parse_key_value("a=true", "--option", "x") == ("a", True)
+    assert parse_key_value("a=", "--option", "x") == ("a", None)
+    assert parse_key_value("a=b=c", "--option", "x") == ("a", "b=c")
+    with pytest.raises(ConfigError, match="--option 'subset' must look like key=value"):
+        parse_key_value("subset", "--option", "key=value")
+    with pytest.raises(ConfigError, match=r"--option a: cannot parse value '\[1' as YAML"):
+        parse_key_value("a=[1", "--option", "key=value")
+
+
 def test_resolved_config_round_trips_with_provenance(tmp_path):
     cfg = config_from_dict(minimal(tmp_path), ["experiment.seed=7"])
     data = resolved_config(cfg)

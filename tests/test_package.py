@@ -16,12 +16,14 @@ from synthetic import tiny_run_raw
 
 from medsg import cli
 from medsg.calibration import apply_temperature
+from medsg.commands.flags import fold_arg
 from medsg.config import config_from_dict
 from medsg.demo import make_synthetic_busi
 from medsg.errors import CheckpointError, DataError
 from medsg.experiment import run_experiment
 from medsg.package import CHECKSUMS_FILE, PACKAGE_FILE, export_package, load_model, load_package
 from medsg.predict import ImageFiles, InputItem, PredictOptions, collate, predict_items, raw_probs
+from medsg.train.final import ALL
 
 
 def make_cfg(root: Path, out: Path, *overrides: str):
@@ -97,7 +99,7 @@ def test_fold_all_trains_on_every_id_for_the_median_selected_epochs(run):
     record = json.loads((folder / "calibration.json").read_text())
     assert record["temperature"] == pytest.approx(np.median(temps)) and not record["fitted"]
     assert (folder / "DONE").is_file() and (folder / "checkpoint_best.pt").is_file()
-    assert cli.fold_arg("all") == "all" and cli.fold_arg("3") == 3
+    assert fold_arg("all") == ALL and fold_arg("3") == 3
 
 
 def test_package_round_trip_gives_the_runs_predictions(run):

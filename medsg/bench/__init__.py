@@ -14,15 +14,13 @@
   step, evaluation) for a config or the demo's synthetic setup: ``FoldTrainer.train_step`` phase by phase,
   with the trainer's own optimizer, scheduler, EMA, loss and precision, then its validation pass.
 
-The arguments are defined in ``medsg.cli``; ``python -m medsg.bench ARGS`` is ``medsg bench ARGS``.
+The arguments are defined in ``medsg.commands.bench``, which imports this package (never the reverse);
+``python -m medsg.bench ARGS`` is ``medsg bench ARGS`` (``medsg.bench.__main__``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from collections.abc import Sequence
 
 from medsg.bench.epoch import epoch_breakdown, run_epoch
 from medsg.bench.measure import (
@@ -33,7 +31,7 @@ from medsg.bench.measure import (
     matmul_gflops,
     model_throughput,
 )
-from medsg.bench.model import DEFAULT_COMPARE, MEMORY_CHILD, compare_models, memory_child, run_model
+from medsg.bench.model import DEFAULT_COMPARE, compare_models, memory_child, run_model
 from medsg.bench.pipeline import benchmark_pipeline, run_pipeline
 
 __all__ = [
@@ -45,7 +43,6 @@ __all__ = [
     "format_table",
     "forward_gflops",
     "load_reference_model",
-    "main",
     "matmul_gflops",
     "memory_child",
     "model_throughput",
@@ -56,14 +53,3 @@ __all__ = [
 def run_bench(args: argparse.Namespace) -> int:
     """``medsg bench model | pipeline | epoch``; returns the exit status."""
     return {"model": run_model, "pipeline": run_pipeline, "epoch": run_epoch}[args.bench](args)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m medsg.bench ARGS``: ``medsg bench ARGS``, and the entry of ``--memory``'s subprocesses."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == [MEMORY_CHILD]:
-        print(json.dumps(memory_child(json.loads(argv[1]))))
-        return 0
-    from medsg.cli import main as cli_main
-
-    return cli_main(["bench", *argv])

@@ -162,12 +162,6 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     )
 
 
-def device_from_name(name: str) -> torch.device:
-    from medsg.train.utils import resolve_device
-
-    return resolve_device(name) if name in ("auto", "cpu", "cuda") else torch.device(name)
-
-
 def device_words(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -16,14 +16,13 @@ from torch import nn
 
 from medsg.bench.measure import (
     create_model,
-    device_from_name,
     device_words,
     format_table,
     forward_gflops,
     matmul_gflops,
     model_throughput,
 )
-from medsg.train.utils import amp_dtype
+from medsg.train.utils import amp_dtype, torch_device
 
 DEFAULT_COMPARE = ("swin_tiny_patch4_window7_224", "convnext_tiny")
 TRAIN_FLOP_FACTOR = 3  # forward + backward (about twice the forward)
@@ -109,10 +108,10 @@ def memory_in_subprocess(spec: dict[str, Any]) -> dict[str, float]:
 
 
 def model_specs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Label -> what builds and runs it: ``--models``, the reference's first model (``--reference``), then
+    """Label -> what builds and runs it: ``--model``, the reference's first model (``--reference``), then
     ``--compare`` (default ``DEFAULT_COMPARE``), each name once."""
     compare = DEFAULT_COMPARE if args.compare is None else args.compare
-    names = list(dict.fromkeys([*args.models, *compare]))
+    names = list(dict.fromkeys([*args.model, *compare]))
     common = {"num_classes": args.num_classes, "img_size": args.img_size, "batch_size": args.batch_size}
     common |= {"steps": args.steps, "warmup": 1}
     specs = {name: {"name": name, **common} for name in names}
@@ -123,7 +122,7 @@ def model_specs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def run_model(args: argparse.Namespace) -> int:
-    device = device_from_name(args.device)
+    device = torch_device(args.device)
     # fixed shapes: cuDNN's autotuned kernels, as in a non-deterministic training run
     torch.backends.cudnn.benchmark = True
     specs = model_specs(args)

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medsg.bench.measure import create_model, device_from_name, device_words, format_table, model_throughput
+from medsg.bench.measure import create_model, device_words, format_table, model_throughput
+from medsg.train.utils import torch_device
 
 
 def benchmark_pipeline(
@@ -71,7 +72,7 @@ def benchmark_pipeline(
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    device = device_from_name(args.device)
+    device = torch_device(args.device)
     settings = {"n_images": args.limit, "img_size": args.img_size, "batch_size": args.batch_size}
     settings |= {"epochs": args.epochs, "num_workers": args.workers}
     runs = [benchmark_pipeline(args.adapter, args.root, cache=cache, **settings) for cache in args.cache]

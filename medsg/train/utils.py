@@ -72,6 +72,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def torch_device(name: str) -> torch.device:
+    """A command's ``--device``: ``auto``, ``cpu`` or ``cuda`` as ``resolve_device`` (CUDA without a GPU is a
+    user error), or an indexed ``cuda:N``, which ``resolve_device`` (a config's train.device) does not take."""
+    return resolve_device(name) if name in ("auto", "cpu", "cuda") else torch.device(name)
+
+
 def amp_dtype(device: torch.device, enabled: bool, name: str = "auto") -> torch.dtype | None:
     """The autocast dtype, or None for fp32. ``auto``: bf16 where the GPU supports it, else fp16 (with a
     GradScaler), fp32 on CPU; a named dtype ("bfloat16", "float16") applies on any device."""

@@ -1,0 +1,50 @@
+"""``medsg evaluate MODEL --adapter A --root R``: score a labelled external test set with a run or a package."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medsg.commands.flags import add_dataset, add_force, add_options, parse_options
+from medsg.commands.predict import add_prediction, prediction_options
+
+NAME = "evaluate"
+HELP = "score a labelled external test set: metrics, CIs, overlap audit, report"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a run folder or an exported package")
+    add_dataset(parser, adapter_help="the test set's dataset adapter", root_help="the test set's folder")
+    add_options(
+        parser,
+        "adapter option, e.g. --option subset=validation for ISIC 2018's validation layout (repeatable)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="output folder (default: evaluation_<adapter>_<root name>)"
+    )
+    parser.add_argument(
+        "--exclude-overlap", action="store_true", help="drop test images that duplicate training ones"
+    )
+    add_force(parser)
+    add_prediction(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medsg.evaluate import EvaluateRequest, evaluate  # torch, MONAI: not for `medsg --help`
+    from medsg.experiment import check_reports_write
+
+    out = Path(args.out or f"evaluation_{args.adapter}_{Path(args.root).name}")
+    check_reports_write(out, args.force)
+    options = prediction_options(args)
+    request = EvaluateRequest(
+        args.adapter, args.root, parse_options(args.option), args.exclude_overlap, options
+    )
+    summary = evaluate(args.model, request, out)
+    ci = summary["bootstrap_ci"]["balanced_accuracy"]
+    print(
+        f"{summary['n_scored']} test images scored (calibrated probabilities): balanced accuracy "
+        f"{ci['point']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]; {summary['overlap']['n']} overlap the training data"
+        + (" (excluded)" if summary["overlap"]["excluded"] else "")
+    )
+    print(f"report: {out / 'report.html'}")
+    return 0

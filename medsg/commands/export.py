@@ -1,0 +1,31 @@
+"""``medsg export RUN_DIR OUT_DIR``: a finished run's models as a self-contained, checksummed package."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medsg import package
+from medsg.commands.flags import add_force, add_models
+
+NAME = "export"
+HELP = "write a finished run's models as a self-contained, checksummed package"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="<output_dir>/<experiment name> with every fold finished")
+    parser.add_argument("out_dir", help="the package folder (replaced if it is a package already)")
+    add_models(
+        parser,
+        ("folds", "all", "both"),
+        "the fold ensemble, the final model (--fold all) or both (default: both when the final model exists)",
+    )
+    add_force(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medsg.experiment import check_reports_write  # torch, MONAI: not for `medsg --help`
+
+    check_reports_write(Path(args.out_dir), args.force)
+    print(package.export_package(Path(args.run_dir), Path(args.out_dir), args.models))
+    return 0
