@@ -39,6 +39,7 @@ from medsg.data.audit import apply_audit_policy, audit_manifest, describe_groupi
 from medsg.data.dataset import build_dataset, manifest_to_records
 from medsg.data.dicom import add_header_groups, grouping_keyword, new_salt
 from medsg.data.splits import check_no_leakage, inner_split, load_or_create_splits, read_group_salt
+from medsg.device import resolve_device
 from medsg.errors import ConfigError, ReportRefused
 from medsg.explain import EXPLAIN_DIR, collect_explanations, fold_explain_dirs
 from medsg.io import atomic_write_text, read_json
@@ -52,7 +53,7 @@ from medsg.train.decoded import RunDecodes, shared_head
 from medsg.train.fold import trainer_class
 from medsg.train.kfold import run_folds, train_final
 from medsg.train.loader import FoldData
-from medsg.train.utils import derive_seed, resolve_device, seed_everything
+from medsg.train.utils import derive_seed, seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from medsg.calibration import DECISION_TEXT
 from medsg.data.dataset import plain_tensor
 from medsg.data.manifest import natural_key
+from medsg.device import torch_device
 from medsg.errors import DataError
 from medsg.explain.cases import Case
 from medsg.explain.ensemble import explain_ensemble
@@ -53,7 +54,6 @@ from medsg.reference import (
     overlap,
     read_image_stats,
 )
-from medsg.train.utils import torch_device
 
 log = logging.getLogger(__name__)
 

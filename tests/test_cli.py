@@ -15,9 +15,9 @@ import medsg.cli as cli
 from medsg.commands import COMMANDS, bench, info
 from medsg.commands.flags import parse_options
 from medsg.demo import make_synthetic_busi
+from medsg.device import torch_device
 from medsg.errors import ConfigError, DataError
 from medsg.train.final import ALL
-from medsg.train.utils import torch_device
 
 
 def test_missing_config_is_one_line_exit_2_without_traceback(tmp_path):

@@ -66,11 +66,12 @@ def epoch_breakdown(
     from medsg.data import class_names, load_manifest
     from medsg.data.dataset import build_dataset, manifest_to_records
     from medsg.data.transforms import build_transforms
+    from medsg.device import resolve_device
     from medsg.train.evaluate import predict, val_metrics
     from medsg.train.fold import FoldTrainer
     from medsg.train.loader import FoldData, epoch_indices, to_device, training_loader
     from medsg.train.model import build_model
-    from medsg.train.utils import resolve_device, seed_everything
+    from medsg.train.utils import seed_everything
 
     t = cfg.train
     device = resolve_device(t.device)

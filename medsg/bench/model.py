@@ -22,7 +22,8 @@ from medsg.bench.measure import (
     matmul_gflops,
     model_throughput,
 )
-from medsg.train.utils import amp_dtype, torch_device
+from medsg.device import torch_device
+from medsg.train.utils import amp_dtype
 
 DEFAULT_COMPARE = ("swin_tiny_patch4_window7_224", "convnext_tiny")
 TRAIN_FLOP_FACTOR = 3  # forward + backward (about twice the forward)

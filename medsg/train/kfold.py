@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from torch import nn
 
 from medsg.config import Config
+from medsg.device import resolve_device
 from medsg.io import read_json
 from medsg.run_folder import ALL, RunFolder
 from medsg.train import ddp
@@ -26,7 +27,7 @@ from medsg.train.loader import FoldData
 from medsg.train.lock import FileLock
 from medsg.train.model import build_model
 from medsg.train.state import weights_checksum
-from medsg.train.utils import derive_seed, resolve_device, seed_everything
+from medsg.train.utils import derive_seed, seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsg.errors import ConfigError
-
 
 def derive_seed(*parts: int | str) -> int:
     """A stable 31-bit seed from (seed, fold, epoch, ...): the same inputs always give the same stream."""
@@ -59,23 +57,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error the user can fix."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device: cuda requested but no CUDA GPU is visible; use auto or cpu")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def torch_device(name: str) -> torch.device:
-    """A command's ``--device``: ``auto``, ``cpu`` or ``cuda`` as ``resolve_device`` (CUDA without a GPU is a
-    user error), or an indexed ``cuda:N``, which ``resolve_device`` (a config's train.device) does not take."""
-    return resolve_device(name) if name in ("auto", "cpu", "cuda") else torch.device(name)
 
 
 def amp_dtype(device: torch.device, enabled: bool, name: str = "auto") -> torch.dtype | None:
