@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import timm
 import torch
-from synthetic import tiny_run_raw
 
-from medsg.config import config_from_dict
 from medsg.data.transforms import mask_union
 from medsg.demo import make_synthetic_busi
 from medsg.experiment import ManifestFolds, prepare_data, run_experiment, write_run_report
@@ -35,23 +32,23 @@ SCORED_MAPS = {
 }
 
 
-def make_cfg(root: Path, out: Path, *overrides: str):
-    raw = tiny_run_raw(
-        root,
-        out,
-        "xai",
-        splits={"inner_val_fraction": 0.0},
-        train={"selection": "last_epoch"},
-        explain={"cases_per_fold": 2, "deletion_steps": 4},
-    )
-    return config_from_dict(raw, list(overrides))
+XAI = {  # sgformer_tiny from scratch, every image in training, explanations with a short deletion curve
+    "experiment.name": "xai",
+    "splits.inner_val_fraction": 0.0,
+    "model.drop_path": 0.0,
+    "train.batch_size": 4,
+    "train.layer_decay": None,
+    "train.selection": "last_epoch",
+    "explain.cases_per_fold": 2,
+    "explain.deletion_steps": 4,
+}
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, make_config):
     out = tmp_path_factory.mktemp("xai")
     root = make_synthetic_busi(out / "data", n_per_class=3, size=48, seed=4)
-    cfg = make_cfg(root, out)
+    cfg = make_config(root, out, XAI, model="sgformer_tiny")
     run_dir = run_experiment(cfg, quiet=True, report=False)
     return cfg, run_dir
 

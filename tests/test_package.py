@@ -12,35 +12,32 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from synthetic import tiny_run_raw
 
 from medsg import cli
 from medsg.calibration import apply_temperature
-from medsg.config import config_from_dict
 from medsg.demo import make_synthetic_busi
 from medsg.errors import CheckpointError, DataError
 from medsg.experiment import run_experiment
 from medsg.package import CHECKSUMS_FILE, PACKAGE_FILE, export_package, load_model, load_package
 from medsg.predict import ImageFiles, InputItem, PredictOptions, collate, predict_items, raw_probs
 
-
-def make_cfg(root: Path, out: Path, *overrides: str):
-    raw = tiny_run_raw(
-        root,
-        out,
-        "pkg",
-        splits={"inner_val_fraction": 0.34},
-        train={"epochs": 2},
-        explain={"cases_per_fold": 0, "localization": False},
-    )
-    return config_from_dict(raw, list(overrides))
+PKG = {  # sgformer_tiny from scratch, 2 epochs, a third of each training fold for calibration
+    "experiment.name": "pkg",
+    "splits.inner_val_fraction": 0.34,
+    "model.drop_path": 0.0,
+    "train.epochs": 2,
+    "train.batch_size": 4,
+    "train.layer_decay": None,
+    "explain.cases_per_fold": 0,
+    "explain.localization": False,
+}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, make_config):
     out = tmp_path_factory.mktemp("pkg")
     root = make_synthetic_busi(out / "data", n_per_class=4, size=40, seed=3)
-    cfg = make_cfg(root, out)
+    cfg = make_config(root, out, PKG, model="sgformer_tiny")
     run_dir = run_experiment(cfg, folds=[0, 1, "all"], quiet=True)
     package = export_package(run_dir, out / "package")
     return cfg, run_dir, package, out
@@ -368,7 +365,7 @@ def test_predict_streams_rows_batch_by_batch(run, tmp_path, monkeypatch):
     assert result.probs == [] and result.n_predicted == 5 and not list(tmp_path.glob(".predictions.csv.*"))
 
 
-def test_a_fold_without_validation_keeps_temperature_1_and_says_so(tmp_path):
+def test_a_fold_without_validation_keeps_temperature_1_and_says_so(tmp_path, make_config):
     from torch.utils.data import Dataset
 
     from medsg.train.kfold import run_folds
@@ -395,14 +392,17 @@ def test_a_fold_without_validation_keeps_temperature_1_and_says_so(tmp_path):
         def __call__(self, fold, model):
             return FoldData(Noise(range(12)), np.arange(12) % 2, None, Noise(range(12, 18)), self.class_names)
 
-    raw = {
-        "experiment": {"name": "nv", "output_dir": str(tmp_path)},
-        "data": {"adapter": "busi", "root": str(tmp_path)},
-        "splits": {"k": 2, "inner_val_fraction": 0.0},
-        "model": {"name": "test_vit", "img_size": 32},
-        "train": {"epochs": 1, "batch_size": 6, "workers": 0, "device": "cpu", "selection": "last_epoch"},
+    no_validation = {
+        "experiment.name": "nv",
+        "experiment.output_dir": tmp_path,
+        "data.cache": "memory",  # the schema's cache, warm-up and bootstrap
+        "splits.inner_val_fraction": 0.0,
+        "train.batch_size": 6,
+        "train.warmup_epochs": 2,
+        "train.selection": "last_epoch",
+        "eval.bootstrap": 1000,
     }
-    cfg = config_from_dict(raw, check_paths=False)
+    cfg = make_config(tmp_path, None, no_validation, check_paths=False)
     run_folds(cfg, [0], Factory(), tmp_path, quiet=True)
     record = json.loads((tmp_path / "fold_0" / "calibration.json").read_text())
     assert record["temperature"] == 1.0 and not record["fitted"]
