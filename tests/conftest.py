@@ -4,7 +4,8 @@ tests build an experiment config (``make_config`` / ``write_config``).
 Locally a test whose fixture file or data set is absent skips. In CI (environment variable ``CI`` set, as CI
 services do, with ../shared beside the clone) it fails instead, so a moved or missing fixture cannot turn the
 parity tests into silent skips. Real-data tests marked ``slow`` or ``bench`` keep skipping everywhere: CI runs
-the default selection, and their data is not expected there.
+the README's command (``-m 'not slow and not bench'``: the default selection plus the ``e2e`` tests), and their
+data is not expected there.
 """
 
 from __future__ import annotations

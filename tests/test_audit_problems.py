@@ -85,6 +85,7 @@ def _odd_corpus(root: Path) -> dict[str, str | None]:
     return expect
 
 
+@pytest.mark.e2e
 def test_odd_corpus_through_audit_and_run(
     tmp_path: Path, capsys: pytest.CaptureFixture, write_config
 ) -> None:

@@ -17,6 +17,8 @@ import torch
 from medsg.demo import make_synthetic_busi
 from medsg.train.state import weights_checksum
 
+pytestmark = pytest.mark.e2e  # trains a model end to end
+
 
 def torchrun() -> list[str]:
     exe = Path(sys.executable).with_name("torchrun")

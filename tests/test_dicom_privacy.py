@@ -68,6 +68,7 @@ PATIENTS = {  # patient-level folds from the DICOM headers; sgformer_tiny for si
 }
 
 
+@pytest.mark.e2e
 def test_patient_grouping_and_no_header_data_in_any_output(
     tmp_path: Path, capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture, write_config
 ) -> None:

@@ -61,6 +61,7 @@ def test_pick_cases_takes_classes_in_turn_with_sorted_ids():
     assert pick_cases(ids, labels, 0) == [] and pick_cases([], [], 3) == []
 
 
+@pytest.mark.e2e
 def test_each_fold_scores_its_lesion_images_and_saves_review_cases(finished_run):
     cfg, run_dir = finished_run
     manifest = pd.read_csv(run_dir / "manifest.csv", dtype=str, keep_default_na=False).set_index("id")
@@ -97,6 +98,7 @@ def test_each_fold_scores_its_lesion_images_and_saves_review_cases(finished_run)
             assert (maps / "block1.0.npy").is_file() and (maps / "allocation_block1.1.npy").is_file()
 
 
+@pytest.mark.e2e
 def test_saved_maps_are_the_selected_models_maps(finished_run):
     cfg, run_dir = finished_run
     fold = run_dir / "fold_0"
@@ -112,6 +114,7 @@ def test_saved_maps_are_the_selected_models_maps(finished_run):
     np.testing.assert_allclose(saved, want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_report_pools_the_folds_with_grouped_cis_and_a_review_page(finished_run):
     _, run_dir = finished_run
     write_run_report(run_dir)
@@ -138,6 +141,7 @@ def test_report_pools_the_folds_with_grouped_cis_and_a_review_page(finished_run)
     assert "<h2>Explanations</h2>" in (report / "report.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.e2e
 def test_medsg_explain_reruns_folds_with_a_gradient_free_subset(finished_run):
     _, run_dir = finished_run
     result = explain_run(
@@ -153,6 +157,7 @@ def test_medsg_explain_reruns_folds_with_a_gradient_free_subset(finished_run):
     assert len(cases) == 1
 
 
+@pytest.mark.e2e
 def test_medsg_explain_on_named_images_and_unknown_ones(finished_run):
     _, run_dir = finished_run
     manifest = pd.read_csv(run_dir / "manifest.csv", dtype=str, keep_default_na=False)

@@ -20,6 +20,8 @@ from medsg.demo import make_synthetic_busi
 
 EPOCHS = 12
 
+pytestmark = pytest.mark.e2e  # trains a model end to end
+
 
 def _kill_config(write_config, data_root: Path, out: Path, splits: Path) -> Path:
     """``out.yaml`` beside ``out``: one run of ``EPOCHS`` epochs writing into ``out``, the split file shared."""

@@ -56,6 +56,7 @@ def member_raw_probs(bundle, member, paths: list[str]) -> np.ndarray:
     return raw_probs(model, batch["images"])
 
 
+@pytest.mark.e2e
 def test_each_fold_calibrates_on_its_inner_validation_split_only(run):
     _, run_dir, _, _ = run
     for fold in (0, 1):
@@ -77,6 +78,7 @@ def test_each_fold_calibrates_on_its_inner_validation_split_only(run):
     assert "## Calibration (pooled out-of-fold)" in report and "Raw [95% CI]" in report
 
 
+@pytest.mark.e2e
 def test_fold_all_trains_on_every_id_for_the_median_selected_epochs(run):
     _, run_dir, _, _ = run
     folder = run_dir / "fold_all"
@@ -97,6 +99,7 @@ def test_fold_all_trains_on_every_id_for_the_median_selected_epochs(run):
     assert cli.fold_arg("all") == "all" and cli.fold_arg("3") == 3
 
 
+@pytest.mark.e2e
 def test_package_round_trip_gives_the_runs_predictions(run):
     _, run_dir, package, _ = run
     meta = json.loads((package / PACKAGE_FILE).read_text())
@@ -122,6 +125,7 @@ def test_package_round_trip_gives_the_runs_predictions(run):
     ]
 
 
+@pytest.mark.e2e
 def test_ensemble_probabilities_are_the_mean_of_the_folds_calibrated_ones(run, tmp_path):
     _, run_dir, package, _ = run
     bundle = load_package(package)
@@ -145,6 +149,7 @@ def test_ensemble_probabilities_are_the_mean_of_the_folds_calibrated_ones(run, t
     assert "calibrated" in info["calibrated"] and info["n_predicted"] == 5
 
 
+@pytest.mark.e2e
 def test_a_tampered_or_mismatched_package_is_refused(run, tmp_path):
     _, _, package, _ = run
     changed = shutil.copytree(package, tmp_path / "changed")
@@ -174,6 +179,7 @@ def test_a_tampered_or_mismatched_package_is_refused(run, tmp_path):
     assert cli.main(["predict", str(changed), str(tmp_path), "--out", str(tmp_path / "p")]) == 2
 
 
+@pytest.mark.e2e
 def test_predict_names_and_skips_unreadable_inputs_and_flags_unlike_images(run, tmp_path, capsys):
     _, run_dir, package, _ = run
     good = list(manifest(run_dir)["path"])[:2]
@@ -212,6 +218,7 @@ def test_predict_names_and_skips_unreadable_inputs_and_flags_unlike_images(run, 
     assert frame.set_index("id").loc["colourful.png", "in_training_data"] == ""
 
 
+@pytest.mark.e2e
 def test_predict_says_each_kind_of_flag_in_the_csvs_words(run, tmp_path, capsys):
     _, run_dir, package, _ = run
     colourful = tmp_path / "colourful.png"
@@ -234,6 +241,7 @@ def test_predict_says_each_kind_of_flag_in_the_csvs_words(run, tmp_path, capsys)
     assert plain != marked  # the flag is drawn on the panel
 
 
+@pytest.mark.e2e
 def test_predict_explain_writes_ensemble_panels(run, tmp_path):
     _, run_dir, package, _ = run
     image = list(manifest(run_dir)["path"])[0]
@@ -242,6 +250,7 @@ def test_predict_explain_writes_ensemble_panels(run, tmp_path):
     assert len(panels) == 1 and Image.open(panels[0]).size[0] > 300
 
 
+@pytest.mark.e2e
 def test_evaluate_a_synthetic_external_set_with_overlap_audit(run, tmp_path):
     _, run_dir, package, out = run
     test_root = make_synthetic_busi(tmp_path / "ext", n_per_class=2, size=40, seed=11)
@@ -345,6 +354,7 @@ def test_evaluate_reaches_isic_layouts_at_600x450_and_pre_resized(tmp_path, subs
     np.testing.assert_allclose(results[0], results[1], atol=0.05)
 
 
+@pytest.mark.e2e
 def test_predict_streams_rows_batch_by_batch(run, tmp_path, monkeypatch):
     from medsg import predict as predict_mod
 

@@ -73,6 +73,7 @@ def _images(folder: Path, n: int = 9) -> Path:
     return folder
 
 
+@pytest.mark.e2e
 def test_pretrain_resumes_after_a_crash_to_the_same_backbone(tmp_path, monkeypatch):
     items = unlabelled_images(folder=_images(tmp_path / "images"))
     assert [i.id for i in items] == sorted(f"{'a' if k % 2 else 'b'}/img{k}.png" for k in range(9))
@@ -105,6 +106,7 @@ def test_pretrain_resumes_after_a_crash_to_the_same_backbone(tmp_path, monkeypat
         pretrain(items, tmp_path / "resumed", PretrainSettings(epochs=3, batch_size=4), device="cpu")
 
 
+@pytest.mark.e2e
 def test_a_pretrained_backbone_loads_as_model_pretrained_and_guards_against_leakage(tmp_path, make_config):
     items = unlabelled_images(folder=_images(tmp_path / "images"))
     settings = PretrainSettings(epochs=1, batch_size=4, projection_hidden=64, projection_dim=32)

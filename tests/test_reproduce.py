@@ -32,6 +32,7 @@ def report(tmp_path_factory, make_config) -> Path:
     return out / "report"
 
 
+@pytest.mark.e2e
 def test_a_rerun_fold_matches_the_report_to_the_last_digit(report: Path, tmp_path: Path) -> None:
     result = reproduce_fold(report, 1, out=tmp_path / "rerun")
     assert result.verdict == "exact", result.rows
@@ -43,6 +44,7 @@ def test_a_rerun_fold_matches_the_report_to_the_last_digit(report: Path, tmp_pat
     ]
 
 
+@pytest.mark.e2e
 def test_a_changed_committed_number_is_caught(report: Path, tmp_path: Path) -> None:
     changed = tmp_path / "changed"
     changed.mkdir()

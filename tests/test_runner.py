@@ -46,6 +46,7 @@ def syn_config(make_config):
     return build
 
 
+@pytest.mark.e2e
 def test_full_run_writes_run_folder_and_report_and_never_selects_on_test(
     busi_root, tmp_path, monkeypatch, syn_config
 ):
@@ -182,6 +183,7 @@ def test_grouping_descriptions(tmp_path, syn_config):
     )
 
 
+@pytest.mark.e2e
 def test_single_fold_jobs_then_report(busi_root, tmp_path, syn_config):
     cfg = syn_config(busi_root, tmp_path, {"train.epochs": 1, "train.selection": "last_epoch"})
     run_dir = run_experiment(cfg, folds=[1], quiet=True)
@@ -194,6 +196,7 @@ def test_single_fold_jobs_then_report(busi_root, tmp_path, syn_config):
     assert (run_dir / "summary.json").exists() and (tmp_path / "report" / "report.html").exists()
 
 
+@pytest.mark.e2e
 def test_live_lock_is_refused_and_stale_lock_taken_over(busi_root, tmp_path, caplog, syn_config):
     cfg = syn_config(busi_root, tmp_path, {"train.epochs": 1, "train.selection": "last_epoch"})
     lock = cfg.run_dir / "fold_0" / ".lock"
@@ -218,6 +221,7 @@ def test_demo_config_points_at_its_folder(tmp_path):
     assert cfg.run_dir.parent == (tmp_path / "runs").resolve()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("cache", ["none", "memory"])
 def test_resume_with_random_monai_augmentations_is_exact(busi_root, tmp_path, monkeypatch, cache, syn_config):
     """Kill after epoch 1 (data pipeline with random flips/rotations/zoom), resume: same numbers as one go."""
