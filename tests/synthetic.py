@@ -200,26 +200,3 @@ def garbled_png(arr: np.ndarray, path: Path, seed: int = 1) -> Path:
     crc = struct.pack(">I", zlib.crc32(b"IDAT" + garbage))
     path.write_bytes(data[: start + 4] + garbage + crc + data[start + 8 + length :])
     return path
-
-
-def tiny_run_raw(root: Path, out: Path, name: str, **sections: dict) -> dict:
-    """A raw config for a small sgformer_tiny run on a synthetic BUSI replica (2 folds, CPU, no workers);
-    ``sections`` update the defaults section by section (e.g. ``train={"epochs": 2}``)."""
-    raw: dict = {
-        "experiment": {"name": name, "output_dir": str(out / "runs"), "report_dir": str(out / "report")},
-        "data": {"adapter": "busi", "root": str(root), "cache": "none"},
-        "splits": {"k": 2, "file": str(out / "splits.json")},
-        "model": {"name": "sgformer_tiny", "img_size": 224, "drop_path": 0.0},
-        "train": {
-            "epochs": 1,
-            "batch_size": 4,
-            "workers": 0,
-            "device": "cpu",
-            "warmup_epochs": 0,
-            "layer_decay": None,
-        },
-        "eval": {"bootstrap": 20},
-    }
-    for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
-    return raw

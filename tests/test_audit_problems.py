@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from dicomgen import bundled, write_dicom
 from PIL import Image
 from synthetic import make_busi_replica, texture
@@ -86,7 +85,10 @@ def _odd_corpus(root: Path) -> dict[str, str | None]:
     return expect
 
 
-def test_odd_corpus_through_audit_and_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.e2e
+def test_odd_corpus_through_audit_and_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture, write_config
+) -> None:
     root = tmp_path / "data"
     expect = _odd_corpus(root)
     out = tmp_path / "audit.json"
@@ -100,21 +102,15 @@ def test_odd_corpus_through_audit_and_run(tmp_path: Path, capsys: pytest.Capture
     for problem in report["problems"]:
         assert problem["path"] in printed and problem["action"] in printed, problem
 
-    config = {
-        "experiment": {
-            "name": "odd",
-            "output_dir": str(tmp_path / "runs"),
-            "report_dir": str(tmp_path / "rep"),
-        },
-        "data": {"adapter": "imagefolder", "root": str(root), "cache": "none"},
-        "splits": {"k": 2, "file": str(tmp_path / "splits.json"), "inner_val_fraction": 0.25},
-        "model": {"name": "test_vit", "img_size": 32},
-        "train": {"epochs": 1, "batch_size": 8, "workers": 0, "device": "cpu", "warmup_epochs": 0},
-        "eval": {"bootstrap": 10},
-        "explain": {"cases_per_fold": 1},  # review cases read the odd originals too
+    odd = {
+        "experiment.name": "odd",
+        "experiment.report_dir": tmp_path / "rep",
+        "data.adapter": "imagefolder",
+        "eval.bootstrap": 10,
+        "explain.cases_per_fold": 1,  # review cases read the odd originals too
     }
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    assert cli.main(["-q", "run", str(tmp_path / "c.yaml")]) == 0
+    config = write_config(root, tmp_path, odd, path=tmp_path / "c.yaml")
+    assert cli.main(["-q", "run", str(config)]) == 0
     predicted = set(pd.read_csv(tmp_path / "runs" / "odd" / "oof_predictions.csv")["id"])
     assert predicted == {name for name, kind in expect.items() if kind is None}  # every usable file, no other
 

@@ -17,7 +17,7 @@ from medsg.commands.flags import parse_options
 from medsg.demo import make_synthetic_busi
 from medsg.device import torch_device
 from medsg.errors import ConfigError, DataError
-from medsg.train.final import ALL
+from medsg.run_folder import ALL
 
 
 def test_missing_config_is_one_line_exit_2_without_traceback(tmp_path):

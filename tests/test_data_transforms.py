@@ -244,9 +244,8 @@ def test_augmentation_words_follow_the_pipeline(color_aug: bool, changes: dict) 
     assert all(keywords[s] in w for s, w in zip(steps, words, strict=True))
 
 
-def test_augment_config_reaches_the_pipeline() -> None:
+def test_augment_config_reaches_the_pipeline(make_config) -> None:
     """data.augment sets the steps; null vertical flip is the dataset's rule (none for ultrasound)."""
-    from medsg.config import config_from_dict
 
     def random_steps(cfg) -> dict[str, object]:
         pipeline = build_transforms(32, MEAN, STD, True, cfg.color_aug, False, augment=cfg.augmentations)
@@ -256,19 +255,17 @@ def test_augment_config_reaches_the_pipeline() -> None:
             if "Rand" in type(t).__name__
         }
 
-    base = {"experiment": {"name": "x"}, "model": {"name": "sgformer_tiny"}}
-    busi = config_from_dict({**base, "data": {"adapter": "busi", "root": "."}}, check_paths=False)
-    isic = config_from_dict({**base, "data": {"adapter": "isic2018", "root": "."}}, check_paths=False)
+    def config(*overrides: dict):
+        return make_config(
+            ".", None, {"experiment.name": "x"}, *overrides, model="sgformer_tiny", check_paths=False
+        )
+
+    busi = config({"data.adapter": "busi"})
+    isic = config({"data.adapter": "isic2018"})
     assert busi.augmentations.vertical_flip == 0.0 and isic.augmentations.vertical_flip == 0.5
     assert sum("RandFlipd" in k for k in random_steps(busi)) == 1
     assert sum("RandFlipd" in k for k in random_steps(isic)) == 2
-    wide = config_from_dict(
-        {
-            **base,
-            "data": {"adapter": "busi", "root": ".", "augment": {"rotate_degrees": 40, "noise_prob": 0}},
-        },
-        check_paths=False,
-    )
+    wide = config({"data.adapter": "busi", "data.augment.rotate_degrees": 40, "data.augment.noise_prob": 0})
     steps = random_steps(wide)
     rotate = next(t for k, t in steps.items() if k.startswith("RandRotated"))
     assert rotate.rand_rotate.range_x == pytest.approx((-np.deg2rad(40), np.deg2rad(40)))

@@ -13,10 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from medsg.demo import make_synthetic_busi
 from medsg.train.state import weights_checksum
+
+pytestmark = pytest.mark.e2e  # trains a model end to end
 
 
 def torchrun() -> list[str]:
@@ -28,22 +29,15 @@ def torchrun() -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run"]
 
 
-def test_ddp_two_cpu_processes_train_one_fold(tmp_path):
+def test_ddp_two_cpu_processes_train_one_fold(tmp_path, write_config):
     root = make_synthetic_busi(tmp_path / "data", n_per_class=6, size=32, seed=2)
-    config = {
-        "experiment": {
-            "name": "ddp",
-            "output_dir": str(tmp_path / "runs"),
-            "report_dir": str(tmp_path / "rep"),
-        },
-        "data": {"adapter": "busi", "root": str(root), "cache": "none"},
-        "splits": {"k": 2, "file": str(tmp_path / "splits.json"), "inner_val_fraction": 0.25},
-        "model": {"name": "test_vit", "img_size": 32},
-        "train": {"epochs": 1, "batch_size": 4, "workers": 0, "device": "cpu", "warmup_epochs": 0},
-        "eval": {"bootstrap": 10},
+    ddp = {
+        "experiment.name": "ddp",
+        "experiment.report_dir": tmp_path / "rep",
+        "train.batch_size": 4,
+        "eval.bootstrap": 10,
     }
-    cfg_path = tmp_path / "ddp.yaml"
-    cfg_path.write_text(yaml.safe_dump(config))
+    cfg_path = write_config(root, tmp_path, ddp, path=tmp_path / "ddp.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         *torchrun(),

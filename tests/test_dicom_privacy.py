@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from dicomgen import dicom_dataset
 from synthetic import texture
 
@@ -60,39 +59,26 @@ def _write_patient_files(root: Path) -> Path:
     return csv
 
 
-def _config(tmp_path: Path, csv: Path) -> Path:
-    cfg = {
-        "experiment": {
-            "name": "dicom_patients",
-            "output_dir": str(tmp_path / "out" / "runs"),
-            "report_dir": str(tmp_path / "out" / "report"),
-        },
-        "data": {"adapter": "csv", "root": str(csv), "cache": "none"},
-        "splits": {
-            "k": 2,
-            "grouping": "dicom:PatientID",
-            "file": str(tmp_path / "out" / "splits" / "patients.json"),
-            "inner_val_fraction": 0.25,
-        },
-        "model": {"name": "sgformer_tiny", "img_size": 224},  # significance, CAMs and a review page
-        "train": {"epochs": 1, "batch_size": 8, "workers": 0, "device": "cpu", "warmup_epochs": 0},
-        "eval": {"bootstrap": 10},
-        "explain": {"cases_per_fold": 1},
-    }
-    path = tmp_path / "out" / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+PATIENTS = {  # patient-level folds from the DICOM headers; sgformer_tiny for significance, CAMs, review page
+    "experiment.name": "dicom_patients",
+    "data.adapter": "csv",
+    "splits.grouping": "dicom:PatientID",
+    "eval.bootstrap": 10,
+    "explain.cases_per_fold": 1,
+}
 
 
+@pytest.mark.e2e
 def test_patient_grouping_and_no_header_data_in_any_output(
-    tmp_path: Path, capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture, write_config
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
     csv = _write_patient_files(data)
-    config = _config(tmp_path, csv)
     out = tmp_path / "out"
+    config = write_config(
+        csv, out, PATIENTS, {"splits.file": out / "splits" / "patients.json"}, model="sgformer_tiny"
+    )
     caplog.clear()  # (writing the marker into the test files made pydicom warn; that was the test, not medsg)
     capfd.readouterr()
     with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
@@ -132,13 +118,17 @@ def test_patient_grouping_and_no_header_data_in_any_output(
     assert "p0_img0.dcm" in (run_dir / "manifest.csv").read_text()
 
 
-def test_a_rerun_finds_the_same_salt_and_groups(tmp_path: Path) -> None:
+def test_a_rerun_finds_the_same_salt_and_groups(tmp_path: Path, write_config) -> None:
     from medsg.config import load_config
     from medsg.experiment import prepare_data
 
     data = tmp_path / "data"
     data.mkdir()
-    cfg = load_config(_config(tmp_path, _write_patient_files(data)))
+    out = tmp_path / "out"
+    patients = {"splits.file": out / "splits" / "patients.json"}
+    cfg = load_config(
+        write_config(_write_patient_files(data), out, PATIENTS, patients, model="sgformer_tiny")
+    )
     first = prepare_data(cfg, new_split_expected=True)
     again = prepare_data(cfg)  # reads the salt back from the split file's header
     assert first.manifest["dicom:PatientID"].tolist() == again.manifest["dicom:PatientID"].tolist()

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import timm
 import torch
-from synthetic import tiny_run_raw
 
-from medsg.config import config_from_dict
 from medsg.data.transforms import mask_union
 from medsg.demo import make_synthetic_busi
 from medsg.experiment import ManifestFolds, prepare_data, run_experiment, write_run_report
@@ -35,23 +32,23 @@ SCORED_MAPS = {
 }
 
 
-def make_cfg(root: Path, out: Path, *overrides: str):
-    raw = tiny_run_raw(
-        root,
-        out,
-        "xai",
-        splits={"inner_val_fraction": 0.0},
-        train={"selection": "last_epoch"},
-        explain={"cases_per_fold": 2, "deletion_steps": 4},
-    )
-    return config_from_dict(raw, list(overrides))
+XAI = {  # sgformer_tiny from scratch, every image in training, explanations with a short deletion curve
+    "experiment.name": "xai",
+    "splits.inner_val_fraction": 0.0,
+    "model.drop_path": 0.0,
+    "train.batch_size": 4,
+    "train.layer_decay": None,
+    "train.selection": "last_epoch",
+    "explain.cases_per_fold": 2,
+    "explain.deletion_steps": 4,
+}
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, make_config):
     out = tmp_path_factory.mktemp("xai")
     root = make_synthetic_busi(out / "data", n_per_class=3, size=48, seed=4)
-    cfg = make_cfg(root, out)
+    cfg = make_config(root, out, XAI, model="sgformer_tiny")
     run_dir = run_experiment(cfg, quiet=True, report=False)
     return cfg, run_dir
 
@@ -64,6 +61,7 @@ def test_pick_cases_takes_classes_in_turn_with_sorted_ids():
     assert pick_cases(ids, labels, 0) == [] and pick_cases([], [], 3) == []
 
 
+@pytest.mark.e2e
 def test_each_fold_scores_its_lesion_images_and_saves_review_cases(finished_run):
     cfg, run_dir = finished_run
     manifest = pd.read_csv(run_dir / "manifest.csv", dtype=str, keep_default_na=False).set_index("id")
@@ -100,6 +98,7 @@ def test_each_fold_scores_its_lesion_images_and_saves_review_cases(finished_run)
             assert (maps / "block1.0.npy").is_file() and (maps / "allocation_block1.1.npy").is_file()
 
 
+@pytest.mark.e2e
 def test_saved_maps_are_the_selected_models_maps(finished_run):
     cfg, run_dir = finished_run
     fold = run_dir / "fold_0"
@@ -115,6 +114,7 @@ def test_saved_maps_are_the_selected_models_maps(finished_run):
     np.testing.assert_allclose(saved, want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_report_pools_the_folds_with_grouped_cis_and_a_review_page(finished_run):
     _, run_dir = finished_run
     write_run_report(run_dir)
@@ -141,6 +141,7 @@ def test_report_pools_the_folds_with_grouped_cis_and_a_review_page(finished_run)
     assert "<h2>Explanations</h2>" in (report / "report.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.e2e
 def test_medsg_explain_reruns_folds_with_a_gradient_free_subset(finished_run):
     _, run_dir = finished_run
     result = explain_run(
@@ -156,6 +157,7 @@ def test_medsg_explain_reruns_folds_with_a_gradient_free_subset(finished_run):
     assert len(cases) == 1
 
 
+@pytest.mark.e2e
 def test_medsg_explain_on_named_images_and_unknown_ones(finished_run):
     _, run_dir = finished_run
     manifest = pd.read_csv(run_dir / "manifest.csv", dtype=str, keep_default_na=False)

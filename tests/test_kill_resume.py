@@ -15,26 +15,27 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from medsg.demo import make_synthetic_busi
 
 EPOCHS = 12
 
+pytestmark = pytest.mark.e2e  # trains a model end to end
 
-def _write_config(data_root: Path, out: Path, splits: Path) -> Path:
-    raw = {
-        "experiment": {"name": "kill", "seed": 3, "output_dir": str(out), "report_dir": str(out / "report")},
-        "data": {"adapter": "busi", "root": str(data_root), "cache": "none"},
-        "splits": {"k": 2, "seed": 0, "file": str(splits), "inner_val_fraction": 0.25},
-        "model": {"name": "test_vit", "img_size": 32},
-        "train": {"epochs": EPOCHS, "batch_size": 8, "workers": 0, "device": "cpu", "warmup_epochs": 1},
-        "eval": {"bootstrap": 20},
-        "explain": {"cases_per_fold": 0},
+
+def _kill_config(write_config, data_root: Path, out: Path, splits: Path) -> Path:
+    """``out.yaml`` beside ``out``: one run of ``EPOCHS`` epochs writing into ``out``, the split file shared."""
+    kill = {
+        "experiment.name": "kill",
+        "experiment.seed": 3,
+        "experiment.output_dir": out,
+        "splits.seed": 0,
+        "splits.file": splits,
+        "train.epochs": EPOCHS,
+        "train.warmup_epochs": 1,
+        "explain.cases_per_fold": 0,
     }
-    path = out.parent / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_config(data_root, out, kill, path=out.parent / f"{out.name}.yaml")
 
 
 def _medsg(config: Path) -> subprocess.Popen:
@@ -49,14 +50,14 @@ def _epochs_logged(fold_dir: Path) -> int:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
-def test_kill_9_mid_fold_then_rerun_matches_uninterrupted_run(tmp_path):
+def test_kill_9_mid_fold_then_rerun_matches_uninterrupted_run(tmp_path, write_config):
     data_root = make_synthetic_busi(tmp_path / "data", n_per_class=8, size=32, seed=2)
     splits = tmp_path / "splits.json"
 
-    reference = _medsg(_write_config(data_root, tmp_path / "reference", splits))
+    reference = _medsg(_kill_config(write_config, data_root, tmp_path / "reference", splits))
     assert reference.wait(timeout=300) == 0, reference.stdout.read()
 
-    killed_config = _write_config(data_root, tmp_path / "killed", splits)
+    killed_config = _kill_config(write_config, data_root, tmp_path / "killed", splits)
     fold_dir = tmp_path / "killed" / "kill" / "fold_0"
     victim = _medsg(killed_config)
     deadline = time.monotonic() + 300

@@ -12,37 +12,34 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from synthetic import tiny_run_raw
 
 from medsg import cli
 from medsg.calibration import apply_temperature
 from medsg.commands.flags import fold_arg
-from medsg.config import config_from_dict
 from medsg.demo import make_synthetic_busi
 from medsg.errors import CheckpointError, DataError
 from medsg.experiment import run_experiment
 from medsg.package import CHECKSUMS_FILE, PACKAGE_FILE, export_package, load_model, load_package
 from medsg.predict import ImageFiles, InputItem, PredictOptions, collate, predict_items, raw_probs
-from medsg.train.final import ALL
+from medsg.run_folder import ALL
 
-
-def make_cfg(root: Path, out: Path, *overrides: str):
-    raw = tiny_run_raw(
-        root,
-        out,
-        "pkg",
-        splits={"inner_val_fraction": 0.34},
-        train={"epochs": 2},
-        explain={"cases_per_fold": 0, "localization": False},
-    )
-    return config_from_dict(raw, list(overrides))
+PKG = {  # sgformer_tiny from scratch, 2 epochs, a third of each training fold for calibration
+    "experiment.name": "pkg",
+    "splits.inner_val_fraction": 0.34,
+    "model.drop_path": 0.0,
+    "train.epochs": 2,
+    "train.batch_size": 4,
+    "train.layer_decay": None,
+    "explain.cases_per_fold": 0,
+    "explain.localization": False,
+}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, make_config):
     out = tmp_path_factory.mktemp("pkg")
     root = make_synthetic_busi(out / "data", n_per_class=4, size=40, seed=3)
-    cfg = make_cfg(root, out)
+    cfg = make_config(root, out, PKG, model="sgformer_tiny")
     run_dir = run_experiment(cfg, folds=[0, 1, "all"], quiet=True)
     package = export_package(run_dir, out / "package")
     return cfg, run_dir, package, out
@@ -61,6 +58,7 @@ def member_raw_probs(bundle, member, paths: list[str]) -> np.ndarray:
     return raw_probs(model, batch["images"])
 
 
+@pytest.mark.e2e
 def test_each_fold_calibrates_on_its_inner_validation_split_only(run):
     _, run_dir, _, _ = run
     for fold in (0, 1):
@@ -82,6 +80,7 @@ def test_each_fold_calibrates_on_its_inner_validation_split_only(run):
     assert "## Calibration (pooled out-of-fold)" in report and "Raw [95% CI]" in report
 
 
+@pytest.mark.e2e
 def test_fold_all_trains_on_every_id_for_the_median_selected_epochs(run):
     _, run_dir, _, _ = run
     folder = run_dir / "fold_all"
@@ -102,6 +101,7 @@ def test_fold_all_trains_on_every_id_for_the_median_selected_epochs(run):
     assert fold_arg("all") == ALL and fold_arg("3") == 3
 
 
+@pytest.mark.e2e
 def test_package_round_trip_gives_the_runs_predictions(run):
     _, run_dir, package, _ = run
     meta = json.loads((package / PACKAGE_FILE).read_text())
@@ -127,6 +127,7 @@ def test_package_round_trip_gives_the_runs_predictions(run):
     ]
 
 
+@pytest.mark.e2e
 def test_ensemble_probabilities_are_the_mean_of_the_folds_calibrated_ones(run, tmp_path):
     _, run_dir, package, _ = run
     bundle = load_package(package)
@@ -150,6 +151,7 @@ def test_ensemble_probabilities_are_the_mean_of_the_folds_calibrated_ones(run, t
     assert "calibrated" in info["calibrated"] and info["n_predicted"] == 5
 
 
+@pytest.mark.e2e
 def test_a_tampered_or_mismatched_package_is_refused(run, tmp_path):
     _, _, package, _ = run
     changed = shutil.copytree(package, tmp_path / "changed")
@@ -179,6 +181,7 @@ def test_a_tampered_or_mismatched_package_is_refused(run, tmp_path):
     assert cli.main(["predict", str(changed), str(tmp_path), "--out", str(tmp_path / "p")]) == 2
 
 
+@pytest.mark.e2e
 def test_predict_names_and_skips_unreadable_inputs_and_flags_unlike_images(run, tmp_path, capsys):
     _, run_dir, package, _ = run
     good = list(manifest(run_dir)["path"])[:2]
@@ -217,6 +220,7 @@ def test_predict_names_and_skips_unreadable_inputs_and_flags_unlike_images(run, 
     assert frame.set_index("id").loc["colourful.png", "in_training_data"] == ""
 
 
+@pytest.mark.e2e
 def test_predict_says_each_kind_of_flag_in_the_csvs_words(run, tmp_path, capsys):
     _, run_dir, package, _ = run
     colourful = tmp_path / "colourful.png"
@@ -239,6 +243,7 @@ def test_predict_says_each_kind_of_flag_in_the_csvs_words(run, tmp_path, capsys)
     assert plain != marked  # the flag is drawn on the panel
 
 
+@pytest.mark.e2e
 def test_predict_explain_writes_ensemble_panels(run, tmp_path):
     _, run_dir, package, _ = run
     image = list(manifest(run_dir)["path"])[0]
@@ -247,6 +252,7 @@ def test_predict_explain_writes_ensemble_panels(run, tmp_path):
     assert len(panels) == 1 and Image.open(panels[0]).size[0] > 300
 
 
+@pytest.mark.e2e
 def test_evaluate_a_synthetic_external_set_with_overlap_audit(run, tmp_path):
     _, run_dir, package, out = run
     test_root = make_synthetic_busi(tmp_path / "ext", n_per_class=2, size=40, seed=11)
@@ -350,6 +356,7 @@ def test_evaluate_reaches_isic_layouts_at_600x450_and_pre_resized(tmp_path, subs
     np.testing.assert_allclose(results[0], results[1], atol=0.05)
 
 
+@pytest.mark.e2e
 def test_predict_streams_rows_batch_by_batch(run, tmp_path, monkeypatch):
     from medsg import predict as predict_mod
 
@@ -370,7 +377,7 @@ def test_predict_streams_rows_batch_by_batch(run, tmp_path, monkeypatch):
     assert result.probs == [] and result.n_predicted == 5 and not list(tmp_path.glob(".predictions.csv.*"))
 
 
-def test_a_fold_without_validation_keeps_temperature_1_and_says_so(tmp_path):
+def test_a_fold_without_validation_keeps_temperature_1_and_says_so(tmp_path, make_config):
     from torch.utils.data import Dataset
 
     from medsg.train.kfold import run_folds
@@ -397,14 +404,17 @@ def test_a_fold_without_validation_keeps_temperature_1_and_says_so(tmp_path):
         def __call__(self, fold, model):
             return FoldData(Noise(range(12)), np.arange(12) % 2, None, Noise(range(12, 18)), self.class_names)
 
-    raw = {
-        "experiment": {"name": "nv", "output_dir": str(tmp_path)},
-        "data": {"adapter": "busi", "root": str(tmp_path)},
-        "splits": {"k": 2, "inner_val_fraction": 0.0},
-        "model": {"name": "test_vit", "img_size": 32},
-        "train": {"epochs": 1, "batch_size": 6, "workers": 0, "device": "cpu", "selection": "last_epoch"},
+    no_validation = {
+        "experiment.name": "nv",
+        "experiment.output_dir": tmp_path,
+        "data.cache": "memory",  # the schema's cache, warm-up and bootstrap
+        "splits.inner_val_fraction": 0.0,
+        "train.batch_size": 6,
+        "train.warmup_epochs": 2,
+        "train.selection": "last_epoch",
+        "eval.bootstrap": 1000,
     }
-    cfg = config_from_dict(raw, check_paths=False)
+    cfg = make_config(tmp_path, None, no_validation, check_paths=False)
     run_folds(cfg, [0], Factory(), tmp_path, quiet=True)
     record = json.loads((tmp_path / "fold_0" / "calibration.json").read_text())
     assert record["temperature"] == 1.0 and not record["fitted"]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
-from test_train import Factory, make_cfg  # noqa: E402  (the toy fold of the trainer tests)
+from test_train import Factory, toy_overrides  # noqa: E402  (the toy fold of the trainer tests)
 
 import medsg  # noqa: F401
 from medsg.train.kfold import train_one_fold
@@ -68,10 +68,11 @@ def test_compiled_model_is_float32_close(tiny) -> None:
     [{"amp": True, "amp_dtype": "bfloat16"}, {"amp": True, "amp_dtype": "float16"}, {"channels_last": True}],
     ids=["bf16", "fp16-scaler", "channels-last"],
 )
-def test_trainer_runs_each_path_close_to_fp32(tmp_path, switch: dict) -> None:
+def test_trainer_runs_each_path_close_to_fp32(tmp_path, make_config, switch: dict) -> None:
     """A fold trains under each switch (fp16 with its GradScaler) and its losses stay near the fp32 run's."""
-    train_one_fold(make_cfg(tmp_path / "fp32", epochs=1), 0, Factory(), tmp_path / "fp32")
-    train_one_fold(make_cfg(tmp_path / "alt", epochs=1, **switch), 0, Factory(), tmp_path / "alt")
+    for out, train in ((tmp_path / "fp32", {}), (tmp_path / "alt", switch)):
+        cfg = make_config(out, None, toy_overrides(out, epochs=1, **train), check_paths=False)
+        train_one_fold(cfg, 0, Factory(), out)
     fp32 = pd.read_csv(tmp_path / "fp32" / "fold_0" / "history.csv")
     alt = pd.read_csv(tmp_path / "alt" / "fold_0" / "history.csv")
     for column in ("train_loss", "val_loss"):

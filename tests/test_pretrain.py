@@ -29,17 +29,13 @@ ISIC_PACKAGE = REPO / "reports" / "isic2018_cpu_sgformer_tiny" / "model"
 TINY = PretrainSettings(epochs=2, batch_size=4, projection_hidden=64, projection_dim=32, warmup_epochs=1)
 
 
-def _config(tmp_path: Path, pretrained: str | None, name: str = "sgformer_tiny"):
-    raw = {
-        "experiment": {"name": "t"},
-        "data": {"adapter": "busi", "root": str(tmp_path)},
-        "model": {"name": name, "pretrained": pretrained, "drop_path": 0.0},
-    }
-    return config_from_dict(raw, check_paths=False)
+def transfer_from(source: Path) -> dict:
+    """``make_config`` overrides: ``model.pretrained`` names ``source``, no stochastic depth."""
+    return {"model.pretrained": str(source), "model.drop_path": 0.0}
 
 
-def test_supervised_transfer_takes_the_final_models_backbone_and_a_new_head(tmp_path):
-    cfg = _config(tmp_path, str(ISIC_PACKAGE))
+def test_supervised_transfer_takes_the_final_models_backbone_and_a_new_head(tmp_path, make_config):
+    cfg = make_config(tmp_path, None, transfer_from(ISIC_PACKAGE), model="sgformer_tiny", check_paths=False)
     model = build_model(cfg, num_classes=3)
     source = read_checkpoint(ISIC_PACKAGE / "weights" / "all.safetensors")
     state = model.state_dict()
@@ -58,9 +54,12 @@ def test_supervised_transfer_takes_the_final_models_backbone_and_a_new_head(tmp_
     assert resolved_config(given)["model"]["pretrained"] == "reports/x/model"
 
 
-def test_supervised_transfer_refuses_another_architecture(tmp_path):
+def test_supervised_transfer_refuses_another_architecture(tmp_path, make_config):
+    cfg = make_config(
+        tmp_path, None, transfer_from(ISIC_PACKAGE), model="mobilenetv3_small_050", check_paths=False
+    )
     with pytest.raises(ConfigError, match="holds a sgformer_tiny model, model.name is mobilenetv3_small_050"):
-        build_model(_config(tmp_path, str(ISIC_PACKAGE), "mobilenetv3_small_050"), num_classes=3)
+        build_model(cfg, num_classes=3)
 
 
 def _images(folder: Path, n: int = 9) -> Path:
@@ -74,6 +73,7 @@ def _images(folder: Path, n: int = 9) -> Path:
     return folder
 
 
+@pytest.mark.e2e
 def test_pretrain_resumes_after_a_crash_to_the_same_backbone(tmp_path, monkeypatch):
     items = unlabelled_images(folder=_images(tmp_path / "images"))
     assert [i.id for i in items] == sorted(f"{'a' if k % 2 else 'b'}/img{k}.png" for k in range(9))
@@ -106,12 +106,14 @@ def test_pretrain_resumes_after_a_crash_to_the_same_backbone(tmp_path, monkeypat
         pretrain(items, tmp_path / "resumed", PretrainSettings(epochs=3, batch_size=4), device="cpu")
 
 
-def test_a_pretrained_backbone_loads_as_model_pretrained_and_guards_against_leakage(tmp_path):
+@pytest.mark.e2e
+def test_a_pretrained_backbone_loads_as_model_pretrained_and_guards_against_leakage(tmp_path, make_config):
     items = unlabelled_images(folder=_images(tmp_path / "images"))
     settings = PretrainSettings(epochs=1, batch_size=4, projection_hidden=64, projection_dim=32)
     backbone = pretrain(items, tmp_path / "ssl", settings, source={"folder": "images"}, device="cpu")
     assert backbone.name == BACKBONE_FILE
-    model = build_model(_config(tmp_path, str(backbone)), num_classes=3)
+    cfg = make_config(tmp_path, None, transfer_from(backbone), model="sgformer_tiny", check_paths=False)
+    model = build_model(cfg, num_classes=3)
     weights = read_checkpoint(backbone)
     state = model.state_dict()
     assert all(torch.equal(state[k], weights[k]) for k in weights)

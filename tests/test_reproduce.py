@@ -7,10 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from synthetic import tiny_run_raw
 
 from medsg import cli
-from medsg.config import config_from_dict
 from medsg.demo import make_synthetic_busi
 from medsg.errors import ConfigError
 from medsg.experiment import run_experiment, write_run_report
@@ -18,15 +16,23 @@ from medsg.reproduce import compare_fold, environment_differences, reproduce_fol
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
+def report(tmp_path_factory, make_config) -> Path:
     out = tmp_path_factory.mktemp("repro")
     root = make_synthetic_busi(out / "data", n_per_class=4, size=40, seed=5)
-    raw = tiny_run_raw(root, out, "repro", splits={"inner_val_fraction": 0.34}, explain={"cases_per_fold": 0})
-    run_dir = run_experiment(config_from_dict(raw), quiet=True, report=False)
+    repro = {
+        "experiment.name": "repro",
+        "splits.inner_val_fraction": 0.34,
+        "model.drop_path": 0.0,
+        "train.batch_size": 4,
+        "train.layer_decay": None,
+        "explain.cases_per_fold": 0,
+    }
+    run_dir = run_experiment(make_config(root, out, repro, model="sgformer_tiny"), quiet=True, report=False)
     write_run_report(run_dir, out / "report")
     return out / "report"
 
 
+@pytest.mark.e2e
 def test_a_rerun_fold_matches_the_report_to_the_last_digit(report: Path, tmp_path: Path) -> None:
     result = reproduce_fold(report, 1, out=tmp_path / "rerun")
     assert result.verdict == "exact", result.rows
@@ -38,6 +44,7 @@ def test_a_rerun_fold_matches_the_report_to_the_last_digit(report: Path, tmp_pat
     ]
 
 
+@pytest.mark.e2e
 def test_a_changed_committed_number_is_caught(report: Path, tmp_path: Path) -> None:
     changed = tmp_path / "changed"
     changed.mkdir()

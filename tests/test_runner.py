@@ -15,7 +15,6 @@ import pytest
 import yaml
 
 import medsg.train.fold as fold_mod
-from medsg.config import config_from_dict
 from medsg.demo import demo_config, make_synthetic_busi
 from medsg.errors import ConfigError, RunLocked
 from medsg.experiment import run_experiment, write_run_report
@@ -29,36 +28,28 @@ def busi_root(tmp_path_factory) -> Path:
     return root
 
 
-def make_cfg(root: Path, out: Path, *overrides: str):
-    raw = {
-        "experiment": {
-            "name": "syn",
-            "seed": 0,
-            "output_dir": str(out / "runs"),
-            "report_dir": str(out / "report"),
-        },
-        "data": {"adapter": "busi", "root": str(root), "cache": "none"},
-        "splits": {
-            "k": 2,
-            "seed": 0,
-            "file": str(out / "splits" / "busi_2fold_seed0.json"),
-            "inner_val_fraction": 0.25,
-        },
-        "model": {"name": "test_vit", "img_size": 32},
-        "train": {
-            "epochs": 2,
-            "batch_size": 8,
-            "workers": 0,
-            "device": "cpu",
-            "lr": 1e-3,
-            "warmup_epochs": 0,
-        },
-        "eval": {"bootstrap": 20},
-    }
-    return config_from_dict(raw, list(overrides))
+@pytest.fixture(scope="module")
+def syn_config(make_config):
+    """``make_config`` for this module's runs: 2 epochs at lr 1e-3, the split file under ``out/splits``."""
+
+    def build(root: Path, out: Path, *overrides: dict):
+        syn = {
+            "experiment.name": "syn",
+            "experiment.seed": 0,
+            "splits.seed": 0,
+            "splits.file": out / "splits" / "busi_2fold_seed0.json",
+            "train.epochs": 2,
+            "train.lr": 1e-3,
+        }
+        return make_config(root, out, syn, *overrides)
+
+    return build
 
 
-def test_full_run_writes_run_folder_and_report_and_never_selects_on_test(busi_root, tmp_path, monkeypatch):
+@pytest.mark.e2e
+def test_full_run_writes_run_folder_and_report_and_never_selects_on_test(
+    busi_root, tmp_path, monkeypatch, syn_config
+):
     evaluated: list[list[str]] = []
     real_predict = fold_mod.predict
 
@@ -68,7 +59,7 @@ def test_full_run_writes_run_folder_and_report_and_never_selects_on_test(busi_ro
         return out
 
     monkeypatch.setattr(fold_mod, "predict", recording_predict)
-    cfg = make_cfg(busi_root, tmp_path)
+    cfg = syn_config(busi_root, tmp_path)
     run_dir = run_experiment(cfg, quiet=True)
 
     for name in (
@@ -110,12 +101,12 @@ def test_full_run_writes_run_folder_and_report_and_never_selects_on_test(busi_ro
     # The run keeps its own splits.json: the shared split file is not needed (nor recreated) to resume.
     monkeypatch.setattr(fold_mod.FoldTrainer, "run", lambda self: pytest.fail("finished fold re-trained"))
     Path(cfg.split_file).unlink()
-    run_experiment(make_cfg(busi_root, tmp_path, "train.workers=1"), quiet=True)
+    run_experiment(syn_config(busi_root, tmp_path, {"train.workers": 1}), quiet=True)
     assert not Path(cfg.split_file).exists()
     with pytest.raises(
         ConfigError, match=r"different config \(train\.lr: 0\.001 -> 0\.01\).*new experiment\.name"
     ):
-        run_experiment(make_cfg(busi_root, tmp_path, "train.lr=0.01"), quiet=True)
+        run_experiment(syn_config(busi_root, tmp_path, {"train.lr": 0.01}), quiet=True)
 
     # `medsg report RUN_DIR --out` aggregates again into another folder.
     html = write_run_report(run_dir, tmp_path / "again")
@@ -123,13 +114,13 @@ def test_full_run_writes_run_folder_and_report_and_never_selects_on_test(busi_ro
 
 
 def test_new_split_file_is_announced_with_its_absolute_path_and_described(
-    busi_root, tmp_path, monkeypatch, caplog
+    busi_root, tmp_path, monkeypatch, caplog, syn_config
 ):
     from medsg.data.splits import read_splits
     from medsg.experiment import prepare_data
 
     monkeypatch.chdir(tmp_path)  # the default split file is relative: it follows the working directory
-    cfg = make_cfg(busi_root, tmp_path)
+    cfg = syn_config(busi_root, tmp_path)
     cfg.splits.file = None
     path = (tmp_path / "data_splits" / "busi_2fold_seed0.json").resolve()
     with caplog.at_level("INFO", logger="medsg.experiment"):
@@ -153,7 +144,7 @@ def test_new_split_file_is_announced_with_its_absolute_path_and_described(
     assert [r.levelname for r in news] == ["INFO"]
 
 
-def test_csv_patient_grouping_keeps_a_duplicate_filed_under_another_patient_in_one_fold(tmp_path):
+def test_csv_patient_grouping_keeps_a_duplicate_filed_under_another_patient_in_one_fold(tmp_path, syn_config):
     import numpy as np
     from PIL import Image
 
@@ -167,31 +158,34 @@ def test_csv_patient_grouping_keeps_a_duplicate_filed_under_another_patient_in_o
     (tmp_path / "copy.png").write_bytes((tmp_path / "0.png").read_bytes())
     rows.append("copy.png,a,P99")  # the same scan filed under another patient id
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
-    cfg = make_cfg(tmp_path / "list.csv", tmp_path, "data.adapter=csv", "splits.grouping=patient_id")
+    cfg = syn_config(
+        tmp_path / "list.csv", tmp_path, {"data.adapter": "csv", "splits.grouping": "patient_id"}
+    )
     data = prepare_data(cfg)
     fold_of = {i: n for n, fold in enumerate(data.splits) for i in fold["val"]}
     ids = dict(zip(data.manifest["path"].map(lambda p: Path(p).name), data.manifest["id"], strict=True))
     assert len(fold_of) == 13 and fold_of[ids["copy.png"]] == fold_of[ids["0.png"]]
 
 
-def test_grouping_descriptions(tmp_path):
-    def describe(adapter: str, *overrides: str) -> str:
+def test_grouping_descriptions(tmp_path, syn_config):
+    def describe(adapter: str, *overrides: dict) -> str:
         from medsg.experiment import grouping_description
 
-        cfg = make_cfg(tmp_path, tmp_path, f"data.adapter={adapter}", *overrides)
+        cfg = syn_config(tmp_path, tmp_path, {"data.adapter": adapter}, *overrides)
         return grouping_description(cfg)
 
     assert describe("isic2018").startswith("lesion_id merged with duplicate clusters from the audit")
     assert "<= 12 and thumbnail correlation >= 0.9)" in describe(
-        "busi", "data.audit.near_dup_threshold=12", "data.audit.min_correlation=0.9"
+        "busi", {"data.audit.near_dup_threshold": 12, "data.audit.min_correlation": 0.9}
     )
-    assert describe("csv", "splits.grouping=patient").startswith(
+    assert describe("csv", {"splits.grouping": "patient"}).startswith(
         "column 'patient' merged with duplicate clusters from the audit"
     )
 
 
-def test_single_fold_jobs_then_report(busi_root, tmp_path):
-    cfg = make_cfg(busi_root, tmp_path, "train.epochs=1", "train.selection=last_epoch")
+@pytest.mark.e2e
+def test_single_fold_jobs_then_report(busi_root, tmp_path, syn_config):
+    cfg = syn_config(busi_root, tmp_path, {"train.epochs": 1, "train.selection": "last_epoch"})
     run_dir = run_experiment(cfg, folds=[1], quiet=True)
     assert (run_dir / "fold_1" / "DONE").exists() and not (run_dir / "fold_0").exists()
     assert not (run_dir / "summary.json").exists()  # not every fold is done: no report yet
@@ -202,8 +196,9 @@ def test_single_fold_jobs_then_report(busi_root, tmp_path):
     assert (run_dir / "summary.json").exists() and (tmp_path / "report" / "report.html").exists()
 
 
-def test_live_lock_is_refused_and_stale_lock_taken_over(busi_root, tmp_path, caplog):
-    cfg = make_cfg(busi_root, tmp_path, "train.epochs=1", "train.selection=last_epoch")
+@pytest.mark.e2e
+def test_live_lock_is_refused_and_stale_lock_taken_over(busi_root, tmp_path, caplog, syn_config):
+    cfg = syn_config(busi_root, tmp_path, {"train.epochs": 1, "train.selection": "last_epoch"})
     lock = cfg.run_dir / "fold_0" / ".lock"
     lock.parent.mkdir(parents=True)
     lock.write_text(f"{os.getpid()} {socket.gethostname()}")  # this live process holds it
@@ -226,11 +221,14 @@ def test_demo_config_points_at_its_folder(tmp_path):
     assert cfg.run_dir.parent == (tmp_path / "runs").resolve()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("cache", ["none", "memory"])
-def test_resume_with_random_monai_augmentations_is_exact(busi_root, tmp_path, monkeypatch, cache):
+def test_resume_with_random_monai_augmentations_is_exact(busi_root, tmp_path, monkeypatch, cache, syn_config):
     """Kill after epoch 1 (data pipeline with random flips/rotations/zoom), resume: same numbers as one go."""
-    cached = f"data.cache={cache}"
-    full = run_experiment(make_cfg(busi_root, tmp_path / "a", "splits.k=2", cached), folds=[0], quiet=True)
+    cached = {"data.cache": cache}
+    full = run_experiment(
+        syn_config(busi_root, tmp_path / "a", {"splits.k": 2}, cached), folds=[0], quiet=True
+    )
     real_fit = fold_mod.FoldTrainer.fit
 
     def fit_one_epoch_then_die(self):
@@ -238,12 +236,12 @@ def test_resume_with_random_monai_augmentations_is_exact(busi_root, tmp_path, mo
         real_fit(self)
         raise KeyboardInterrupt
 
-    cfg_b = make_cfg(busi_root, tmp_path / "b", cached)
+    cfg_b = syn_config(busi_root, tmp_path / "b", cached)
     monkeypatch.setattr(fold_mod.FoldTrainer, "fit", fit_one_epoch_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg_b.model_copy(deep=True), folds=[0], quiet=True)
     monkeypatch.setattr(fold_mod.FoldTrainer, "fit", real_fit)
-    resumed = run_experiment(make_cfg(busi_root, tmp_path / "b", cached), folds=[0], quiet=True)
+    resumed = run_experiment(syn_config(busi_root, tmp_path / "b", cached), folds=[0], quiet=True)
     a = json.loads((full / "fold_0" / "metrics.json").read_text())
     b = json.loads((resumed / "fold_0" / "metrics.json").read_text())
     assert a == b and a["epochs_trained"] == 2
@@ -253,7 +251,9 @@ def test_resume_with_random_monai_augmentations_is_exact(busi_root, tmp_path, mo
 
 
 @pytest.mark.parametrize("cache", ["memory", "disk"])
-def test_each_image_is_decoded_once_per_run_not_once_per_fold(busi_root, tmp_path, monkeypatch, cache):
+def test_each_image_is_decoded_once_per_run_not_once_per_fold(
+    busi_root, tmp_path, monkeypatch, cache, syn_config
+):
     """Two folds' train/val/test sets read one run-wide cache; disk also serves a new process (resume)."""
     import torch
 
@@ -270,7 +270,7 @@ def test_each_image_is_decoded_once_per_run_not_once_per_fold(busi_root, tmp_pat
         return real_read(path)
 
     monkeypatch.setattr(images, "read_image", counting_read)
-    cfg = make_cfg(busi_root, tmp_path, f"data.cache={cache}")
+    cfg = syn_config(busi_root, tmp_path, {"data.cache": cache})
     data = prepare_data(cfg)
     model = build_model(cfg, len(data.class_names))
 
@@ -334,17 +334,17 @@ def test_real_busi_one_fold_with_the_canonical_split(tmp_path):
     assert metrics["n_test"] == len(ids["test"]) > 150
 
 
-def test_failed_start_can_be_restarted_with_a_corrected_config(busi_root, tmp_path):
+def test_failed_start_can_be_restarted_with_a_corrected_config(busi_root, tmp_path, syn_config):
     from medsg.experiment import prepare_data, save_or_check_config
 
-    bad = make_cfg(busi_root, tmp_path, "splits.grouping=patient")
+    bad = syn_config(busi_root, tmp_path, {"splits.grouping": "patient"})
     with pytest.raises(ConfigError, match="splits.grouping: column 'patient' is not in the manifest"):
         run_experiment(bad, quiet=True)
     run_dir = bad.run_dir.resolve()
     assert (run_dir / "config.yaml").is_file()  # the failed start left its config behind
     (run_dir / "splits.json").write_text("{}")  # and, say, a derived file from another attempt
 
-    good = make_cfg(busi_root, tmp_path)
+    good = syn_config(busi_root, tmp_path)
     save_or_check_config(good, run_dir)  # no fold trained: the corrected config replaces the old one
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["splits"]["grouping"] == "group"
     assert not (run_dir / "splits.json").exists()  # never reused under the new config
@@ -362,19 +362,21 @@ def test_failed_start_can_be_restarted_with_a_corrected_config(busi_root, tmp_pa
     (run_dir / "fold_0").mkdir(exist_ok=True)
     (run_dir / "fold_0" / "checkpoint_last.pt").write_bytes(b"")  # a fold has trained: the config is fixed
     with pytest.raises(ConfigError, match=r"different config \(train\.lr: 0\.001 -> 0\.01\) and has trained"):
-        save_or_check_config(make_cfg(busi_root, tmp_path, "train.lr=0.01"), run_dir)
+        save_or_check_config(syn_config(busi_root, tmp_path, {"train.lr": 0.01}), run_dir)
 
 
-def test_a_run_takes_report_settings_from_the_current_config_and_keeps_the_rest(busi_root, tmp_path):
+def test_a_run_takes_report_settings_from_the_current_config_and_keeps_the_rest(
+    busi_root, tmp_path, syn_config
+):
     from medsg.experiment import save_or_check_config
 
-    first = make_cfg(busi_root, tmp_path)
+    first = syn_config(busi_root, tmp_path)
     run_dir = first.run_dir.resolve()
     run_dir.mkdir(parents=True)
     saved = save_or_check_config(first, run_dir)
     (run_dir / "fold_0").mkdir()
     (run_dir / "fold_0" / "checkpoint_last.pt").write_bytes(b"")  # a fold has trained
-    later = make_cfg(busi_root, tmp_path, "eval.decision=prior", "explain.cases_per_fold=3")
+    later = syn_config(busi_root, tmp_path, {"eval.decision": "prior", "explain.cases_per_fold": 3})
     updated = save_or_check_config(later, run_dir)
     on_disk = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert on_disk == updated

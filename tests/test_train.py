@@ -13,7 +13,6 @@ import torch
 from torch.utils.data import Dataset
 
 import medsg.train.fold as fold_mod
-from medsg.config import config_from_dict
 from medsg.errors import TrainingDiverged
 from medsg.train.fold import HISTORY_COLUMNS
 from medsg.train.kfold import run_folds, train_one_fold
@@ -54,25 +53,29 @@ class Factory:
         return FoldData(Blobs(train), train % 3, Blobs(val), Blobs(test), CLASSES)
 
 
-def make_cfg(out: Path, **train) -> object:
-    base = {
-        "epochs": 2,
-        "batch_size": 8,
-        "workers": 0,
-        "lr": 2e-3,
-        "warmup_epochs": 1,
-        "device": "cpu",
-        "amp": False,
+def toy_overrides(out: Path, **train) -> dict:
+    """``make_config`` overrides for the toy fold, its run folder (and data.root, never read) at ``out``: 2
+    epochs (1 of warm-up) at lr 2e-3 in fp32, ``train`` keys on top. The decode cache, inner-validation
+    fraction and bootstrap stay the schema's (the factory makes its own splits and nothing reports)."""
+    toy = {
+        "experiment.seed": 3,
+        "experiment.output_dir": out,
+        "data.cache": "memory",
+        "splits.inner_val_fraction": 0.15,
+        "model.drop_path": 0.1,
+        "train.epochs": 2,
+        "train.lr": 2e-3,
+        "train.warmup_epochs": 1,
+        "train.amp": False,
+        "eval.bootstrap": 1000,
     }
-    base.update(train)
-    raw = {
-        "experiment": {"name": "t", "output_dir": str(out), "seed": 3},
-        "data": {"adapter": "busi", "root": str(out)},
-        "splits": {"k": 2},
-        "model": {"name": "test_vit", "img_size": 32, "drop_path": 0.1},
-        "train": base,
-    }
-    return config_from_dict(raw, check_paths=False)
+    return toy | {f"train.{key}": value for key, value in train.items()}
+
+
+@pytest.fixture(scope="session")
+def toy_config(make_config):
+    """``toy_config(out, **train)``: the toy fold's config (``toy_overrides``)."""
+    return lambda out, **train: make_config(out, None, toy_overrides(out, **train), check_paths=False)
 
 
 def results(fold_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -82,10 +85,12 @@ def results(fold_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     return metrics, preds, history
 
 
-def test_resume_after_interruption_matches_uninterrupted_run_and_is_repeatable(tmp_path, monkeypatch):
-    cfg_a = make_cfg(tmp_path / "a")
+def test_resume_after_interruption_matches_uninterrupted_run_and_is_repeatable(
+    tmp_path, monkeypatch, toy_config
+):
+    cfg_a = toy_config(tmp_path / "a")
     train_one_fold(cfg_a, 0, Factory(), tmp_path / "a")
-    cfg_b = make_cfg(tmp_path / "b")
+    cfg_b = toy_config(tmp_path / "b")
     # Interrupt run b at the first step of epoch 2 (as a kill -9 would: checkpoint_last holds epoch 1).
     real_loss = fold_mod.compute_loss
     calls = {"n": 0}
@@ -114,14 +119,14 @@ def test_resume_after_interruption_matches_uninterrupted_run_and_is_repeatable(t
     pd.testing.assert_frame_equal(pa, pb)
     pd.testing.assert_frame_equal(ha, hb)
     # Same config in a fresh folder: identical numbers (seed repeatability on CPU).
-    train_one_fold(make_cfg(tmp_path / "c"), 0, Factory(), tmp_path / "c")
+    train_one_fold(toy_config(tmp_path / "c"), 0, Factory(), tmp_path / "c")
     mc, pc, _ = results(tmp_path / "c" / "fold_0")
     assert mc == ma
     pd.testing.assert_frame_equal(pa, pc)
 
 
-def test_fold_files_and_columns(tmp_path):
-    cfg = make_cfg(tmp_path, ema=True, ema_decay=0.9)
+def test_fold_files_and_columns(tmp_path, toy_config):
+    cfg = toy_config(tmp_path, ema=True, ema_decay=0.9)
     metrics = train_one_fold(cfg, 1, Factory(), tmp_path)
     d = tmp_path / "fold_1"
     for name in (
@@ -152,8 +157,8 @@ def test_fold_files_and_columns(tmp_path):
     assert load_checkpoint(model, d / "checkpoint_best.pt")["source"] == "state_dict_ema"
 
 
-def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    cfg = make_cfg(tmp_path, epochs=3)
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, toy_config):
+    cfg = toy_config(tmp_path, epochs=3)
     real_loss = fold_mod.compute_loss
     calls = {"n": 0}
 
@@ -174,10 +179,10 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path
     assert not (tmp_path / "fold_0" / "DONE").exists()
 
 
-def test_huge_lr_never_saves_a_non_finite_model(tmp_path):
+def test_huge_lr_never_saves_a_non_finite_model(tmp_path, toy_config):
     # One epoch: checkpoints are written only after an epoch whose loss and weights stayed finite, so a
     # divergence inside that epoch must leave no checkpoint at all (a later resume then starts clean).
-    cfg = make_cfg(tmp_path, epochs=1, lr=1e30, warmup_epochs=0, weight_decay=0.0, layer_decay=None)
+    cfg = toy_config(tmp_path, epochs=1, lr=1e30, warmup_epochs=0, weight_decay=0.0, layer_decay=None)
     with pytest.raises(TrainingDiverged) as err:
         train_one_fold(cfg, 0, Factory(), tmp_path)
     assert err.value.fold == 0 and err.value.epoch == 1
@@ -186,8 +191,8 @@ def test_huge_lr_never_saves_a_non_finite_model(tmp_path):
     assert not (fold / "DONE").exists()
 
 
-def test_divergence_in_epoch_two_keeps_the_finite_epoch_one_checkpoint(tmp_path, monkeypatch):
-    cfg = make_cfg(tmp_path, epochs=2)
+def test_divergence_in_epoch_two_keeps_the_finite_epoch_one_checkpoint(tmp_path, monkeypatch, toy_config):
+    cfg = toy_config(tmp_path, epochs=2)
     real_loss, calls = fold_mod.compute_loss, []
     steps_per_epoch = math.ceil(15 / 8)  # 24 non-test ids minus 9 inner-val ids, batch 8
 
@@ -205,8 +210,8 @@ def test_divergence_in_epoch_two_keeps_the_finite_epoch_one_checkpoint(tmp_path,
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
 
 
-def test_last_epoch_selection_and_fold_skipping(tmp_path, monkeypatch):
-    cfg = make_cfg(tmp_path, selection="last_epoch", epochs=2)
+def test_last_epoch_selection_and_fold_skipping(tmp_path, monkeypatch, toy_config):
+    cfg = toy_config(tmp_path, selection="last_epoch", epochs=2)
     out = run_folds(cfg, [0], Factory(), tmp_path)
     assert out[0]["best_epoch"] == 2 and out[0]["selection"].startswith("fixed schedule")
 
@@ -249,10 +254,10 @@ def test_rng_states_are_checkpointable():
     assert (back["numpy"][1] == states["numpy"][1]).all()
 
 
-def test_early_stopping_survives_resume(tmp_path, monkeypatch):
+def test_early_stopping_survives_resume(tmp_path, monkeypatch, toy_config):
     flat = {"val_loss": 1.0, "val_accuracy": 0.5, "val_balanced_accuracy": 0.5, "val_macro_auroc": 0.5}
     monkeypatch.setattr(fold_mod, "val_metrics", lambda y, probs: dict(flat))  # never improves after epoch 1
-    cfg = make_cfg(tmp_path, epochs=5, early_stop_patience=2)
+    cfg = toy_config(tmp_path, epochs=5, early_stop_patience=2)
     metrics = train_one_fold(cfg, 0, Factory(), tmp_path)
     assert metrics["best_epoch"] == 1 and metrics["epochs_trained"] == 3 and metrics["stopped_early"] is True
     assert len(pd.read_csv(tmp_path / "fold_0" / "history.csv")) == 3

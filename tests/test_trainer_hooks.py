@@ -10,7 +10,7 @@ from medsg.train.final import FinalTrainer
 from medsg.train.fold import FoldTrainer, trainer_class
 from medsg.train.kfold import final_trainer_class, train_one_fold
 from medsg.train.model import build_model
-from tests.test_train import Factory, make_cfg
+from tests.test_train import Factory, toy_config  # noqa: F401  (toy_config: a fixture)
 
 CUSTOM = '''
 from medsg.train.fold import FoldTrainer
@@ -51,29 +51,29 @@ class Recorder:
         self.events.append(f"epoch {row['epoch']}")
 
 
-def test_default_trainer_and_bad_paths(tmp_path, custom_module):
-    assert trainer_class(make_cfg(tmp_path)) is FoldTrainer
+def test_default_trainer_and_bad_paths(toy_config, tmp_path, custom_module):
+    assert trainer_class(toy_config(tmp_path)) is FoldTrainer
     with pytest.raises(ConfigError, match=r"train.trainer: cannot import 'no_such_module'"):
-        trainer_class(make_cfg(tmp_path, trainer="no_such_module.Trainer"))
+        trainer_class(toy_config(tmp_path, trainer="no_such_module.Trainer"))
     with pytest.raises(ConfigError, match=r"train.trainer: 'my_recipes.NotATrainer' is not a FoldTrainer"):
-        trainer_class(make_cfg(tmp_path, trainer="my_recipes.NotATrainer"))
+        trainer_class(toy_config(tmp_path, trainer="my_recipes.NotATrainer"))
     with pytest.raises(ConfigError, match="is not a FoldTrainer"):
-        trainer_class(make_cfg(tmp_path, trainer="my_recipes.Missing"))
+        trainer_class(toy_config(tmp_path, trainer="my_recipes.Missing"))
 
 
-def test_custom_trainer_runs_the_fold_and_the_final_model(tmp_path, custom_module):
-    cfg = make_cfg(tmp_path, epochs=2, trainer="my_recipes.HalvedLossTrainer")
+def test_custom_trainer_runs_the_fold_and_the_final_model(toy_config, tmp_path, custom_module):
+    cfg = toy_config(tmp_path, epochs=2, trainer="my_recipes.HalvedLossTrainer")
     custom = trainer_class(cfg)
     assert custom.__name__ == "HalvedLossTrainer"
     train_one_fold(cfg, 0, Factory(), tmp_path)
     assert [r["epoch"] for r in custom.rows] == [1, 2]  # its on_epoch_end ran, once per epoch
     final = final_trainer_class(cfg)
     assert issubclass(final, FinalTrainer) and issubclass(final, custom)  # the final model keeps the recipe
-    assert final_trainer_class(make_cfg(tmp_path)) is FinalTrainer
+    assert final_trainer_class(toy_config(tmp_path)) is FinalTrainer
 
 
-def test_callback_hears_each_phase_of_the_real_train_step(tmp_path):
-    cfg = make_cfg(tmp_path, epochs=1)
+def test_callback_hears_each_phase_of_the_real_train_step(toy_config, tmp_path):
+    cfg = toy_config(tmp_path, epochs=1)
     model = build_model(cfg, num_classes=3)
     recorder = Recorder()
     trainer = FoldTrainer(
