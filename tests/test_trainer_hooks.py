@@ -10,7 +10,7 @@ from medsg.train.final import FinalTrainer
 from medsg.train.fold import FoldTrainer, trainer_class
 from medsg.train.kfold import final_trainer_class, train_one_fold
 from medsg.train.model import build_model
-from tests.test_train import Factory, toy_config  # noqa: F401  (toy_config: a fixture)
+from tests.test_train import Factory, toy_overrides
 
 CUSTOM = '''
 from medsg.train.fold import FoldTrainer
@@ -29,6 +29,12 @@ class HalvedLossTrainer(FoldTrainer):
 class NotATrainer:
     pass
 '''
+
+
+@pytest.fixture
+def toy_config(make_config):
+    """The toy fold's config (tests.test_train), ``train`` keys on top."""
+    return lambda out, **train: make_config(out, None, toy_overrides(out, **train), check_paths=False)
 
 
 @pytest.fixture
