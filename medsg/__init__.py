@@ -5,5 +5,4 @@ Importing the package registers ``sgformer_s``, ``sgformer_m`` and ``sgformer_b`
 
 from medsg import explain as explain  # noqa: F401  (significance_maps, used beside any model)
 from medsg import models as models  # noqa: F401  (registers the timm variants)
-
-__version__ = "0.1.0"
+from medsg.core import __version__ as __version__

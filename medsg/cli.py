@@ -15,8 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from medsg.commands import COMMANDS
-from medsg.errors import MedsgError
-from medsg.malloc import keep_freed_memory
+from medsg.core.errors import MedsgError
+from medsg.core.malloc import keep_freed_memory
 
 log = logging.getLogger("medsg")
 
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medsg`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.debug, args.quiet)
-    keep_freed_memory()  # CPU forward passes page-fault much less (medsg.malloc)
+    keep_freed_memory()  # CPU forward passes page-fault much less (medsg.core.malloc)
     try:
         return dispatch(args)
     except Exception as exc:

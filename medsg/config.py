@@ -27,16 +27,15 @@ from pydantic import (
     model_validator,
 )
 
-import medsg
 import medsg.models  # noqa: F401 (registers the SG-Former variants)
+from medsg.core.errors import ConfigError, InputSizeError
+from medsg.core.run_folder import RunFolder
 from medsg.data.audit import MIN_CORRELATION, NEAR_DUP_THRESHOLD
 from medsg.data.dicom import check_keyword, grouping_keyword
 from medsg.data.manifest import adapter_names
 from medsg.data.splits import split_filename
 from medsg.data.transforms import aug_defaults, resolve_augmentations
-from medsg.errors import ConfigError, InputSizeError
 from medsg.models.sgformer import check_img_size
-from medsg.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from medsg.config import config_from_dict
-from medsg.experiment import run_experiment
-from medsg.io import atomic_write_bytes, atomic_write_text
+from medsg.core.io import atomic_write_bytes, atomic_write_text
+from medsg.workflows.experiment import run_experiment
 
 if TYPE_CHECKING:
     from medsg.config import Config

@@ -209,7 +209,7 @@ def test_bench_conv_parts_of_sgformer_s(capsys):
 
     from medsg.bench.measure import forward_gflops
     from medsg.bench.model import compare_models, compute_table, throughput_table
-    from medsg.malloc import keep_freed_memory
+    from medsg.core.malloc import keep_freed_memory
     from medsg.models import sgformer
 
     keep_freed_memory()  # as `medsg` does

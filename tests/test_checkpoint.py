@@ -11,7 +11,7 @@ import timm
 import torch
 
 import medsg  # noqa: F401
-from medsg.errors import CheckpointError
+from medsg.core.errors import CheckpointError
 from medsg.models import checkpoint_filter_fn, load_checkpoint
 from medsg.models.sgformer import rename_reference_keys
 

@@ -14,10 +14,10 @@ import yaml
 import medsg.cli as cli
 from medsg.commands import COMMANDS, bench, info
 from medsg.commands.flags import parse_options
+from medsg.core.device import torch_device
+from medsg.core.errors import ConfigError, DataError
+from medsg.core.run_folder import ALL
 from medsg.demo import make_synthetic_busi
-from medsg.device import torch_device
-from medsg.errors import ConfigError, DataError
-from medsg.run_folder import ALL
 
 
 def test_missing_config_is_one_line_exit_2_without_traceback(tmp_path):
@@ -87,7 +87,7 @@ def test_errors_wrapped_by_monai_are_one_line_exit_2(monkeypatch, capsys, error)
         except RuntimeError as exc:  # one more layer, as a DataLoader worker or a caller would add
             raise RuntimeError("fold 0 failed") from exc
 
-    monkeypatch.setattr("medsg.experiment.run_from_file", fail)
+    monkeypatch.setattr("medsg.workflows.experiment.run_from_file", fail)
     assert cli.main(["run", "e.yaml"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["medsg: error: " + " ".join(str(error).split())]
@@ -99,7 +99,7 @@ def test_other_errors_keep_their_traceback(monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("a bug, not a user error") from ValueError("inner")
 
-    monkeypatch.setattr("medsg.experiment.run_from_file", fail)
+    monkeypatch.setattr("medsg.workflows.experiment.run_from_file", fail)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["run", "e.yaml"])
 
@@ -116,7 +116,7 @@ def test_run_passes_folds_and_overrides(monkeypatch, tmp_path):
         seen.update(config=config, overrides=overrides, folds=folds, quiet=quiet)
         return tmp_path
 
-    monkeypatch.setattr("medsg.experiment.run_from_file", fake_run)
+    monkeypatch.setattr("medsg.workflows.experiment.run_from_file", fake_run)
     argv = [
         "-q",
         "run",

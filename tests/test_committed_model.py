@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from medsg import cli
-from medsg.package import load_model
+from medsg.deploy.package import load_model
 
 PACKAGE = Path(__file__).resolve().parents[1] / "reports" / "isic2018_cpu_sgformer_tiny" / "model"
 ISIC_CLASSES = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from medsg.errors import DataError
+from medsg.core.errors import DataError
 from medsg.metrics import classification_metrics
 from medsg.report.compare import compare_runs, write_comparison
 
@@ -125,7 +125,7 @@ def test_medsg_compare_command(tmp_path, monkeypatch, capsys):
 
 
 def test_compare_does_not_overwrite_a_run_report(tmp_path):
-    from medsg.errors import ReportRefused
+    from medsg.core.errors import ReportRefused
 
     a, b = _make_run(tmp_path, "a", 0.5), _make_run(tmp_path, "b", 0.9)
     out = tmp_path / "reports" / "busi_cpu"

@@ -16,7 +16,7 @@ from medsg.config import (
     resolved_config,
     result_diff,
 )
-from medsg.errors import ConfigError
+from medsg.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

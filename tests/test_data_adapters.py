@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from synthetic import make_busi_replica, make_isic_replica, make_kvasir_replica
 
+from medsg.core.errors import DataError
 from medsg.data import COLUMNS, class_names, load_manifest, mask_list, read_manifest, save_manifest
 from medsg.data.isic2018 import ISIC_CLASSES, metadata_manifest
-from medsg.errors import DataError
 
 
 @pytest.fixture()
@@ -254,7 +254,7 @@ def test_isic_test_folder_read_as_training_names_the_option(tmp_path: Path) -> N
 
 
 def test_a_missing_model_folder_says_it_does_not_exist(tmp_path: Path) -> None:
-    from medsg.package import load_model
+    from medsg.deploy.package import load_model
 
     with pytest.raises(DataError, match="model folder .*nope does not exist"):
         load_model(tmp_path / "nope")

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from synthetic import make_isic_replica
 
+from medsg.core.errors import DataError
 from medsg.data import load_manifest
-from medsg.errors import DataError
 
 
 @pytest.fixture()

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medsg.core.errors import DataError
 from medsg.data import load_manifest
 from medsg.data.audit import MIN_CORRELATION, NEAR_DUP_THRESHOLD, describe_grouping
 from medsg.data.splits import (
@@ -23,7 +24,6 @@ from medsg.data.splits import (
     save_splits,
     split_filename,
 )
-from medsg.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 

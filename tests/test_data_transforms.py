@@ -12,10 +12,10 @@ from monai.transforms import Compose
 from PIL import Image
 from synthetic import make_busi_replica
 
+from medsg.core.errors import DataError
 from medsg.data import load_manifest
 from medsg.data.dataset import build_dataset, manifest_to_records
 from medsg.data.transforms import aug_defaults, build_transforms
-from medsg.errors import DataError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -301,7 +301,7 @@ def test_pipeline_reads_dicom_like_read_image(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------- grouping
 def test_grouping_keywords_and_salted_hashes(tmp_path: Path) -> None:
     from medsg.config import config_from_dict
-    from medsg.errors import ConfigError
+    from medsg.core.errors import ConfigError
 
     assert grouping_keyword("dicom:PatientID") == "PatientID" and grouping_keyword("patient_id") is None
     assert check_keyword("StudyInstanceUID") == "StudyInstanceUID"

@@ -19,8 +19,8 @@ from dicomgen import dicom_dataset
 from synthetic import texture
 
 from medsg import cli
+from medsg.core.errors import DataError
 from medsg.data.dicom import salted_hash
-from medsg.errors import DataError
 
 MARKER = "ZQXMARKER"
 N_PATIENTS, PER_PATIENT = 6, 3
@@ -120,7 +120,7 @@ def test_patient_grouping_and_no_header_data_in_any_output(
 
 def test_a_rerun_finds_the_same_salt_and_groups(tmp_path: Path, write_config) -> None:
     from medsg.config import load_config
-    from medsg.experiment import prepare_data
+    from medsg.workflows.experiment import prepare_data
 
     data = tmp_path / "data"
     data.mkdir()

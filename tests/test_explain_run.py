@@ -12,12 +12,12 @@ import torch
 
 from medsg.data.transforms import mask_union
 from medsg.demo import make_synthetic_busi
-from medsg.experiment import ManifestFolds, prepare_data, run_experiment, write_run_report
 from medsg.explain import pick_cases, significance_maps
 from medsg.explain.cases import BASELINES, Case, ExplainSettings, case_maps, safe_name
-from medsg.explain_run import ExplainRequest, explain_run
 from medsg.train.model import build_model
 from medsg.train.state import load_training_checkpoint, selected_weights
+from medsg.workflows.experiment import ManifestFolds, prepare_data, run_experiment, write_run_report
+from medsg.workflows.explain import ExplainRequest, explain_run
 
 SCORED_MAPS = {
     "significance",
@@ -169,7 +169,7 @@ def test_medsg_explain_on_named_images_and_unknown_ones(finished_run):
         for c in json.loads((run_dir / f"fold_{f}" / "explain" / "cases.json").read_text())
     ]
     assert reviewed == [manifest["id"].iloc[0]]
-    from medsg.errors import DataError
+    from medsg.core.errors import DataError
 
     with pytest.raises(DataError, match="not images of this run"):
         explain_run(run_dir, ExplainRequest(images=("/nowhere/x.png",)))

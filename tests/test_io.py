@@ -6,7 +6,7 @@ import stat
 import pytest
 import torch
 
-from medsg.io import atomic_torch_save, atomic_write_bytes, atomic_write_text
+from medsg.core.io import atomic_torch_save, atomic_write_bytes, atomic_write_text
 
 
 def test_write_replace_and_permissions(tmp_path):
@@ -63,7 +63,7 @@ class _FullDisk:
 @pytest.mark.parametrize("what", ["checkpoint", "report"])
 def test_full_disk_is_one_clear_error_and_the_previous_file_survives(tmp_path, monkeypatch, what):
     from medsg.cli import find_user_error, one_line
-    from medsg.io import DiskFullError
+    from medsg.core.io import DiskFullError
 
     target = tmp_path / ("checkpoint_last.pt" if what == "checkpoint" else "report.md")
     if what == "checkpoint":
@@ -88,7 +88,7 @@ def test_full_disk_is_one_clear_error_and_the_previous_file_survives(tmp_path, m
 def test_full_disk_before_the_first_version(tmp_path, monkeypatch):
     import errno
 
-    from medsg.io import DiskFullError
+    from medsg.core.io import DiskFullError
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

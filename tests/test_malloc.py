@@ -1,4 +1,4 @@
-"""medsg.malloc: the glibc setting applies on Linux/glibc and stands aside when the user set their own."""
+"""medsg.core.malloc: the glibc setting applies on Linux/glibc and stands aside when the user set their own."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from medsg.malloc import keep_freed_memory
+from medsg.core.malloc import keep_freed_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -16,7 +16,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 _FAULTS = """
 import resource, sys, torch, timm
 import medsg.models
-from medsg.malloc import keep_freed_memory
+from medsg.core.malloc import keep_freed_memory
 if sys.argv[1] == "on":
     assert keep_freed_memory()
 model = timm.create_model("sgformer_tiny", num_classes=3).eval()

@@ -15,7 +15,7 @@ import torch
 from reference_keys import to_reference_key, to_reference_keys
 
 import medsg  # noqa: F401  (registers the timm variants)
-from medsg.errors import CheckpointError, ConfigError, InputSizeError
+from medsg.core.errors import CheckpointError, ConfigError, InputSizeError
 from medsg.models import SGFormer, load_checkpoint, sincos_pos_embed_2d, valid_img_sizes
 from medsg.models.sgformer import rename_reference_key, sgformer_tiny
 

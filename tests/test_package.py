@@ -16,12 +16,12 @@ from PIL import Image
 from medsg import cli
 from medsg.calibration import apply_temperature
 from medsg.commands.flags import fold_arg
+from medsg.core.errors import CheckpointError, DataError
+from medsg.core.run_folder import ALL
 from medsg.demo import make_synthetic_busi
-from medsg.errors import CheckpointError, DataError
-from medsg.experiment import run_experiment
-from medsg.package import CHECKSUMS_FILE, PACKAGE_FILE, export_package, load_model, load_package
-from medsg.predict import ImageFiles, InputItem, PredictOptions, collate, predict_items, raw_probs
-from medsg.run_folder import ALL
+from medsg.deploy.package import CHECKSUMS_FILE, PACKAGE_FILE, export_package, load_model, load_package
+from medsg.deploy.predict import ImageFiles, InputItem, PredictOptions, collate, predict_items, raw_probs
+from medsg.workflows.experiment import run_experiment
 
 PKG = {  # sgformer_tiny from scratch, 2 epochs, a third of each training fold for calibration
     "experiment.name": "pkg",
@@ -172,7 +172,7 @@ def test_a_tampered_or_mismatched_package_is_refused(run, tmp_path):
     meta = json.loads((wrong / PACKAGE_FILE).read_text())
     meta["class_names"], meta["num_classes"] = ["a", "b", "c", "d"], 4
     (wrong / PACKAGE_FILE).write_text(json.dumps(meta))
-    from medsg.package import _write_checksums
+    from medsg.deploy.package import _write_checksums
 
     _write_checksums(wrong)
     bundle = load_model(wrong)
@@ -274,7 +274,7 @@ def test_evaluate_a_synthetic_external_set_with_overlap_audit(run, tmp_path):
     assert excluded["n_scored"] == 6 and excluded["overlap"]["excluded"]
     # the class lists must match
     with pytest.raises(DataError, match="class lists"):
-        from medsg.evaluate import EvaluateRequest, evaluate
+        from medsg.deploy.evaluate import EvaluateRequest, evaluate
 
         kvasir = tmp_path / "kv"
         for name in ("a", "b"):
@@ -303,10 +303,10 @@ def _isic_package(tmp_path: Path) -> Path:
     """A package of an untrained 7-class sgformer_tiny, with a reference made from 600x450 images."""
     import yaml
 
+    from medsg.deploy.package import FORMAT, _write_checksums
+    from medsg.deploy.reference import write_reference
     from medsg.models import create_model
     from medsg.models.checkpoint import save_safetensors
-    from medsg.package import FORMAT, _write_checksums
-    from medsg.reference import write_reference
 
     pkg = tmp_path / "isic_pkg"
     train = _isic_layout(tmp_path / "train", "Training", (600, 450), seed=1)
@@ -336,7 +336,7 @@ def _isic_package(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("subset", ["validation", "test"])
 def test_evaluate_reaches_isic_layouts_at_600x450_and_pre_resized(tmp_path, subset):
-    from medsg.evaluate import EvaluateRequest, evaluate
+    from medsg.deploy.evaluate import EvaluateRequest, evaluate
 
     pkg = _isic_package(tmp_path)
     folder = subset.capitalize()
@@ -358,7 +358,7 @@ def test_evaluate_reaches_isic_layouts_at_600x450_and_pre_resized(tmp_path, subs
 
 @pytest.mark.e2e
 def test_predict_streams_rows_batch_by_batch(run, tmp_path, monkeypatch):
-    from medsg import predict as predict_mod
+    from medsg.deploy import predict as predict_mod
 
     _, run_dir, package, _ = run
     written: list[tuple[int, int]] = []

@@ -11,9 +11,11 @@ import torch
 from PIL import Image
 
 from medsg.config import config_from_dict, resolved_config
-from medsg.errors import ConfigError
+from medsg.core.errors import ConfigError
 from medsg.models.checkpoint import read_checkpoint
-from medsg.pretrain import (
+from medsg.report.aggregate import pretraining_text
+from medsg.train.model import build_model
+from medsg.workflows.pretrain import (
     BACKBONE_FILE,
     PretrainSettings,
     TwoViews,
@@ -21,8 +23,6 @@ from medsg.pretrain import (
     pretraining_source,
     unlabelled_images,
 )
-from medsg.report.aggregate import pretraining_text
-from medsg.train.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 ISIC_PACKAGE = REPO / "reports" / "isic2018_cpu_sgformer_tiny" / "model"

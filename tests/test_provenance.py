@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from medsg.config import git_clean, git_same_code
-from medsg.errors import ReportRefused
-from medsg.experiment import check_reports_write
+from medsg.core.errors import ReportRefused
+from medsg.workflows.experiment import check_reports_write
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 

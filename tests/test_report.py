@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from medsg.errors import ConfigError, DataError
+from medsg.core.errors import ConfigError, DataError
 from medsg.metrics import HEADLINE, classification_metrics
 from medsg.report import write_report
 from medsg.report.aggregate import build_summary, load_run, protocol
@@ -548,8 +548,8 @@ def _finish_fold_3(run: Path) -> None:
 
 
 def test_report_folder_records_its_run_and_refuses_another(tmp_path, monkeypatch):
-    from medsg.errors import ReportRefused
-    from medsg.experiment import MADE_BY, write_run_report
+    from medsg.core.errors import ReportRefused
+    from medsg.workflows.experiment import MADE_BY, write_run_report
 
     monkeypatch.chdir(tmp_path)
     run = _make_run(tmp_path)
@@ -597,8 +597,8 @@ def test_report_folder_records_its_run_and_refuses_another(tmp_path, monkeypatch
 
 
 def test_report_made_before_origins_is_replaced_only_by_its_experiment(tmp_path):
-    from medsg.errors import ReportRefused
-    from medsg.experiment import write_run_report
+    from medsg.core.errors import ReportRefused
+    from medsg.workflows.experiment import write_run_report
 
     run = _make_run(tmp_path)
     _finish_fold_3(run)

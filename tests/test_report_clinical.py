@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from medsg.config import EvalConfig
-from medsg.errors import ConfigError
+from medsg.core.errors import ConfigError
 from medsg.metrics import bootstrap_ci, grouped_bootstrap_ci
 from medsg.report import write_report
 from medsg.report.aggregate import build_summary, load_run

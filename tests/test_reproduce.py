@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from medsg import cli
+from medsg.core.errors import ConfigError
 from medsg.demo import make_synthetic_busi
-from medsg.errors import ConfigError
-from medsg.experiment import run_experiment, write_run_report
-from medsg.reproduce import compare_fold, environment_differences, reproduce_fold
+from medsg.workflows.experiment import run_experiment, write_run_report
+from medsg.workflows.reproduce import compare_fold, environment_differences, reproduce_fold
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 import medsg.train.fold as fold_mod
+from medsg.core.errors import ConfigError, RunLocked
 from medsg.demo import demo_config, make_synthetic_busi
-from medsg.errors import ConfigError, RunLocked
-from medsg.experiment import run_experiment, write_run_report
+from medsg.workflows.experiment import run_experiment, write_run_report
 
 
 @pytest.fixture(scope="module")
@@ -117,13 +117,13 @@ def test_new_split_file_is_announced_with_its_absolute_path_and_described(
     busi_root, tmp_path, monkeypatch, caplog, syn_config
 ):
     from medsg.data.splits import read_splits
-    from medsg.experiment import prepare_data
+    from medsg.workflows.experiment import prepare_data
 
     monkeypatch.chdir(tmp_path)  # the default split file is relative: it follows the working directory
     cfg = syn_config(busi_root, tmp_path)
     cfg.splits.file = None
     path = (tmp_path / "data_splits" / "busi_2fold_seed0.json").resolve()
-    with caplog.at_level("INFO", logger="medsg.experiment"):
+    with caplog.at_level("INFO", logger="medsg.workflows.experiment"):
         prepare_data(cfg)
     warnings = [
         r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "NEW split" in r.message
@@ -136,7 +136,7 @@ def test_new_split_file_is_announced_with_its_absolute_path_and_described(
     assert "dHash-256 distance <= 40 and thumbnail correlation >= 0.95" in header["grouping_description"]
 
     caplog.clear()  # reusing the file says nothing; a planned new file (medsg splits, demo) is only INFO
-    with caplog.at_level("INFO", logger="medsg.experiment"):
+    with caplog.at_level("INFO", logger="medsg.workflows.experiment"):
         prepare_data(cfg)
         path.unlink()
         prepare_data(cfg, new_split_expected=True)
@@ -148,7 +148,7 @@ def test_csv_patient_grouping_keeps_a_duplicate_filed_under_another_patient_in_o
     import numpy as np
     from PIL import Image
 
-    from medsg.experiment import prepare_data
+    from medsg.workflows.experiment import prepare_data
 
     rng = np.random.default_rng(0)
     rows = ["path,label,patient_id"]
@@ -169,7 +169,7 @@ def test_csv_patient_grouping_keeps_a_duplicate_filed_under_another_patient_in_o
 
 def test_grouping_descriptions(tmp_path, syn_config):
     def describe(adapter: str, *overrides: dict) -> str:
-        from medsg.experiment import grouping_description
+        from medsg.workflows.experiment import grouping_description
 
         cfg = syn_config(tmp_path, tmp_path, {"data.adapter": adapter}, *overrides)
         return grouping_description(cfg)
@@ -259,8 +259,8 @@ def test_each_image_is_decoded_once_per_run_not_once_per_fold(
 
     from medsg.data import images
     from medsg.data.dataset import manifest_to_records
-    from medsg.experiment import ManifestFolds, prepare_data
     from medsg.train.model import build_model
+    from medsg.workflows.experiment import ManifestFolds, prepare_data
 
     reads: list[str] = []
     real_read = images.read_image
@@ -335,7 +335,7 @@ def test_real_busi_one_fold_with_the_canonical_split(tmp_path):
 
 
 def test_failed_start_can_be_restarted_with_a_corrected_config(busi_root, tmp_path, syn_config):
-    from medsg.experiment import prepare_data, save_or_check_config
+    from medsg.workflows.experiment import prepare_data, save_or_check_config
 
     bad = syn_config(busi_root, tmp_path, {"splits.grouping": "patient"})
     with pytest.raises(ConfigError, match="splits.grouping: column 'patient' is not in the manifest"):
@@ -368,7 +368,7 @@ def test_failed_start_can_be_restarted_with_a_corrected_config(busi_root, tmp_pa
 def test_a_run_takes_report_settings_from_the_current_config_and_keeps_the_rest(
     busi_root, tmp_path, syn_config
 ):
-    from medsg.experiment import save_or_check_config
+    from medsg.workflows.experiment import save_or_check_config
 
     first = syn_config(busi_root, tmp_path)
     run_dir = first.run_dir.resolve()

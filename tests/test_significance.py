@@ -7,7 +7,7 @@ import timm
 import torch
 
 import medsg  # noqa: F401
-from medsg.errors import InputSizeError
+from medsg.core.errors import InputSizeError
 from medsg.explain import significance_maps
 from medsg.models import SGFormer, load_checkpoint
 

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 import medsg.train.fold as fold_mod
-from medsg.errors import TrainingDiverged
+from medsg.core.errors import TrainingDiverged
 from medsg.train.fold import HISTORY_COLUMNS
 from medsg.train.kfold import run_folds, train_one_fold
 from medsg.train.loader import FoldData, class_weights, epoch_indices

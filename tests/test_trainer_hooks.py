@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medsg.errors import ConfigError
+from medsg.core.errors import ConfigError
 from medsg.train.final import FinalTrainer
 from medsg.train.fold import FoldTrainer, trainer_class
 from medsg.train.kfold import final_trainer_class, train_one_fold

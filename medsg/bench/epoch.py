@@ -63,10 +63,10 @@ def epoch_breakdown(
     import numpy as np
     import timm.data
 
+    from medsg.core.device import resolve_device
     from medsg.data import class_names, load_manifest
     from medsg.data.dataset import build_dataset, manifest_to_records
     from medsg.data.transforms import build_transforms
-    from medsg.device import resolve_device
     from medsg.train.evaluate import predict, val_metrics
     from medsg.train.fold import FoldTrainer
     from medsg.train.loader import FoldData, epoch_indices, to_device, training_loader

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import medsg  # noqa: F401  (registers the SG-Former variants)
-from medsg.errors import ConfigError
+from medsg.core.errors import ConfigError
 from medsg.models import create_model as timm_model
 from medsg.train.utils import amp_dtype, autocast
 

@@ -22,7 +22,7 @@ from medsg.bench.measure import (
     matmul_gflops,
     model_throughput,
 )
-from medsg.device import torch_device
+from medsg.core.device import torch_device
 from medsg.train.utils import amp_dtype
 
 DEFAULT_COMPARE = ("swin_tiny_patch4_window7_224", "convnext_tiny")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from medsg.bench.measure import create_model, device_words, format_table, model_throughput
-from medsg.device import torch_device
+from medsg.core.device import torch_device
 
 
 def benchmark_pipeline(

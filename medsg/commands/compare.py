@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medsg import experiment  # torch, MONAI: seconds that `medsg --help` need not pay
+    from medsg.workflows import experiment  # torch, MONAI: seconds that `medsg --help` need not pay
 
     out = Path(args.out) if args.out else None
     print(experiment.compare_run_folders([Path(d) for d in args.run_dirs], out, force=args.force))

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medsg import experiment  # torch, MONAI: seconds that `medsg --help` need not pay
+    from medsg.workflows import experiment  # torch, MONAI: seconds that `medsg --help` need not pay
 
     start = time.perf_counter()
     result = demo.run_demo(args.out, quick=args.quick, quiet=args.quiet)

@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medsg.evaluate import EvaluateRequest, evaluate  # torch, MONAI: not for `medsg --help`
-    from medsg.experiment import check_reports_write
+    from medsg.deploy.evaluate import EvaluateRequest, evaluate  # torch, MONAI: not for `medsg --help`
+    from medsg.workflows.experiment import check_reports_write
 
     out = Path(args.out or f"evaluation_{args.adapter}_{Path(args.root).name}")
     check_reports_write(out, args.force)

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medsg.explain_run import ExplainRequest, explain_run  # torch, MONAI: not for `medsg --help`
+    from medsg.workflows.explain import ExplainRequest, explain_run  # torch, MONAI: not for `medsg --help`
 
     request = ExplainRequest(
         folds=tuple(args.fold) if args.fold else None,

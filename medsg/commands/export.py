@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsg import package
 from medsg.commands.flags import add_force, add_models
+from medsg.deploy import package
 
 NAME = "export"
 HELP = "write a finished run's models as a self-contained, checksummed package"
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medsg.experiment import check_reports_write  # torch, MONAI: not for `medsg --help`
+    from medsg.workflows.experiment import check_reports_write  # torch, MONAI: not for `medsg --help`
 
     check_reports_write(Path(args.out_dir), args.force)
     print(package.export_package(Path(args.run_dir), Path(args.out_dir), args.models))

@@ -58,7 +58,7 @@ def add_model(
 
 def add_device(parser: argparse.ArgumentParser, default: str | None, indexed: bool = True) -> None:
     """``--device``: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or, where ``indexed``, ``cuda:N``
-    (``medsg.device.torch_device``); ``default`` None: the config's ``train.device``."""
+    (``medsg.core.device.torch_device``); ``default`` None: the config's ``train.device``."""
     names = "auto, cpu, cuda or cuda:N" if indexed else "auto, cpu or cuda"
     parser.add_argument("--device", default=default, help=f"{names} (default: {default or 'config'})")
 

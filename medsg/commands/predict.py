@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from medsg.commands.flags import add_device, add_models
 
 if TYPE_CHECKING:
-    from medsg.predict import PredictOptions
+    from medsg.deploy.predict import PredictOptions
 
 NAME = "predict"
 HELP = "classify new images with a run folder or a package (calibrated ensemble)"
@@ -38,7 +38,7 @@ def add_prediction(parser: argparse.ArgumentParser) -> None:
 
 def prediction_options(args: argparse.Namespace) -> PredictOptions:
     """The ``PredictOptions`` of ``add_prediction``'s flags (``--explain`` where the command has it)."""
-    from medsg.predict import PredictOptions  # torch, MONAI: not for `medsg --help`
+    from medsg.deploy.predict import PredictOptions  # torch, MONAI: not for `medsg --help`
 
     return PredictOptions(
         which=args.models,
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Returns 1 when an input was skipped (unreadable), so scripts notice."""
-    from medsg.predict import run_predict
+    from medsg.deploy.predict import run_predict
 
     out = Path(args.out)
     result = run_predict(args.model, args.inputs, out, prediction_options(args))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from medsg import pretrain
 from medsg.commands.flags import add_dataset, add_device, add_model
+from medsg.workflows import pretrain
 
 NAME = "pretrain"
 HELP = "self-supervised pretraining (BYOL) of a timm backbone on unlabelled images; resumable"

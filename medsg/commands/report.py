@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medsg import experiment  # torch, MONAI: seconds that `medsg --help` need not pay
+    from medsg.workflows import experiment  # torch, MONAI: seconds that `medsg --help` need not pay
 
     out = Path(args.out) if args.out else None
     print(experiment.write_run_report(Path(args.run_dir), out, force=args.force))

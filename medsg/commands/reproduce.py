@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from medsg import reproduce
 from medsg.commands.flags import add_fold, add_overrides
+from medsg.workflows import reproduce
 
 NAME = "reproduce"
 HELP = "rerun one fold of a report from its recorded config and compare the metrics"

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medsg import experiment  # torch, MONAI: seconds that `medsg --help` need not pay
+    from medsg.workflows import experiment  # torch, MONAI: seconds that `medsg --help` need not pay
 
     run_dir = experiment.run_from_file(args.config, args.overrides, args.fold, quiet=args.quiet)
     print(f"run folder: {run_dir}")

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medsg import experiment  # torch, MONAI: seconds that `medsg --help` need not pay
+    from medsg.workflows import experiment  # torch, MONAI: seconds that `medsg --help` need not pay
 
     print(experiment.make_splits(args.config, args.overrides))
     return 0

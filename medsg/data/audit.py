@@ -43,11 +43,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from medsg.core.errors import DataError
+from medsg.core.io import atomic_write_text
 from medsg.data.images import decode_image, read_mask
 from medsg.data.manifest import COLUMNS, MASK_SEP, mask_list
 from medsg.data.pixels import UnreadableImage
-from medsg.errors import DataError
-from medsg.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 

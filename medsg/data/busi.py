@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from medsg.core.errors import DataError
 from medsg.data.manifest import list_image_files, make_manifest, natural_key, sorted_class_dirs
-from medsg.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.data.utils import pickle_hashing
 from monai.transforms import Compose
 
+from medsg.core.errors import DataError
 from medsg.data.manifest import mask_list
-from medsg.errors import DataError
 
 CACHE_MODES = ("memory", "disk", "none")
 

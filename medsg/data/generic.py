@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from medsg.core.errors import DataError
 from medsg.data.manifest import MASK_SEP, class_folder_rows, make_manifest, sorted_class_dirs
-from medsg.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medsg.core.errors import DataError
 from medsg.data.manifest import make_manifest
-from medsg.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from medsg.core.errors import DataError
 from medsg.data.manifest import class_folder_rows, make_manifest, sorted_class_dirs
-from medsg.errors import DataError
 
 KVASIR_CLASSES: tuple[str, ...] = (
     "dyed-lifted-polyps",

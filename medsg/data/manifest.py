@@ -21,8 +21,8 @@ from typing import Any
 
 import pandas as pd
 
-from medsg.errors import DataError
-from medsg.io import atomic_write_text
+from medsg.core.errors import DataError
+from medsg.core.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsg.errors import DataError
+from medsg.core.errors import DataError
 
 MAX_PIXELS = (
     89_478_485  # per frame: Pillow's default decompression-bomb limit (0.25 GiB at 3 bytes per pixel)

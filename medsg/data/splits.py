@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from medsg import __version__
-from medsg.errors import DataError
-from medsg.io import atomic_write_text
+from medsg.core import __version__
+from medsg.core.errors import DataError
+from medsg.core.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -54,9 +54,9 @@ from monai.transforms import (
 )
 from PIL import Image
 
+from medsg.core.errors import DataError
 from medsg.data import images
 from medsg.data.images import pil_to_array, read_mask
-from medsg.errors import DataError
 
 _NVIMGCODEC = "NvImgCodecPydicomReader: nvImageCodec"  # the start of MONAI's warning
 

@@ -36,6 +36,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from medsg.core.io import atomic_write_bytes, atomic_write_text, publish_dir, staging_dir
 from medsg.data.dataset import plain_tensor
 from medsg.data.images import read_image
 from medsg.data.manifest import mask_list
@@ -46,7 +47,6 @@ from medsg.explain.cam import compute_cams
 from medsg.explain.geometry import resize_geometry, to_original
 from medsg.explain.overlay import panel_png
 from medsg.explain.significance import find_sgformer, fused_map, significance_maps, stage_maps, upsample
-from medsg.io import atomic_write_bytes, atomic_write_text, publish_dir, staging_dir
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ import pandas as pd
 from PIL import Image
 
 from medsg.config import DEFAULT_BOOTSTRAP
+from medsg.core.io import atomic_write_text, read_json
 from medsg.data.images import read_image
 from medsg.data.transforms import mask_union
 from medsg.explain.cases import BASELINES, EXPLAIN_DIR, MAP_LABELS
 from medsg.explain.localization import DEFINITIONS, summarise_scores
 from medsg.explain.overlay import allocation_rgb, colorbar_png, heatmap_rgba, outline_rgba, png_bytes
 from medsg.explain.review import ReviewCase, write_review_page
-from medsg.io import atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 

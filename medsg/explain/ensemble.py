@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medsg.core.io import atomic_write_bytes
 from medsg.explain.cases import (
     MAP_LABELS,
     PANEL_MAPS,
@@ -26,7 +27,6 @@ from medsg.explain.cases import (
 )
 from medsg.explain.geometry import resize_geometry, to_original
 from medsg.explain.overlay import panel_png, scale01
-from medsg.io import atomic_write_bytes
 
 __all__ = ["ensemble_maps", "ensemble_panel", "explain_ensemble"]
 

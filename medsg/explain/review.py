@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medsg.io import atomic_write_text
+from medsg.core.io import atomic_write_text
 
 __all__ = ["ReviewCase", "render_review_page", "write_review_page"]
 

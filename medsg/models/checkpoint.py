@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from medsg.errors import CheckpointError
-from medsg.io import atomic_write_bytes
+from medsg.core.errors import CheckpointError
+from medsg.core.io import atomic_write_bytes
 
 __all__ = [
     "read_checkpoint",

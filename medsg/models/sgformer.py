@@ -41,7 +41,7 @@ from timm.layers import DropPath, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from medsg.errors import CheckpointError, ConfigError, InputSizeError
+from medsg.core.errors import CheckpointError, ConfigError, InputSizeError
 from medsg.models.checkpoint import adapt_state_dict, load_checkpoint
 
 __all__ = [

@@ -9,7 +9,7 @@ import pandas as pd
 
 from medsg.calibration import CALIBRATION_FILE, VAL_PREDICTIONS
 from medsg.config import DEFAULT_BOOTSTRAP
-from medsg.io import atomic_write_bytes, atomic_write_text
+from medsg.core.io import atomic_write_bytes, atomic_write_text
 from medsg.report.aggregate import RunData, build_summary, group_labels, load_run
 from medsg.report.explanations import (
     copy_explanations,

@@ -17,9 +17,10 @@ from medsg.calibration import (
     apply_temperature,
 )
 from medsg.config import OUTER_TEST_UNUSED, Config, EvalConfig, load_saved_config
+from medsg.core.errors import DataError
+from medsg.core.io import read_json
+from medsg.core.run_folder import RunFolder
 from medsg.data.transforms import describe_augmentations
-from medsg.errors import DataError
-from medsg.io import read_json
 from medsg.metrics import (
     HEADLINE,
     bootstrap_ci,
@@ -43,7 +44,6 @@ from medsg.report.run_files import (
     read_json_or_none,
 )
 from medsg.report.subgroups import subgroup_summary
-from medsg.run_folder import RunFolder
 
 FROM_SCRATCH = "none (trained from scratch)"
 POOLED_TEXT = (

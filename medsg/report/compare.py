@@ -23,8 +23,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from medsg.config import DEFAULT_BOOTSTRAP
-from medsg.errors import DataError, ReportRefused
-from medsg.io import atomic_write_bytes, atomic_write_text
+from medsg.core.errors import DataError, ReportRefused
+from medsg.core.io import atomic_write_bytes, atomic_write_text
 from medsg.metrics import PAIRED_KEYS, mcnemar_exact, paired_differences
 from medsg.report.aggregate import RunData, group_labels, headline_probs, load_run_or_report
 from medsg.report.figures import plain, to_png

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from medsg.io import atomic_write_bytes, atomic_write_text, read_json
+from medsg.core.io import atomic_write_bytes, atomic_write_text, read_json
 from medsg.report.tables import fmt
 
 __all__ = ["MAX_PANELS", "load_explanations", "localization_table", "copy_explanations"]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medsg.io import atomic_write_bytes, atomic_write_text
+from medsg.core.io import atomic_write_bytes, atomic_write_text
 from medsg.metrics import CALIBRATION_KEYS, HEADLINE, classification_metrics
 from medsg.report.figures import confusion_png, reliability_png, roc_png
 from medsg.report.html import CSS

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from sklearn.metrics import roc_curve
 
 from medsg.config import EvalConfig
-from medsg.errors import ConfigError
+from medsg.core.errors import ConfigError
 from medsg.metrics import grouped_bootstrap_ci
 
 # the class whose misses matter most, per dataset (``data.adapter``); other datasets have none by default

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from medsg.errors import ConfigError
+from medsg.core.errors import ConfigError
 from medsg.metrics import bootstrap_ci, sensitivity_cis
 
 DEFAULT_COLUMNS = ("age", "sex", "localization", "site")  # used when eval.subgroups is null and present

@@ -24,8 +24,8 @@ import numpy as np
 
 from medsg.calibration import CALIBRATION_FILE, PRIOR_KEY, median_temperature, prior_shift_record
 from medsg.config import Config
-from medsg.io import atomic_write_text, read_json
-from medsg.run_folder import ALL, RunFolder
+from medsg.core.io import atomic_write_text, read_json
+from medsg.core.run_folder import ALL, RunFolder
 from medsg.train.fold import FoldTrainer
 
 log = logging.getLogger(__name__)

@@ -50,12 +50,12 @@ from medsg.calibration import (
     probability_scores,
 )
 from medsg.config import DEFAULT_TRAINER, Config
+from medsg.core.errors import CheckpointError, ConfigError, TrainingDiverged
+from medsg.core.io import atomic_torch_save, atomic_write_text
+from medsg.core.run_folder import FoldFolder
 from medsg.data.transforms import build_transforms
-from medsg.errors import CheckpointError, ConfigError, TrainingDiverged
 from medsg.explain import EXPLAIN_DIR, ExplainSettings, cases_from_manifest, explain_test_fold
-from medsg.io import atomic_torch_save, atomic_write_text
 from medsg.metrics import classification_metrics
-from medsg.run_folder import FoldFolder
 from medsg.train import ddp
 from medsg.train.evaluate import predict, val_metrics
 from medsg.train.loader import FoldData, class_weights, epoch_indices, to_device, training_loader

@@ -2,7 +2,7 @@
 
 ``train_final`` trains the final model on every image (``--fold all``, see ``medsg.train.final``) the same way.
 
-It knows nothing about datasets: a ``FoldDataFactory`` (``medsg.experiment`` provides the real one) builds a
+It knows nothing about datasets: a ``FoldDataFactory`` (``medsg.workflows.experiment`` provides the real one) builds a
 fold's ``FoldData`` for a model, so the driver can be tested with any tiny dataset and any timm model.
 """
 
@@ -17,9 +17,9 @@ from typing import Any, Protocol
 from torch import nn
 
 from medsg.config import Config
-from medsg.device import resolve_device
-from medsg.io import read_json
-from medsg.run_folder import ALL, RunFolder
+from medsg.core.device import resolve_device
+from medsg.core.io import read_json
+from medsg.core.run_folder import ALL, RunFolder
 from medsg.train import ddp
 from medsg.train.final import FINAL_FILE, FinalTrainer, final_plan
 from medsg.train.fold import FoldTrainer, trainer_class

@@ -12,7 +12,7 @@ import os
 import socket
 from pathlib import Path
 
-from medsg.errors import RunLocked
+from medsg.core.errors import RunLocked
 
 log = logging.getLogger(__name__)
 

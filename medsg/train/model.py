@@ -10,10 +10,10 @@ from typing import Any
 from torch import nn
 
 from medsg.config import Config
-from medsg.errors import ConfigError
+from medsg.core.errors import ConfigError
+from medsg.deploy.package import FINAL, Member, load_model
 from medsg.models import create_model
 from medsg.models.checkpoint import load_checkpoint
-from medsg.package import FINAL, Member, load_model
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsg.errors import CheckpointError
+from medsg.core.errors import CheckpointError
 from medsg.models.checkpoint import read_checkpoint
 from medsg.train.utils import get_rng_states, set_rng_states
 

@@ -13,7 +13,7 @@ An exported package (``medsg export RUN_DIR OUT_DIR``) is a folder that needs no
     weights/fold_K.safetensors each fold's selected weights (EMA when used), tensors only
     weights/all.safetensors    the final model (``--fold all``), when exported
     cv/summary.json, cv/oof_predictions.csv    the cross-validation (raw probabilities), for evaluate's report
-    training_images.json, training_fingerprints.npz   the training data's reference (``medsg.reference``)
+    training_images.json, training_fingerprints.npz   the training data's reference (``medsg.deploy.reference``)
     CHECKSUMS.sha256           the SHA-256 of every other file
 
 Loading a package checks every checksum first and refuses a missing, changed or unlisted file. Hidden files
@@ -38,16 +38,16 @@ from torch import nn
 
 from medsg.calibration import CALIBRATION_FILE, PRIOR_KEY, apply_temperature, decide
 from medsg.config import load_saved_config, read_yaml
+from medsg.core.errors import CheckpointError, DataError
+from medsg.core.io import atomic_write_text, publish_dir, read_json, staging_dir
+from medsg.core.run_folder import ALL, RunFolder
 from medsg.data.audit import MIN_CORRELATION, NEAR_DUP_THRESHOLD
 from medsg.data.manifest import read_manifest
 from medsg.data.transforms import build_transforms
-from medsg.errors import CheckpointError, DataError
-from medsg.io import atomic_write_text, publish_dir, read_json, staging_dir
+from medsg.deploy.reference import FINGERPRINTS_FILE, STATS_FILE, write_reference
 from medsg.models import create_model
 from medsg.models.checkpoint import load_exact, read_checkpoint, save_safetensors, select_state_dict
-from medsg.reference import FINGERPRINTS_FILE, STATS_FILE, write_reference
 from medsg.report.model_card import render_model_card
-from medsg.run_folder import ALL, RunFolder
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@
   members of the predicted class's probability) is its uncertainty.
 * Out-of-distribution flags: the folds disagree (at most half of them vote for the ensemble's class, or
   ``fold_spread`` >= ``SPREAD_FLAG``), or the image's statistics lie far outside the training images' range
-  (``medsg.reference.ood_reasons``). Flagged rows are still scored; ``ood_reasons`` says why they are flagged.
+  (``medsg.deploy.reference.ood_reasons``). Flagged rows are still scored; ``ood_reasons`` says why they are flagged.
 * It streams: a DataLoader over the paths decodes a batch at a time and each batch's rows are written at once,
   so memory stays flat however many images there are. An input that cannot be read is named in the log and
   in ``skipped.csv``, and counted; the others go on.
@@ -37,15 +37,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from medsg.calibration import DECISION_TEXT
+from medsg.core.device import torch_device
+from medsg.core.errors import DataError
+from medsg.core.io import atomic_write_text, read_json
 from medsg.data.dataset import plain_tensor
 from medsg.data.manifest import natural_key
-from medsg.device import torch_device
-from medsg.errors import DataError
-from medsg.explain.cases import Case
-from medsg.explain.ensemble import explain_ensemble
-from medsg.io import atomic_write_text, read_json
-from medsg.package import Member, ModelBundle, load_model, reference_dir
-from medsg.reference import (
+from medsg.deploy.package import Member, ModelBundle, load_model, reference_dir
+from medsg.deploy.reference import (
     FINGERPRINTS_FILE,
     STATS_FILE,
     Fingerprints,
@@ -54,6 +52,8 @@ from medsg.reference import (
     overlap,
     read_image_stats,
 )
+from medsg.explain.cases import Case
+from medsg.explain.ensemble import explain_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def disagreement_reason(spread: float, agreement: float, n_models: int) -> str |
 class CsvStream:
     """Rows appended to a temp file beside ``path`` as they come, renamed over ``path`` when complete.
 
-    The same guarantee as ``medsg.io`` (a reader sees no half-written file under ``path``), for a file too
+    The same guarantee as ``medsg.core.io`` (a reader sees no half-written file under ``path``), for a file too
     large to hold in memory first; an exception leaves ``path`` as it was.
     """
 
@@ -463,7 +463,7 @@ def _summary(
         "ood_rules": {
             "folds": f"at most {AGREEMENT_FLAG:.0%} of the folds vote for the ensemble's class, or the SD of "
             f"their probabilities of it >= {SPREAD_FLAG}",
-            "image_statistics": "see medsg.reference"
+            "image_statistics": "see medsg.deploy.reference"
             if reference is not None
             else "off (no training reference)",
         },

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medsg.core.errors import DataError
+from medsg.core.io import atomic_write_bytes, atomic_write_text
 from medsg.data.audit import inspect_file, near_duplicate_pairs
-from medsg.errors import DataError
-from medsg.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -52,12 +52,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from medsg.core.device import torch_device
+from medsg.core.errors import ConfigError, DataError
+from medsg.core.io import atomic_torch_save, atomic_write_text, read_json
 from medsg.data import load_manifest
 from medsg.data.generic import IMAGE_SUFFIXES
 from medsg.data.images import read_image
-from medsg.device import torch_device
-from medsg.errors import ConfigError, DataError
-from medsg.io import atomic_torch_save, atomic_write_text, read_json
 from medsg.models import create_model
 from medsg.models.checkpoint import read_checkpoint, save_safetensors
 from medsg.train.utils import derive_seed, seed_everything

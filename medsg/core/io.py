@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from medsg.errors import MedsgError
+from medsg.core.errors import MedsgError
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 

@@ -19,17 +19,17 @@ import numpy as np
 import pandas as pd
 
 from medsg.config import Config, load_saved_config
+from medsg.core.errors import ConfigError, DataError
+from medsg.core.run_folder import RunFolder
 from medsg.data import class_names
 from medsg.data.manifest import read_manifest
 from medsg.data.splits import read_splits
 from medsg.data.transforms import mask_union, read_mask
-from medsg.errors import ConfigError, DataError
-from medsg.experiment import ManifestFolds, PreparedData, review_critical_class
 from medsg.explain import EXPLAIN_DIR, ExplainSettings, cases_from_manifest, collect_explanations
 from medsg.explain.cases import Case, explain_cases, pick_cases
-from medsg.run_folder import RunFolder
 from medsg.train.model import build_model
 from medsg.train.state import load_training_checkpoint, selected_weights
+from medsg.workflows.experiment import ManifestFolds, PreparedData, review_critical_class
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from medsg.io import atomic_write_text
+from medsg.core.io import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
 DONE_FILE = "DONE"

@@ -8,7 +8,7 @@
    run's thresholds): ``overlap.csv`` lists every test image that is a training image, and the report says how
    many. ``--exclude-overlap`` drops them and says so; leakage between training and test is the classic way
    external numbers lie.
-3. The ensemble predicts the test set (``medsg.predict``, calibrated probabilities, unreadable files skipped
+3. The ensemble predicts the test set (``medsg.deploy.predict``, calibrated probabilities, unreadable files skipped
    and counted), and the report gets the same metrics, bootstrap CIs (resampling the test set's groups, e.g.
    lesions) and figures as cross-validation, titled as an external test, with the cross-validated figures
    beside them.
@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 
 from medsg.config import DEFAULT_BOOTSTRAP
+from medsg.core.errors import DataError
+from medsg.core.io import atomic_write_text, read_json
 from medsg.data import class_names, load_manifest
-from medsg.errors import DataError
-from medsg.io import atomic_write_text, read_json
+from medsg.deploy.package import ModelBundle, load_model
+from medsg.deploy.predict import CALIBRATION_NOTE, InputItem, PredictOptions, audit_overlap, predict_items
 from medsg.metrics import bootstrap_ci, calibration_cis, classification_metrics
-from medsg.package import ModelBundle, load_model
-from medsg.predict import CALIBRATION_NOTE, InputItem, PredictOptions, audit_overlap, predict_items
 from medsg.report.external import write_external_report
 
 log = logging.getLogger(__name__)

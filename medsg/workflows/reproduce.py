@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from medsg.config import config_from_dict, git_same_code, provenance, read_yaml
-from medsg.errors import ConfigError
-from medsg.experiment import run_experiment
-from medsg.io import atomic_write_text, read_json
-from medsg.run_folder import RunFolder
+from medsg.core.errors import ConfigError
+from medsg.core.io import atomic_write_text, read_json
+from medsg.core.run_folder import RunFolder
+from medsg.workflows.experiment import run_experiment
 
 COMPARED = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "ece", "brier", "log_loss")
 DEFAULT_TOLERANCE = 0.05  # absolute, on every compared metric, when the environment differs

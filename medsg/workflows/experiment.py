@@ -34,26 +34,26 @@ from medsg.config import (
     resolved_config,
     result_diff,
 )
+from medsg.core.device import resolve_device
+from medsg.core.errors import ConfigError, ReportRefused
+from medsg.core.io import atomic_write_text, read_json
+from medsg.core.run_folder import ALL, CONFIG_FILE, DONE_FILE, RunFolder
 from medsg.data import class_names, load_manifest, save_manifest
 from medsg.data.audit import apply_audit_policy, audit_manifest, describe_grouping, read_audit, write_audit
 from medsg.data.dataset import build_dataset, manifest_to_records
 from medsg.data.dicom import add_header_groups, grouping_keyword, new_salt
 from medsg.data.splits import check_no_leakage, inner_split, load_or_create_splits, read_group_salt
-from medsg.device import resolve_device
-from medsg.errors import ConfigError, ReportRefused
 from medsg.explain import EXPLAIN_DIR, collect_explanations, fold_explain_dirs
-from medsg.io import atomic_write_text, read_json
-from medsg.pretrain import pretraining_source
 from medsg.report import write_report
 from medsg.report.compare import write_comparison
 from medsg.report.operating_points import critical_class
-from medsg.run_folder import ALL, CONFIG_FILE, DONE_FILE, RunFolder
 from medsg.train import ddp
 from medsg.train.decoded import RunDecodes, shared_head
 from medsg.train.fold import trainer_class
 from medsg.train.kfold import run_folds, train_final
 from medsg.train.loader import FoldData
 from medsg.train.utils import derive_seed, seed_everything
+from medsg.workflows.pretrain import pretraining_source
 
 log = logging.getLogger(__name__)
 
