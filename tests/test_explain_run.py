@@ -14,8 +14,9 @@ from medsg.data.transforms import mask_union
 from medsg.demo import make_synthetic_busi
 from medsg.explain import pick_cases, significance_maps
 from medsg.explain.cases import BASELINES, Case, ExplainSettings, case_maps, safe_name
+from medsg.models.checkpoint import select_state_dict
 from medsg.train.model import build_model
-from medsg.train.state import load_training_checkpoint, selected_weights
+from medsg.train.state import load_training_checkpoint
 from medsg.workflows.experiment import ManifestFolds, prepare_data, run_experiment, write_run_report
 from medsg.workflows.explain import ExplainRequest, explain_run
 
@@ -104,7 +105,7 @@ def test_saved_maps_are_the_selected_models_maps(finished_run):
     fold = run_dir / "fold_0"
     case = json.loads((fold / "explain" / "cases.json").read_text())[0]
     model = build_model(cfg, 3)
-    model.load_state_dict(selected_weights(load_training_checkpoint(fold / "checkpoint_best.pt"), True))
+    model.load_state_dict(select_state_dict(load_training_checkpoint(fold / "checkpoint_best.pt"), True)[0])
     model.eval()
     test = ManifestFolds(cfg, prepare_data(cfg), run_dir)(0, model).test
     index = next(i for i in range(len(test)) if str(test[i]["id"]) == case["case_id"])

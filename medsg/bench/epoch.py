@@ -110,14 +110,15 @@ def epoch_breakdown(
         val = dataset(df.iloc[:n_val], False) if n_val else None
         data = FoldData(dataset(train_rows, True), train_labels, val, None, names)
         fill = time.perf_counter() - fill
-        laps = PhaseLaps(device)
-        trainer = FoldTrainer(cfg, 0, model, data, Path(tmp) / "fold_0", device, quiet=True, callbacks=[laps])
+        trainer = FoldTrainer(cfg, 0, model, data, Path(tmp) / "fold_0", device, quiet=True)
         warm = time.perf_counter()
         _warm_up(trainer, data.train, val, warmup, steps, device)
         sync(device)
         warm = time.perf_counter() - warm
         order = epoch_indices(train_labels, cfg.experiment.seed, t.sampler == "balanced")
         loader = training_loader(data.train, t.batch_size, t.workers, order, cfg.experiment.seed)
+        laps = PhaseLaps(device)
+        trainer.callbacks.append(laps)  # after the warm-up: only the measured steps are timed
         start = laps.start()
         n_steps = n_images = 0
         for batch in itertools.islice(loader, steps):

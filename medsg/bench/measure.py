@@ -16,7 +16,7 @@ from torch import nn
 
 import medsg  # noqa: F401  (registers the SG-Former variants)
 from medsg.core.errors import ConfigError
-from medsg.models import create_model as timm_model
+from medsg.models import create_model
 from medsg.train.utils import amp_dtype, autocast
 
 
@@ -137,17 +137,17 @@ def load_reference_model(reference_dir: str | Path, variant: str = "sgformer_s",
                 del np.float
 
 
-def create_model(
+def benchmarked_model(
     name: str, num_classes: int = 3, img_size: int = 224, reference: str | None = None
 ) -> nn.Module:
-    """A timm model by name (``img_size`` passed to models that take it), or the reference's ``name``."""
+    """What a benchmark times: ``medsg.models.create_model(name)``, or the reference code.s ``name``."""
     if reference:
         return load_reference_model(reference, name, num_classes=num_classes)
     if not timm.is_model(name):
         raise ConfigError(
             f"{name!r} is not a timm model; see timm.list_models() (SG-Former: sgformer_tiny/s/m/b)"
         )
-    return timm_model(name, img_size, num_classes=num_classes)
+    return create_model(name, img_size, num_classes=num_classes)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from medsg.bench.measure import (
-    create_model,
+    benchmarked_model,
     device_words,
     format_table,
     forward_gflops,
@@ -89,7 +89,7 @@ def memory_child(spec: dict[str, Any]) -> dict[str, float]:
     """Peak RSS in MB of eval, then training, of one model, above this process's peak before it was built.
     Meaningful only in a fresh process (``memory_in_subprocess``): the peak never goes down."""
     base = peak_rss_mb()
-    model = create_model(spec["name"], spec["num_classes"], spec["img_size"], spec.get("reference"))
+    model = benchmarked_model(spec["name"], spec["num_classes"], spec["img_size"], spec.get("reference"))
     out = {}
     for mode in ("eval", "train"):
         model_throughput(
@@ -129,7 +129,7 @@ def run_model(args: argparse.Namespace) -> int:
     specs = model_specs(args)
     torch.manual_seed(0)
     models = {
-        label: create_model(s["name"], s["num_classes"], s["img_size"], s.get("reference"))
+        label: benchmarked_model(s["name"], s["num_classes"], s["img_size"], s.get("reference"))
         for label, s in specs.items()
     }
     first = next(iter(models))

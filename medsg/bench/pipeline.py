@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medsg.bench.measure import create_model, device_words, format_table, model_throughput
+from medsg.bench.measure import benchmarked_model, device_words, format_table, model_throughput
 from medsg.core.device import torch_device
 
 
@@ -76,7 +76,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     settings = {"n_images": args.limit, "img_size": args.img_size, "batch_size": args.batch_size}
     settings |= {"epochs": args.epochs, "num_workers": args.workers}
     runs = [benchmark_pipeline(args.adapter, args.root, cache=cache, **settings) for cache in args.cache]
-    model = create_model(args.model, img_size=args.img_size).to(device)
+    model = benchmarked_model(args.model, img_size=args.img_size).to(device)
     train_rate = model_throughput(
         model, args.batch_size, args.img_size, steps=args.steps, device=device, amp=args.amp
     )

@@ -28,7 +28,7 @@ from medsg.core.io import atomic_write_bytes, atomic_write_text
 from medsg.metrics import PAIRED_KEYS, mcnemar_exact, paired_differences
 from medsg.report.aggregate import RunData, group_labels, headline_probs, load_run_or_report
 from medsg.report.figures import plain, to_png
-from medsg.report.html import CSS
+from medsg.report.html import html_page
 from medsg.report.run_files import UNKNOWN, read_json_or_none
 from medsg.report.tables import COLUMN_TITLES, fmt, md_escape, to_html, to_markdown
 
@@ -235,14 +235,14 @@ def write_comparison(
     md += [f"- {md_escape(k)}: {md_escape(v)}" for k, v in definitions.items()] + [""]
     atomic_write_text(out / "report.md", "\n".join(md))
     esc = html.escape
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Paired comparison of runs</title>'
-        f"<style>{CSS}</style></head><body><h1>Paired comparison of runs</h1><p>{esc(intro)}</p><ul>"
+    page = html_page(
+        "Paired comparison of runs",
+        f"<p>{esc(intro)}</p><ul>"
         + "".join(f"<li>{esc(v)}</li>" for v in verdicts)
         + f'</ul>{to_html(table)}<figure><img alt="differences" '
         f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"><figcaption>Differences with '
         "paired 95% CIs</figcaption></figure><h2>Definitions</h2><ul>"
         + "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in definitions.items())
-        + "</ul></body></html>\n"
+        + "</ul>",
     )
     return atomic_write_text(out / "report.html", page)

@@ -14,7 +14,7 @@ import pandas as pd
 from medsg.core.io import atomic_write_bytes, atomic_write_text
 from medsg.metrics import CALIBRATION_KEYS, HEADLINE, classification_metrics
 from medsg.report.figures import confusion_png, reliability_png, roc_png
-from medsg.report.html import CSS
+from medsg.report.html import html_page
 from medsg.report.tables import COLUMN_TITLES, class_table, fmt, md_escape, to_html, to_markdown
 
 CV_LABEL = "Cross-validation: pooled out-of-fold, single-fold models"
@@ -124,15 +124,15 @@ def _html(summary: dict[str, Any], pairs: list[tuple[bytes | None, bytes]], clas
         f"<tr><td>{_img(cv, 'cross-validation') if cv else '–'}</td><td>{_img(test, 'external test')}</td></tr>"
         for cv, test in pairs
     )
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{esc(summary['title'])}</title><style>{CSS} td img {{ width: 100%; }}</style></head><body>"
-        f"<h1>{esc(summary['title'])}</h1><h2>Protocol</h2><ul>{facts}</ul>"
+    return html_page(
+        summary["title"],
+        f"<h2>Protocol</h2><ul>{facts}</ul>"
         f"<h2>Results</h2>{to_html(metrics_table(summary))}"
         f"<h2>Calibration</h2>{to_html(calibration_table(summary['calibration']))}"
         f"<h2>Per class (external test)</h2>{to_html(classes)}"
         f"<h2>Figures</h2><table><thead><tr><th>{esc(CV_LABEL)}</th><th>{esc(TEST_LABEL)}</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table></body></html>\n"
+        f"<tbody>{rows}</tbody></table>",
+        css=" td img { width: 100%; }",
     )
 
 

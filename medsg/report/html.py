@@ -39,13 +39,23 @@ img { max-width: 100%; border: 1px solid #eee; }
 """
 
 
+def html_page(title: str, body: str, css: str = "") -> str:
+    """A self-contained page: the escaped title as <title> and <h1>, the report style (plus ``css``), then
+    ``body`` (already HTML). The one page frame of the run report, the comparison and the external report."""
+    title = html.escape(title)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{title}</title><style>{CSS}{css}</style></head><body><h1>{title}</h1>{body}</body></html>\n"
+    )
+
+
 def render_html(
     summary: dict[str, Any], figures: list[tuple[str, bytes]], explanations: dict[str, Any] | None = None
 ) -> str:
     """``figures`` is a list of (caption, PNG bytes); they are inlined as data: URIs. ``explanations`` holds the
     Explanations section (``table``, ``text``, ``panels`` as (caption, PNG bytes))."""
     esc = html.escape
-    title = esc(f"Cross-validation report: {summary['experiment']}")
+    title = f"Cross-validation report: {summary['experiment']}"
     protocol = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in summary["protocol"].items())
     notes = "".join(f'<li class="note">{esc(n)}</li>' for n in summary["notes"])
     images = _figures_html(figures)
@@ -87,16 +97,15 @@ def render_html(
     recipe = recipe_table(summary)
     recipe_html = "" if recipe is None else f"<h2>Training recipe</h2>{to_html(recipe)}"
     definitions = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in summary["definitions"].items())
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{title}</title><style>{CSS}</style></head><body>"
-        f"<h1>{title}</h1>{banner}<h2>Protocol</h2><dl>{protocol}</dl>{recipe_html}"
+    return html_page(
+        title,
+        f"{banner}<h2>Protocol</h2><dl>{protocol}</dl>{recipe_html}"
         + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
         + f"<h2>Results per fold</h2><p>{esc(results_intro(summary))}</p>"
         f"{to_html(fold_table(summary), summary_rows=fold_summary_rows(summary))}"
         f"<h2>Per class (pooled out-of-fold)</h2><p>{esc(sensitivity_intro(summary))}</p>"
         f"{to_html(class_table(summary))}{clinical}{calibrated}"
-        f"<h2>Figures</h2>{images}{explained}<h2>Definitions</h2><ul>{definitions}</ul></body></html>\n"
+        f"<h2>Figures</h2>{images}{explained}<h2>Definitions</h2><ul>{definitions}</ul>",
     )
 
 

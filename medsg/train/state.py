@@ -69,13 +69,6 @@ def check_checkpoint_matches(state: dict[str, Any], path: Path, arch: str, num_c
         )
 
 
-def selected_weights(state: dict[str, Any], prefer_ema: bool) -> dict[str, Any]:
-    """The state dict to predict with: the EMA weights when asked for and present, else the raw ones."""
-    if prefer_ema and state.get("state_dict_ema") is not None:
-        return state["state_dict_ema"]
-    return state["state_dict"]
-
-
 def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:
     """sha256 (16 hex digits) of a state dict's names and tensor bytes: equal on DDP ranks that stayed in sync."""
     digest = hashlib.sha256()

@@ -27,8 +27,9 @@ from medsg.data.splits import read_splits
 from medsg.data.transforms import mask_union, read_mask
 from medsg.explain import EXPLAIN_DIR, ExplainSettings, cases_from_manifest, collect_explanations
 from medsg.explain.cases import Case, explain_cases, pick_cases
+from medsg.models.checkpoint import select_state_dict
 from medsg.train.model import build_model
-from medsg.train.state import load_training_checkpoint, selected_weights
+from medsg.train.state import load_training_checkpoint
 from medsg.workflows.experiment import ManifestFolds, PreparedData, review_critical_class
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def _selected_model(cfg: Config, fold_path: Path, num_classes: int) -> Any:
         cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": None})}), num_classes
     )
     state = load_training_checkpoint(fold_path / "checkpoint_best.pt")
-    model.load_state_dict(selected_weights(state, prefer_ema=cfg.train.ema))
+    model.load_state_dict(select_state_dict(state, use_ema=cfg.train.ema)[0])
     return model.eval()
 
 
