@@ -56,7 +56,7 @@ from medsg.core.run_folder import FoldFolder
 from medsg.data.transforms import build_transforms
 from medsg.explain import EXPLAIN_DIR, ExplainSettings, cases_from_manifest, explain_test_fold
 from medsg.metrics import classification_metrics
-from medsg.models.checkpoint import select_state_dict
+from medsg.models.checkpoint import load_exact
 from medsg.train import ddp
 from medsg.train.evaluate import predict, val_metrics
 from medsg.train.loader import FoldData, class_weights, epoch_indices, to_device, training_loader
@@ -471,9 +471,8 @@ class FoldTrainer:
 
     def load_selected(self) -> nn.Module:
         """The selected weights (EMA when on) in a copy of the model, read back from ``checkpoint_best.pt``."""
-        state = load_training_checkpoint(self.best_path)
         model = copy.deepcopy(self.model)
-        model.load_state_dict(select_state_dict(state, use_ema=self.ema is not None)[0])
+        load_exact(model, self.best_path, use_ema=self.ema is not None)  # the one inference loader
         return model
 
     def test(self) -> dict[str, Any]:

@@ -20,16 +20,15 @@ import pandas as pd
 
 from medsg.config import Config, load_saved_config
 from medsg.core.errors import ConfigError, DataError
-from medsg.core.run_folder import RunFolder
+from medsg.core.run_folder import FoldFolder, RunFolder
 from medsg.data import class_names
 from medsg.data.manifest import read_manifest
 from medsg.data.splits import read_splits
 from medsg.data.transforms import mask_union, read_mask
 from medsg.explain import EXPLAIN_DIR, ExplainSettings, cases_from_manifest, collect_explanations
 from medsg.explain.cases import Case, explain_cases, pick_cases
-from medsg.models.checkpoint import select_state_dict
+from medsg.models.checkpoint import load_exact
 from medsg.train.model import build_model
-from medsg.train.state import load_training_checkpoint
 from medsg.workflows.experiment import ManifestFolds, PreparedData, review_critical_class
 
 log = logging.getLogger(__name__)
@@ -71,12 +70,11 @@ def _probabilities(fold_path: Path, ids: Sequence[str], names: Sequence[str]) ->
     return frame.loc[list(ids), [f"p_{n}" for n in names]].to_numpy(dtype=np.float64)
 
 
-def _selected_model(cfg: Config, fold_path: Path, num_classes: int) -> Any:
+def _selected_model(cfg: Config, fold: FoldFolder, num_classes: int) -> Any:
     model = build_model(
         cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": None})}), num_classes
     )
-    state = load_training_checkpoint(fold_path / "checkpoint_best.pt")
-    model.load_state_dict(select_state_dict(state, use_ema=cfg.train.ema)[0])
+    load_exact(model, fold.checkpoint("best"), use_ema=cfg.train.ema)
     return model.eval()
 
 
@@ -149,7 +147,7 @@ def explain_run(run_dir: str | Path, request: ExplainRequest | None = None) -> d
         else:
             picked = pick_cases(ids, [c.label for c in cases], n_review)
             review = frozenset(ids[i] for i in picked)
-        model = _selected_model(cfg, run.fold(fold).path, len(data.class_names))
+        model = _selected_model(cfg, run.fold(fold), len(data.class_names))
         fold_data = factory(fold, model)
         out = run.fold(fold).file(EXPLAIN_DIR)
         counts = explain_cases(
