@@ -228,7 +228,8 @@ def test_demo_prints_report_path_and_three_line_summary(monkeypatch, tmp_path, c
 
 def test_demo_writes_split_files_only_inside_its_folder(monkeypatch, tmp_path):
     """The demo's split file goes to <out>/data_splits, never the repo's; <out> ignores itself in git."""
-    from medsg import demo, experiment
+    from medsg import demo
+    from medsg.workflows import experiment
 
     repo_splits = Path(__file__).resolve().parents[1] / "data_splits"
     before = sorted(repo_splits.iterdir()) if repo_splits.is_dir() else []
