@@ -185,6 +185,7 @@ def test_installed_console_script_runs():
     assert "compare" in done.stdout and "config" in done.stdout
 
 
+@pytest.mark.e2e
 def test_demo_quick_end_to_end(tmp_path):
     """The README's main command, run by the default test suite (--quick: 2 folds, 1 epoch, 30 images)."""
     assert cli.main(["-q", "demo", "--out", str(tmp_path), "--quick"]) == 0
