@@ -6,13 +6,14 @@ These files only enrich the protocol text: a report must still be written when o
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from medsg.core.errors import MedsgError
+from medsg.core.io import read_json
 from medsg.data.audit import describe_grouping
 from medsg.data.splits import header_grouping
 
@@ -24,11 +25,9 @@ MAX_IDS = 10  # dropped ids listed in the protocol; the rest are counted
 
 def read_json_or_none(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``, or None (logged) when it is absent, unreadable or not an object."""
-    if not path.is_file():
-        return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = read_json(path, default=None)
+    except MedsgError as exc:
         log.warning("report: ignoring unreadable %s (%s)", path, exc)
         return None
     return data if isinstance(data, dict) else None

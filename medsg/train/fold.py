@@ -141,7 +141,6 @@ class FoldTrainer:
     ) -> None:
         self.cfg, self.fold, self.data, self.device = cfg, fold, data, device
         self.folder = FoldFolder(Path(fold_dir), fold)
-        self.fold_dir = self.folder.path
         self.dist = dist or ddp.DistInfo()
         self.quiet = quiet
         self.callbacks = list(callbacks)
@@ -311,6 +310,10 @@ class FoldTrainer:
             callback.on_epoch_end(self, row)
 
     # ------------------------------------------------------------ paths and state
+
+    @property
+    def fold_dir(self) -> Path:
+        return self.folder.path
 
     @property
     def last_path(self) -> Path:

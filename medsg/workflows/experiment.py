@@ -387,11 +387,6 @@ def save_or_check_config(cfg: Config, run_dir: Path) -> dict[str, Any]:
 REPORT_SECTIONS = ("eval", "explain")  # sections a finished run may update: they change no training number
 
 
-def all_folds_done(run_dir: Path, k: int) -> bool:
-    """Whether folds 0..k-1 all have their DONE marker (then the report can be written)."""
-    return RunFolder(run_dir).finished(k)
-
-
 def collect_run_explanations(run_dir: Path, cfg: Config) -> None:
     """Pool the folds' explanations into ``<run_dir>/explain/`` (scores with grouped CIs, review.html)."""
     folders = fold_explain_dirs(run_dir)
@@ -570,7 +565,7 @@ def run_experiment(
         if final:
             train_final(cfg, factory, run_dir, dist, quiet)
         if report and dist.is_main and folds:
-            if all_folds_done(run_dir, cfg.splits.k):
+            if RunFolder(run_dir).finished(cfg.splits.k):
                 _report_after_training(run_dir, cfg.report_dir)
             else:
                 log.info(
