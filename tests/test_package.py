@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from medsg import cli
@@ -109,6 +110,10 @@ def test_package_round_trip_gives_the_runs_predictions(run):
     card = (package / "MODEL_CARD.md").read_text()
     assert "describe single-fold models" in card and "not describe the shipped ensemble" in card
     assert "median of the 2 cross-validation folds' temperatures" in card
+    # the run's config travels byte for byte; the card reads it typed, paths as the config wrote them
+    assert (package / "config.yaml").read_bytes() == (run_dir / "config.yaml").read_bytes()
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert f"at `{saved['data']['root']}`" in card and f"`eval.decision: {saved['eval']['decision']}`" in card
     assert not list(package.rglob("*.pt")) and len(list((package / "weights").glob("*.safetensors"))) == 3
     bundle, rows = load_package(package), manifest(run_dir)
     for member in bundle.select("folds"):
@@ -301,8 +306,6 @@ def _isic_layout(root: Path, subset: str, size: tuple[int, int], seed: int = 0) 
 
 def _isic_package(tmp_path: Path) -> Path:
     """A package of an untrained 7-class sgformer_tiny, with a reference made from 600x450 images."""
-    import yaml
-
     from medsg.deploy.package import FORMAT, _write_checksums
     from medsg.deploy.reference import write_reference
     from medsg.models import create_model
@@ -327,7 +330,14 @@ def _isic_package(tmp_path: Path) -> Path:
     }
     (pkg / PACKAGE_FILE).write_text(json.dumps(meta))
     (pkg / "config.yaml").write_text(
-        yaml.safe_dump({"experiment": {"name": "isic"}, "eval": {"bootstrap": 10}})
+        yaml.safe_dump(
+            {
+                "experiment": {"name": "isic"},
+                "data": {"adapter": "isic2018", "root": str(train)},
+                "model": {"name": "sgformer_tiny"},
+                "eval": {"bootstrap": 10},
+            }
+        )
     )
     _write_checksums(pkg)
     assert (pkg / CHECKSUMS_FILE).is_file()

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medsg.config import DEFAULT_BOOTSTRAP
 from medsg.core.errors import DataError
 from medsg.core.io import atomic_write_text, read_json
 from medsg.data import class_names, load_manifest
@@ -121,12 +120,10 @@ def evaluate(model: str | Path, request: EvaluateRequest, out_dir: str | Path) -
     probs, raw = np.stack(result.probs), np.stack(result.raw)
     groups = kept.set_index("id").loc[result.ids, "group"].astype(str).to_numpy()
     cfg = bundle.config
-    n_boot = int(cfg.get("eval", {}).get("bootstrap", DEFAULT_BOOTSTRAP))
-    seed = int(cfg.get("experiment", {}).get("seed", 0))
+    n_boot, seed = cfg.eval.bootstrap, cfg.experiment.seed
     scores = score(y, probs, raw, bundle.class_names, groups, n_boot, seed)
     summary = {
-        "title": f"External test: {cfg.get('experiment', {}).get('name', bundle.source.name)} on "
-        f"{request.adapter} ({Path(request.root).name})",
+        "title": f"External test: {cfg.experiment.name} on {request.adapter} ({Path(request.root).name})",
         "model": str(bundle.source),
         "model_kind": bundle.kind,
         "test_set": {"adapter": request.adapter, "root": str(request.root), "options": request.options},

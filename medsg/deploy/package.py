@@ -33,15 +33,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from medsg.calibration import CALIBRATION_FILE, PRIOR_KEY, apply_temperature, decide
-from medsg.config import load_saved_config, read_yaml
+from medsg.config import Config, load_saved_config
 from medsg.core.errors import CheckpointError, DataError
 from medsg.core.io import atomic_write_text, publish_dir, read_json, staging_dir
-from medsg.core.run_folder import ALL, RunFolder
-from medsg.data.audit import MIN_CORRELATION, NEAR_DUP_THRESHOLD
+from medsg.core.run_folder import ALL, CONFIG_FILE, RunFolder
 from medsg.data.manifest import read_manifest
 from medsg.data.transforms import build_transforms
 from medsg.deploy.reference import FINGERPRINTS_FILE, STATS_FILE, write_reference
@@ -104,7 +102,7 @@ class ModelBundle:
     class_names: list[str]
     preprocessing: Preprocessing
     members: list[Member]
-    config: dict[str, Any]
+    config: Config  # the run's config.yaml, typed (``load_saved_config``)
     default: str = FOLDS
 
     def select(self, which: str | None = None) -> list[Member]:
@@ -125,7 +123,7 @@ class ModelBundle:
     @property
     def decision(self) -> str:
         """The decision rule of the run (``eval.decision``; ``balanced`` for runs made before it existed)."""
-        return str((self.config.get("eval") or {}).get("decision", "balanced"))
+        return self.config.eval.decision
 
     def check_decision(self, members: list[Member]) -> str:
         """The bundle's decision rule, after checking that every member can apply it."""
@@ -141,11 +139,8 @@ class ModelBundle:
 
     def audit_rules(self) -> tuple[int, float]:
         """(near-duplicate threshold, min correlation) of the training run's audit."""
-        audit = self.config.get("data", {}).get("audit", {})
-        return (
-            int(audit.get("near_dup_threshold", NEAR_DUP_THRESHOLD)),
-            float(audit.get("min_correlation", MIN_CORRELATION)),
-        )
+        audit = self.config.data.audit
+        return audit.near_dup_threshold, audit.min_correlation
 
 
 def load_model(path: str | Path) -> ModelBundle:
@@ -201,8 +196,7 @@ def load_run(run_dir: str | Path) -> ModelBundle:
     data_cfg = timm.data.resolve_data_config({}, model=model)
     prep = Preprocessing(cfg.model.img_size, tuple(data_cfg["mean"]), tuple(data_cfg["std"]))
     default = FOLDS if any(m.kind == "fold" for m in members) else FINAL
-    # the bundle keeps config.yaml as written (provenance included), so an export copies it unchanged
-    return ModelBundle(run_dir, "run", cfg.model.name, names, prep, members, read_yaml(run.config), default)
+    return ModelBundle(run_dir, "run", cfg.model.name, names, prep, members, cfg, default)
 
 
 def run_reference_dir(run_dir: Path) -> Path:
@@ -274,7 +268,7 @@ def load_package(path: str | Path) -> ModelBundle:
         Member(m["name"], m["kind"], path / m["weights"], float(m["temperature"]), m.get("calibration", {}))
         for m in meta["members"]
     ]
-    config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    config = load_saved_config(path)
     preprocessing = Preprocessing(int(prep["img_size"]), tuple(prep["mean"]), tuple(prep["std"]))
     return ModelBundle(path, "package", meta["arch"], names, preprocessing, members, config, meta["default"])
 
@@ -318,7 +312,7 @@ def export_package(run_dir: str | Path, out_dir: str | Path, models: str | None 
     if out_dir.is_dir() and not (out_dir / PACKAGE_FILE).is_file() and any(out_dir.iterdir()):
         raise DataError(f"{out_dir} exists and is not a medsg package; choose an empty or new folder")
     bundle = load_run(run_dir)
-    k = int(bundle.config.get("splits", {}).get("k", 0))
+    k = bundle.config.splits.k
     has_final = any(m.kind == "all" for m in bundle.members)
     chosen = _members_to_export(bundle, models or ("both" if has_final else FOLDS), k)
     summary = read_json(run_dir / "summary.json", default={})
@@ -347,7 +341,8 @@ def export_package(run_dir: str | Path, out_dir: str | Path, models: str | None 
     for name in (STATS_FILE, FINGERPRINTS_FILE):
         shutil.copyfile(reference / name, staging / name)
     _copy_cv(run_dir, staging / "cv", chosen)
-    atomic_write_text(staging / "config.yaml", yaml.safe_dump(bundle.config, sort_keys=False))
+    # config.yaml travels byte for byte (provenance and paths as written), so the package says what the run said
+    shutil.copyfile(RunFolder(run_dir).config, staging / CONFIG_FILE)
     meta = {
         "format": FORMAT,
         "arch": bundle.arch,
@@ -357,8 +352,8 @@ def export_package(run_dir: str | Path, out_dir: str | Path, models: str | None 
         "members": records,
         "default": FOLDS if any(m.kind == "fold" for m in chosen) else FINAL,
         "calibrated": "probabilities are temperature-scaled per member (see calibration), then averaged",
-        "experiment": bundle.config.get("experiment", {}).get("name", run_dir.name),
-        "provenance": bundle.config.get("provenance", {}),
+        "experiment": bundle.config.experiment.name,
+        "provenance": bundle.config.saved_provenance,
     }
     atomic_write_text(staging / PACKAGE_FILE, json.dumps(meta, indent=2) + "\n")
     stats = read_json(staging / STATS_FILE, default={})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from medsg.calibration import DECISION_TEXT
+from medsg.config import Config
 from medsg.report.tables import COLUMN_TITLES, fmt
 
 SINGLE_FOLD_WARNING = (
@@ -70,7 +71,7 @@ def _members_text(meta: dict[str, Any], final_plan: dict[str, Any]) -> list[str]
 
 def render_model_card(
     meta: dict[str, Any],
-    config: dict[str, Any],
+    config: Config,
     summary: dict[str, Any],
     stats: dict[str, Any],
     final_plan: dict[str, Any],
@@ -78,9 +79,8 @@ def render_model_card(
     """The model card as Markdown, from package.json, the run's config, summary.json and the training stats."""
     proto = summary.get("protocol", {})
     prep = meta["preprocessing"]
-    data = config.get("data", {})
-    pretrained = (config.get("model", {}) or {}).get("pretrained") or "none (trained from scratch)"
-    decision = str((config.get("eval") or {}).get("decision", "balanced"))
+    pretrained = config.pretrained_as_given or "none (trained from scratch)"
+    decision = config.eval.decision
     rule = DECISION_TEXT.get(decision, decision)
     lines = [
         f"# Model card: {meta['experiment']}",
@@ -98,7 +98,7 @@ def render_model_card(
         "",
         "## Training data",
         "",
-        f"- Dataset: `{data.get('adapter')}` at `{data.get('root')}`; {stats.get('n_images', '?')} images after "
+        f"- Dataset: `{config.data.adapter}` at `{config.root_as_given}`; {stats.get('n_images', '?')} images after "
         f"the audit policy (removed by it: {proto.get('images dropped by the audit policy', 'unknown')})",
         f"- Image sizes: width {stats.get('width')}, height {stats.get('height')} px; "
         f"channels {stats.get('channels')}",
@@ -129,7 +129,7 @@ def render_model_card(
         "",
         "## Known limits",
         "",
-        f"- Trained on one dataset (`{data.get('adapter')}`); other devices, sites, populations and "
+        f"- Trained on one dataset (`{config.data.adapter}`); other devices, sites, populations and "
         "acquisition protocols are untested.",
         "- `medsg predict` flags inputs whose folds disagree or whose size, channels or grey levels lie far "
         "outside the training images' range; it does not catch images that look like the training data but "
