@@ -193,7 +193,7 @@ class ModelConfig(_Strict):
             hint = f" - did you mean {match[0]}?" if match else ""
             raise ValueError(
                 f"model.name {self.name!r} is not a timm model{hint}; see timm.list_models() "
-                "(SG-Former: sgformer_tiny, sgformer_s, sgformer_m, sgformer_b)"
+                "(SG-Former: sgformer_tiny, sgformer_xs, sgformer_s, sgformer_m, sgformer_b)"
             )
         if self.name.startswith("sgformer"):
             try:

@@ -17,7 +17,7 @@ from reference_keys import to_reference_key, to_reference_keys
 import medsg  # noqa: F401  (registers the timm variants)
 from medsg.core.errors import CheckpointError, ConfigError, InputSizeError
 from medsg.models import SGFormer, load_checkpoint, sincos_pos_embed_2d, valid_img_sizes
-from medsg.models.sgformer import rename_reference_key, sgformer_tiny
+from medsg.models.sgformer import rename_reference_key, sgformer_tiny, sgformer_xs
 
 TOL = 1e-9
 
@@ -176,6 +176,16 @@ def test_tiny_parameter_count_matches_the_docs() -> None:
     assert f"{count[3] / 1e6:.2f}" == "0.50"
     assert f"{(count[1000] - count[3]) / 1e6:.2f}" == "0.13"
     assert "0.50 M" in (sgformer_tiny.__doc__ or "")
+
+
+def test_xs_is_tiny_at_twice_the_width_with_the_documented_size() -> None:
+    """sgformer_xs keeps tiny's depths and ratios, doubles every width, and has the size its docstring states."""
+    tiny, xs = timm.create_model("sgformer_tiny", num_classes=3), timm.create_model("sgformer_xs", num_classes=3)
+    assert xs.embed_dims == [2 * d for d in tiny.embed_dims] == [32, 64, 128, 256]
+    assert [len(s.blocks) for s in xs.stages] == [len(s.blocks) for s in tiny.stages]
+    count = sum(p.numel() for p in xs.parameters())
+    assert f"{count / 1e6:.2f} M" in (sgformer_xs.__doc__ or "")
+    assert xs(torch.randn(1, 3, 224, 224)).shape == (1, 3)
 
 
 def test_layer_decay_gives_distinct_lr_scales() -> None:

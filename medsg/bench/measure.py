@@ -145,7 +145,7 @@ def benchmarked_model(
         return load_reference_model(reference, name, num_classes=num_classes)
     if not timm.is_model(name):
         raise ConfigError(
-            f"{name!r} is not a timm model; see timm.list_models() (SG-Former: sgformer_tiny/s/m/b)"
+            f"{name!r} is not a timm model; see timm.list_models() (SG-Former: sgformer_tiny/xs/s/m/b)"
         )
     return create_model(name, img_size, num_classes=num_classes)
 

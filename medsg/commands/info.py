@@ -11,7 +11,7 @@ import medsg
 
 NAME = "info"
 HELP = "registered SG-Former variants, parameter counts and a forward pass (smoke test)"
-INFO_VARIANTS = ("sgformer_tiny", "sgformer_s", "sgformer_m", "sgformer_b")
+INFO_VARIANTS = ("sgformer_tiny", "sgformer_xs", "sgformer_s", "sgformer_m", "sgformer_b")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
