@@ -180,7 +180,10 @@ def test_tiny_parameter_count_matches_the_docs() -> None:
 
 def test_xs_is_tiny_at_twice_the_width_with_the_documented_size() -> None:
     """sgformer_xs keeps tiny's depths and ratios, doubles every width, and has the size its docstring states."""
-    tiny, xs = timm.create_model("sgformer_tiny", num_classes=3), timm.create_model("sgformer_xs", num_classes=3)
+    tiny, xs = (
+        timm.create_model("sgformer_tiny", num_classes=3),
+        timm.create_model("sgformer_xs", num_classes=3),
+    )
     assert xs.embed_dims == [2 * d for d in tiny.embed_dims] == [32, 64, 128, 256]
     assert [len(s.blocks) for s in xs.stages] == [len(s.blocks) for s in tiny.stages]
     count = sum(p.numel() for p in xs.parameters())
