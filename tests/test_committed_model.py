@@ -1,5 +1,5 @@
-"""The model package committed with the ISIC report works from a fresh clone, as the README shows:
-`medsg predict reports/isic2018_cpu_sgformer_tiny/model some.jpg` (checksums, class list, calibrated ensemble)."""
+"""The model packages committed with the reports work from a fresh clone, as the README shows:
+`medsg predict reports/<report>/model some.jpg` (checksums, class list, calibrated ensemble)."""
 
 from __future__ import annotations
 
@@ -13,21 +13,47 @@ from PIL import Image
 from medsg import cli
 from medsg.deploy.package import load_model
 
-PACKAGE = Path(__file__).resolve().parents[1] / "reports" / "isic2018_cpu_sgformer_tiny" / "model"
+REPORTS = Path(__file__).resolve().parents[1] / "reports"
 ISIC_CLASSES = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+BUSI_CLASSES = ["benign", "malignant", "normal"]
 
 
-def test_the_committed_isic_package_loads_and_predicts(tmp_path: Path) -> None:
-    assert PACKAGE.is_dir(), f"{PACKAGE} is committed with the ISIC report and must be in every clone"
-    size = sum(p.stat().st_size for p in PACKAGE.rglob("*") if p.is_file())
+def _skin(rng: np.random.Generator) -> Image.Image:
+    """ISIC's own 600x450 RGB."""
+    return Image.fromarray(
+        np.clip(rng.normal([190, 140, 120], 20, size=(450, 600, 3)), 0, 255).astype(np.uint8)
+    )
+
+
+def _ultrasound(rng: np.random.Generator) -> Image.Image:
+    """A BUSI-sized grey-scale frame (BUSI ships 1- and 3-channel PNGs of about 500x500)."""
+    return Image.fromarray(np.clip(rng.normal(90, 30, size=(480, 560)), 0, 255).astype(np.uint8), mode="L")
+
+
+PACKAGES = {  # report folder -> (classes in output order, a plausible input, its file name)
+    "isic2018_cpu_sgformer_tiny": (ISIC_CLASSES, _skin, "some.jpg"),
+    "busi_cpu_long": (BUSI_CLASSES, _ultrasound, "some.png"),
+}
+
+
+@pytest.mark.parametrize("report", sorted(PACKAGES))
+def test_a_committed_package_loads_and_predicts(report: str, tmp_path: Path) -> None:
+    package = REPORTS / report / "model"
+    classes, make_image, name = PACKAGES[report]
+    assert package.is_dir(), f"{package} is committed with its report and must be in every clone"
+    size = sum(p.stat().st_size for p in package.rglob("*") if p.is_file())
     assert size < 20 * 2**20, f"the package is {size / 2**20:.1f} MB; the README promises under 20 MB"
-    bundle = load_model(PACKAGE)  # verifies every checksum
-    assert bundle.class_names == ISIC_CLASSES and len(bundle.members) >= 5
-    rng = np.random.default_rng(0)
-    skin = np.clip(rng.normal([190, 140, 120], 20, size=(450, 600, 3)), 0, 255).astype(np.uint8)
-    Image.fromarray(skin).save(tmp_path / "some.jpg")  # ISIC's own 600x450
+    bundle = load_model(package)  # verifies every checksum
+    assert bundle.class_names == classes and len(bundle.members) >= 5
+    make_image(np.random.default_rng(0)).save(tmp_path / name)
     out = tmp_path / "preds"
-    assert cli.main(["predict", str(PACKAGE), str(tmp_path / "some.jpg"), "--out", str(out)]) == 0
+    assert cli.main(["predict", str(package), str(tmp_path / name), "--out", str(out)]) == 0
     row = pd.read_csv(out / "predictions.csv").iloc[0]
-    probs = row[[f"p_{c}" for c in ISIC_CLASSES]].to_numpy(dtype=float)
-    assert probs.sum() == pytest.approx(1.0, abs=1e-6) and row["predicted"] in ISIC_CLASSES
+    probs = row[[f"p_{c}" for c in classes]].to_numpy(dtype=float)
+    assert probs.sum() == pytest.approx(1.0, abs=1e-6) and row["predicted"] in classes
+
+
+def test_every_committed_package_is_tested() -> None:
+    """A package committed beside a report and missing from PACKAGES would go untested: say so."""
+    committed = {p.parent.parent.name for p in REPORTS.glob("*/model/package.json")}
+    assert committed == set(PACKAGES), f"add these to PACKAGES: {sorted(committed - set(PACKAGES))}"
