@@ -68,9 +68,10 @@ ADDED_KEYS = {
     "train.channels_last": False,
     "train.compile": False,
     "train.trainer": "medsg.train.fold.FoldTrainer",
+    "train.mask_loss_weight": 0.0,
 }
 # added keys that leave config_hash as it was while they hold their default (reports keep their hash)
-HASH_NEUTRAL_DEFAULTS = {"train.trainer": "medsg.train.fold.FoldTrainer"}
+HASH_NEUTRAL_DEFAULTS = {"train.trainer": "medsg.train.fold.FoldTrainer", "train.mask_loss_weight": 0.0}
 DEFAULT_TRAINER = HASH_NEUTRAL_DEFAULTS["train.trainer"]
 
 
@@ -225,6 +226,8 @@ class TrainConfig(_Strict):
     class_weighting: Literal["none", "balanced"] = "none"
     sampler: Literal["none", "balanced"] = "none"
     label_smoothing: float = Field(0.1, ge=0, lt=1)
+    # > 0: add an auxiliary lesion-mask loss of this weight (medsg.train.mask_aux); needs masks (BUSI)
+    mask_loss_weight: float = Field(0.0, ge=0)
     early_stop_patience: int | None = Field(None, ge=1)
     selection: Literal["inner_val", "last_epoch"] = "inner_val"
     device: Literal["auto", "cpu", "cuda"] = "auto"

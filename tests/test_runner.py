@@ -232,7 +232,7 @@ def test_resume_with_random_monai_augmentations_is_exact(busi_root, tmp_path, mo
     real_fit = fold_mod.FoldTrainer.fit
 
     def fit_one_epoch_then_die(self):
-        self.cfg.train.epochs = 1  # the config object is per-trainer; the saved config.yaml keeps 2
+        self.max_epochs = 1  # where fit() stops; the schedule (and the saved config) stay 2 epochs long
         real_fit(self)
         raise KeyboardInterrupt
 

@@ -9,8 +9,9 @@ Its pieces live beside it: ``loader`` (what it is fed), ``evaluate`` (prediction
 
 A recipe is changed by overriding hooks, as in nnU-Net's trainers, not by editing the loop:
 ``build_transforms`` (the fold's train / eval pipelines), ``build_optimizer``, ``build_scheduler``,
-``build_ema``, ``build_criterion``, ``train_step`` (one batch: forward, loss, backward, optimizer and scheduler
-step), ``validate`` (the inner-validation metrics of an epoch) and ``on_epoch_end``. A config names its trainer
+``build_ema``, ``build_criterion``, ``batch_loss`` (one batch's forward and loss), ``train_step`` (one batch:
+loss, backward, optimizer and scheduler step), ``extra_state`` / ``load_extra_state`` (what a subclass adds to
+the resumable checkpoint), ``validate`` (the inner-validation metrics of an epoch) and ``on_epoch_end``. A config names its trainer
 with ``train.trainer: my_package.module.MyTrainer`` (a subclass of ``FoldTrainer``; ``trainer_class``
 resolves it). ``medsg.train.final.FinalTrainer`` (``--fold all``) is such a subclass, and is mixed into a
 custom trainer for the final model. Code that only watches (benchmarks, progress) attaches a
@@ -94,9 +95,15 @@ class TrainerCallback:
         """After each epoch's validation, with its history row."""
 
 
+MASK_TRAINER = "medsg.train.mask_aux.MaskAuxTrainer"
+
+
 def trainer_class(cfg: Config) -> type[FoldTrainer]:
-    """The class named by ``train.trainer`` (dotted path), checked to be a ``FoldTrainer``."""
+    """The class named by ``train.trainer`` (dotted path), checked to be a ``FoldTrainer``; with
+    ``train.mask_loss_weight > 0`` the default trainer becomes ``MASK_TRAINER``, and a custom one must extend it."""
     path = cfg.train.trainer
+    if cfg.train.mask_loss_weight > 0 and path == DEFAULT_TRAINER:
+        path = MASK_TRAINER
     module_name, _, name = path.replace(":", ".").rpartition(".")
     try:
         found = getattr(importlib.import_module(module_name), name, None) if module_name else None
@@ -107,6 +114,11 @@ def trainer_class(cfg: Config) -> type[FoldTrainer]:
     if not (isinstance(found, type) and issubclass(found, FoldTrainer)):
         raise ConfigError(
             f"train.trainer: {path!r} is not a FoldTrainer subclass; name one, e.g. {DEFAULT_TRAINER}"
+        )
+    if cfg.train.mask_loss_weight > 0 and not found.uses_masks:
+        raise ConfigError(
+            f"train.mask_loss_weight is {cfg.train.mask_loss_weight:g} but train.trainer {path!r} does not "
+            f"train on masks; extend {MASK_TRAINER}, or set train.mask_loss_weight: 0"
         )
     return found
 
@@ -126,6 +138,8 @@ def _current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 class FoldTrainer:
     """Owns model, optimizer, scheduler, EMA and the fold's files; ``run()`` trains then predicts."""
+
+    uses_masks = False  # True: batches carry the lesion ``mask`` (B, 1, H, W) beside ``image`` and ``label``
 
     def __init__(
         self,
@@ -188,7 +202,7 @@ class FoldTrainer:
             std,
             train=train,
             color_aug=cfg.color_aug,
-            with_mask=False,  # classification only: a varying number of mask paths would not collate
+            with_mask=cls.uses_masks,  # the mask union collates; the bare path lists would not
             augment=cfg.augmentations,  # data.augment, the dataset's vertical-flip rule filled in
         )
 
@@ -243,23 +257,29 @@ class FoldTrainer:
             weight=None if weight is None else weight.to(self.device), label_smoothing=t.label_smoothing
         )
 
+    def batch_loss(self, images: torch.Tensor, labels: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """One batch's training loss (forward included); ``batch`` is the collated dict, for recipes that
+        need more than images and labels (``medsg.train.mask_aux``)."""
+        with autocast(self.device, self.amp_dtype):
+            logits = self.train_model(images)
+        return compute_loss(self.criterion, logits.float(), labels)
+
     def train_step(
         self,
         images: torch.Tensor,
         labels: torch.Tensor,
         epoch: int,
         step: int,
+        batch: dict[str, Any] | None = None,
     ) -> float:
-        """One batch: forward, loss (stop on NaN/inf on every rank), backward, clip, step, schedule, EMA.
+        """One batch: loss (stop on NaN/inf on every rank), backward, clip, step, schedule, EMA.
 
         Returns the batch's mean loss. Callbacks hear the end of the "forward", "backward" and "optimizer"
         phases, so a benchmark times this very step rather than a copy of it.
         """
         t = self.cfg.train
         images = images.contiguous(memory_format=self.memory_format)
-        with autocast(self.device, self.amp_dtype):
-            logits = self.train_model(images)
-        loss = compute_loss(self.criterion, logits.float(), labels)
+        loss = self.batch_loss(images, labels, batch or {})
         value = float(loss.detach().item())  # the step's one host sync (three before): the check and the log
         bad = not math.isfinite(value)
         if self.dist.enabled:
@@ -344,11 +364,19 @@ class FoldTrainer:
             "stopped_early": self.stopped_early,
             "selection": self.cfg.train.selection,
             "rng": capture_rng(),
+            **self.extra_state(),
         }
         if with_optimizer:
             state["optimizer"] = self.optimizer.state_dict()
             state["scaler"] = self.scaler.state_dict() if self.scaler is not None else None
         return state
+
+    def extra_state(self) -> dict[str, Any]:
+        """What a subclass adds to every checkpoint (e.g. an auxiliary head), under keys of its own."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore ``extra_state`` on resume (parameters load in place, so the optimizer state still applies)."""
 
     def resume(self) -> bool:
         """Load ``checkpoint_last.pt`` when present; returns whether it did."""
@@ -366,6 +394,7 @@ class FoldTrainer:
         self.epoch, self.num_updates = int(state["epoch"]), int(state["num_updates"])
         self.best, self.history = dict(state["best"]), [dict(h) for h in state["history"]]
         self.stopped_early = bool(state.get("stopped_early", False))
+        self.load_extra_state(state)
         restore_rng(state["rng"])
         log.info("fold %s: resuming after epoch %d from %s", self.fold, self.epoch, self.last_path)
         return True
@@ -389,7 +418,7 @@ class FoldTrainer:
         bar = tqdm(loader, desc=f"fold {self.fold} epoch {epoch}/{t.epochs}", disable=not show, leave=False)
         for step, batch in enumerate(bar, start=1):
             images, labels = to_device(batch, self.device)
-            total += self.train_step(images, labels, epoch, step) * len(labels)
+            total += self.train_step(images, labels, epoch, step, batch) * len(labels)
             count += len(labels)
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
         log.debug(

@@ -42,6 +42,7 @@ from medsg.data import class_names, load_manifest, save_manifest
 from medsg.data.audit import apply_audit_policy, audit_manifest, describe_grouping, read_audit, write_audit
 from medsg.data.dataset import build_dataset, manifest_to_records
 from medsg.data.dicom import add_header_groups, grouping_keyword, new_salt
+from medsg.data.manifest import mask_list
 from medsg.data.splits import check_no_leakage, inner_split, load_or_create_splits, read_group_salt
 from medsg.explain import EXPLAIN_DIR, collect_explanations, fold_explain_dirs
 from medsg.report import write_report
@@ -223,6 +224,11 @@ class ManifestFolds:
         self.class_names = data.class_names
         self._by_id = data.manifest.set_index("id", drop=False)  # rows looked up by id, for every fold
         self._decodes: RunDecodes | None = None  # filled by the first fold, reused by the others
+        if cfg.train.mask_loss_weight > 0 and not data.manifest["mask_paths"].map(mask_list).map(bool).any():
+            raise ConfigError(
+                f"train.mask_loss_weight is {cfg.train.mask_loss_weight:g} but no image of {cfg.data.adapter} "
+                "has a lesion mask (manifest column mask_paths); set train.mask_loss_weight: 0"
+            )
 
     def fold_ids(self, fold: int | str) -> dict[str, list[str]]:
         """train / val (inner, for selection) / test (outer fold) ids; the test ids never reach selection.
@@ -268,10 +274,12 @@ class ManifestFolds:
         return {train: trainer.build_transforms(self.cfg, mean, std, train) for train in (True, False)}
 
     def _dataset(self, ids: list[str], transform: Any) -> Any:
-        """A dataset of ``ids`` (masks left out) through ``transform``, cached as ``data.cache`` says."""
+        """A dataset of ``ids`` through ``transform`` (masks only for a trainer that uses them), cached as
+        ``data.cache`` says."""
         records = manifest_to_records(self._by_id.loc[ids].reset_index(drop=True))
-        for record in records:
-            record.pop("mask", None)
+        if not trainer_class(self.cfg).uses_masks:
+            for record in records:
+                record.pop("mask", None)
         return build_dataset(
             records,
             transform,
