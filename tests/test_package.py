@@ -445,3 +445,34 @@ def test_safetensors_go_through_the_one_checkpoint_reader(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
     with pytest.raises(CheckpointError, match="bad.safetensors.*not a readable safetensors file"):
         read_checkpoint(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.e2e
+def test_a_float16_package_is_half_the_weights_and_predicts_as_the_run_does(run, tmp_path):
+    """``--weights-dtype float16``: every floating tensor stored in half precision (integer buffers kept),
+    recorded in package.json, loaded back into float32; probabilities move by rounding only."""
+    from safetensors.torch import load_file
+
+    _, run_dir, package, _ = run
+    half = export_package(run_dir, tmp_path / "half", "folds", weights_dtype="float16")
+    assert json.loads((half / PACKAGE_FILE).read_text())["weights_dtype"] == "float16"
+    assert json.loads((package / PACKAGE_FILE).read_text())["weights_dtype"] == "float32"
+    full_w, half_w = (
+        load_file(package / "weights" / "0.safetensors"),
+        load_file(half / "weights" / "0.safetensors"),
+    )
+    assert full_w.keys() == half_w.keys()
+    for key, value in half_w.items():
+        assert value.dtype == (torch.float16 if full_w[key].is_floating_point() else full_w[key].dtype), key
+    size = sum(p.stat().st_size for p in (half / "weights").glob("*.safetensors"))
+    full = sum(p.stat().st_size for p in (package / "weights").glob("[01].safetensors"))
+    assert size < 0.55 * full
+    bundle, rows = load_package(half), manifest(run_dir)
+    member = bundle.select("folds")[0]
+    assert next(bundle.build(member).parameters()).dtype == torch.float32
+    preds = pd.read_csv(run_dir / f"fold_{member.name}" / "predictions.csv", dtype={"id": str})
+    got = member_raw_probs(bundle, member, list(rows.loc[preds["id"], "path"]))
+    np.testing.assert_allclose(got, preds[[f"p_{c}" for c in bundle.class_names]].to_numpy(), atol=5e-3)
+    with pytest.raises(DataError, match="weights dtype 'int8'"):
+        export_package(run_dir, tmp_path / "bad", "folds", weights_dtype="int8")
+    assert not (tmp_path / "bad").exists()

@@ -20,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("folds", "all", "both"),
         "the fold ensemble, the final model (--fold all) or both (default: both when the final model exists)",
     )
+    parser.add_argument(
+        "--weights-dtype",
+        choices=tuple(package.WEIGHT_DTYPES),
+        default="float32",
+        help="how the weights are stored: float16 halves the package (a package kept in git); they load "
+        "back into float32, so predictions move by rounding only (default: float32)",
+    )
     add_force(parser)
 
 
@@ -27,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
     from medsg.workflows.experiment import check_reports_write  # torch, MONAI: not for `medsg --help`
 
     check_reports_write(Path(args.out_dir), args.force)
-    print(package.export_package(Path(args.run_dir), Path(args.out_dir), args.models))
+    print(package.export_package(Path(args.run_dir), Path(args.out_dir), args.models, args.weights_dtype))
     return 0

@@ -10,7 +10,8 @@ An exported package (``medsg export RUN_DIR OUT_DIR``) is a folder that needs no
     package.json               format, architecture, class names, preprocessing, members and temperatures
     config.yaml                the run's resolved config
     MODEL_CARD.md              data, protocol, cross-validated metrics, intended use, known limits
-    weights/fold_K.safetensors each fold's selected weights (EMA when used), tensors only
+    weights/fold_K.safetensors each fold's selected weights (EMA when used), tensors only; float32, or float16
+                               with ``--weights-dtype float16`` (half the size; loaded back into float32)
     weights/all.safetensors    the final model (``--fold all``), when exported
     cv/summary.json, cv/oof_predictions.csv    the cross-validation (raw probabilities), for evaluate's report
     training_images.json, training_fingerprints.npz   the training data's reference (``medsg.deploy.reference``)
@@ -54,6 +55,7 @@ CHECKSUMS_FILE = "CHECKSUMS.sha256"
 FORMAT = 1
 REFERENCE_DIR = "reference"  # <run_dir>/reference/: the training reference of a run, made on first use
 FOLDS, FINAL = "folds", "all"
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -302,13 +304,25 @@ def _members_to_export(bundle: ModelBundle, which: str, k: int) -> list[Member]:
     return {FOLDS: folds, FINAL: final, "both": folds + final}[which]
 
 
-def export_package(run_dir: str | Path, out_dir: str | Path, models: str | None = None) -> Path:
+def cast_weights(state_dict: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """Floating tensors stored as ``dtype`` (one of ``WEIGHT_DTYPES``); integer buffers are left as they are."""
+    target = WEIGHT_DTYPES[dtype]
+    return {k: v.to(target) if v.is_floating_point() else v for k, v in state_dict.items()}
+
+
+def export_package(
+    run_dir: str | Path, out_dir: str | Path, models: str | None = None, weights_dtype: str = "float32"
+) -> Path:
     """``medsg export``: write the package of a finished run into ``out_dir`` (replaced whole if it exists).
 
     ``models``: 'folds' (the ensemble), 'all' (the final model) or 'both'; default: both when the final
     model exists, else folds. The ensemble stays the default for prediction whenever it is shipped.
+    ``weights_dtype`` 'float16' halves the weights' size (a package kept in git); they load back into float32,
+    so predictions move by rounding only (``package.json`` records the dtype).
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise DataError(f"weights dtype {weights_dtype!r} is not one of {sorted(WEIGHT_DTYPES)}")
     if out_dir.is_dir() and not (out_dir / PACKAGE_FILE).is_file() and any(out_dir.iterdir()):
         raise DataError(f"{out_dir} exists and is not a medsg package; choose an empty or new folder")
     bundle = load_run(run_dir)
@@ -322,7 +336,9 @@ def export_package(run_dir: str | Path, out_dir: str | Path, models: str | None 
     records = []
     for member in chosen:
         weights, _ = select_state_dict(read_checkpoint(member.weights), use_ema=member.use_ema)
-        save_safetensors(weights, staging / "weights" / f"{member.name}.safetensors")
+        save_safetensors(
+            cast_weights(weights, weights_dtype), staging / "weights" / f"{member.name}.safetensors"
+        )
         info = read_json(
             member.weights.parent / ("final.json" if member.kind == "all" else "metrics.json"), default={}
         )
@@ -351,6 +367,7 @@ def export_package(run_dir: str | Path, out_dir: str | Path, models: str | None 
         "preprocessing": asdict(bundle.preprocessing),
         "members": records,
         "default": FOLDS if any(m.kind == "fold" for m in chosen) else FINAL,
+        "weights_dtype": weights_dtype,
         "calibrated": "probabilities are temperature-scaled per member (see calibration), then averaged",
         "experiment": bundle.config.experiment.name,
         "provenance": bundle.config.saved_provenance,
@@ -366,7 +383,7 @@ def export_package(run_dir: str | Path, out_dir: str | Path, models: str | None 
     )
     _write_checksums(staging)
     publish_dir(staging, out_dir)
-    log.info("exported %d model(s) of %s to %s", len(chosen), run_dir, out_dir)
+    log.info("exported %d model(s) of %s to %s (%s weights)", len(chosen), run_dir, out_dir, weights_dtype)
     return out_dir
 
 
