@@ -124,7 +124,7 @@ def epoch_breakdown(
         for batch in itertools.islice(loader, steps):
             images, labels = to_device(batch, device)
             laps.lap("data")
-            trainer.train_step(images, labels, 1, n_steps)  # laps forward / backward / optimizer itself
+            trainer.train_step(images, labels, 1, n_steps, batch)  # laps forward / backward / optimizer itself
             n_steps, n_images = n_steps + 1, n_images + len(labels)
         laps.lap("data")  # the loader's end (and its workers' shut-down)
         if val is not None:
@@ -174,11 +174,11 @@ def _warm_up(
     batch_size = trainer.cfg.train.batch_size
     trainer.train_model.train()
     for batch in itertools.islice(make_loader(train, batch_size, 0, seed=0), steps):
-        trainer.train_step(*to_device(batch, device), 1, 0)
+        trainer.train_step(*to_device(batch, device), 1, 0, batch)
     last = len(train) % batch_size
     if last and (timed_steps is None or timed_steps >= trainer.steps_per_epoch):
         batch = next(iter(make_loader(Subset(train, range(last)), last, 0, seed=0)))
-        trainer.train_step(*to_device(batch, device), 1, 0)
+        trainer.train_step(*to_device(batch, device), 1, 0, batch)
     if val is not None:
         sizes = {min(batch_size, len(val)), len(val) % batch_size} - {0}
         for size in sorted(sizes):
