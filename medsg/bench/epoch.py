@@ -124,7 +124,8 @@ def epoch_breakdown(
         for batch in itertools.islice(loader, steps):
             images, labels = to_device(batch, device)
             laps.lap("data")
-            trainer.train_step(images, labels, 1, n_steps, batch)  # laps forward / backward / optimizer itself
+            # laps forward / backward / optimizer itself
+            trainer.train_step(images, labels, 1, n_steps, batch)
             n_steps, n_images = n_steps + 1, n_images + len(labels)
         laps.lap("data")  # the loader's end (and its workers' shut-down)
         if val is not None:
