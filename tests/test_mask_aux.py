@@ -114,3 +114,14 @@ def test_a_killed_fold_resumes_with_its_mask_head_and_exports_without_it(
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
         state = load_training_checkpoint(full / "fold_0" / name)
         assert not any("mask" in key for key in state["state_dict"])  # the model is the plain classifier
+
+
+def test_the_report_recipe_names_the_mask_loss(make_config, busi_root, tmp_path):
+    from medsg.report.aggregate import recipe
+
+    def loss_row(**extra) -> str:
+        rows = recipe(_config(make_config, busi_root, tmp_path, **extra))
+        return next(r["value"] for r in rows if r["item"] == "loss")
+
+    assert "plus 1 x the lesion-mask BCE" in loss_row()
+    assert "mask" not in loss_row(**{"train.mask_loss_weight": 0})

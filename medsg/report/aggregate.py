@@ -408,6 +408,11 @@ def recipe(cfg: Config | None) -> list[dict[str, str]]:
     loss = f"cross-entropy, label smoothing {train.label_smoothing}, class weighting {train.class_weighting}"
     if train.class_weighting == "balanced":
         loss += " (inverse class frequency of the training fold)"
+    if train.mask_loss_weight > 0:
+        loss += (
+            f"; plus {train.mask_loss_weight:g} x the lesion-mask BCE of a 1x1 head on the stride-16 stage "
+            "(training folds' masks only; the head is dropped at export)"
+        )
     rows = [
         ("model", cfg.model.name),
         ("pretrained weights", cfg.pretrained_as_given or FROM_SCRATCH),
