@@ -456,6 +456,8 @@ def test_a_float16_package_is_half_the_weights_and_predicts_as_the_run_does(run,
     _, run_dir, package, _ = run
     half = export_package(run_dir, tmp_path / "half", "folds", weights_dtype="float16")
     assert json.loads((half / PACKAGE_FILE).read_text())["weights_dtype"] == "float16"
+    assert "stored in float16 and loaded into float32" in (half / "MODEL_CARD.md").read_text()
+    assert "stored in" not in (package / "MODEL_CARD.md").read_text()
     assert json.loads((package / PACKAGE_FILE).read_text())["weights_dtype"] == "float32"
     full_w, half_w = (
         load_file(package / "weights" / "0.safetensors"),

@@ -92,6 +92,7 @@ def render_model_card(
         f"- Input: RGB, resized ({prep['interpolation']}) to {prep['img_size']}x{prep['img_size']} "
         f"({prep['resize']}), normalised with mean {list(prep['mean'])} and std {list(prep['std'])}",
         *_members_text(meta, final_plan),
+        *_dtype_text(meta.get("weights_dtype", "float32")),
         "- Probabilities are calibrated (temperature scaling per model, see Calibration); `medsg predict` "
         "and `medsg evaluate` report calibrated probabilities.",
         f"- Decision rule (`eval.decision: {decision}`): the predicted class is {rule}.",
@@ -143,3 +144,13 @@ def render_model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _dtype_text(dtype: str) -> list[str]:
+    """A line for weights stored below float32 (``medsg export --weights-dtype``), none otherwise."""
+    if dtype == "float32":
+        return []
+    return [
+        f"- Weights are stored in {dtype} and loaded into float32: probabilities differ from the run's by rounding "
+        "only (the cross-validation figures below are the run's own)."
+    ]
