@@ -139,6 +139,20 @@ def test_bench_epoch_command_prints_every_phase(capsys):
     assert [line.split()[0] for line in lines[3:9]] == [*PHASES, "total"]
 
 
+def test_bench_epoch_times_the_configs_own_trainer(capsys, monkeypatch):
+    """The bench runs the config's trainer (its pipelines and loss), here the mask-loss recipe, whose loss
+    needs the batch's masks: the mask term is computed on every timed step."""
+    from medsg.train import mask_aux
+
+    calls = []
+    real = mask_aux.mask_loss
+    monkeypatch.setattr(mask_aux, "mask_loss", lambda *a: calls.append(a[1].shape) or real(*a))
+    argv = ["bench", "epoch", *TINY, "--limit", "3", "--warmup", "0", "--set", "train.mask_loss_weight=1"]
+    assert main(argv) == 0
+    assert "total" in capsys.readouterr().out
+    assert calls == [(2, 1, 224, 224)]  # one timed step of batch 2, with its lesion masks at model size
+
+
 def test_epoch_warm_up_meets_every_batch_size_before_timing(tmp_path, monkeypatch):
     """The last, smaller training batch and each validation batch size run once untimed (a GPU's one-off cost)."""
     from medsg.train import evaluate

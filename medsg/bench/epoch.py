@@ -66,9 +66,8 @@ def epoch_breakdown(
     from medsg.core.device import resolve_device
     from medsg.data import class_names, load_manifest
     from medsg.data.dataset import build_dataset, manifest_to_records
-    from medsg.data.transforms import build_transforms
     from medsg.train.evaluate import predict, val_metrics
-    from medsg.train.fold import FoldTrainer
+    from medsg.train.fold import trainer_class
     from medsg.train.loader import FoldData, epoch_indices, to_device, training_loader
     from medsg.train.model import build_model
     from medsg.train.utils import seed_everything
@@ -83,21 +82,16 @@ def epoch_breakdown(
     names = class_names(cfg.data.adapter, cfg.data.root)
     model = build_model(cfg, num_classes=len(names))
     data_cfg = timm.data.resolve_data_config({}, model=model)
+    recipe = trainer_class(cfg)  # the config's trainer: its pipelines, its loss, its step
     with tempfile.TemporaryDirectory(prefix="medsg_bench_") as tmp:
 
         def dataset(rows: Any, train: bool) -> Any:
             records = manifest_to_records(rows)
-            for record in records:
-                record.pop("mask", None)
-            transform = build_transforms(
-                cfg.model.img_size,
-                tuple(data_cfg["mean"]),
-                tuple(data_cfg["std"]),
-                train,
-                cfg.color_aug,
-                with_mask=False,
-                augment=cfg.augmentations,
-            )
+            if not recipe.uses_masks:
+                for record in records:
+                    record.pop("mask", None)
+            mean, std = tuple(data_cfg["mean"]), tuple(data_cfg["std"])
+            transform = recipe.build_transforms(cfg, mean, std, train)  # the run's own pipelines
             ds = build_dataset(records, transform, cfg.data.cache, Path(tmp) / "cache", t.workers)
             if cfg.data.cache == "disk":  # fill it: later epochs of a run read it
                 for i in range(len(ds)):
@@ -110,7 +104,7 @@ def epoch_breakdown(
         val = dataset(df.iloc[:n_val], False) if n_val else None
         data = FoldData(dataset(train_rows, True), train_labels, val, None, names)
         fill = time.perf_counter() - fill
-        trainer = FoldTrainer(cfg, 0, model, data, Path(tmp) / "fold_0", device, quiet=True)
+        trainer = recipe(cfg, 0, model, data, Path(tmp) / "fold_0", device, quiet=True)
         warm = time.perf_counter()
         _warm_up(trainer, data.train, val, warmup, steps, device)
         sync(device)
@@ -119,6 +113,7 @@ def epoch_breakdown(
         loader = training_loader(data.train, t.batch_size, t.workers, order, cfg.experiment.seed)
         laps = PhaseLaps(device)
         trainer.callbacks.append(laps)  # after the warm-up: only the measured steps are timed
+        trainer.train_model.train()  # the warm-up ends in evaluation: time training steps in training mode
         start = laps.start()
         n_steps = n_images = 0
         for batch in itertools.islice(loader, steps):
