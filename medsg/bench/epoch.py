@@ -86,10 +86,7 @@ def epoch_breakdown(
     with tempfile.TemporaryDirectory(prefix="medsg_bench_") as tmp:
 
         def dataset(rows: Any, train: bool) -> Any:
-            records = manifest_to_records(rows)
-            if not recipe.uses_masks:
-                for record in records:
-                    record.pop("mask", None)
+            records = manifest_to_records(rows, with_masks=recipe.uses_masks)
             mean, std = tuple(data_cfg["mean"]), tuple(data_cfg["std"])
             transform = recipe.build_transforms(cfg, mean, std, train)  # the run's own pipelines
             ds = build_dataset(records, transform, cfg.data.cache, Path(tmp) / "cache", t.workers)

@@ -46,9 +46,7 @@ def benchmark_pipeline(
         with_mask=False,
         augment=resolve_augmentations(None, adapter),
     )
-    records = manifest_to_records(df)
-    for record in records:
-        record.pop("mask", None)
+    records = manifest_to_records(df, with_masks=False)
     t0 = time.perf_counter()
     dataset = build_dataset(records, transform, cache=cache, num_workers=max(num_workers))
     result: dict[str, Any] = {

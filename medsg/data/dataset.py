@@ -31,12 +31,17 @@ def plain_tensor(x: Any) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
-def manifest_to_records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """One dict per row: ``{"id", "image", "mask": [paths], "label"}`` (the pipeline's input)."""
-    return [
+def manifest_to_records(df: pd.DataFrame, with_masks: bool = True) -> list[dict[str, Any]]:
+    """One dict per row: ``{"id", "image", "mask": [paths], "label"}`` (the pipeline's input); without
+    ``with_masks`` no ``mask`` key, for pipelines that never read masks."""
+    records = [
         {"id": str(r.id), "image": str(r.path), "mask": mask_list(r.mask_paths), "label": int(r.label)}
         for r in df.itertuples(index=False)
     ]
+    if not with_masks:
+        for record in records:
+            del record["mask"]
+    return records
 
 
 def build_dataset(

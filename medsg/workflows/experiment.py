@@ -224,6 +224,7 @@ class ManifestFolds:
         self.class_names = data.class_names
         self._by_id = data.manifest.set_index("id", drop=False)  # rows looked up by id, for every fold
         self._decodes: RunDecodes | None = None  # filled by the first fold, reused by the others
+        self.trainer = trainer_class(cfg)  # its hooks: the pipelines, and whether records keep their masks
         if cfg.train.mask_loss_weight > 0 and not data.manifest["mask_paths"].map(mask_list).map(bool).any():
             raise ConfigError(
                 f"train.mask_loss_weight is {cfg.train.mask_loss_weight:g} but no image of {cfg.data.adapter} "
@@ -270,16 +271,13 @@ class ManifestFolds:
 
         data_cfg = timm.data.resolve_data_config({}, model=model)
         mean, std = tuple(data_cfg["mean"]), tuple(data_cfg["std"])
-        trainer = trainer_class(self.cfg)  # the trainer's build_transforms hook
-        return {train: trainer.build_transforms(self.cfg, mean, std, train) for train in (True, False)}
+        return {train: self.trainer.build_transforms(self.cfg, mean, std, train) for train in (True, False)}
 
     def _dataset(self, ids: list[str], transform: Any) -> Any:
         """A dataset of ``ids`` through ``transform`` (masks only for a trainer that uses them), cached as
         ``data.cache`` says."""
-        records = manifest_to_records(self._by_id.loc[ids].reset_index(drop=True))
-        if not trainer_class(self.cfg).uses_masks:
-            for record in records:
-                record.pop("mask", None)
+        rows = self._by_id.loc[ids].reset_index(drop=True)
+        records = manifest_to_records(rows, with_masks=self.trainer.uses_masks)
         return build_dataset(
             records,
             transform,
