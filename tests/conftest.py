@@ -130,3 +130,26 @@ def write_config() -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def interrupt_after_first_epoch(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[], Any]], None]:
+    """``interrupt_after_first_epoch(run)``: call ``run()`` with every fold interrupted (KeyboardInterrupt)
+    right after its first epoch, which leaves ``checkpoint_last.pt`` at epoch 1 as a kill would;
+    ``FoldTrainer.fit`` is itself again afterwards."""
+    import medsg.train.fold as fold_mod
+
+    real_fit = fold_mod.FoldTrainer.fit
+
+    def fit_one_epoch_then_die(self: fold_mod.FoldTrainer) -> None:
+        self.max_epochs = 1  # where fit() stops; the schedule (and the saved config) keep every epoch
+        real_fit(self)
+        raise KeyboardInterrupt
+
+    def interrupt(run: Callable[[], Any]) -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(fold_mod.FoldTrainer, "fit", fit_one_epoch_then_die)
+            with pytest.raises(KeyboardInterrupt):
+                run()
+
+    return interrupt

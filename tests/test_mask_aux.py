@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 
-import medsg.train.fold as fold_mod
 from medsg.core.errors import ConfigError
 from medsg.demo import make_synthetic_busi
 from medsg.train.fold import FoldTrainer, trainer_class
@@ -79,24 +78,15 @@ def test_a_data_set_without_masks_is_refused_by_name(make_config, tmp_path):
 
 @pytest.mark.e2e
 def test_a_killed_fold_resumes_with_its_mask_head_and_exports_without_it(
-    make_config, busi_root, tmp_path, monkeypatch
+    make_config, busi_root, tmp_path, interrupt_after_first_epoch
 ):
     """Kill after epoch 1, resume: the same predictions as one go, which needs the head (and its optimizer
     state) restored. The mask term moves the head, and the model's weights never carry it."""
     full = run_experiment(_config(make_config, busi_root, tmp_path / "a"), folds=[0], quiet=True)
-    real_fit = fold_mod.FoldTrainer.fit
-
-    def fit_one_epoch_then_die(self):
-        self.max_epochs = 1  # where fit() stops; the schedule stays 2 epochs long
-        real_fit(self)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(fold_mod.FoldTrainer, "fit", fit_one_epoch_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(_config(make_config, busi_root, tmp_path / "b"), folds=[0], quiet=True)
+    killed = _config(make_config, busi_root, tmp_path / "b")
+    interrupt_after_first_epoch(lambda: run_experiment(killed, folds=[0], quiet=True))
     after_one = load_training_checkpoint(tmp_path / "b" / "runs" / "mask" / "fold_0" / "checkpoint_last.pt")
     assert after_one["epoch"] == 1
-    monkeypatch.setattr(fold_mod.FoldTrainer, "fit", real_fit)
     resumed = run_experiment(_config(make_config, busi_root, tmp_path / "b"), folds=[0], quiet=True)
 
     a = json.loads((full / "fold_0" / "metrics.json").read_text())
