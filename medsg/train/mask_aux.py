@@ -51,7 +51,10 @@ class MaskAuxTrainer(FoldTrainer):
     uses_masks = True
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """The backbone's optimizer, plus the mask head as a group of its own (full lr, no weight decay)."""
+        """The backbone's optimizer, plus the mask head as a group of its own (full lr, no weight decay).
+
+        The head is made here: this is the first hook after the model is on its device, and the optimizer
+        must hold the head's parameters from the start."""
         name, channels = mask_feature_module(self.model)
         self.mask_head = nn.Conv2d(channels, 1, kernel_size=1).to(self.device)
         self.train_mask_head: nn.Module = self.mask_head
