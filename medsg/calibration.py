@@ -24,8 +24,12 @@ fold fits a prior shift on the same inner validation predictions: ``softmax(log 
 ``prior`` the class frequencies of the fold's training images and the one strength ``s`` chosen by the NLL on
 the inner validation split (s = 1 is the exact logit adjustment of Menon et al. 2021; s = 0 changes nothing).
 ``balanced`` decides by the argmax of p_T (a uniform prior: balanced accuracy), ``prior`` by the argmax after
-the shift (the training prior: accuracy). The final model takes the median strength of the folds and the
-class frequencies of all its training images.
+the shift (the training prior: accuracy). ``majority_floor`` sits between them: of the strengths in
+``FLOOR_GRID``, the one with the best inner-validation balanced accuracy whose inner-validation accuracy still
+reaches the majority class's share, so the model is never worse than "always the common class" there and
+otherwise as fair to the rare classes as it can be. A weak model (ISIC, a 72 % class) shows why both ends fail:
+the NLL strength calls nearly everything the common class, s = 0 almost never does. The final model takes the
+median strengths of the folds and the class frequencies of all its training images.
 """
 
 from __future__ import annotations
@@ -43,13 +47,18 @@ CALIBRATION_FILE = "calibration.json"  # a fold's temperature and its before/aft
 CALIBRATED_PREDICTIONS = "calibrated_predictions.csv"  # a fold's test predictions after its temperature
 BETA_BOUNDS = (0.05, 20.0)  # inverse temperature 1/T searched in [1/20, 20]
 STRENGTH_BOUNDS = (-3.0, 3.0)  # prior-shift strength s searched in [-3, 3] (0: no shift, 1: logit adjustment)
-DECISIONS = ("balanced", "prior")  # eval.decision: what the argmax means (see the module docstring)
+DECISIONS = ("balanced", "prior", "majority_floor")  # eval.decision: what the argmax means (module docstring)
 PRIOR_KEY = "prior_shift"  # calibration.json's record of the decision rule
+STRENGTH_KEY = {"prior": "strength", "majority_floor": "floor_strength"}  # each shifted rule's strength
+FLOOR_GRID = np.round(np.arange(0.0, 3.0 + 1e-9, 0.05), 2)  # strengths the majority_floor rule tries
 DECISION_TEXT = {  # what each rule's argmax means: the report, the model card and predict all say it this way
     "balanced": "the argmax of the (temperature-scaled) probabilities, the class-balanced model's own rule: it "
     "serves balanced accuracy, not accuracy on data with the training class mix",
     "prior": "the argmax after each model's prior shift toward its training class frequencies, fitted on its "
     "inner validation split: it serves accuracy on data with the training class mix",
+    "majority_floor": "the argmax after each model's partial prior shift: of the strengths 0 to 3, the one with "
+    "the best inner-validation balanced accuracy whose inner-validation accuracy reaches the majority class's "
+    "share: it serves balanced accuracy without falling below the majority class's accuracy",
 }
 FEW_VAL = 50  # a temperature fitted on fewer validation images is recorded with a warning
 _TINY = 1e-45  # float32 softmax can round a probability to 0; its log must stay finite
@@ -126,6 +135,39 @@ def fit_prior_strength(y: Sequence[int] | np.ndarray, probs: np.ndarray, prior: 
     return _bounded_argmin(lambda s: _mean_nll_of_logits(y, z + s * log_prior), STRENGTH_BOUNDS)
 
 
+def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes present in ``y`` (sklearn's balanced accuracy, without its warning about
+    predicted classes that ``y`` lacks)."""
+    return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
+
+
+def fit_floor_strength(
+    y: Sequence[int] | np.ndarray, probs: np.ndarray, prior: Sequence[float]
+) -> dict[str, Any]:
+    """The ``majority_floor`` strength on (y, probs): of ``FLOOR_GRID``, the best balanced accuracy among the
+    strengths whose accuracy reaches the majority class's share of ``y`` (ties: the higher accuracy, then the
+    smaller s). When none reaches it, the most accurate strength, recorded with ``floor_met`` False."""
+    y = np.asarray(y, dtype=np.int64)
+    if len(y) == 0:
+        raise ValueError("cannot fit a prior shift on zero predictions")
+    floor = float(np.bincount(y).max() / len(y))
+    scores = []
+    for s in FLOOR_GRID:
+        pred = apply_prior_shift(probs, prior, float(s)).argmax(axis=1)
+        scores.append((float((pred == y).mean()), _balanced_accuracy(y, pred), float(s)))
+    met = [row for row in scores if row[0] >= floor]
+    acc, bal, s = (
+        max(met, key=lambda r: (r[1], r[0], -r[2])) if met else max(scores, key=lambda r: (r[0], r[1]))
+    )
+    return {
+        "floor_strength": s,
+        "floor_met": bool(met),
+        "val_majority_share": floor,
+        "val_accuracy_floor": acc,
+        "val_balanced_accuracy_floor": bal,
+    }
+
+
 def prior_shift_record(
     val_y: np.ndarray | None,
     val_probs: np.ndarray | None,
@@ -133,46 +175,69 @@ def prior_shift_record(
     class_names: Sequence[str],
     strength: float | None = None,
     reason: str = "",
+    floor_strength: float | None = None,
 ) -> dict[str, Any]:
-    """calibration.json's ``prior_shift``: the training prior and the strength fitted on the (temperature-
-    scaled) inner validation predictions, or the given ``strength`` (and why) when there are none."""
+    """calibration.json's ``prior_shift``: the training prior and the strengths of the ``prior`` and
+    ``majority_floor`` rules fitted on the (temperature-scaled) inner validation predictions, or the given
+    strengths (and why) when there are none."""
     prior = class_prior(train_labels, len(class_names))
     record: dict[str, Any] = {"class_prior": [float(v) for v in prior], "n_train": int(len(train_labels))}
     if val_y is None or val_probs is None or len(val_y) == 0:
-        return record | {"strength": float(strength or 0.0), "fitted": False, "reason": reason}
+        given = {"strength": float(strength or 0.0)}
+        if floor_strength is not None:  # without one the model cannot apply majority_floor (has_rule says so)
+            given["floor_strength"] = float(floor_strength)
+        return record | given | {"fitted": False, "reason": reason}
     if np.ptp(prior) == 0:  # a shift along a constant vector changes nothing: say so instead of fitting noise
         return record | {
             "strength": 0.0,
+            "floor_strength": 0.0,
             "fitted": False,
             "reason": "uniform training prior: nothing to shift",
         }
     fitted = fit_prior_strength(val_y, val_probs, prior)
     after = apply_prior_shift(val_probs, prior, fitted)
     y = np.asarray(val_y, dtype=np.int64)
-    return record | {
-        "strength": fitted,
-        "fitted": True,
-        "fitted_on": "inner validation split at the selected epoch, after the temperature",
-        "val_nll_before": nll(y, val_probs),
-        "val_nll_after": nll(y, after),
-        "val_accuracy_before": float((val_probs.argmax(axis=1) == y).mean()),
-        "val_accuracy_after": float((after.argmax(axis=1) == y).mean()),
-    }
+    return (
+        record
+        | fit_floor_strength(y, val_probs, prior)
+        | {
+            "strength": fitted,
+            "fitted": True,
+            "fitted_on": "inner validation split at the selected epoch, after the temperature",
+            "val_nll_before": nll(y, val_probs),
+            "val_nll_after": nll(y, after),
+            "val_accuracy_before": float((val_probs.argmax(axis=1) == y).mean()),
+            "val_accuracy_after": float((after.argmax(axis=1) == y).mean()),
+        }
+    )
 
 
 def decide(probs: np.ndarray, calibration: dict[str, Any], decision: str) -> np.ndarray:
     """The probabilities whose argmax is the decision: ``probs`` (temperature-scaled) as they are for
-    ``balanced``, shifted by the member's ``prior_shift`` for ``prior``."""
+    ``balanced``, shifted by the member's ``prior_shift`` with the rule's strength otherwise."""
     if decision not in DECISIONS:
         raise ValueError(f"eval.decision must be one of {DECISIONS}, got {decision!r}")
     if decision == "balanced":
         return probs
-    record = calibration.get(PRIOR_KEY)
-    if not record:
-        raise ValueError(
-            "this model has no prior shift (it was calibrated before medsg fitted one): use decision 'balanced'"
-        )
-    return apply_prior_shift(probs, record["class_prior"], float(record["strength"]))
+    if not has_rule(calibration, decision):
+        raise ValueError(missing_rule_text(decision))
+    record = calibration[PRIOR_KEY]
+    return apply_prior_shift(probs, record["class_prior"], float(record[STRENGTH_KEY[decision]]))
+
+
+def has_rule(calibration: dict[str, Any], decision: str) -> bool:
+    """Whether a model's calibration record can apply ``decision`` (older records lack the newer rules)."""
+    return decision == "balanced" or STRENGTH_KEY[decision] in calibration.get(PRIOR_KEY, {})
+
+
+def missing_rule_text(decision: str) -> str:
+    """Why a model calibrated by an older medsg cannot apply ``decision``, and what to use instead."""
+    if decision == "prior":
+        return "this model has no prior shift (it was calibrated before medsg fitted one): use decision 'balanced'"
+    return (
+        f"this model has no {decision} strength (it was calibrated before medsg fitted one): use decision "
+        "'balanced' or 'prior', or rerun its folds"
+    )
 
 
 def probability_scores(y: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:

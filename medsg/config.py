@@ -272,9 +272,11 @@ class EvalConfig(_Strict):
 
     bootstrap: int = Field(DEFAULT_BOOTSTRAP, ge=0)
     # what the headline argmax means (medsg.calibration): "balanced", the model's class-balanced argmax (a
-    # uniform prior), or "prior", after each model's prior shift fitted on its inner validation split (the
-    # training prior: accuracy). The report shows both rows; predict and evaluate use this one.
-    decision: Literal["balanced", "prior"] = "balanced"
+    # uniform prior), "prior", after each model's prior shift fitted on its inner validation split (the
+    # training prior: accuracy), or "majority_floor", the partial shift with the best validation balanced
+    # accuracy that keeps accuracy at the majority class's share. The report shows every rule; predict and
+    # evaluate use this one.
+    decision: Literal["balanced", "prior", "majority_floor"] = "balanced"
     # the clinically critical class for operating points (one against the rest); null: the dataset's default
     # (BUSI malignant, ISIC MEL, none for other datasets)
     critical_class: str | None = None

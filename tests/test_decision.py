@@ -14,6 +14,7 @@ from medsg.calibration import (
     apply_prior_shift,
     apply_temperature,
     decide,
+    fit_floor_strength,
     fit_prior_strength,
     prior_shift_record,
 )
@@ -69,6 +70,44 @@ def test_record_fits_on_validation_and_a_uniform_prior_is_not_fitted():
         "fitted": False,
         "reason": "final model",
     }
+    final = prior_shift_record(None, None, labels, CLASSES, strength=0.8, floor_strength=0.35)
+    assert final["floor_strength"] == 0.35
+
+
+def test_majority_floor_keeps_accuracy_at_the_majority_share_and_beats_prior_on_balanced_accuracy():
+    val_y, val_probs = balanced_model(3000, seed=3)
+    fit = fit_floor_strength(val_y, val_probs, PRIOR)
+    majority = np.bincount(val_y).max() / len(val_y)
+    assert fit["floor_met"] and fit["val_majority_share"] == pytest.approx(majority)
+    assert fit["val_accuracy_floor"] >= majority
+    prior_s = fit_prior_strength(val_y, val_probs, PRIOR)
+    assert 0.0 < fit["floor_strength"] < prior_s  # a partial shift: between the balanced and prior rules
+    # on fresh test data the floor rule keeps most of its accuracy and keeps more balanced accuracy than prior
+    y, probs = balanced_model(20000, seed=4)
+
+    def scores(s):
+        pred = apply_prior_shift(probs, PRIOR, s).argmax(1)
+        return (pred == y).mean(), np.mean([(pred[y == c] == c).mean() for c in range(3)])
+
+    (floor_acc, floor_bal), (prior_acc, prior_bal), (bal_acc, _) = map(
+        scores, (fit["floor_strength"], prior_s, 0)
+    )
+    assert floor_acc > PRIOR.max() - 0.02 and floor_acc > bal_acc
+    assert floor_bal > prior_bal
+
+
+def test_majority_floor_out_of_reach_takes_the_most_accurate_strength():
+    rng = np.random.default_rng(5)
+    y = rng.choice(3, size=500, p=PRIOR)
+    noise = rng.dirichlet(np.ones(3), size=500)  # a model that knows nothing
+    fit = fit_floor_strength(y, noise, [1 / 3, 1 / 3, 1 / 3 + 1e-9])
+    assert not fit["floor_met"]
+    accs = [
+        (apply_prior_shift(noise, [1 / 3, 1 / 3, 1 / 3 + 1e-9], s).argmax(1) == y).mean() for s in (0, 1, 3)
+    ]
+    assert fit["val_accuracy_floor"] >= max(accs)
+    with pytest.raises(ValueError, match="zero predictions"):
+        fit_floor_strength([], noise[:0], PRIOR)
 
 
 def test_decide_balanced_is_identity_and_prior_needs_a_record():
@@ -80,6 +119,10 @@ def test_decide_balanced_is_identity_and_prior_needs_a_record():
         decide(probs, {}, "uniform")
     record = {PRIOR_KEY: {"class_prior": PRIOR.tolist(), "strength": 1.0}}
     np.testing.assert_allclose(decide(probs, record, "prior"), apply_prior_shift(probs, PRIOR, 1.0))
+    with pytest.raises(ValueError, match="no majority_floor strength"):
+        decide(probs, record, "majority_floor")  # a record from before that rule existed
+    record[PRIOR_KEY]["floor_strength"] = 0.4
+    np.testing.assert_allclose(decide(probs, record, "majority_floor"), apply_prior_shift(probs, PRIOR, 0.4))
 
 
 def _run_with_prior_shift(root, decision: str):
@@ -138,6 +181,13 @@ def test_report_shows_both_rules_and_the_headline_follows_eval_decision(tmp_path
     assert rows["prior"]["accuracy"]["point"] > summary["baseline"]["accuracy"]
     balanced = build_summary(load_run(_run_with_prior_shift(tmp_path / "b", "balanced")), n_bootstrap=100)
     assert balanced["pooled"]["accuracy"] == pytest.approx(rows["balanced"]["accuracy"]["point"])
+    floor = build_summary(load_run(_run_with_prior_shift(tmp_path / "f", "majority_floor")), n_bootstrap=100)
+    assert [r["rule"] for r in floor["decision"]["rows"]] == ["balanced", "prior", "majority_floor"]
+    floor_row = floor["decision"]["rows"][2]
+    assert floor["decision"]["headline"] == "majority_floor" and floor_row["headline"]
+    assert floor["pooled"]["accuracy"] == pytest.approx(floor_row["accuracy"]["point"])
+    assert floor_row["balanced_accuracy"]["point"] > rows["prior"]["balanced_accuracy"]["point"]
+    assert all(0 < f["floor_strength"] < f["strength"] for f in floor["decision"]["per_fold"])
 
 
 def test_report_below_the_baseline_says_so_in_its_first_lines(tmp_path):
@@ -196,3 +246,24 @@ def test_no_warning_when_no_shown_accuracy_is_below_the_baseline():
         "decision": {"headline": "prior", "rows": [row("balanced", 0.5, False), row("prior", 0.7, True)]}
     }
     assert headline_warning(one_below).startswith("Under the balanced rule")
+
+
+def test_a_bundle_refuses_a_rule_its_members_cannot_apply(tmp_path):
+    from types import SimpleNamespace
+
+    from medsg.core.errors import DataError
+    from medsg.deploy.package import Member, ModelBundle
+
+    old = Member(
+        "0",
+        "fold",
+        tmp_path / "w.safetensors",
+        1.0,
+        {PRIOR_KEY: {"class_prior": [0.7, 0.2, 0.1], "strength": 1.0}},
+    )
+    config = SimpleNamespace(eval=SimpleNamespace(decision="majority_floor"))
+    bundle = ModelBundle(tmp_path, "package", "sgformer_tiny", CLASSES, None, [old], config)
+    with pytest.raises(DataError, match="majority_floor strength"):
+        bundle.check_decision([old])
+    config.eval.decision = "prior"
+    assert bundle.check_decision([old]) == "prior"

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from medsg import cli
-from medsg.calibration import apply_temperature
+from medsg.calibration import PRIOR_KEY, apply_temperature, fit_floor_strength
 from medsg.commands.flags import fold_arg
 from medsg.core.errors import CheckpointError, DataError
 from medsg.core.run_folder import ALL
@@ -75,6 +75,10 @@ def test_each_fold_calibrates_on_its_inner_validation_split_only(run):
         assert list(cal["id"]) == list(raw["id"]) and (cal["y_pred"] == raw["y_pred"]).all()
         want = apply_temperature(raw[cols].to_numpy(), record["temperature"])
         np.testing.assert_allclose(cal[cols].to_numpy(), want, atol=1e-12)
+        # the majority_floor strength is fitted on the same temperature-scaled validation predictions
+        val_probs = apply_temperature(val[cols].to_numpy(), record["temperature"])
+        refit = fit_floor_strength(val["y_true"].to_numpy(), val_probs, record[PRIOR_KEY]["class_prior"])
+        assert record[PRIOR_KEY]["floor_strength"] == refit["floor_strength"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {"before", "after", "per_fold"} <= set(summary["calibration"])
     report = (run_dir.parents[1] / "report" / "report.md").read_text()
@@ -98,6 +102,11 @@ def test_fold_all_trains_on_every_id_for_the_median_selected_epochs(run):
     ]
     record = json.loads((folder / "calibration.json").read_text())
     assert record["temperature"] == pytest.approx(np.median(temps)) and not record["fitted"]
+    floors = [
+        json.loads((run_dir / f"fold_{f}" / "calibration.json").read_text())[PRIOR_KEY]["floor_strength"]
+        for f in (0, 1)
+    ]
+    assert record[PRIOR_KEY]["floor_strength"] == pytest.approx(np.median(floors))
     assert (folder / "DONE").is_file() and (folder / "checkpoint_best.pt").is_file()
     assert fold_arg("all") == ALL and fold_arg("3") == 3
 

@@ -58,7 +58,7 @@ def check_classes(bundle: ModelBundle, test_names: list[str], source: str) -> No
 
 def cv_predictions(bundle: ModelBundle) -> tuple[pd.DataFrame, bool] | None:
     """The cross-validation's pooled out-of-fold predictions, calibrated with each fold's temperature (and,
-    for the ``prior`` decision, its prior shift) when every fold has one (the flag says whether they are), or
+    for a shifted decision, its prior shift) when every fold has one (the flag says whether they are), or
     None without a cross-validation."""
     path = bundle.source / ("cv" if bundle.kind == "package" else "") / "oof_predictions.csv"
     if not path.is_file():

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsg.calibration import CALIBRATION_FILE, PRIOR_KEY, apply_temperature, decide
+from medsg.calibration import CALIBRATION_FILE, apply_temperature, decide, has_rule
 from medsg.config import Config, load_saved_config
 from medsg.core.errors import CheckpointError, DataError
 from medsg.core.io import atomic_write_text, publish_dir, read_json, staging_dir
@@ -90,7 +90,7 @@ class Member:
     use_ema: bool = True
 
     def calibrated(self, probs: np.ndarray, decision: str = "balanced") -> np.ndarray:
-        """Raw probabilities after the member's temperature and, for the ``prior`` rule, its prior shift."""
+        """Raw probabilities after the member's temperature and, for a shifted rule, its prior shift."""
         return decide(apply_temperature(probs, self.temperature), self.calibration, decision)
 
 
@@ -130,13 +130,12 @@ class ModelBundle:
     def check_decision(self, members: list[Member]) -> str:
         """The bundle's decision rule, after checking that every member can apply it."""
         decision = self.decision
-        if decision == "prior":
-            lacking = [m.name for m in members if PRIOR_KEY not in m.calibration]
-            if lacking:
-                raise DataError(
-                    f"{self.source}: eval.decision is prior, but members {lacking} have no prior shift "
-                    "(calibrated before medsg fitted one); export the run again from a current medsg run"
-                )
+        lacking = [m.name for m in members if not has_rule(m.calibration, decision)]
+        if lacking:
+            raise DataError(
+                f"{self.source}: eval.decision is {decision}, but members {lacking} have no {decision} strength "
+                "(calibrated before medsg fitted one); export the run again from a current medsg run"
+            )
         return decision
 
     def audit_rules(self) -> tuple[int, float]:

@@ -183,7 +183,7 @@ def member_probs(
     decision: str = "balanced",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(calibrated, raw) probabilities of every member, each (M, B, C): calibrated is after the member's
-    temperature and, for the ``prior`` decision, its prior shift; with ``tta`` the mean over the image and its
+    temperature and, for a shifted decision (``prior``, ``majority_floor``), its prior shift; with ``tta`` the mean over the image and its
     horizontal flip (flipped after normalisation: the same pixels mirrored)."""
     views = [images, torch.flip(images, dims=[-1])] if tta else [images]
     calibrated, raw = [], []

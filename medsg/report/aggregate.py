@@ -29,7 +29,7 @@ from medsg.metrics import (
     sensitivity_cis,
     summarize_folds,
 )
-from medsg.report.decision import decision_summary, headline_rule, prior_probs
+from medsg.report.decision import decision_summary, headline_rule, rule_probs
 from medsg.report.operating_points import (
     critical_class,
     operating_points,
@@ -163,10 +163,9 @@ def load_run_or_report(path: Path) -> RunData:
 
 def headline_probs(run: RunData) -> tuple[np.ndarray, str]:
     """The pooled OOF probabilities whose argmax is the run's headline decision, and that rule's name."""
-    requested = run_eval(run).decision
-    shifted = prior_probs(run)
-    rule = headline_rule(requested, shifted is not None)[0]
-    return (run.probs() if rule == "balanced" else shifted), rule
+    candidates = rule_probs(run)
+    rule = headline_rule(run_eval(run).decision, candidates)[0]
+    return candidates[rule], rule
 
 
 def _load_calibration(run: RunData, fold_dirs: dict[int, Path]) -> None:
@@ -563,18 +562,19 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
     """Per-fold metrics (recomputed from predictions.csv), mean ± SD, pooled metrics and bootstrap CIs.
 
     The headline uses the probabilities of ``eval.decision`` (``medsg.report.decision``): the raw ones for
-    ``balanced``, each fold's prior-shifted ones for ``prior``; the Decision rule section shows both.
+    ``balanced``, each fold's prior-shifted ones (with the rule's strength) otherwise; the Decision rule
+    section shows every rule the folds can apply.
     """
     y = run.oof["y_true"].to_numpy()
     groups, unit = group_labels(run)
     requested = run_eval(run).decision
     baseline = baseline_metrics(run)
     critical = run_critical_class(run)[0]
-    shifted = prior_probs(run)
+    candidates = rule_probs(run)
     decision = decision_summary(
-        run, requested, shifted, groups, baseline["accuracy"], critical, n_bootstrap, seed
+        run, requested, candidates, groups, baseline["accuracy"], critical, n_bootstrap, seed
     )
-    p = run.probs() if decision["headline"] == "balanced" else shifted
+    p = candidates[decision["headline"]]
     per_fold = []
     for fold in run.folds:
         rows = (run.oof["fold"] == fold).to_numpy()

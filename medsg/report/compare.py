@@ -131,7 +131,7 @@ def compare_runs(run_dirs: list[Path], n_bootstrap: int = DEFAULT_BOOTSTRAP, see
             "classified correctly). It counts images as independent; images of one duplicate cluster or lesion "
             "are not, so its p-value is optimistic where groups hold several images: read it beside the "
             "group-resampled CI",
-            "decision": "each run is scored under its own headline rule (eval.decision: balanced or prior), "
+            "decision": "each run is scored under its own headline rule (eval.decision: balanced, prior or majority_floor), "
             "named beside it",
             "log loss": "lower is better, so a negative difference favours the second run",
         },

@@ -1,9 +1,11 @@
-"""The decision rule's section of a report: both argmax rules side by side, and which one is the headline.
+"""The decision rule's section of a report: every argmax rule side by side, and which one is the headline.
 
 ``balanced`` is the argmax of the model as trained (a class-balanced loss aims at a uniform prior: balanced
 accuracy); ``prior`` is the argmax after each fold's prior shift, fitted on its inner validation predictions
-(``medsg.calibration``), which aims at the training prior (accuracy). ``eval.decision`` says which one the
-headline, ``predict`` and ``evaluate`` use; the table shows both, so nobody reads one without the other.
+(``medsg.calibration``), which aims at the training prior (accuracy); ``majority_floor`` is the partial shift in
+between (the best inner-validation balanced accuracy that keeps accuracy at the majority class's share).
+``eval.decision`` says which one the headline, ``predict`` and ``evaluate`` use; the table shows all the rules
+the folds can apply, so nobody reads one without the others.
 """
 
 from __future__ import annotations
@@ -12,33 +14,46 @@ from typing import Any
 
 import numpy as np
 
-from medsg.calibration import DECISION_TEXT, DECISIONS, PRIOR_KEY, decide
+from medsg.calibration import DECISION_TEXT, DECISIONS, PRIOR_KEY, decide, has_rule
 from medsg.metrics import bootstrap_ci, sensitivity_cis
 
 DECISION_KEYS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
-def prior_probs(run: Any) -> np.ndarray | None:
-    """The pooled OOF probabilities under the ``prior`` rule (each fold's temperature, then its prior shift),
-    in ``run.oof`` order; None when a fold has no prior shift (a run calibrated before medsg fitted one)."""
-    if run.calibrated is None or not all(PRIOR_KEY in run.calibration.get(f, {}) for f in run.folds):
+def shifted_probs(run: Any, rule: str) -> np.ndarray | None:
+    """The pooled OOF probabilities under a shifted ``rule`` (each fold's temperature, then its prior shift
+    with the rule's strength), in ``run.oof`` order; None when a fold cannot apply it (calibrated by a medsg
+    that did not fit it)."""
+    if run.calibrated is None or not all(has_rule(run.calibration.get(f, {}), rule) for f in run.folds):
         return None
     out = np.empty((len(run.oof), len(run.class_names)))
     calibrated = run.probs(run.calibrated)
     for fold in run.folds:
         rows = (run.oof["fold"] == fold).to_numpy()
-        out[rows] = decide(calibrated[rows], run.calibration[fold], "prior")
+        out[rows] = decide(calibrated[rows], run.calibration[fold], rule)
     return out
 
 
-def headline_rule(requested: str, available: bool) -> tuple[str, str]:
-    """(the rule the headline uses, a note when it is not the requested one)."""
+def rule_probs(run: Any) -> dict[str, np.ndarray]:
+    """Every rule the run's folds can apply, with its pooled OOF probabilities (``balanced`` always)."""
+    out = {"balanced": run.probs()}
+    for rule in DECISIONS[1:]:
+        probs = shifted_probs(run, rule)
+        if probs is not None:
+            out[rule] = probs
+    return out
+
+
+def headline_rule(requested: str, available: set[str] | dict[str, Any]) -> tuple[str, str]:
+    """(the rule the headline uses, a note when it is not the requested one); ``available``: the rules the
+    folds can apply."""
     if requested not in DECISIONS:
         return "balanced", f"eval.decision {requested!r} is unknown; the headline uses the balanced rule"
-    if requested == "prior" and not available:
+    if requested not in available:
+        lacking = "prior shift" if requested == "prior" else f"{requested} strength"
         return "balanced", (
-            "eval.decision is prior, but the folds have no prior shift (calibrated before medsg fitted one): "
-            "the headline uses the balanced rule"
+            f"eval.decision is {requested}, but the folds have no {lacking} (calibrated before medsg fitted "
+            "one): the headline uses the balanced rule"
         )
     return requested, ""
 
@@ -46,7 +61,7 @@ def headline_rule(requested: str, available: bool) -> tuple[str, str]:
 def decision_summary(
     run: Any,
     requested: str,
-    shifted: np.ndarray | None,
+    candidates: dict[str, np.ndarray],
     groups: np.ndarray | None,
     baseline_accuracy: float,
     critical: str | None,
@@ -54,15 +69,12 @@ def decision_summary(
     seed: int,
 ) -> dict[str, Any]:
     """summary.json's ``decision``: each rule's accuracy, balanced accuracy, macro F1 and critical-class
-    sensitivity with CIs, the folds' prior-shift strengths, and which rule the headline uses. ``shifted`` is
-    ``prior_probs(run)``."""
+    sensitivity with CIs, the folds' prior-shift strengths, and which rule the headline uses. ``candidates``
+    is ``rule_probs(run)``."""
     y = run.oof["y_true"].to_numpy()
-    headline, note = headline_rule(requested, shifted is not None)
-    candidates = {"balanced": run.probs(), "prior": shifted}
+    headline, note = headline_rule(requested, candidates)
     rows = []
     for rule, probs in candidates.items():
-        if probs is None:
-            continue
         cis = bootstrap_ci(y, probs, run.class_names, n_resamples=n_bootstrap, seed=seed, groups=groups)
         row: dict[str, Any] = {"rule": rule, "meaning": DECISION_TEXT[rule], "headline": rule == headline}
         row |= {k: cis[k] for k in DECISION_KEYS}
@@ -75,6 +87,8 @@ def decision_summary(
         {
             "fold": f,
             "strength": rec[PRIOR_KEY]["strength"],
+            "floor_strength": rec[PRIOR_KEY].get("floor_strength"),
+            "floor_met": rec[PRIOR_KEY].get("floor_met"),
             "fitted": rec[PRIOR_KEY].get("fitted", False),
             "class_prior": rec[PRIOR_KEY]["class_prior"],
         }

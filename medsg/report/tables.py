@@ -209,20 +209,31 @@ def decision_table(summary: dict[str, Any]) -> pd.DataFrame | None:
 
 
 def decision_text(summary: dict[str, Any]) -> str:
-    """The sentence above the decision table: what each rule means, the folds' strengths, the baseline."""
+    """The sentences above the decision table: what each rule means, the folds' strengths, the baseline."""
     decision = summary["decision"]
-    strengths = ", ".join(
-        f"fold {f['fold']}: s = {fmt(f['strength'], 2)}" + ("" if f["fitted"] else " (not fitted)")
-        for f in decision["per_fold"]
+    rules = [r["rule"] for r in decision["rows"]] or ["balanced"]
+    text = f"{len(rules)} decision rule{'s' if len(rules) > 1 else ''} on the same models. " + " ".join(
+        f"{rule}: {DECISION_TEXT[rule]}." for rule in rules
     )
-    text = (
-        f"Two decision rules on the same models. balanced: {DECISION_TEXT['balanced']}. prior: "
-        f"{DECISION_TEXT['prior']}; the shift is softmax(log p_T + s log prior), with s fitted by NLL on the "
-        f"inner validation split, never the test fold. The headline, predict and evaluate use the "
-        f"{decision['headline']} rule (eval.decision). Majority-class accuracy: {fmt(decision['baseline_accuracy'])}."
+    if "prior" in rules:
+        text += (
+            " The shift is softmax(log p_T + s log prior), with s fitted by NLL on the inner validation split"
+            + (" (prior) or by the floor's search (majority_floor)" if "majority_floor" in rules else "")
+            + ", never the test fold."
+        )
+    text += (
+        f" The headline, predict and evaluate use the {decision['headline']} rule (eval.decision). "
+        f"Majority-class accuracy: {fmt(decision['baseline_accuracy'])}."
     )
+    strengths = []
+    for f in decision["per_fold"]:
+        cell = f"fold {f['fold']}: s = {fmt(f['strength'], 2)}" + ("" if f["fitted"] else " (not fitted)")
+        if "majority_floor" in rules and f.get("floor_strength") is not None:
+            cell += f", floor s = {fmt(f['floor_strength'], 2)}"
+            cell += " (floor not reached on validation)" if f.get("floor_met") is False else ""
+        strengths.append(cell)
     if strengths:
-        text += f" Strengths: {strengths}."
+        text += f" Strengths: {', '.join(strengths)}."
     return text + (f" {decision['note']}" if decision.get("note") else "")
 
 

@@ -54,7 +54,10 @@ def final_plan(cfg: Config, run_dir: Path) -> dict[str, Any]:
         rule = f"the schedule length train.epochs ({why})"
     records = [read_json(f.file(CALIBRATION_FILE), default={}) for f in run.folds(k) if done]
     temps = [float(r["temperature"]) for r in records if r.get("temperature") is not None]
-    strengths = [float(r[PRIOR_KEY]["strength"]) for r in records if r.get(PRIOR_KEY, {}).get("fitted")]
+    shifts = [r.get(PRIOR_KEY, {}) for r in records]
+    strengths = [float(r["strength"]) for r in shifts if r.get("fitted")]
+    # a uniform training prior records floor s = 0 unfitted: still the fold's rule, so it counts
+    floors = [float(r["floor_strength"]) for r in shifts if "floor_strength" in r]
     temperature = median_temperature(temps)
     t_rule = (
         f"median of the {len(temps)} cross-validation folds' temperatures {[round(t, 4) for t in temps]}"
@@ -73,6 +76,13 @@ def final_plan(cfg: Config, run_dir: Path) -> dict[str, Any]:
             f"{[round(v, 4) for v in strengths]}"
             if strengths
             else "0.0: no fold fitted a prior shift"
+        ),
+        "floor_strength": float(np.median(floors)) if floors else None,
+        "floor_strength_rule": (
+            f"median of the {len(floors)} cross-validation folds' majority_floor strengths "
+            f"{[round(v, 4) for v in floors]}"
+            if floors
+            else "none: no fold fitted a majority_floor strength, so the final model cannot apply that rule"
         ),
     }
 
@@ -118,7 +128,12 @@ class FinalTrainer(FoldTrainer):
                     self.data.train_labels,
                     self.data.class_names,
                     strength=self.plan.get("prior_strength", 0.0),
-                    reason=self.plan.get("prior_strength_rule", "0.0: planned before prior shifts existed"),
+                    reason=(
+                        self.plan.get("prior_strength_rule", "0.0: planned before prior shifts existed")
+                        + "; majority_floor strength: "
+                        + self.plan.get("floor_strength_rule", "none: planned before that rule existed")
+                    ),
+                    floor_strength=self.plan.get("floor_strength"),
                 ),
             }
             atomic_write_text(self.fold_dir / CALIBRATION_FILE, json.dumps(calibration, indent=2) + "\n")
