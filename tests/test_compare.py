@@ -173,3 +173,35 @@ def test_compare_force_reaches_the_writer(tmp_path, monkeypatch):
     assert cli.main(["compare", str(a), str(b), "--out", str(out)]) != 0
     assert cli.main(["compare", str(a), str(b), "--out", str(out), "--force"]) == 0
     assert (out / "comparison.json").is_file()
+
+
+def _add_prior_shift(run: Path, decision: str) -> None:
+    """Give a fabricated run the calibration files a current fold writes (T = 1, a strong prior shift) and a
+    headline rule, so its headline probabilities differ from its raw ones."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump(config | {"eval": {"decision": decision}}))
+    for fold in range(2):
+        folder = run / f"fold_{fold}"
+        (folder / "calibrated_predictions.csv").write_text((folder / "predictions.csv").read_text())
+        shift = {"class_prior": [0.9, 0.05, 0.05], "strength": 1.0, "floor_strength": 0.5, "fitted": True}
+        (folder / "calibration.json").write_text(json.dumps({"temperature": 1.0, "prior_shift": shift}))
+
+
+def test_compare_scores_every_run_under_one_rule_when_asked(tmp_path, monkeypatch):
+    from medsg import cli
+
+    a, b = _make_run(tmp_path, "a", 0.5), _make_run(tmp_path, "b", 0.9)
+    raw = compare_runs([a, b], n_bootstrap=50)
+    _add_prior_shift(b, "prior")
+    own = compare_runs([a, b], n_bootstrap=50)
+    assert [r["decision"] for r in own["runs"]] == ["balanced", "prior"]
+    assert own["comparisons"] != raw["comparisons"]  # b's headline is its shifted argmax
+    one = compare_runs([a, b], n_bootstrap=50, decision="balanced")
+    assert [r["decision"] for r in one["runs"]] == ["balanced", "balanced"]
+    assert one["comparisons"] == raw["comparisons"] and "--decision" in one["definitions"]["decision"]
+    with pytest.raises(DataError, match="cannot apply the prior rule"):
+        compare_runs([a, b], n_bootstrap=50, decision="prior")  # a has no prior shift
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["compare", str(a), str(b), "--decision", "balanced", "--out", "c"]) == 0
+    assert "under the balanced rule (--decision)" in (tmp_path / "c" / "report.md").read_text()
+    assert cli.main(["compare", str(a), str(b), "--decision", "majority_floor", "--out", "d"]) != 0

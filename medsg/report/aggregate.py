@@ -161,10 +161,17 @@ def load_run_or_report(path: Path) -> RunData:
     return load_run(path)
 
 
-def headline_probs(run: RunData) -> tuple[np.ndarray, str]:
-    """The pooled OOF probabilities whose argmax is the run's headline decision, and that rule's name."""
+def headline_probs(run: RunData, rule: str | None = None) -> tuple[np.ndarray, str]:
+    """The pooled OOF probabilities whose argmax is the run's headline decision (or ``rule``, when given),
+    and that rule's name; a ``rule`` the run's folds cannot apply is refused by name."""
     candidates = rule_probs(run)
-    rule = headline_rule(run_eval(run).decision, candidates)[0]
+    if rule is None:
+        rule = headline_rule(run_eval(run).decision, candidates)[0]
+    elif rule not in candidates:
+        raise DataError(
+            f"{run.run_dir}: its folds cannot apply the {rule} rule (they have {sorted(candidates)}); "
+            "choose one of those"
+        )
     return candidates[rule], rule
 
 

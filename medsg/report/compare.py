@@ -2,7 +2,8 @@
 
 Each run's out-of-fold predictions come from its run folder or from its committed report folder
 (oof_predictions.csv with each image's group, calibration.json), so a fresh clone can compare committed
-reports. Each run is scored under its own headline decision rule (``eval.decision``). The first run is the
+reports. Each run is scored under its own headline decision rule (``eval.decision``), or all under one
+``decision`` (a question about the models rather than their packages). The first run is the
 reference: every other run is compared with it, on one shared set of bootstrap resamples of the split's
 groups, so the CI of a difference keeps the pairing. McNemar's exact test adds a test on per-image
 correctness. Runs whose images were tested in different folds are refused: their folds test different models
@@ -73,8 +74,11 @@ def _check_comparable(runs: list[RunData]) -> None:
             )
 
 
-def compare_runs(run_dirs: list[Path], n_bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
-    """Paired differences of every run against the first, on the ids all runs predicted."""
+def compare_runs(
+    run_dirs: list[Path], n_bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0, decision: str | None = None
+) -> dict[str, Any]:
+    """Paired differences of every run against the first, on the ids all runs predicted; ``decision``: one
+    rule for every run instead of each run's headline rule."""
     if len(run_dirs) < 2:
         raise DataError("compare needs at least two run folders")
     runs = [load_run_or_report(Path(d)) for d in run_dirs]
@@ -91,7 +95,7 @@ def compare_runs(run_dirs: list[Path], n_bootstrap: int = DEFAULT_BOOTSTRAP, see
     groups, unit = group_labels(runs[0])
     if groups is not None:
         groups = pd.Series(groups, index=runs[0].oof["id"]).loc[ids].to_numpy()
-    headline = [headline_probs(r) for r in runs]
+    headline = [headline_probs(r, decision) for r in runs]
     probs = [
         pd.DataFrame(p, index=r.oof["id"]).loc[ids].to_numpy()
         for r, (p, _) in zip(runs, headline, strict=True)
@@ -131,8 +135,12 @@ def compare_runs(run_dirs: list[Path], n_bootstrap: int = DEFAULT_BOOTSTRAP, see
             "classified correctly). It counts images as independent; images of one duplicate cluster or lesion "
             "are not, so its p-value is optimistic where groups hold several images: read it beside the "
             "group-resampled CI",
-            "decision": "each run is scored under its own headline rule (eval.decision: balanced, prior or majority_floor), "
-            "named beside it",
+            "decision": (
+                f"every run is scored under the {decision} rule (--decision), named beside it"
+                if decision
+                else "each run is scored under its own headline rule (eval.decision: balanced, prior or "
+                "majority_floor), named beside it"
+            ),
             "log loss": "lower is better, so a negative difference favours the second run",
         },
     }
@@ -209,12 +217,17 @@ def check_target(out: Path, force: bool = False) -> None:
 
 
 def write_comparison(
-    run_dirs: list[Path], out: Path, n_bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0, force: bool = False
+    run_dirs: list[Path],
+    out: Path,
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    force: bool = False,
+    decision: str | None = None,
 ) -> Path:
     """comparison.json, report.md, report.html and figures/differences.png in ``out``; returns report.html."""
     out = Path(out)
     check_target(out, force)
-    summary = compare_runs(run_dirs, n_bootstrap, seed)
+    summary = compare_runs(run_dirs, n_bootstrap, seed, decision)
     atomic_write_text(out / "comparison.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     png = to_png(difference_figure(summary))
     atomic_write_bytes(out / "figures" / "differences.png", png)

@@ -594,9 +594,12 @@ def run_from_file(
     return run_experiment(load_config(config_path, overrides), folds, quiet)
 
 
-def compare_run_folders(run_dirs: list[Path], out: Path | None = None, force: bool = False) -> Path:
+def compare_run_folders(
+    run_dirs: list[Path], out: Path | None = None, force: bool = False, decision: str | None = None
+) -> Path:
     """``medsg compare``: paired comparison of runs on one split file, written to ``out`` (default
-    ``reports/compare_<first>_<second>``); the bootstrap settings are the first run's."""
+    ``reports/compare_<first>_<second>``); the bootstrap settings are the first run's; ``decision`` scores every
+    run under one rule instead of each run's headline rule."""
     run_dirs = [Path(d) for d in run_dirs]
     saved = [load_saved_config(d, required=False) for d in run_dirs]
     first = saved[0] if saved else None
@@ -609,6 +612,7 @@ def compare_run_folders(run_dirs: list[Path], out: Path | None = None, force: bo
         n_bootstrap=first.eval.bootstrap if first else DEFAULT_BOOTSTRAP,
         seed=first.experiment.seed if first else 0,
         force=force,
+        decision=decision,
     )
     log.info("comparison written to %s", path)
     return path
