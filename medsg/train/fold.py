@@ -13,11 +13,12 @@ A recipe is changed by overriding hooks, as in nnU-Net's trainers, not by editin
 loss, backward, optimizer and scheduler step), ``extra_state`` / ``load_extra_state`` (what a subclass adds to
 the resumable checkpoint), ``validate`` (the inner-validation metrics of an epoch) and ``on_epoch_end``. A
 config names its trainer with ``train.trainer: my_package.module.MyTrainer`` (a subclass of ``FoldTrainer``;
-``trainer_class`` resolves it; ``train.mask_loss_weight > 0`` picks ``medsg.train.mask_aux.MaskAuxTrainer``). ``medsg.train.final.FinalTrainer`` (``--fold all``) is such a subclass, and is mixed into a
-custom trainer for the final model. Code that only watches (benchmarks, progress) attaches a
-``TrainerCallback`` instead of subclassing. After the test prediction, ``calibrate`` fits the fold's temperature on its inner
-validation predictions at the selected epoch (``val_predictions.csv``, see ``medsg.calibration``) and writes
-``calibration.json`` and ``calibrated_predictions.csv``; ``predictions.csv`` keeps the raw probabilities.
+``trainer_class`` resolves it; ``train.mask_loss_weight > 0`` picks ``medsg.train.mask_aux.MaskAuxTrainer``).
+``medsg.train.final.FinalTrainer`` (``--fold all``) is such a subclass, and is mixed into a custom trainer for
+the final model. Code that only watches (benchmarks, progress) attaches a ``TrainerCallback`` instead of
+subclassing. After the test prediction, ``calibrate`` fits the fold's temperature and prior-shift strengths on
+its inner validation predictions at the selected epoch (``val_predictions.csv``, see ``medsg.calibration``) and
+writes ``calibration.json`` and ``calibrated_predictions.csv``; ``predictions.csv`` keeps the raw probabilities.
 """
 
 from __future__ import annotations
