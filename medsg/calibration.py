@@ -35,6 +35,7 @@ median strengths of the folds and the class frequencies of all its training imag
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -135,26 +136,26 @@ def fit_prior_strength(y: Sequence[int] | np.ndarray, probs: np.ndarray, prior: 
     return _bounded_argmin(lambda s: _mean_nll_of_logits(y, z + s * log_prior), STRENGTH_BOUNDS)
 
 
-def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    """Mean recall over the classes present in ``y`` (sklearn's balanced accuracy, without its warning about
-    predicted classes that ``y`` lacks)."""
-    return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
-
-
 def fit_floor_strength(
     y: Sequence[int] | np.ndarray, probs: np.ndarray, prior: Sequence[float]
 ) -> dict[str, Any]:
     """The ``majority_floor`` strength on (y, probs): of ``FLOOR_GRID``, the best balanced accuracy among the
     strengths whose accuracy reaches the majority class's share of ``y`` (ties: the higher accuracy, then the
     smaller s). When none reaches it, the most accurate strength, recorded with ``floor_met`` False."""
+    from sklearn.metrics import balanced_accuracy_score
+
     y = np.asarray(y, dtype=np.int64)
     if len(y) == 0:
         raise ValueError("cannot fit a prior shift on zero predictions")
     floor = float(np.bincount(y).max() / len(y))
+    # the argmax of the shift needs no softmax: log p + s log prior, with log p taken once for the whole grid
+    z, log_prior = log_probs(probs), np.log(np.asarray(prior, dtype=np.float64))[None, :]
     scores = []
-    for s in FLOOR_GRID:
-        pred = apply_prior_shift(probs, prior, float(s)).argmax(axis=1)
-        scores.append((float((pred == y).mean()), _balanced_accuracy(y, pred), float(s)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a strength may predict a class the validation split lacks
+        for s in FLOOR_GRID:
+            pred = (z + s * log_prior).argmax(axis=1)
+            scores.append((float((pred == y).mean()), float(balanced_accuracy_score(y, pred)), float(s)))
     met = [row for row in scores if row[0] >= floor]
     acc, bal, s = (
         max(met, key=lambda r: (r[1], r[0], -r[2])) if met else max(scores, key=lambda r: (r[0], r[1]))
@@ -230,13 +231,17 @@ def has_rule(calibration: dict[str, Any], decision: str) -> bool:
     return decision == "balanced" or STRENGTH_KEY[decision] in calibration.get(PRIOR_KEY, {})
 
 
+def lacking_words(decision: str) -> str:
+    """What a calibration record without ``decision`` lacks, in the words every refusal of it uses."""
+    return "prior shift" if decision == "prior" else f"{decision} strength"
+
+
 def missing_rule_text(decision: str) -> str:
     """Why a model calibrated by an older medsg cannot apply ``decision``, and what to use instead."""
-    if decision == "prior":
-        return "this model has no prior shift (it was calibrated before medsg fitted one): use decision 'balanced'"
+    instead = "'balanced'" if decision == "prior" else "'balanced' or 'prior', or rerun its folds"
     return (
-        f"this model has no {decision} strength (it was calibrated before medsg fitted one): use decision "
-        "'balanced' or 'prior', or rerun its folds"
+        f"this model has no {lacking_words(decision)} (it was calibrated before medsg fitted one): use decision "
+        f"{instead}"
     )
 
 

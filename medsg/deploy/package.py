@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsg.calibration import CALIBRATION_FILE, apply_temperature, decide, has_rule
+from medsg.calibration import CALIBRATION_FILE, apply_temperature, decide, has_rule, lacking_words
 from medsg.config import Config, load_saved_config
 from medsg.core.errors import CheckpointError, DataError
 from medsg.core.io import atomic_write_text, publish_dir, read_json, staging_dir
@@ -133,8 +133,9 @@ class ModelBundle:
         lacking = [m.name for m in members if not has_rule(m.calibration, decision)]
         if lacking:
             raise DataError(
-                f"{self.source}: eval.decision is {decision}, but members {lacking} have no {decision} strength "
-                "(calibrated before medsg fitted one); export the run again from a current medsg run"
+                f"{self.source}: eval.decision is {decision}, but members {lacking} have no "
+                f"{lacking_words(decision)} (calibrated before medsg fitted one); export the run again from a "
+                "current medsg run"
             )
         return decision
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from medsg.calibration import DECISION_TEXT, DECISIONS, PRIOR_KEY, decide, has_rule
+from medsg.calibration import DECISION_TEXT, DECISIONS, PRIOR_KEY, decide, has_rule, lacking_words
 from medsg.metrics import bootstrap_ci, sensitivity_cis
 
 DECISION_KEYS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -50,10 +50,9 @@ def headline_rule(requested: str, available: set[str] | dict[str, Any]) -> tuple
     if requested not in DECISIONS:
         return "balanced", f"eval.decision {requested!r} is unknown; the headline uses the balanced rule"
     if requested not in available:
-        lacking = "prior shift" if requested == "prior" else f"{requested} strength"
         return "balanced", (
-            f"eval.decision is {requested}, but the folds have no {lacking} (calibrated before medsg fitted "
-            "one): the headline uses the balanced rule"
+            f"eval.decision is {requested}, but the folds have no {lacking_words(requested)} (calibrated "
+            "before medsg fitted one): the headline uses the balanced rule"
         )
     return requested, ""
 

@@ -64,27 +64,35 @@ def final_plan(cfg: Config, run_dir: Path) -> dict[str, Any]:
         if temps
         else "1.0: no fold temperature available (uncalibrated)"
     )
+    prior, prior_rule = _fold_median(
+        strengths, "prior-shift strengths", (0.0, "0.0: no fold fitted a prior shift")
+    )
+    floor, floor_rule = _fold_median(
+        floors,
+        "majority_floor strengths",
+        (None, "none: no fold fitted a majority_floor strength, so the final model cannot apply that rule"),
+    )
     return {
         "epochs": int(epochs),
         "epochs_rule": rule,
         "schedule_epochs": schedule,
         "temperature": temperature,
         "temperature_rule": t_rule,
-        "prior_strength": float(np.median(strengths)) if strengths else 0.0,
-        "prior_strength_rule": (
-            f"median of the {len(strengths)} cross-validation folds' prior-shift strengths "
-            f"{[round(v, 4) for v in strengths]}"
-            if strengths
-            else "0.0: no fold fitted a prior shift"
-        ),
-        "floor_strength": float(np.median(floors)) if floors else None,
-        "floor_strength_rule": (
-            f"median of the {len(floors)} cross-validation folds' majority_floor strengths "
-            f"{[round(v, 4) for v in floors]}"
-            if floors
-            else "none: no fold fitted a majority_floor strength, so the final model cannot apply that rule"
-        ),
+        "prior_strength": prior,
+        "prior_strength_rule": prior_rule,
+        "floor_strength": floor,
+        "floor_strength_rule": floor_rule,
     }
+
+
+def _fold_median(values: list[float], what: str, empty: tuple[float | None, str]) -> tuple[float | None, str]:
+    """(the median of the folds' prior-shift ``values``, how it was made), or ``empty`` (a value and why)
+    when there are none."""
+    if not values:
+        return empty
+    return float(np.median(values)), (
+        f"median of the {len(values)} cross-validation folds' {what} {[round(v, 4) for v in values]}"
+    )
 
 
 class FinalTrainer(FoldTrainer):
