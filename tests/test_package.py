@@ -4,8 +4,11 @@ calibration per fold, --fold all, export, package round trip and tampering, pred
 from __future__ import annotations
 
 import json
+import lzma
 import shutil
+import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -280,6 +283,9 @@ def test_evaluate_a_synthetic_external_set_with_overlap_audit(run, tmp_path):
     assert summary["overlap"]["n"] == 1 and summary["overlap"]["by_kind"] == {"exact": 1}
     assert summary["n_scored"] == 7 and not summary["overlap"]["excluded"]
     assert summary["title"].startswith("External test:")
+    stored = package / "cv" / "oof_predictions.csv.xz"  # the CV ROC above was read from it
+    assert lzma.decompress(stored.read_bytes()) == (run_dir / "oof_predictions.csv").read_bytes()
+    assert not (package / "cv" / "oof_predictions.csv").exists()
     page = (report / "report.md").read_text()
     assert "External test" in page and "figures/cv_roc.png" in page and "figures/test_roc.png" in page
     assert (report / "report.html").is_file() and (report / "overlap.csv").is_file()
@@ -487,3 +493,47 @@ def test_a_float16_package_is_half_the_weights_and_predicts_as_the_run_does(run,
     with pytest.raises(DataError, match="weights dtype 'int8'"):
         export_package(run_dir, tmp_path / "bad", "folds", weights_dtype="int8")
     assert not (tmp_path / "bad").exists()
+
+
+def test_fingerprints_store_digests_as_bytes_lzma_compressed_and_read_either_layout(tmp_path):
+    """The compact layout (32-byte digests, LZMA members) reads back to the same fingerprints, and a file
+    written before it (hex strings, deflated), as in packages committed earlier, still reads."""
+    from medsg.deploy.reference import Fingerprints, fingerprint
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / f"{k}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(paths[-1])
+    prints, problems = fingerprint(["a", "b", "c"], [str(p) for p in paths])
+    assert not problems and len(prints.sha256[0]) == 64
+    new, old = tmp_path / "new.npz", tmp_path / "old.npz"
+    new.write_bytes(prints.to_bytes())
+    np.savez_compressed(old, **{k: getattr(prints, k) for k in prints.__dataclass_fields__})
+    with zipfile.ZipFile(new) as archive:
+        assert {i.compress_type for i in archive.infolist()} == {zipfile.ZIP_LZMA}
+    with np.load(new) as raw:
+        assert raw["sha256"].shape == (3, 32) and raw["sha256"].dtype == np.uint8
+    for path in (new, old):
+        back = Fingerprints.load(path)
+        for key in prints.__dataclass_fields__:
+            np.testing.assert_array_equal(
+                getattr(back, key), getattr(prints, key), err_msg=f"{path.name}: {key}"
+            )
+    prints.sha256[1] = ""  # an unreadable image's empty digest survives the round trip
+    new.write_bytes(prints.to_bytes())
+    assert list(Fingerprints.load(new).sha256) == list(prints.sha256)
+
+
+def test_evaluate_reads_a_packages_cv_predictions_in_either_layout(tmp_path):
+    """Packages exported before the xz copy keep a plain cv/oof_predictions.csv; the xz one wins if both."""
+    from medsg.deploy.evaluate import _oof_path
+
+    bundle = SimpleNamespace(kind="package", source=tmp_path)
+    assert _oof_path(bundle) is None
+    (tmp_path / "cv").mkdir()
+    (tmp_path / "cv" / "oof_predictions.csv").write_text("id\n")
+    assert _oof_path(bundle) == tmp_path / "cv" / "oof_predictions.csv"
+    (tmp_path / "cv" / "oof_predictions.csv.xz").write_bytes(lzma.compress(b"id\n"))
+    assert _oof_path(bundle) == tmp_path / "cv" / "oof_predictions.csv.xz"
+    assert _oof_path(SimpleNamespace(kind="run", source=tmp_path)) is None

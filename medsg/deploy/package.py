@@ -13,7 +13,7 @@ An exported package (``medsg export RUN_DIR OUT_DIR``) is a folder that needs no
     weights/fold_K.safetensors each fold's selected weights (EMA when used), tensors only; float32, or float16
                                with ``--weights-dtype float16`` (half the size; loaded back into float32)
     weights/all.safetensors    the final model (``--fold all``), when exported
-    cv/summary.json, cv/oof_predictions.csv    the cross-validation (raw probabilities), for evaluate's report
+    cv/summary.json, cv/oof_predictions.csv.xz the cross-validation (raw probabilities), for evaluate's report
     training_images.json, training_fingerprints.npz   the training data's reference (``medsg.deploy.reference``)
     CHECKSUMS.sha256           the SHA-256 of every other file
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import lzma
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from torch import nn
 from medsg.calibration import CALIBRATION_FILE, apply_temperature, decide, has_rule, lacking_words
 from medsg.config import Config, load_saved_config
 from medsg.core.errors import CheckpointError, DataError
-from medsg.core.io import atomic_write_text, publish_dir, read_json, staging_dir
+from medsg.core.io import atomic_write_bytes, atomic_write_text, publish_dir, read_json, staging_dir
 from medsg.core.run_folder import ALL, CONFIG_FILE, RunFolder
 from medsg.data.manifest import read_manifest
 from medsg.data.transforms import build_transforms
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 PACKAGE_FILE = "package.json"
 CHECKSUMS_FILE = "CHECKSUMS.sha256"
 FORMAT = 1
+OOF_FILE = "oof_predictions.csv.xz"  # cv/ of a package (run and report folders keep plain .csv)
 REFERENCE_DIR = "reference"  # <run_dir>/reference/: the training reference of a run, made on first use
 FOLDS, FINAL = "folds", "all"
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -391,10 +393,13 @@ def _copy_cv(run_dir: Path, out: Path, chosen: list[Member]) -> None:
     """The cross-validation evidence beside the weights: the summary and the pooled raw OOF predictions.
 
     The calibrated ones are not stored: they are the raw ones under each fold's temperature (package.json).
+    The predictions are xz-compressed (``OOF_FILE``; pandas reads it as it is): 17-digit probabilities of
+    6 000 images take 1 MB as text, 0.4 MB compressed, and a package must stay under 20 MiB.
     """
     if not any(m.kind == "fold" for m in chosen):
         return
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("summary.json", "oof_predictions.csv"):
-        if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, out / name)
+    if (run_dir / "summary.json").is_file():
+        shutil.copyfile(run_dir / "summary.json", out / "summary.json")
+    if (run_dir / "oof_predictions.csv").is_file():
+        atomic_write_bytes(out / OOF_FILE, lzma.compress((run_dir / "oof_predictions.csv").read_bytes()))

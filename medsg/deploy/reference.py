@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,14 +151,44 @@ class Fingerprints:
     thumb: np.ndarray  # (n, 1024) uint8
 
     def to_bytes(self) -> bytes:
+        """An ``.npz`` that ``np.load`` reads, made small enough to ship with a package of 6 000 images.
+
+        The two SHA-256 columns are stored as 32-byte digests instead of 64-character strings, and every member
+        is LZMA-compressed (zip's own method 14) instead of deflated: 5.8 MB -> 4.6 MB for ISIC's 5 984 images,
+        most of it the thumbnails.
+        """
+        arrays = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        arrays |= {k: _digests(arrays[k]) for k in _DIGESTS}
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **{k: getattr(self, k) for k in self.__dataclass_fields__})
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_LZMA) as archive:
+            for name, array in arrays.items():
+                with archive.open(f"{name}.npy", "w") as member:
+                    np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
         return buffer.getvalue()
 
     @classmethod
     def load(cls, path: str | Path) -> Fingerprints:
+        """Either layout: digests as bytes (``to_bytes``) or as hex strings (packages exported before it)."""
         with np.load(path, allow_pickle=False) as data:
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+            arrays = {k: data[k] for k in cls.__dataclass_fields__}
+        arrays |= {k: _hex(arrays[k]) for k in _DIGESTS}
+        return cls(**arrays)
+
+
+_DIGESTS = ("sha256", "pixel_sha256")
+
+
+def _digests(hexes: np.ndarray) -> np.ndarray:
+    """(n,) hex SHA-256 strings -> (n, 32) uint8; an empty string (unreadable image) -> 32 zero bytes."""
+    rows = [bytes.fromhex(str(h)) if str(h) else bytes(32) for h in hexes]
+    return np.frombuffer(b"".join(rows), np.uint8).reshape(len(rows), 32)
+
+
+def _hex(digests: np.ndarray) -> np.ndarray:
+    """The inverse of ``_digests``; hex strings (an older file) pass through."""
+    if digests.dtype.kind == "U":
+        return digests
+    return np.array([row.tobytes().hex() if row.any() else "" for row in digests], dtype=str)
 
 
 def fingerprint(ids: Sequence[str], paths: Sequence[str]) -> tuple[Fingerprints, list[dict[str, Any]]]:
