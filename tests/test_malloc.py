@@ -40,10 +40,12 @@ def _page_faults(setting: str) -> int:
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's; elsewhere keep_freed_memory does nothing")
 def test_forward_passes_stop_page_faulting_once_it_applies():
-    # glibc's default unmaps each multi-MB temporary on free (tens of thousands of faults per pass). With the
-    # setting a run once faulted ~2 000 pages while the full suite ran (a one-off, not per pass): best of two
+    # glibc's default unmaps each multi-MB temporary on free: 9 000-40 000 faults here for three passes, but its
+    # own sliding threshold sometimes settles with none (a CI machine once measured 0), so the default's count is
+    # no promise of ours. Ours is the steady state: with the setting a run once faulted ~2 000 pages while the
+    # full suite ran (a one-off, not per pass), so best of two stays under 2 500, or a twentieth of the default's
     without, with_setting = _page_faults("off"), min(_page_faults("on") for _ in range(2))
-    assert without > 5000 and with_setting < without / 20
+    assert with_setting < max(2500, without / 20), (without, with_setting)
 
 
 def test_stands_aside_when_the_user_set_malloc_variables(monkeypatch):
