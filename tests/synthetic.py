@@ -200,3 +200,46 @@ def garbled_png(arr: np.ndarray, path: Path, seed: int = 1) -> Path:
     crc = struct.pack(">I", zlib.crc32(b"IDAT" + garbage))
     path.write_bytes(data[: start + 4] + garbage + crc + data[start + 8 + length :])
     return path
+
+
+def bare_package(
+    pkg: Path,
+    members: list[tuple[str, str, float]],
+    config: dict,
+    *,
+    arch: str = "sgformer_tiny",
+    class_names: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"),
+    img_size: int = 224,
+) -> Path:
+    """A package of untrained, seeded models (``members``: name, kind, temperature) without a training run:
+    for tests that need a package's layout and weights, not a model that has learnt anything."""
+    import json
+
+    import torch
+    import yaml
+
+    from medsg.deploy.package import FORMAT, PACKAGE_FILE, _write_checksums
+    from medsg.models import create_model
+    from medsg.models.checkpoint import save_safetensors
+
+    entries = []
+    for i, (name, kind, temperature) in enumerate(members):
+        torch.manual_seed(i)
+        model = create_model(arch, img_size, num_classes=len(class_names))
+        save_safetensors(model.state_dict(), pkg / "weights" / f"{name}.safetensors")
+        entries.append(
+            {"name": name, "kind": kind, "weights": f"weights/{name}.safetensors", "temperature": temperature}
+        )
+    meta = {
+        "format": FORMAT,
+        "arch": arch,
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "preprocessing": {"img_size": img_size, "mean": [0.5] * 3, "std": [0.25] * 3},
+        "members": entries,
+        "default": "folds",
+    }
+    (pkg / PACKAGE_FILE).write_text(json.dumps(meta))
+    (pkg / "config.yaml").write_text(yaml.safe_dump(config))
+    _write_checksums(pkg)
+    return pkg

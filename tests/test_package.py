@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from synthetic import bare_package
 
 from medsg import cli
 from medsg.calibration import PRIOR_KEY, apply_temperature, fit_floor_strength
@@ -321,40 +322,19 @@ def _isic_layout(root: Path, subset: str, size: tuple[int, int], seed: int = 0) 
 
 def _isic_package(tmp_path: Path) -> Path:
     """A package of an untrained 7-class sgformer_tiny, with a reference made from 600x450 images."""
-    from medsg.deploy.package import FORMAT, _write_checksums
     from medsg.deploy.reference import write_reference
-    from medsg.models import create_model
-    from medsg.models.checkpoint import save_safetensors
 
     pkg = tmp_path / "isic_pkg"
     train = _isic_layout(tmp_path / "train", "Training", (600, 450), seed=1)
     images = sorted((train / "ISIC2018_Task3_Training_Input").glob("*.jpg"))
     write_reference([p.stem for p in images], [str(p) for p in images], pkg)
-    torch.manual_seed(0)
-    save_safetensors(
-        create_model("sgformer_tiny", 224, num_classes=7).state_dict(), pkg / "weights" / "0.safetensors"
-    )
-    meta = {
-        "format": FORMAT,
-        "arch": "sgformer_tiny",
-        "num_classes": 7,
-        "class_names": ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"],
-        "preprocessing": {"img_size": 224, "mean": [0.5] * 3, "std": [0.25] * 3},
-        "members": [{"name": "0", "kind": "fold", "weights": "weights/0.safetensors", "temperature": 1.5}],
-        "default": "folds",
+    config = {
+        "experiment": {"name": "isic"},
+        "data": {"adapter": "isic2018", "root": str(train)},
+        "model": {"name": "sgformer_tiny"},
+        "eval": {"bootstrap": 10},
     }
-    (pkg / PACKAGE_FILE).write_text(json.dumps(meta))
-    (pkg / "config.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "experiment": {"name": "isic"},
-                "data": {"adapter": "isic2018", "root": str(train)},
-                "model": {"name": "sgformer_tiny"},
-                "eval": {"bootstrap": 10},
-            }
-        )
-    )
-    _write_checksums(pkg)
+    bare_package(pkg, [("0", "fold", 1.5)], config)
     assert (pkg / CHECKSUMS_FILE).is_file()
     return pkg
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic import bare_package
 
 from medsg.config import config_from_dict, resolved_config
 from medsg.core.errors import ConfigError
@@ -25,8 +26,18 @@ from medsg.workflows.pretrain import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-ISIC_PACKAGE = REPO / "reports" / "isic2018_cpu_sgformer_tiny" / "model"
 TINY = PretrainSettings(epochs=2, batch_size=4, projection_hidden=64, projection_dim=32, warmup_epochs=1)
+
+
+@pytest.fixture
+def isic_package(tmp_path: Path) -> Path:
+    """A 7-class sgformer_tiny package with a final model (untrained, seeded): the transfer source."""
+    config = {
+        "experiment": {"name": "isic"},
+        "data": {"adapter": "isic2018", "root": str(tmp_path)},
+        "model": {"name": "sgformer_tiny"},
+    }
+    return bare_package(tmp_path / "isic_pkg", [("all", "all", 1.0)], config)
 
 
 def transfer_from(source: Path) -> dict:
@@ -34,10 +45,12 @@ def transfer_from(source: Path) -> dict:
     return {"model.pretrained": str(source), "model.drop_path": 0.0}
 
 
-def test_supervised_transfer_takes_the_final_models_backbone_and_a_new_head(tmp_path, make_config):
-    cfg = make_config(tmp_path, None, transfer_from(ISIC_PACKAGE), model="sgformer_tiny", check_paths=False)
+def test_supervised_transfer_takes_the_final_models_backbone_and_a_new_head(
+    tmp_path, make_config, isic_package
+):
+    cfg = make_config(tmp_path, None, transfer_from(isic_package), model="sgformer_tiny", check_paths=False)
     model = build_model(cfg, num_classes=3)
-    source = read_checkpoint(ISIC_PACKAGE / "weights" / "all.safetensors")
+    source = read_checkpoint(isic_package / "weights" / "all.safetensors")
     state = model.state_dict()
     backbone = [k for k in source if not k.startswith("head.")]
     assert len(backbone) > 50
@@ -54,9 +67,9 @@ def test_supervised_transfer_takes_the_final_models_backbone_and_a_new_head(tmp_
     assert resolved_config(given)["model"]["pretrained"] == "reports/x/model"
 
 
-def test_supervised_transfer_refuses_another_architecture(tmp_path, make_config):
+def test_supervised_transfer_refuses_another_architecture(tmp_path, make_config, isic_package):
     cfg = make_config(
-        tmp_path, None, transfer_from(ISIC_PACKAGE), model="mobilenetv3_small_050", check_paths=False
+        tmp_path, None, transfer_from(isic_package), model="mobilenetv3_small_050", check_paths=False
     )
     with pytest.raises(ConfigError, match="holds a sgformer_tiny model, model.name is mobilenetv3_small_050"):
         build_model(cfg, num_classes=3)
