@@ -195,22 +195,29 @@ def prior_shift_record(
             "fitted": False,
             "reason": "uniform training prior: nothing to shift",
         }
+    return record | fit_prior_shift(val_y, val_probs, prior)
+
+
+def fit_prior_shift(
+    val_y: Sequence[int] | np.ndarray,
+    val_probs: np.ndarray,
+    prior: Sequence[float] | np.ndarray,
+    fitted_on: str = "inner validation split at the selected epoch, after the temperature",
+) -> dict[str, Any]:
+    """The fitted part of a ``prior_shift`` record: both rules' strengths on (temperature-scaled) validation
+    predictions for a given training prior, and what they did there."""
     fitted = fit_prior_strength(val_y, val_probs, prior)
     after = apply_prior_shift(val_probs, prior, fitted)
     y = np.asarray(val_y, dtype=np.int64)
-    return (
-        record
-        | fit_floor_strength(y, val_probs, prior)
-        | {
-            "strength": fitted,
-            "fitted": True,
-            "fitted_on": "inner validation split at the selected epoch, after the temperature",
-            "val_nll_before": nll(y, val_probs),
-            "val_nll_after": nll(y, after),
-            "val_accuracy_before": float((val_probs.argmax(axis=1) == y).mean()),
-            "val_accuracy_after": float((after.argmax(axis=1) == y).mean()),
-        }
-    )
+    return fit_floor_strength(y, val_probs, prior) | {
+        "strength": fitted,
+        "fitted": True,
+        "fitted_on": fitted_on,
+        "val_nll_before": nll(y, val_probs),
+        "val_nll_after": nll(y, after),
+        "val_accuracy_before": float((val_probs.argmax(axis=1) == y).mean()),
+        "val_accuracy_after": float((after.argmax(axis=1) == y).mean()),
+    }
 
 
 def decide(probs: np.ndarray, calibration: dict[str, Any], decision: str) -> np.ndarray:

@@ -266,7 +266,7 @@ def test_every_command_module_has_its_interface_and_help(command, capsys):
 
 def test_command_names_are_unique_and_listed_once():
     names = [c.NAME for c in COMMANDS]
-    assert len(set(names)) == len(names) == 15 and names[:2] == ["run", "report"]
+    assert len(set(names)) == len(names) == 16 and names[:2] == ["run", "report"]
 
 
 # The minimal command line of each command that takes --fold, --models or --device.

@@ -21,7 +21,7 @@ from medsg.report.figures import confusion_png, reliability_png, roc_png, traini
 from medsg.report.html import render_html
 from medsg.report.markdown import render_markdown
 
-__all__ = ["build_summary", "load_run", "write_report"]
+__all__ = ["build_summary", "load_run", "write_report", "write_run_data_report"]
 
 
 def write_report(
@@ -33,15 +33,27 @@ def write_report(
     report.html, figures/*.png, the folds' calibration.json records and their pooled inner validation
     predictions (val_predictions.csv) into ``report_dir``, all atomically.
     """
-    run_dir, report_dir = Path(run_dir), Path(report_dir)
-    run = load_run(run_dir)
+    run_dir = Path(run_dir)
+    return write_run_data_report(load_run(run_dir), report_dir, n_bootstrap, seed, run_dir=run_dir)
+
+
+def write_run_data_report(
+    run: RunData,
+    report_dir: Path,
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    run_dir: Path | None = None,
+) -> Path:
+    """``write_report`` for a run already in memory (a seed ensemble has no run folder: ``run_dir`` None);
+    a run folder also gets summary.json and oof_predictions.csv, and gives its explanations."""
+    report_dir = Path(report_dir)
     summary = build_summary(run, n_bootstrap=n_bootstrap, seed=seed)
     oof = run.oof.copy()
     groups, _ = group_labels(run)
     if groups is not None:  # the bootstrap's unit, so every CI can be recomputed from the report folder
         oof["group"] = groups
     # in the run folder and beside the report, so a committed report can be recomputed without the run
-    for folder in (run_dir, report_dir):
+    for folder in (report_dir,) if run_dir is None else (run_dir, report_dir):
         atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
         atomic_write_text(folder / "oof_predictions.csv", oof.to_csv(index=False))
     # what the temperatures, prior shifts and operating-point thresholds were fitted on, and their values
@@ -55,7 +67,7 @@ def write_report(
     figures = _figures(run, summary)
     for _, name, png in figures:
         atomic_write_bytes(report_dir / "figures" / name, png)
-    explained = _explanations(run_dir, report_dir)
+    explained = None if run_dir is None else _explanations(run_dir, report_dir)
     atomic_write_text(
         report_dir / "report.md",
         render_markdown(summary, [(cap, f"figures/{name}") for cap, name, _ in figures], explained),

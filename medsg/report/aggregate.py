@@ -46,6 +46,7 @@ from medsg.report.run_files import (
 from medsg.report.subgroups import subgroup_summary
 
 FROM_SCRATCH = "none (trained from scratch)"
+ENSEMBLE_FILE = "ensemble.json"  # beside a seed ensemble's report: its members and how they were combined
 POOLED_TEXT = (
     "Pooled out-of-fold figures combine the predictions of k different models (one per fold, each tested on "
     "the images it never saw); they describe the procedure, not one model."
@@ -68,6 +69,8 @@ class RunData:
     calibration: dict[int, dict[str, Any]] = field(default_factory=dict)  # each fold's calibration.json
     # each fold's val_predictions.csv, where present (operating-point thresholds are fixed on them)
     val: dict[int, pd.DataFrame] = field(default_factory=dict)
+    # a seed ensemble's ensemble.json (``medsg.report.ensemble``): its members, method and protocol lines
+    ensemble: dict[str, Any] | None = None
 
     def probs(self, frame: pd.DataFrame | None = None) -> np.ndarray:
         """(n, C) float64 class probabilities of ``frame`` (default: all pooled OOF rows), in class order."""
@@ -150,6 +153,7 @@ def load_report_folder(report_dir: Path) -> RunData:
     if val_path.is_file():
         val = _read_csv(val_path, "write the report again", dtype={"id": str})
         run.val = {int(f): frame.reset_index(drop=True) for f, frame in val.groupby("fold")}
+    run.ensemble = read_json_or_none(report_dir / ENSEMBLE_FILE)
     return run
 
 
@@ -341,6 +345,9 @@ def protocol(run: RunData) -> dict[str, str]:
         "model selection": selection_text(cfg),
         "provenance": _provenance(cfg.saved_provenance),
     }
+    rows["ensemble"] = "none: one training run"
+    if run.ensemble:  # the data lines of its first member's report, and what averaging changes
+        rows |= run.ensemble.get("protocol", {})
     return {key: rows[key] for key in PROTOCOL_KEYS}
 
 
@@ -365,6 +372,7 @@ PROTOCOL_KEYS = (
     "pretraining",
     "epochs",
     "model selection",
+    "ensemble",
     "provenance",
 )
 

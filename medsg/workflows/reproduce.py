@@ -20,6 +20,7 @@ from medsg.config import config_from_dict, git_same_code, provenance, read_yaml
 from medsg.core.errors import ConfigError
 from medsg.core.io import atomic_write_text, read_json
 from medsg.core.run_folder import RunFolder
+from medsg.report.aggregate import ENSEMBLE_FILE
 from medsg.workflows.experiment import run_experiment
 
 COMPARED = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "ece", "brier", "log_loss")
@@ -67,6 +68,13 @@ def read_report(report_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                 f"{path} not found: `medsg reproduce` needs a report folder written by `medsg report` "
                 "(reports made before reports kept their config.yaml cannot be rerun this way)"
             )
+    ensemble = read_json(report_dir / ENSEMBLE_FILE, default=None)
+    if ensemble is not None:
+        members = ", ".join(str(m.get("path")) for m in ensemble.get("members", []))
+        raise ConfigError(
+            f"{report_dir} is a seed ensemble ({ENSEMBLE_FILE}): no single run made it; reproduce a fold of one "
+            f"of its members ({members}), then `medsg ensemble` them again"
+        )
     return read_yaml(cfg_path), read_json(summary_path)
 
 
