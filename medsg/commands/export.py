@@ -27,6 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how the weights are stored: float16 halves the package (a package kept in git); they load "
         "back into float32, so predictions move by rounding only (default: float32)",
     )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        default=[],
+        metavar="RUN_DIR",
+        help="run folders of the same recipe with other experiment.seed values: the package is then the seed "
+        "ensemble of RUN_DIR and these (folds only; see `medsg ensemble`)",
+    )
+    parser.add_argument("--name", default=None, help="the seed ensemble's name (default: <run>_seeds<N>)")
     add_force(parser)
 
 
@@ -34,5 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from medsg.workflows.experiment import check_reports_write  # torch, MONAI: not for `medsg --help`
 
     check_reports_write(Path(args.out_dir), args.force)
-    print(package.export_package(Path(args.run_dir), Path(args.out_dir), args.models, args.weights_dtype))
+    seeds = [Path(d) for d in args.seeds]
+    out = package.export_package(
+        Path(args.run_dir), Path(args.out_dir), args.models, args.weights_dtype, seeds, args.name
+    )
+    print(out)
     return 0

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from medsg.calibration import CALIBRATION_FILE, apply_temperature, decide, has_rule, lacking_words
-from medsg.config import Config, load_saved_config
+from medsg.config import Config, dump_config, load_saved_config, read_yaml
 from medsg.core.errors import CheckpointError, DataError
 from medsg.core.io import atomic_write_bytes, atomic_write_text, publish_dir, read_json, staging_dir
 from medsg.core.run_folder import ALL, CONFIG_FILE, RunFolder
@@ -47,6 +47,9 @@ from medsg.data.transforms import build_transforms
 from medsg.deploy.reference import FINGERPRINTS_FILE, STATS_FILE, write_reference
 from medsg.models import create_model
 from medsg.models.checkpoint import load_exact, read_checkpoint, save_safetensors, select_state_dict
+from medsg.report import build_summary
+from medsg.report import load_run as load_run_data
+from medsg.report.ensemble import average_runs
 from medsg.report.model_card import render_model_card
 
 log = logging.getLogger(__name__)
@@ -82,7 +85,11 @@ class Preprocessing:
 
 @dataclass
 class Member:
-    """One model of a bundle: a CV fold's selected weights, or the final model (``kind`` 'all')."""
+    """One model of a bundle: a CV fold's selected weights, or the final model (``kind`` 'all').
+
+    A seed ensemble's fold (``medsg.report.ensemble``) holds several networks, one per seed: ``weights`` and
+    ``more_weights``; their softmax outputs are averaged before the member's temperature and prior shift,
+    as the ensemble's calibration was fitted on such averages."""
 
     name: str
     kind: str  # "fold" or "all"
@@ -90,10 +97,28 @@ class Member:
     temperature: float
     calibration: dict[str, Any] = field(default_factory=dict)
     use_ema: bool = True
+    more_weights: tuple[Path, ...] = ()
+
+    @property
+    def networks(self) -> list[Path]:
+        return [self.weights, *self.more_weights]
 
     def calibrated(self, probs: np.ndarray, decision: str = "balanced") -> np.ndarray:
         """Raw probabilities after the member's temperature and, for a shifted rule, its prior shift."""
         return decide(apply_temperature(probs, self.temperature), self.calibration, decision)
+
+
+class SoftmaxAverage(nn.Module):
+    """Networks of one recipe (seeds) as one model: the log of their mean softmax, so that a softmax of its
+    output is their average probability (what a seed ensemble's calibration was fitted on)."""
+
+    def __init__(self, networks: list[nn.Module]) -> None:
+        super().__init__()
+        self.networks = nn.ModuleList(networks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(net(x).float(), dim=1) for net in self.networks]).mean(dim=0)
+        return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
 
 
 @dataclass
@@ -119,10 +144,14 @@ class ModelBundle:
         return chosen
 
     def build(self, member: Member, device: torch.device | str = "cpu") -> nn.Module:
-        """The member's model in eval mode, its weights loaded exactly (no head replaced, nothing dropped)."""
-        model = create_model(self.arch, self.preprocessing.img_size, num_classes=len(self.class_names))
-        load_exact(model, member.weights, use_ema=member.use_ema)
-        return model.to(device).eval()
+        """The member's model in eval mode, its weights loaded exactly (no head replaced, nothing dropped);
+        several networks (a seed ensemble's fold) become one ``SoftmaxAverage``."""
+        nets = []
+        for weights in member.networks:
+            model = create_model(self.arch, self.preprocessing.img_size, num_classes=len(self.class_names))
+            load_exact(model, weights, use_ema=member.use_ema)
+            nets.append(model)
+        return (nets[0] if len(nets) == 1 else SoftmaxAverage(nets)).to(device).eval()
 
     @property
     def decision(self) -> str:
@@ -268,10 +297,15 @@ def load_package(path: str | Path) -> ModelBundle:
     if len(names) != int(meta["num_classes"]) or len(set(names)) != len(names):
         raise CheckpointError(f"{path / PACKAGE_FILE}: class_names {names} do not match num_classes")
     prep = meta["preprocessing"]
-    members = [
-        Member(m["name"], m["kind"], path / m["weights"], float(m["temperature"]), m.get("calibration", {}))
-        for m in meta["members"]
-    ]
+    members = []
+    for m in meta["members"]:  # "weights": one file, or a list (a seed ensemble's fold)
+        files = [path / w for w in (m["weights"] if isinstance(m["weights"], list) else [m["weights"]])]
+        calibration = m.get("calibration", {})
+        members.append(
+            Member(
+                m["name"], m["kind"], files[0], float(m["temperature"]), calibration, True, tuple(files[1:])
+            )
+        )
     config = load_saved_config(path)
     preprocessing = Preprocessing(int(prep["img_size"]), tuple(prep["mean"]), tuple(prep["std"]))
     return ModelBundle(path, "package", meta["arch"], names, preprocessing, members, config, meta["default"])
@@ -312,55 +346,92 @@ def cast_weights(state_dict: dict[str, torch.Tensor], dtype: str) -> dict[str, t
     return {k: v.to(target) if v.is_floating_point() else v for k, v in state_dict.items()}
 
 
+def _seed_ensemble(
+    run_dir: Path, seeds: list[Path], out_dir: Path, name: str | None
+) -> tuple[list[Member], dict[str, Any], Any]:
+    """A seed ensemble's fold members (each fold's networks of every run, with the calibration refitted on
+    their averaged inner validation predictions), its summary and its ``RunData``
+    (``medsg.report.ensemble``)."""
+    dirs = [run_dir, *seeds]
+    data = average_runs([load_run_data(d) for d in dirs], out_dir, name or f"{run_dir.name}_seeds{len(dirs)}")
+    bundles = [load_run(d) for d in dirs]
+    members = []
+    for fold, record in sorted(data.calibration.items()):
+        nets = [next(m for m in b.members if m.kind == "fold" and m.name == str(fold)) for b in bundles]
+        members.append(
+            Member(
+                str(fold),
+                "fold",
+                nets[0].weights,
+                float(record["temperature"]),
+                record,
+                nets[0].use_ema,
+                tuple(n.weights for n in nets[1:]),
+            )
+        )
+    cfg = data.config
+    return members, build_summary(data, n_bootstrap=cfg.eval.bootstrap, seed=cfg.experiment.seed), data
+
+
 def export_package(
-    run_dir: str | Path, out_dir: str | Path, models: str | None = None, weights_dtype: str = "float32"
+    run_dir: str | Path,
+    out_dir: str | Path,
+    models: str | None = None,
+    weights_dtype: str = "float32",
+    seeds: list[Path] | None = None,
+    name: str | None = None,
 ) -> Path:
     """``medsg export``: write the package of a finished run into ``out_dir`` (replaced whole if it exists).
 
     ``models``: 'folds' (the ensemble), 'all' (the final model) or 'both'; default: both when the final
     model exists, else folds. The ensemble stays the default for prediction whenever it is shipped.
     ``weights_dtype`` 'float16' halves the weights' size (a package kept in git); they load back into float32,
-    so predictions move by rounding only (``package.json`` records the dtype).
+    so predictions move by rounding only (``package.json`` records the dtype). ``seeds``: run folders of the
+    same recipe with other seeds; the package is then their seed ensemble (``name``), folds only, each fold
+    averaging its networks' probabilities under the calibration refitted for the average.
     """
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run_dir, out_dir, seeds = Path(run_dir), Path(out_dir), [Path(d) for d in seeds or []]
     if weights_dtype not in WEIGHT_DTYPES:
         raise DataError(f"weights dtype {weights_dtype!r} is not one of {sorted(WEIGHT_DTYPES)}")
     if out_dir.is_dir() and not (out_dir / PACKAGE_FILE).is_file() and any(out_dir.iterdir()):
         raise DataError(f"{out_dir} exists and is not a medsg package; choose an empty or new folder")
+    if seeds and models not in (None, FOLDS):
+        raise DataError(
+            f"--models {models}: a seed ensemble ships its folds only (its runs' final models were never "
+            "averaged or measured); export with --models folds"
+        )
     bundle = load_run(run_dir)
     k = bundle.config.splits.k
-    has_final = any(m.kind == "all" for m in bundle.members)
-    chosen = _members_to_export(bundle, models or ("both" if has_final else FOLDS), k)
-    summary = read_json(run_dir / "summary.json", default={})
-    if any(m.kind == "fold" for m in chosen) and not summary:
-        raise DataError(f"{run_dir / 'summary.json'} is missing: run `medsg report {run_dir}` first")
+    has_final = any(m.kind == "all" for m in bundle.members) and not seeds
+    config_text = RunFolder(run_dir).config.read_text(encoding="utf-8")
+    if seeds:
+        chosen, summary, data = _seed_ensemble(run_dir, seeds, out_dir, name)
+        experiment, oof_text = data.config.experiment.name, data.oof.to_csv(index=False)
+        raw = read_yaml(RunFolder(run_dir).config)
+        raw["experiment"] |= {"name": experiment, "report_dir": str(out_dir.parent)}
+        config_text = dump_config(raw)
+    else:
+        chosen = _members_to_export(bundle, models or ("both" if has_final else FOLDS), k)
+        summary = read_json(run_dir / "summary.json", default={})
+        if any(m.kind == "fold" for m in chosen) and not summary:
+            raise DataError(f"{run_dir / 'summary.json'} is missing: run `medsg report {run_dir}` first")
+        experiment, data = bundle.config.experiment.name, None
+        oof = run_dir / "oof_predictions.csv"
+        oof_text = oof.read_text(encoding="utf-8") if oof.is_file() and chosen[0].kind == "fold" else None
     staging = staging_dir(out_dir)
-    records = []
-    for member in chosen:
-        weights, _ = select_state_dict(read_checkpoint(member.weights), use_ema=member.use_ema)
-        save_safetensors(
-            cast_weights(weights, weights_dtype), staging / "weights" / f"{member.name}.safetensors"
-        )
-        info = read_json(
-            member.weights.parent / ("final.json" if member.kind == "all" else "metrics.json"), default={}
-        )
-        records.append(
-            {
-                "name": member.name,
-                "kind": member.kind,
-                "weights": f"weights/{member.name}.safetensors",
-                "temperature": member.temperature,
-                "calibration": member.calibration,
-                "epochs": info.get("epochs_trained"),
-                "selected_epoch": info.get("best_epoch"),
-            }
-        )
+    records = [_export_member(m, staging, weights_dtype) for m in chosen]
     reference = run_reference_dir(run_dir)
-    for name in (STATS_FILE, FINGERPRINTS_FILE):
-        shutil.copyfile(reference / name, staging / name)
-    _copy_cv(run_dir, staging / "cv", chosen)
+    for file in (STATS_FILE, FINGERPRINTS_FILE):
+        shutil.copyfile(reference / file, staging / file)
+    if any(m.kind == "fold" for m in chosen):
+        (staging / "cv").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            staging / "cv" / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n"
+        )
+        if oof_text is not None:
+            atomic_write_bytes(staging / "cv" / OOF_FILE, lzma.compress(oof_text.encode("utf-8")))
     # config.yaml travels byte for byte (provenance and paths as written), so the package says what the run said
-    shutil.copyfile(RunFolder(run_dir).config, staging / CONFIG_FILE)
+    atomic_write_text(staging / CONFIG_FILE, config_text)
     meta = {
         "format": FORMAT,
         "arch": bundle.arch,
@@ -371,9 +442,11 @@ def export_package(
         "default": FOLDS if any(m.kind == "fold" for m in chosen) else FINAL,
         "weights_dtype": weights_dtype,
         "calibrated": "probabilities are temperature-scaled per member (see calibration), then averaged",
-        "experiment": bundle.config.experiment.name,
+        "experiment": experiment,
         "provenance": bundle.config.saved_provenance,
     }
+    if data is not None:
+        meta["ensemble"] = {k: v for k, v in data.ensemble.items() if k != "protocol"}
     atomic_write_text(staging / PACKAGE_FILE, json.dumps(meta, indent=2) + "\n")
     stats = read_json(staging / STATS_FILE, default={})
     final_plan = read_json(RunFolder(run_dir).final.file("final.json"), default={}) if has_final else {}
@@ -385,21 +458,31 @@ def export_package(
     )
     _write_checksums(staging)
     publish_dir(staging, out_dir)
-    log.info("exported %d model(s) of %s to %s (%s weights)", len(chosen), run_dir, out_dir, weights_dtype)
+    n = sum(len(m.networks) for m in chosen)
+    log.info("exported %d network(s) of %s to %s (%s weights)", n, run_dir, out_dir, weights_dtype)
     return out_dir
 
 
-def _copy_cv(run_dir: Path, out: Path, chosen: list[Member]) -> None:
-    """The cross-validation evidence beside the weights: the summary and the pooled raw OOF predictions.
-
-    The calibrated ones are not stored: they are the raw ones under each fold's temperature (package.json).
-    The predictions are xz-compressed (``OOF_FILE``; pandas reads it as it is): 17-digit probabilities of
-    6 000 images take 1 MB as text, 0.4 MB compressed, and a package must stay under 20 MiB.
-    """
-    if not any(m.kind == "fold" for m in chosen):
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    if (run_dir / "summary.json").is_file():
-        shutil.copyfile(run_dir / "summary.json", out / "summary.json")
-    if (run_dir / "oof_predictions.csv").is_file():
-        atomic_write_bytes(out / OOF_FILE, lzma.compress((run_dir / "oof_predictions.csv").read_bytes()))
+def _export_member(member: Member, staging: Path, weights_dtype: str) -> dict[str, Any]:
+    """Write a member's networks into ``staging/weights/`` and return its package.json record."""
+    files, epochs, selected = [], [], []
+    for i, checkpoint in enumerate(member.networks):
+        weights, _ = select_state_dict(read_checkpoint(checkpoint), use_ema=member.use_ema)
+        file = f"weights/{member.name}{f'_{i}' if i else ''}.safetensors"
+        save_safetensors(cast_weights(weights, weights_dtype), staging / file)
+        info = read_json(
+            checkpoint.parent / ("final.json" if member.kind == "all" else "metrics.json"), default={}
+        )
+        files.append(file)
+        epochs.append(info.get("epochs_trained"))
+        selected.append(info.get("best_epoch"))
+    single = len(files) == 1
+    return {
+        "name": member.name,
+        "kind": member.kind,
+        "weights": files[0] if single else files,
+        "temperature": member.temperature,
+        "calibration": member.calibration,
+        "epochs": epochs[0] if single else epochs,
+        "selected_epoch": selected[0] if single else selected,
+    }

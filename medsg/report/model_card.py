@@ -53,7 +53,16 @@ def _members_text(meta: dict[str, Any], final_plan: dict[str, Any]) -> list[str]
     folds = [m for m in meta["members"] if m["kind"] == "fold"]
     final = [m for m in meta["members"] if m["kind"] == "all"]
     lines = []
-    if folds:
+    seeds = len(folds[0]["weights"]) if folds and isinstance(folds[0]["weights"], list) else 1
+    if seeds > 1:
+        lines.append(
+            f"- **Seed ensemble** ({len(folds)} folds x {seeds} seeds = {len(folds) * seeds} networks, the "
+            "default): each fold's member averages the softmax outputs of its seeds' selected weights, then "
+            "applies that fold's temperature and prior shift (fitted on the same average of its inner validation "
+            "predictions); a prediction is the mean over the folds, and their spread is reported as an "
+            "uncertainty."
+        )
+    elif folds:
         lines.append(
             f"- **Fold ensemble** ({len(folds)} models, the default): each cross-validation fold's selected "
             "weights; a prediction is the mean of their temperature-scaled probabilities, and their spread is "
