@@ -243,3 +243,15 @@ def bare_package(
     (pkg / "config.yaml").write_text(yaml.safe_dump(config))
     _write_checksums(pkg)
     return pkg
+
+
+# the recipe of the package tests: a tiny model from scratch, 2 epochs, a third of each training fold for calibration
+PACKAGE_RECIPE = {
+    "splits.inner_val_fraction": 0.34,
+    "model.drop_path": 0.0,
+    "train.epochs": 2,
+    "train.batch_size": 4,
+    "train.layer_decay": None,
+    "explain.cases_per_fold": 0,
+    "explain.localization": False,
+}

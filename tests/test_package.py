@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from synthetic import bare_package
+from synthetic import PACKAGE_RECIPE, bare_package
 
 from medsg import cli
 from medsg.calibration import PRIOR_KEY, apply_temperature, fit_floor_strength
@@ -28,16 +28,7 @@ from medsg.deploy.package import CHECKSUMS_FILE, PACKAGE_FILE, export_package, l
 from medsg.deploy.predict import ImageFiles, InputItem, PredictOptions, collate, predict_items, raw_probs
 from medsg.workflows.experiment import run_experiment
 
-PKG = {  # sgformer_tiny from scratch, 2 epochs, a third of each training fold for calibration
-    "experiment.name": "pkg",
-    "splits.inner_val_fraction": 0.34,
-    "model.drop_path": 0.0,
-    "train.epochs": 2,
-    "train.batch_size": 4,
-    "train.layer_decay": None,
-    "explain.cases_per_fold": 0,
-    "explain.localization": False,
-}
+PKG = {"experiment.name": "pkg", **PACKAGE_RECIPE}  # sgformer_tiny (the fixture names it)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic import PACKAGE_RECIPE
 
 from medsg.core.errors import DataError
 from medsg.demo import make_synthetic_busi
@@ -15,16 +16,6 @@ from medsg.deploy.predict import ImageFiles, InputItem, collate, predict_items, 
 from medsg.workflows.ensemble import write_ensemble_report
 from medsg.workflows.experiment import run_experiment
 
-RECIPE = {  # the test model from scratch, 2 epochs, a third of each training fold for calibration
-    "splits.inner_val_fraction": 0.34,
-    "model.drop_path": 0.0,
-    "train.epochs": 2,
-    "train.batch_size": 4,
-    "train.layer_decay": None,
-    "explain.cases_per_fold": 0,
-    "explain.localization": False,
-}
-
 
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory, make_config):
@@ -32,7 +23,9 @@ def seeds(tmp_path_factory, make_config):
     root = make_synthetic_busi(out / "data", n_per_class=4, size=40, seed=3)
     runs = []
     for seed in (0, 1):
-        cfg = make_config(root, out, RECIPE | {"experiment.name": f"s{seed}", "experiment.seed": seed})
+        cfg = make_config(
+            root, out, PACKAGE_RECIPE | {"experiment.name": f"s{seed}", "experiment.seed": seed}
+        )
         runs.append(run_experiment(cfg, folds=[0, 1], quiet=True))
     package = export_package(runs[0], out / "package", seeds=[runs[1]], name="seeds2")
     return runs, package, out
