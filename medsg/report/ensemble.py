@@ -38,9 +38,7 @@ from medsg.core.run_folder import CONFIG_FILE
 from medsg.report.aggregate import RunData, group_labels, protocol
 from medsg.report.run_files import read_json_or_none
 
-FREE_PREFIX = (
-    "experiment."  # the keys members may differ in: seed, names, output folders (provenance is ignored)
-)
+FREE_PREFIX = "experiment."  # members may differ in seed, names and folders (provenance is ignored)
 FITTED_ON = "the members' averaged inner validation predictions at their selected epochs"
 METHOD = (
     "per outer fold, the mean of the members' raw softmax probabilities (test fold and inner validation split); "
@@ -62,6 +60,12 @@ def _raw_config(run: RunData) -> dict[str, Any]:
     return read_yaml(path)
 
 
+def _recipe(run: RunData) -> dict[str, Any]:
+    """The run's config with defaults filled (so configs of any age compare), after checking it has one."""
+    _raw_config(run)
+    return run.config.model_dump(mode="json")
+
+
 def _by_id(frame: pd.DataFrame, ids: pd.Series, columns: list[str]) -> np.ndarray:
     return frame.set_index("id").loc[ids, columns].to_numpy(dtype=np.float64)
 
@@ -71,8 +75,7 @@ def check_members(runs: list[RunData]) -> None:
     if len(runs) < 2:
         raise DataError("an ensemble needs at least two runs")
     first = runs[0]
-    _raw_config(first)
-    first_recipe = first.config.model_dump(mode="json")
+    first_recipe = _recipe(first)
     seeds = {first.config.experiment.seed: member_name(first)}
     key = first.oof[["id", "fold", "y_true"]].sort_values("id").reset_index(drop=True)
     for run in runs:
@@ -100,9 +103,7 @@ def check_members(runs: list[RunData]) -> None:
                     "refitted on averaged predictions; members must share splits.seed and "
                     "splits.inner_val_fraction"
                 )
-        _raw_config(run)
-        recipe = run.config.model_dump(mode="json")  # defaults filled, so configs of any age compare
-        diff = [d for d in result_diff(first_recipe, recipe) if not d.startswith(FREE_PREFIX)]
+        diff = [d for d in result_diff(first_recipe, _recipe(run)) if not d.startswith(FREE_PREFIX)]
         if diff:
             raise DataError(
                 f"{where} differ in more than experiment.seed ({'; '.join(diff)}): a seed ensemble averages "
@@ -117,9 +118,8 @@ def check_members(runs: list[RunData]) -> None:
         seeds[seed] = member_name(run)
 
 
-def _mean_probs(
-    runs: list[RunData], frames: list[pd.DataFrame], ids: pd.Series, names: list[str]
-) -> np.ndarray:
+def _mean_probs(frames: list[pd.DataFrame], ids: pd.Series, names: list[str]) -> np.ndarray:
+    """The members' probabilities of ``ids``, averaged (each frame is one member's)."""
     columns = [f"p_{c}" for c in names]
     return np.mean([_by_id(f, ids, columns) for f in frames], axis=0)
 
@@ -192,7 +192,7 @@ def average_runs(runs: list[RunData], out: Path, name: str, paths: list[str] | N
     groups, _ = group_labels(first)  # the bootstrap's unit, from the first member's manifest or report
     if groups is not None:
         oof["group"] = groups
-    probs = _mean_probs(runs, [r.oof for r in runs], oof["id"], names)
+    probs = _mean_probs([r.oof for r in runs], oof["id"], names)
     oof["y_pred"] = probs.argmax(axis=1)
     oof[columns] = probs
     y = oof["y_true"].to_numpy()
@@ -200,7 +200,7 @@ def average_runs(runs: list[RunData], out: Path, name: str, paths: list[str] | N
     calibrated = oof.copy()
     for fold in first.folds:
         frame = first.val[fold][["id", "fold", "y_true"]].copy()
-        fold_probs = _mean_probs(runs, [r.val[fold] for r in runs], frame["id"], names)
+        fold_probs = _mean_probs([r.val[fold] for r in runs], frame["id"], names)
         frame["y_pred"] = fold_probs.argmax(axis=1)
         frame[columns] = fold_probs
         val[fold] = frame
