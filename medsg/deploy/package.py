@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from medsg.calibration import CALIBRATION_FILE, apply_temperature, decide, has_rule, lacking_words
-from medsg.config import Config, dump_config, load_saved_config, read_yaml
+from medsg.config import Config, dump_config, load_saved_config
 from medsg.core.errors import CheckpointError, DataError
 from medsg.core.io import atomic_write_bytes, atomic_write_text, publish_dir, read_json, staging_dir
 from medsg.core.run_folder import ALL, CONFIG_FILE, RunFolder
@@ -49,7 +49,7 @@ from medsg.models import create_model
 from medsg.models.checkpoint import load_exact, read_checkpoint, save_safetensors, select_state_dict
 from medsg.report import build_summary
 from medsg.report import load_run as load_run_data
-from medsg.report.ensemble import average_runs
+from medsg.report.ensemble import average_runs, ensemble_config
 from medsg.report.model_card import render_model_card
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,12 @@ def load_package(path: str | Path) -> ModelBundle:
         calibration = m.get("calibration", {})
         members.append(
             Member(
-                m["name"], m["kind"], files[0], float(m["temperature"]), calibration, True, tuple(files[1:])
+                m["name"],
+                m["kind"],
+                files[0],
+                float(m["temperature"]),
+                calibration,
+                more_weights=tuple(files[1:]),
             )
         )
     config = load_saved_config(path)
@@ -348,12 +353,13 @@ def cast_weights(state_dict: dict[str, torch.Tensor], dtype: str) -> dict[str, t
 
 def _seed_ensemble(
     run_dir: Path, seeds: list[Path], out_dir: Path, name: str | None
-) -> tuple[list[Member], dict[str, Any], Any]:
+) -> tuple[list[Member], dict[str, Any], Any, str]:
     """A seed ensemble's fold members (each fold's networks of every run, with the calibration refitted on
-    their averaged inner validation predictions), its summary and its ``RunData``
-    (``medsg.report.ensemble``)."""
+    their averaged inner validation predictions), its summary, its ``RunData`` (``medsg.report.ensemble``) and
+    its config.yaml text."""
     dirs = [run_dir, *seeds]
-    data = average_runs([load_run_data(d) for d in dirs], out_dir, name or f"{run_dir.name}_seeds{len(dirs)}")
+    runs = [load_run_data(d) for d in dirs]
+    data = average_runs(runs, out_dir, name or f"{run_dir.name}_seeds{len(dirs)}")
     bundles = [load_run(d) for d in dirs]
     members = []
     for fold, record in sorted(data.calibration.items()):
@@ -366,11 +372,12 @@ def _seed_ensemble(
                 float(record["temperature"]),
                 record,
                 nets[0].use_ema,
-                tuple(n.weights for n in nets[1:]),
+                more_weights=tuple(n.weights for n in nets[1:]),
             )
         )
     cfg = data.config
-    return members, build_summary(data, n_bootstrap=cfg.eval.bootstrap, seed=cfg.experiment.seed), data
+    summary = build_summary(data, n_bootstrap=cfg.eval.bootstrap, seed=cfg.experiment.seed)
+    return members, summary, data, dump_config(ensemble_config(runs[0], data))
 
 
 def export_package(
@@ -405,17 +412,16 @@ def export_package(
     has_final = any(m.kind == "all" for m in bundle.members) and not seeds
     config_text = RunFolder(run_dir).config.read_text(encoding="utf-8")
     if seeds:
-        chosen, summary, data = _seed_ensemble(run_dir, seeds, out_dir, name)
+        chosen, summary, data, config_text = _seed_ensemble(run_dir, seeds, out_dir, name)
         experiment, oof_text = data.config.experiment.name, data.oof.to_csv(index=False)
-        raw = read_yaml(RunFolder(run_dir).config)
-        raw["experiment"] |= {"name": experiment, "report_dir": str(out_dir.parent)}
-        config_text = dump_config(raw)
+        summary_text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
     else:
         chosen = _members_to_export(bundle, models or ("both" if has_final else FOLDS), k)
         summary = read_json(run_dir / "summary.json", default={})
         if any(m.kind == "fold" for m in chosen) and not summary:
             raise DataError(f"{run_dir / 'summary.json'} is missing: run `medsg report {run_dir}` first")
         experiment, data = bundle.config.experiment.name, None
+        summary_text = (run_dir / "summary.json").read_text(encoding="utf-8") if summary else None
         oof = run_dir / "oof_predictions.csv"
         oof_text = oof.read_text(encoding="utf-8") if oof.is_file() and chosen[0].kind == "fold" else None
     staging = staging_dir(out_dir)
@@ -425,9 +431,7 @@ def export_package(
         shutil.copyfile(reference / file, staging / file)
     if any(m.kind == "fold" for m in chosen):
         (staging / "cv").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            staging / "cv" / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n"
-        )
+        atomic_write_text(staging / "cv" / "summary.json", summary_text)  # a run's, byte for byte
         if oof_text is not None:
             atomic_write_bytes(staging / "cv" / OOF_FILE, lzma.compress(oof_text.encode("utf-8")))
     # config.yaml travels byte for byte (provenance and paths as written), so the package says what the run said

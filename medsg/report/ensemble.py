@@ -60,6 +60,15 @@ def _raw_config(run: RunData) -> dict[str, Any]:
     return read_yaml(path)
 
 
+def ensemble_config(first: RunData, ensemble: RunData) -> dict[str, Any]:
+    """The ensemble's config.yaml: its first member's, as written (provenance and paths kept), under the
+    ensemble's name and report folder (the members differ only in ``experiment``)."""
+    raw = _raw_config(first)
+    experiment = ensemble.config.experiment
+    raw["experiment"] |= {"name": experiment.name, "report_dir": experiment.report_dir}
+    return raw
+
+
 def _recipe(run: RunData) -> dict[str, Any]:
     """The run's config with defaults filled (so configs of any age compare), after checking it has one."""
     _raw_config(run)

@@ -6,12 +6,12 @@ import json
 import logging
 from pathlib import Path
 
-from medsg.config import config_hash, dump_config, git_clean, git_hash, read_yaml
+from medsg.config import config_hash, dump_config, git_clean, git_hash
 from medsg.core.io import atomic_write_text
 from medsg.core.run_folder import CONFIG_FILE
 from medsg.report import write_run_data_report
 from medsg.report.aggregate import ENSEMBLE_FILE, load_run_or_report
-from medsg.report.ensemble import average_runs
+from medsg.report.ensemble import average_runs, ensemble_config
 from medsg.workflows.experiment import MADE_BY, check_report_target, check_reports_write
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,7 @@ def write_ensemble_report(members: list[Path], out: Path, force: bool = False) -
     out = Path(out)
     runs = [load_run_or_report(Path(m)) for m in members]
     run = average_runs(runs, out, out.name, [str(m) for m in members])
-    raw = read_yaml(runs[0].run_dir / CONFIG_FILE)
-    raw["experiment"] |= {"name": out.name, "report_dir": str(out)}
+    raw = ensemble_config(runs[0], run)
     origin = {
         "run_id": out.name,
         # the recipe and the members: another set of runs in the same folder is another report
