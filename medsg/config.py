@@ -69,9 +69,18 @@ ADDED_KEYS = {
     "train.compile": False,
     "train.trainer": "medsg.train.fold.FoldTrainer",
     "train.mask_loss_weight": 0.0,
+    "train.distill_teachers": [],
+    "train.distill_weight": 0.5,
+    "train.distill_temperature": 2.0,
 }
 # added keys that leave config_hash as it was while they hold their default (reports keep their hash)
-HASH_NEUTRAL_DEFAULTS = {"train.trainer": "medsg.train.fold.FoldTrainer", "train.mask_loss_weight": 0.0}
+HASH_NEUTRAL_DEFAULTS = {
+    "train.trainer": "medsg.train.fold.FoldTrainer",
+    "train.mask_loss_weight": 0.0,
+    "train.distill_teachers": [],
+    "train.distill_weight": 0.5,
+    "train.distill_temperature": 2.0,
+}
 DEFAULT_TRAINER = HASH_NEUTRAL_DEFAULTS["train.trainer"]
 
 
@@ -228,6 +237,12 @@ class TrainConfig(_Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     # > 0: add an auxiliary lesion-mask loss of this weight (medsg.train.mask_aux); needs masks (BUSI)
     mask_loss_weight: float = Field(0.0, ge=0)
+    # knowledge distillation (medsg.train.distill): run folders or packages of the same task and split file whose
+    # fold K models teach fold K (the final models teach --fold all); the loss becomes (1 - w) x the loss above
+    # + w x T^2 x KL(teachers' mean softmax at T || student's softmax at T)
+    distill_teachers: list[str] = Field(default_factory=list)
+    distill_weight: float = Field(0.5, gt=0, le=1)
+    distill_temperature: float = Field(2.0, gt=0)
     early_stop_patience: int | None = Field(None, ge=1)
     selection: Literal["inner_val", "last_epoch"] = "inner_val"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -555,6 +570,13 @@ def check_config_paths(cfg: Config) -> None:
             "weights (see README, 'Pretrained weights'), a `medsg pretrain` checkpoint, or a medsg run folder or "
             "package to transfer from; or set model.pretrained: null to train from scratch."
         )
+    for i, teacher in enumerate(cfg.train.distill_teachers):
+        if not Path(teacher).expanduser().is_dir():
+            raise ConfigError(
+                f"train.distill_teachers[{i}]: model folder not found: {teacher}. Name a medsg run folder "
+                "(<output_dir>/<name>) or an exported package of the same task and split file; train or export "
+                "it first, or remove it from the list."
+            )
 
 
 # ---------------------------------------------------------------- provenance and comparison

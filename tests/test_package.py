@@ -498,7 +498,10 @@ def test_fingerprints_store_digests_as_bytes_lzma_compressed_and_read_either_lay
 
 def test_evaluate_reads_a_packages_cv_predictions_in_either_layout(tmp_path):
     """Packages exported before the xz copy keep a plain cv/oof_predictions.csv; the xz one wins if both."""
-    from medsg.deploy.evaluate import _oof_path
+    from medsg.deploy.package import ModelBundle
+
+    def _oof_path(bundle):
+        return ModelBundle.oof_path(bundle)
 
     bundle = SimpleNamespace(kind="package", source=tmp_path)
     assert _oof_path(bundle) is None

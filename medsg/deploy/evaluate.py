@@ -28,7 +28,7 @@ import pandas as pd
 from medsg.core.errors import DataError
 from medsg.core.io import atomic_write_text, read_json
 from medsg.data import class_names, load_manifest
-from medsg.deploy.package import OOF_FILE, ModelBundle, load_model
+from medsg.deploy.package import ModelBundle, load_model
 from medsg.deploy.predict import CALIBRATION_NOTE, InputItem, PredictOptions, audit_overlap, predict_items
 from medsg.metrics import bootstrap_ci, calibration_cis, classification_metrics
 from medsg.report.external import write_external_report
@@ -60,7 +60,7 @@ def cv_predictions(bundle: ModelBundle) -> tuple[pd.DataFrame, bool] | None:
     """The cross-validation's pooled out-of-fold predictions, calibrated with each fold's temperature (and,
     for a shifted decision, its prior shift) when every fold has one (the flag says whether they are), or
     None without a cross-validation."""
-    path = _oof_path(bundle)
+    path = bundle.oof_path()
     if path is None:
         return None
     frame = pd.read_csv(path, dtype={"id": str})
@@ -74,15 +74,6 @@ def cv_predictions(bundle: ModelBundle) -> tuple[pd.DataFrame, bool] | None:
         frame.loc[rows.index, cols] = folds[fold].calibrated(probs, decision)
     calibrated = all(m.calibration.get("fitted", False) for m in bundle.members if m.kind == "fold")
     return frame, calibrated
-
-
-def _oof_path(bundle: ModelBundle) -> Path | None:
-    """A run folder's ``oof_predictions.csv``; a package's ``cv/`` copy, xz-compressed since 2026-12-06."""
-    if bundle.kind == "package":
-        names = [Path("cv") / OOF_FILE, Path("cv") / "oof_predictions.csv"]
-    else:
-        names = [Path("oof_predictions.csv")]
-    return next((bundle.source / n for n in names if (bundle.source / n).is_file()), None)
 
 
 def _cv_summary(bundle: ModelBundle) -> dict[str, Any]:

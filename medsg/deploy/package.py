@@ -170,6 +170,14 @@ class ModelBundle:
             )
         return decision
 
+    def oof_path(self) -> Path | None:
+        """The cross-validation's pooled out-of-fold predictions: a run folder's ``oof_predictions.csv``, a
+        package's ``cv/`` copy (xz-compressed since 2026-12-06); None where there is none."""
+        names = [Path("cv") / OOF_FILE, Path("cv") / "oof_predictions.csv"]
+        if self.kind != "package":
+            names = [Path("oof_predictions.csv")]
+        return next((self.source / n for n in names if (self.source / n).is_file()), None)
+
     def audit_rules(self) -> tuple[int, float]:
         """(near-duplicate threshold, min correlation) of the training run's audit."""
         audit = self.config.data.audit

@@ -346,6 +346,12 @@ def protocol(run: RunData) -> dict[str, str]:
         "provenance": _provenance(cfg.saved_provenance),
     }
     rows["ensemble"] = "none: one training run"
+    if cfg.train.distill_teachers:  # the teachers are other runs' models: say they never saw the test fold
+        rows["ensemble"] += (
+            f"; distilled from {len(cfg.train.distill_teachers)} teachers, fold K taught by each one's fold K "
+            "model, which was tested on exactly fold K's test images (checked before training), so no teacher "
+            "saw them"
+        )
     if run.ensemble:  # the data lines of its first member's report, and what averaging changes
         rows |= run.ensemble.get("protocol", {})
     return {key: rows[key] for key in PROTOCOL_KEYS}
@@ -427,9 +433,24 @@ def recipe(cfg: Config | None) -> list[dict[str, str]]:
             f"; plus {train.mask_loss_weight:g} x the lesion-mask BCE of a 1x1 head on the stride-16 stage "
             "(training folds' masks only; the head is dropped at export)"
         )
+    if train.distill_teachers:
+        loss = (
+            f"{1 - train.distill_weight:g} x ({loss}) + {train.distill_weight:g} x T^2 x KL to the teachers' mean "
+            f"softmax at T = {train.distill_temperature:g} (knowledge distillation, same augmented batch)"
+        )
     rows = [
         ("model", cfg.model.name),
         ("pretrained weights", cfg.pretrained_as_given or FROM_SCRATCH),
+        *(
+            [
+                (
+                    "teachers (fold K taught by each one's fold K model)",
+                    ", ".join(map(_path_text, train.distill_teachers)),
+                )
+            ]
+            if train.distill_teachers
+            else []
+        ),
         ("input size", f"{cfg.model.img_size} px square"),
         ("drop path", cfg.model.drop_path),
         ("epochs", f"{train.epochs} ({train.warmup_epochs} warm-up), {train.sched} schedule"),

@@ -97,6 +97,13 @@ def render_model_card(
         "## Model",
         "",
         f"- Architecture: `{meta['arch']}` (timm), starting weights: {pretrained}",
+        *(
+            [
+                f"- Distilled from: {', '.join(config.train.distill_teachers)} (each fold taught by their fold models)"
+            ]
+            if config.train.distill_teachers
+            else []
+        ),
         f"- Classes, in output order: {', '.join(meta['class_names'])}",
         f"- Input: RGB, resized ({prep['interpolation']}) to {prep['img_size']}x{prep['img_size']} "
         f"({prep['resize']}), normalised with mean {list(prep['mean'])} and std {list(prep['std'])}",

@@ -13,7 +13,8 @@ A recipe is changed by overriding hooks, as in nnU-Net's trainers, not by editin
 loss, backward, optimizer and scheduler step), ``extra_state`` / ``load_extra_state`` (what a subclass adds to
 the resumable checkpoint), ``validate`` (the inner-validation metrics of an epoch) and ``on_epoch_end``. A
 config names its trainer with ``train.trainer: my_package.module.MyTrainer`` (a subclass of ``FoldTrainer``;
-``trainer_class`` resolves it; ``train.mask_loss_weight > 0`` picks ``medsg.train.mask_aux.MaskAuxTrainer``).
+``trainer_class`` resolves it; ``train.mask_loss_weight > 0`` picks ``medsg.train.mask_aux.MaskAuxTrainer``,
+``train.distill_teachers`` ``medsg.train.distill.DistillTrainer``).
 ``medsg.train.final.FinalTrainer`` (``--fold all``) is such a subclass, and is mixed into a custom trainer for
 the final model. Code that only watches (benchmarks, progress) attaches a ``TrainerCallback`` instead of
 subclassing. After the test prediction, ``calibrate`` fits the fold's temperature and prior-shift strengths on
@@ -97,14 +98,23 @@ class TrainerCallback:
 
 
 MASK_TRAINER = "medsg.train.mask_aux.MaskAuxTrainer"
+DISTILL_TRAINER = "medsg.train.distill.DistillTrainer"
 
 
 def trainer_class(cfg: Config) -> type[FoldTrainer]:
     """The class named by ``train.trainer`` (dotted path), checked to be a ``FoldTrainer``; with
-    ``train.mask_loss_weight > 0`` the default trainer becomes ``MASK_TRAINER``, and a custom one must extend it."""
+    ``train.mask_loss_weight > 0`` the default trainer becomes ``MASK_TRAINER``, with ``train.distill_teachers``
+    ``DISTILL_TRAINER``, and a custom one must extend it."""
     path = cfg.train.trainer
-    if cfg.train.mask_loss_weight > 0 and path == DEFAULT_TRAINER:
-        path = MASK_TRAINER
+    masks, teachers = cfg.train.mask_loss_weight > 0, bool(cfg.train.distill_teachers)
+    if masks and teachers and path == DEFAULT_TRAINER:
+        raise ConfigError(
+            "train.mask_loss_weight and train.distill_teachers are both set, and no built-in trainer does both; "
+            "set one of them (mask_loss_weight: 0 or distill_teachers: []), or name a train.trainer of your own "
+            f"that extends {MASK_TRAINER} and {DISTILL_TRAINER}"
+        )
+    if path == DEFAULT_TRAINER:
+        path = MASK_TRAINER if masks else DISTILL_TRAINER if teachers else path
     module_name, _, name = path.replace(":", ".").rpartition(".")
     try:
         found = getattr(importlib.import_module(module_name), name, None) if module_name else None
@@ -120,6 +130,11 @@ def trainer_class(cfg: Config) -> type[FoldTrainer]:
         raise ConfigError(
             f"train.mask_loss_weight is {cfg.train.mask_loss_weight:g} but train.trainer {path!r} does not "
             f"train on masks; extend {MASK_TRAINER}, or set train.mask_loss_weight: 0"
+        )
+    if teachers and not found.uses_teachers:
+        raise ConfigError(
+            f"train.distill_teachers is set but train.trainer {path!r} does not learn from teachers; extend "
+            f"{DISTILL_TRAINER}, or set train.distill_teachers: []"
         )
     return found
 
@@ -141,6 +156,7 @@ class FoldTrainer:
     """Owns model, optimizer, scheduler, EMA and the fold's files; ``run()`` trains then predicts."""
 
     uses_masks = False  # True: batches carry the lesion ``mask`` (B, 1, H, W) beside ``image`` and ``label``
+    uses_teachers = False  # True: the loss learns from ``train.distill_teachers`` (``medsg.train.distill``)
 
     def __init__(
         self,

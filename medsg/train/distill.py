@@ -1,0 +1,175 @@
+"""Knowledge distillation: one network per fold taught by the fold's models of other runs (a seed ensemble).
+
+A seed ensemble predicts better than any of its seeds but packages one network per seed and fold. Distillation
+(Hinton et al. 2015) trains a single network to match the ensemble's softened predictions as well as the labels;
+the teachers see exactly the student's augmented batch ("consistent teaching", Beyer et al. 2022), in eval mode,
+and are never updated. ``train.distill_teachers`` (non-empty) selects ``DistillTrainer``; the loss is
+
+    (1 - w) * the recipe's loss + w * T^2 * KL(mean over teachers of softmax(z_t / T) || softmax(z_s / T))
+
+with ``w = train.distill_weight`` and ``T = train.distill_temperature`` (T^2 keeps the soft term's gradients on the
+scale of the hard one's). Outer fold K is taught by each teacher's fold K model, which was trained on fold K's
+training part only; ``fold_teachers`` checks that it tested exactly this fold's test images, so no teacher has seen
+them. The final model (``--fold all``) is taught by the teachers' final models. Teachers live beside the model,
+never inside it: checkpoints and packages hold the student alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medsg.core.errors import ConfigError
+from medsg.deploy.package import FINAL, Member, ModelBundle, load_model
+from medsg.train.fold import FoldTrainer, compute_loss
+from medsg.train.utils import autocast
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DistillTrainer", "distill_loss", "fold_teachers", "teacher_probabilities"]
+
+
+def teacher_probabilities(
+    teachers: Sequence[nn.Module], images: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """The teachers' mean softmax at ``temperature`` (B, C): the soft target, without gradients."""
+    with torch.no_grad():
+        return torch.stack([F.softmax(t(images).float() / temperature, dim=1) for t in teachers]).mean(dim=0)
+
+
+def distill_loss(
+    student_logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T^2 x KL(soft_targets || softmax(student_logits / T)), averaged over the batch: zero when the student's
+    softened prediction equals the target, and its gradient pulls it there."""
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    return F.kl_div(log_student, soft_targets, reduction="batchmean") * temperature**2
+
+
+def _tested_ids(bundle: ModelBundle, member: Member) -> set[str] | None:
+    """The ids member (a fold model) was tested on: its fold's predictions.csv in a run folder, its rows of the
+    package's cross-validation predictions; None where neither is there."""
+    if bundle.kind == "run":
+        path = member.weights.parent / "predictions.csv"
+        return set(pd.read_csv(path, dtype={"id": str})["id"]) if path.is_file() else None
+    path = bundle.oof_path()
+    if path is None:
+        return None
+    frame = pd.read_csv(path, dtype={"id": str})
+    return set(frame.loc[frame["fold"].astype(str) == member.name, "id"])
+
+
+def _check_teacher(
+    bundle: ModelBundle,
+    where: str,
+    class_names: Sequence[str],
+    img_size: int,
+    norm: tuple[Sequence[float], ...],
+) -> None:
+    """A teacher must name the student's classes in the same order and read the same input."""
+    if list(bundle.class_names) != list(class_names):
+        raise ConfigError(
+            f"{where}: {bundle.source} predicts {bundle.class_names}, this run {list(class_names)}; teach with a "
+            "model of the same task (same classes, same order)"
+        )
+    prep = bundle.preprocessing
+
+    def rounded(values: Sequence[Sequence[float]]) -> list[list[float]]:
+        return [[round(float(v), 6) for v in row] for row in values]
+
+    if prep.img_size != img_size or rounded([prep.mean, prep.std]) != rounded(norm):
+        raise ConfigError(
+            f"{where}: {bundle.source} reads {prep.img_size} px images normalised with mean {list(prep.mean)}, "
+            f"std {list(prep.std)}; this run {img_size} px with mean {list(norm[0])}, std {list(norm[1])}. The "
+            "teachers see the student's batch, so they must share its input size and normalisation"
+        )
+
+
+def fold_teachers(
+    sources: Sequence[str | Path],
+    fold: int | str,
+    test_ids: set[str] | None,
+    class_names: Sequence[str],
+    img_size: int,
+    norm: tuple[Sequence[float], Sequence[float]],
+    device: torch.device | str = "cpu",
+) -> list[nn.Module]:
+    """Each source's model for this fold, in eval mode and frozen: its fold ``fold`` model, or its final model
+    for ``--fold all`` (``test_ids`` None). Refuses a teacher that tested other images than ``test_ids``: it
+    may have trained on this fold's test images. ``norm`` is the student's (mean, std)."""
+    teachers = []
+    for i, source in enumerate(sources):
+        where = f"train.distill_teachers[{i}]"
+        bundle = load_model(Path(source).expanduser())
+        _check_teacher(bundle, where, class_names, img_size, norm)
+        final = test_ids is None
+        name = FINAL if final else str(fold)
+        members = [m for m in bundle.members if (m.kind == FINAL) == final and (final or m.name == name)]
+        if not members:
+            have = sorted(m.name for m in bundle.members)
+            raise ConfigError(
+                f"{where}: {bundle.source} has no {'final model' if final else f'fold {fold} model'} (it has "
+                f"{have}); finish that fold of the teacher first (`medsg run` resumes), or remove the teacher"
+            )
+        member = members[0]
+        if not final:
+            tested = _tested_ids(bundle, member)
+            if tested is None or tested != test_ids:
+                what = (
+                    "no record of its test images"
+                    if tested is None
+                    else f"{len(tested ^ test_ids)} images differ"
+                )
+                raise ConfigError(
+                    f"{where}: fold {fold} of {bundle.source} was not tested on this run's fold {fold} test images "
+                    f"({what}), so it may have trained on them; teach with runs of the same split file "
+                    "(splits.file) and the same data"
+                )
+        model = bundle.build(member, device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        teachers.append(model)
+        log.info("fold %s: teacher %d is %s (member %s)", fold, i, bundle.source, member.name)
+    return teachers
+
+
+class DistillTrainer(FoldTrainer):
+    """``FoldTrainer`` whose loss mixes the recipe's loss with the KL to the fold's teachers' soft predictions."""
+
+    uses_teachers = True
+
+    def build_criterion(self) -> nn.Module:
+        """The recipe's criterion; the teachers are loaded here, the first hook that knows the fold's data."""
+        import timm
+
+        rows = self.data.test_rows
+        test_ids = None if rows is None else {str(i) for i in rows.index}
+        data_cfg = timm.data.resolve_data_config(
+            {}, model=self.model
+        )  # what the fold's pipelines normalise with
+        self.teachers = fold_teachers(
+            self.cfg.train.distill_teachers,
+            self.fold,
+            test_ids,
+            self.data.class_names,
+            self.cfg.model.img_size,
+            (data_cfg["mean"], data_cfg["std"]),
+            self.device,
+        )
+        return super().build_criterion()
+
+    def batch_loss(self, images: torch.Tensor, labels: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        t = self.cfg.train
+        with autocast(self.device, self.amp_dtype):
+            logits = self.train_model(images)
+            soft = teacher_probabilities(self.teachers, images, t.distill_temperature)
+        hard = compute_loss(self.criterion, logits.float(), labels)
+        soft_loss = distill_loss(logits, soft, t.distill_temperature)
+        return (1 - t.distill_weight) * hard + t.distill_weight * soft_loss

@@ -1,0 +1,162 @@
+"""train.distill_teachers: one network per fold taught by other runs' fold models, never by a model that saw the
+fold's test images; the teachers shape training, resume with it and never reach the student's weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from synthetic import PACKAGE_RECIPE
+from torch import nn
+
+from medsg.core.errors import ConfigError
+from medsg.demo import make_synthetic_busi
+from medsg.deploy.package import export_package
+from medsg.report.aggregate import recipe
+from medsg.train.distill import DistillTrainer, distill_loss, teacher_probabilities
+from medsg.train.fold import FoldTrainer, trainer_class
+from medsg.train.state import load_training_checkpoint
+from medsg.workflows.experiment import run_experiment
+
+FOLDS = [0, 1]
+
+
+def test_distill_loss_is_zero_at_the_soft_target_and_pulls_the_student_to_it():
+    target = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    for temperature in (1.0, 2.0, 4.0):
+        at_target = torch.log(target) * temperature  # softmax(z / T) == target
+        assert distill_loss(at_target, target, temperature) < 1e-6
+    student = torch.zeros(2, 3, requires_grad=True)
+    before = distill_loss(student, target, 2.0)
+    assert before > 0.1
+    before.backward()
+    with torch.no_grad():
+        moved = student - 1.0 * student.grad
+    assert distill_loss(moved, target, 2.0) < before
+    assert (moved.argmax(dim=1) == target.argmax(dim=1)).all()  # a step down the gradient favours the target
+
+
+def test_teacher_probabilities_average_the_teachers_softened_outputs():
+    class Fixed(nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = torch.tensor(logits)
+
+        def forward(self, x):
+            return self.logits.expand(len(x), -1)
+
+    a, b = Fixed([2.0, 0.0, 0.0]), Fixed([0.0, 0.0, 4.0])
+    images = torch.zeros(3, 1)
+    got = teacher_probabilities([a, b], images, 2.0)
+    want = (torch.softmax(torch.tensor([1.0, 0, 0]), 0) + torch.softmax(torch.tensor([0, 0, 2.0]), 0)) / 2
+    assert got.shape == (3, 3) and torch.allclose(got, want.expand(3, -1))
+    assert torch.allclose(got.sum(dim=1), torch.ones(3))
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, make_config):
+    """A tiny synthetic BUSI, one teacher run (folds 0 and 1) and its package."""
+    out = tmp_path_factory.mktemp("distill")
+    root = make_synthetic_busi(out / "data", n_per_class=4, size=40, seed=3)
+    cfg = make_config(root, out, PACKAGE_RECIPE | {"experiment.name": "teacher", "experiment.seed": 1})
+    run = run_experiment(cfg, folds=FOLDS, quiet=True)
+    package = export_package(run, out / "teacher_package")
+    return root, out, run, package
+
+
+def _student(make_config, teacher, name: str, teachers, **extra):
+    root, out, _, _ = teacher
+    keys = {
+        "experiment.name": name,
+        "experiment.report_dir": str(out / "reports" / name),
+        "experiment.seed": 0,
+        "train.distill_teachers": [str(t) for t in teachers],
+    }
+    return make_config(root, out, PACKAGE_RECIPE | keys | extra)
+
+
+def test_teachers_select_the_distill_trainer_and_refuse_what_it_cannot_do(make_config, teacher):
+    _, _, run, _ = teacher
+    assert trainer_class(_student(make_config, teacher, "s", [run])) is DistillTrainer
+    assert trainer_class(_student(make_config, teacher, "s", [])) is FoldTrainer
+    with pytest.raises(ConfigError, match="mask_loss_weight and train.distill_teachers are both set"):
+        trainer_class(_student(make_config, teacher, "s", [run], **{"train.mask_loss_weight": 1.0}))
+    with pytest.raises(ConfigError, match="does not learn from teachers"):
+        trainer_class(
+            _student(make_config, teacher, "s", [run], **{"train.trainer": "medsg.train.final.FinalTrainer"})
+        )
+    with pytest.raises(ConfigError, match=r"train.distill_teachers\[1\]: model folder not found: .*nowhere"):
+        _student(make_config, teacher, "s", [run, run.parent / "nowhere"])
+
+
+@pytest.mark.e2e
+def test_a_distilled_fold_learns_from_its_teachers_resumes_exactly_and_holds_only_the_student(
+    make_config, teacher, interrupt_after_first_epoch
+):
+    """Taught by a run folder and by a package: the same teachers, so the same student; unlike the same seed
+    without teachers. Killed after epoch 1 and resumed, the student is bitwise the one trained in one go."""
+    _, out, run, package = teacher
+    by_run = run_experiment(_student(make_config, teacher, "by_run", [run]), folds=FOLDS, quiet=True)
+    by_package = run_experiment(_student(make_config, teacher, "by_pkg", [package]), folds=FOLDS, quiet=True)
+    plain = run_experiment(_student(make_config, teacher, "plain", []), folds=FOLDS, quiet=True)
+
+    def probs(folder, fold=0):
+        frame = pd.read_csv(folder / f"fold_{fold}" / "predictions.csv", dtype={"id": str})
+        return frame.filter(like="p_").to_numpy()
+
+    for fold in FOLDS:  # the package's float16 teachers round a little differently from the run's float32
+        np.testing.assert_allclose(probs(by_run, fold), probs(by_package, fold), atol=5e-3)
+    assert np.abs(probs(by_run) - probs(plain)).max() > 1e-3  # the teachers changed what was learned
+
+    killed = _student(make_config, teacher, "killed", [run])
+    interrupt_after_first_epoch(lambda: run_experiment(killed, folds=[0], quiet=True))
+    resumed = run_experiment(_student(make_config, teacher, "killed", [run]), folds=[0], quiet=True)
+    np.testing.assert_array_equal(probs(resumed), probs(by_run))
+    a, b = (json.loads((f / "fold_0" / "metrics.json").read_text()) for f in (by_run, resumed))
+    assert a["balanced_accuracy"] == b["balanced_accuracy"] and a["best_epoch"] == b["best_epoch"]
+
+    plain_keys = set(load_training_checkpoint(plain / "fold_0" / "checkpoint_best.pt")["state_dict"])
+    assert set(load_training_checkpoint(by_run / "fold_0" / "checkpoint_best.pt")["state_dict"]) == plain_keys
+
+    rows = {r["item"]: r["value"] for r in recipe(_student(make_config, teacher, "by_run", [run]))}
+    assert (
+        "KL to the teachers' mean softmax at T = 2" in rows["loss"] and "0.5 x (cross-entropy" in rows["loss"]
+    )
+    assert any(k.startswith("teachers") for k in rows)
+
+
+@pytest.mark.e2e
+def test_a_teacher_tested_on_other_images_is_refused(make_config, teacher, tmp_path):
+    """A teacher from another split may have trained on this fold's test images: refused before training."""
+    root, _, _, _ = teacher
+    other = make_config(
+        root,
+        tmp_path,
+        PACKAGE_RECIPE | {"experiment.name": "other", "splits.seed": 5, "train.epochs": 1},
+    )
+    other_run = run_experiment(other, folds=[0], quiet=True)
+    student = _student(make_config, teacher, "student", [other_run])
+    with pytest.raises(
+        ConfigError, match=r"fold 0 of .*other was not tested on this run's fold 0 test images"
+    ):
+        run_experiment(student, folds=[0], quiet=True)
+
+
+def test_a_teacher_of_other_classes_or_input_is_refused_by_name():
+    from types import SimpleNamespace
+
+    from medsg.train.distill import _check_teacher
+
+    norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    prep = SimpleNamespace(img_size=64, mean=norm[0], std=norm[1])
+    bundle = SimpleNamespace(source="t", class_names=["a", "b"], preprocessing=prep)
+    _check_teacher(bundle, "train.distill_teachers[0]", ["a", "b"], 64, norm)  # the same task and input
+    with pytest.raises(ConfigError, match=r"distill_teachers\[0\]: t predicts \['a', 'b'\].*same order"):
+        _check_teacher(bundle, "train.distill_teachers[0]", ["b", "a"], 64, norm)
+    with pytest.raises(ConfigError, match="reads 64 px images.*this run 96 px"):
+        _check_teacher(bundle, "train.distill_teachers[0]", ["a", "b"], 96, norm)
+    with pytest.raises(ConfigError, match="std"):
+        _check_teacher(bundle, "train.distill_teachers[0]", ["a", "b"], 64, (norm[0], (0.5, 0.5, 0.5)))
