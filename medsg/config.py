@@ -265,6 +265,16 @@ class TrainConfig(_Strict):
         return value
 
     @model_validator(mode="after")
+    def _distill_settings_need_teachers(self) -> TrainConfig:
+        """A distillation weight or temperature without teachers would be ignored yet change the config's hash."""
+        if not self.distill_teachers and (self.distill_weight != 0.5 or self.distill_temperature != 2.0):
+            raise ValueError(
+                "train.distill_weight / distill_temperature are set but train.distill_teachers is empty; name the "
+                "teachers (run folders or packages) or leave both at their defaults (0.5, 2.0)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _warmup_shorter_than_run(self) -> TrainConfig:
         """Warn: with warmup_epochs >= epochs the cosine never starts and the whole run trains at warm-up lr.
 
@@ -679,10 +689,14 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _same_value(key: str, a: Any, b: Any) -> bool:
-    """Equal for resuming: data.root compares as the folder it names (config.yaml keeps it as given, and
-    runs saved before that keep an absolute path)."""
+    """Equal for resuming: data.root, model.pretrained and the teachers compare as the folders they name
+    (config.yaml keeps them as given, and runs saved before that keep an absolute path)."""
     if key in ("data.root", "model.pretrained") and isinstance(a, str) and isinstance(b, str):
         return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    if key == "train.distill_teachers" and isinstance(a, list) and isinstance(b, list):
+        return [Path(str(p)).expanduser().resolve() for p in a] == [
+            Path(str(p)).expanduser().resolve() for p in b
+        ]
     return a == b
 
 

@@ -58,11 +58,11 @@ def test_teacher_probabilities_average_the_teachers_softened_outputs():
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, make_config):
-    """A tiny synthetic BUSI, one teacher run (folds 0 and 1) and its package."""
+    """A tiny synthetic BUSI, one teacher run (folds 0 and 1, and its final model) and its package."""
     out = tmp_path_factory.mktemp("distill")
     root = make_synthetic_busi(out / "data", n_per_class=4, size=40, seed=3)
     cfg = make_config(root, out, PACKAGE_RECIPE | {"experiment.name": "teacher", "experiment.seed": 1})
-    run = run_experiment(cfg, folds=FOLDS, quiet=True)
+    run = run_experiment(cfg, folds=[*FOLDS, "all"], quiet=True)
     package = export_package(run, out / "teacher_package")
     return root, out, run, package
 
@@ -76,6 +76,31 @@ def _student(make_config, teacher, name: str, teachers, **extra):
         "train.distill_teachers": [str(t) for t in teachers],
     }
     return make_config(root, out, PACKAGE_RECIPE | keys | extra)
+
+
+def test_configs_without_teachers_keep_their_hash_and_teachers_compare_as_folders(tmp_path, monkeypatch):
+    """Runs saved before distillation existed resume and hash as before; a teacher named relative or absolute is
+    the same teacher; a weight or temperature without teachers is refused."""
+    from medsg.config import config_from_dict, config_hash, resolved_config, result_diff
+
+    raw = {
+        "experiment": {"name": "x"},
+        "model": {"name": "sgformer_tiny"},
+        "data": {"adapter": "busi", "root": "."},
+    }
+    new = resolved_config(config_from_dict(raw, check_paths=False))
+    old = {**new, "train": {k: v for k, v in new["train"].items() if not k.startswith("distill")}}
+    assert result_diff(old, new) == [] and config_hash(old) == config_hash(new)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t").mkdir()
+    relative = resolved_config(config_from_dict(raw, ["train.distill_teachers=[t]"], check_paths=False))
+    absolute = resolved_config(
+        config_from_dict(raw, [f"train.distill_teachers=[{tmp_path / 't'}]"], check_paths=False)
+    )
+    assert result_diff(relative, absolute) == [] and result_diff(old, relative)
+    assert config_hash(old) != config_hash(relative)
+    with pytest.raises(ConfigError, match="distill_weight / distill_temperature are set but .*empty"):
+        config_from_dict(raw, ["train.distill_weight=0.7"], check_paths=False)
 
 
 def test_teachers_select_the_distill_trainer_and_refuse_what_it_cannot_do(make_config, teacher):
@@ -126,6 +151,26 @@ def test_a_distilled_fold_learns_from_its_teachers_resumes_exactly_and_holds_onl
         "KL to the teachers' mean softmax at T = 2" in rows["loss"] and "0.5 x (cross-entropy" in rows["loss"]
     )
     assert any(k.startswith("teachers") for k in rows)
+    record = json.loads((by_run / "fold_0" / "teachers.json").read_text())
+    assert [t["member"] for t in record["teachers"]] == ["0"] and len(
+        record["teachers"][0]["sha256"][0]
+    ) == 64
+
+
+@pytest.mark.e2e
+def test_a_fold_resumes_only_under_the_teachers_it_started_with(
+    make_config, teacher, tmp_path, interrupt_after_first_epoch
+):
+    """Other teacher weights at the same path would teach other targets: the resume is refused, naming them."""
+    import shutil
+
+    _, _, run, _ = teacher
+    moved = shutil.copytree(run, tmp_path / "teacher_copy")
+    killed = _student(make_config, teacher, "changed", [moved])
+    interrupt_after_first_epoch(lambda: run_experiment(killed, folds=[0], quiet=True))
+    shutil.copyfile(moved / "fold_1" / "checkpoint_best.pt", moved / "fold_0" / "checkpoint_best.pt")
+    with pytest.raises(ConfigError, match=r"train.distill_teachers \[0\] differ from those the fold started"):
+        run_experiment(_student(make_config, teacher, "changed", [moved]), folds=[0], quiet=True)
 
 
 @pytest.mark.e2e
@@ -143,6 +188,26 @@ def test_a_teacher_tested_on_other_images_is_refused(make_config, teacher, tmp_p
         ConfigError, match=r"fold 0 of .*other was not tested on this run's fold 0 test images"
     ):
         run_experiment(student, folds=[0], quiet=True)
+
+
+@pytest.mark.e2e
+def test_the_final_model_is_taught_by_the_teachers_final_models(make_config, teacher, tmp_path, caplog):
+    """--fold all has no test fold: each teacher's final model (trained on every image) teaches it, and a
+    teacher without one is refused by name."""
+    root, _, run, package = teacher
+    with caplog.at_level("INFO", logger="medsg.train.distill"):
+        student = run_experiment(
+            _student(make_config, teacher, "final", [run, package]), folds=["all"], quiet=True
+        )
+    assert (student / "fold_all" / "DONE").is_file()
+    taught = [r.getMessage() for r in caplog.records if "teacher" in r.getMessage()]
+    assert len(taught) == 2 and all(m.endswith("(member all)") for m in taught), taught
+    folds_only = make_config(
+        root, tmp_path, PACKAGE_RECIPE | {"experiment.name": "folds_only", "train.epochs": 1}
+    )
+    without_final = run_experiment(folds_only, folds=[0], quiet=True)
+    with pytest.raises(ConfigError, match=r"distill_teachers\[0\]: .*folds_only has no final model"):
+        run_experiment(_student(make_config, teacher, "final2", [without_final]), folds=["all"], quiet=True)
 
 
 def test_a_teacher_of_other_classes_or_input_is_refused_by_name():

@@ -16,6 +16,7 @@ never inside it: checkpoints and packages hold the student alone.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medsg.core.errors import ConfigError
-from medsg.deploy.package import FINAL, Member, ModelBundle, load_model
+from medsg.core.errors import CheckpointError, ConfigError, DataError
+from medsg.core.io import atomic_write_text
+from medsg.core.run_folder import ALL
+from medsg.deploy.package import FINAL, Member, ModelBundle, load_model, sha256_file
 from medsg.train.fold import FoldTrainer, compute_loss
 from medsg.train.utils import autocast
 
@@ -92,6 +95,29 @@ def _check_teacher(
         )
 
 
+def _load_teacher(source: str | Path, where: str) -> ModelBundle:
+    """The teacher's bundle; a folder that is not a run or package, or fails its checksums, named by its key."""
+    try:
+        return load_model(Path(source).expanduser())
+    except (DataError, CheckpointError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _teacher_member(bundle: ModelBundle, where: str, fold: int | str) -> Member:
+    """The member that teaches ``fold``: the teacher's own fold model, or its final model for ``--fold all``."""
+    final = fold == ALL
+    members = [m for m in bundle.members if (m.kind == FINAL) == final and (final or m.name == str(fold))]
+    if members:
+        return members[0]
+    have = sorted(m.name for m in bundle.members)
+    if final:
+        what = "final model"
+        fix = "train one with `medsg run CONFIG --fold all` (a package: export it with --models both)"
+    else:
+        what, fix = f"fold {fold} model", "finish that fold of the teacher's run first (`medsg run` resumes)"
+    raise ConfigError(f"{where}: {bundle.source} has no {what} (it has {have}); {fix}, or remove the teacher")
+
+
 def fold_teachers(
     sources: Sequence[str | Path],
     fold: int | str,
@@ -100,32 +126,24 @@ def fold_teachers(
     img_size: int,
     norm: tuple[Sequence[float], Sequence[float]],
     device: torch.device | str = "cpu",
-) -> list[nn.Module]:
-    """Each source's model for this fold, in eval mode and frozen: its fold ``fold`` model, or its final model
-    for ``--fold all`` (``test_ids`` None). Refuses a teacher that tested other images than ``test_ids``: it
-    may have trained on this fold's test images. ``norm`` is the student's (mean, std)."""
-    teachers = []
+) -> tuple[list[nn.Module], list[dict[str, Any]]]:
+    """Each source's model for this fold, in eval mode and frozen, and a record of it (source, member, SHA-256 of
+    its weights): its fold ``fold`` model, or its final model for ``--fold all`` (``fold`` 'all', no test ids).
+    Refuses a teacher that tested other images than ``test_ids``: it may have trained on this fold's test
+    images. ``norm`` is the student's (mean, std)."""
+    teachers, records = [], []
     for i, source in enumerate(sources):
         where = f"train.distill_teachers[{i}]"
-        bundle = load_model(Path(source).expanduser())
+        bundle = _load_teacher(source, where)
         _check_teacher(bundle, where, class_names, img_size, norm)
-        final = test_ids is None
-        name = FINAL if final else str(fold)
-        members = [m for m in bundle.members if (m.kind == FINAL) == final and (final or m.name == name)]
-        if not members:
-            have = sorted(m.name for m in bundle.members)
-            raise ConfigError(
-                f"{where}: {bundle.source} has no {'final model' if final else f'fold {fold} model'} (it has "
-                f"{have}); finish that fold of the teacher first (`medsg run` resumes), or remove the teacher"
-            )
-        member = members[0]
-        if not final:
+        member = _teacher_member(bundle, where, fold)
+        if fold != ALL:
             tested = _tested_ids(bundle, member)
             if tested is None or tested != test_ids:
                 what = (
                     "no record of its test images"
                     if tested is None
-                    else f"{len(tested ^ test_ids)} images differ"
+                    else f"{len(tested ^ (test_ids or set()))} images differ"
                 )
                 raise ConfigError(
                     f"{where}: fold {fold} of {bundle.source} was not tested on this run's fold {fold} test images "
@@ -136,25 +154,38 @@ def fold_teachers(
         for p in model.parameters():
             p.requires_grad_(False)
         teachers.append(model)
+        records.append(
+            {
+                "source": str(source),
+                "member": member.name,
+                "sha256": [sha256_file(w) for w in member.networks],
+            }
+        )
         log.info("fold %s: teacher %d is %s (member %s)", fold, i, bundle.source, member.name)
-    return teachers
+    return teachers, records
+
+
+TEACHERS_FILE = "teachers.json"  # fold_K/: which weights taught the fold
 
 
 class DistillTrainer(FoldTrainer):
     """``FoldTrainer`` whose loss mixes the recipe's loss with the KL to the fold's teachers' soft predictions."""
 
     uses_teachers = True
+    teachers: list[nn.Module]
+    teacher_records: list[dict[str, Any]]
 
     def build_criterion(self) -> nn.Module:
-        """The recipe's criterion; the teachers are loaded here, the first hook that knows the fold's data."""
+        """The recipe's criterion; the teachers are loaded here, the first hook that knows the fold's data, and
+        recorded in ``fold_K/teachers.json`` (and in every checkpoint, so a resume refuses changed teachers)."""
         import timm
 
         rows = self.data.test_rows
-        test_ids = None if rows is None else {str(i) for i in rows.index}
+        test_ids = None if self.fold == ALL or rows is None else {str(i) for i in rows.index}
         data_cfg = timm.data.resolve_data_config(
             {}, model=self.model
         )  # what the fold's pipelines normalise with
-        self.teachers = fold_teachers(
+        self.teachers, self.teacher_records = fold_teachers(
             self.cfg.train.distill_teachers,
             self.fold,
             test_ids,
@@ -163,6 +194,14 @@ class DistillTrainer(FoldTrainer):
             (data_cfg["mean"], data_cfg["std"]),
             self.device,
         )
+        if self.dist.is_main:
+            t = self.cfg.train
+            record = {
+                "teachers": self.teacher_records,
+                "weight": t.distill_weight,
+                "temperature": t.distill_temperature,
+            }
+            atomic_write_text(self.folder.file(TEACHERS_FILE), json.dumps(record, indent=2) + "\n")
         return super().build_criterion()
 
     def batch_loss(self, images: torch.Tensor, labels: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
@@ -173,3 +212,18 @@ class DistillTrainer(FoldTrainer):
         hard = compute_loss(self.criterion, logits.float(), labels)
         soft_loss = distill_loss(logits, soft, t.distill_temperature)
         return (1 - t.distill_weight) * hard + t.distill_weight * soft_loss
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"teachers": self.teacher_records}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Resume only under the teachers the fold started with: other weights would teach other targets."""
+        saved = [r.get("sha256") for r in state.get("teachers") or []]
+        now = [r["sha256"] for r in self.teacher_records]
+        if saved != now:
+            changed = [i for i in range(max(len(saved), len(now))) if saved[i : i + 1] != now[i : i + 1]]
+            raise ConfigError(
+                f"fold {self.fold}: the weights of train.distill_teachers {changed} differ from those the fold "
+                f"started with (SHA-256 in {self.folder.file(TEACHERS_FILE)}); restore those teachers, or delete "
+                f"{self.folder.path} to train the fold again"
+            )
