@@ -16,7 +16,7 @@ from medsg.core.errors import ConfigError
 from medsg.demo import make_synthetic_busi
 from medsg.deploy.package import export_package
 from medsg.report.aggregate import recipe
-from medsg.train.distill import DistillTrainer, distill_loss, teacher_probabilities
+from medsg.train.distill import DistillTrainer, distill_loss, teacher_members, teacher_probabilities
 from medsg.train.fold import FoldTrainer, trainer_class
 from medsg.train.state import load_training_checkpoint
 from medsg.workflows.experiment import run_experiment
@@ -208,20 +208,25 @@ def test_the_final_model_is_taught_by_the_teachers_final_models(make_config, tea
     without_final = run_experiment(folds_only, folds=[0], quiet=True)
     with pytest.raises(ConfigError, match=r"distill_teachers\[0\]: .*folds_only has no final model"):
         run_experiment(_student(make_config, teacher, "final2", [without_final]), folds=["all"], quiet=True)
+    # every fold's teachers are checked before the first fold trains: fold 1's absence stops fold 0 too
+    with pytest.raises(ConfigError, match=r"distill_teachers\[0\]: .*folds_only has no fold 1 model"):
+        run_experiment(_student(make_config, teacher, "early", [without_final]), folds=FOLDS, quiet=True)
+    assert not (teacher[1] / "runs" / "early" / "fold_0").exists()
 
 
-def test_a_teacher_of_other_classes_or_input_is_refused_by_name():
+def test_a_teacher_of_other_classes_or_input_is_refused_by_name(monkeypatch):
     from types import SimpleNamespace
 
-    from medsg.train.distill import _check_teacher
+    from medsg.train.distill import _check_input
 
     norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     prep = SimpleNamespace(img_size=64, mean=norm[0], std=norm[1])
     bundle = SimpleNamespace(source="t", class_names=["a", "b"], preprocessing=prep)
-    _check_teacher(bundle, "train.distill_teachers[0]", ["a", "b"], 64, norm)  # the same task and input
+    _check_input(bundle, "train.distill_teachers[0]", 64, norm)  # the same input
+    monkeypatch.setattr("medsg.train.distill._load_teacher", lambda source, where: bundle)
     with pytest.raises(ConfigError, match=r"distill_teachers\[0\]: t predicts \['a', 'b'\].*same order"):
-        _check_teacher(bundle, "train.distill_teachers[0]", ["b", "a"], 64, norm)
+        teacher_members(["t"], 0, set(), ["b", "a"])
     with pytest.raises(ConfigError, match="reads 64 px images.*this run 96 px"):
-        _check_teacher(bundle, "train.distill_teachers[0]", ["a", "b"], 96, norm)
+        _check_input(bundle, "train.distill_teachers[0]", 96, norm)
     with pytest.raises(ConfigError, match="std"):
-        _check_teacher(bundle, "train.distill_teachers[0]", ["a", "b"], 64, (norm[0], (0.5, 0.5, 0.5)))
+        _check_input(bundle, "train.distill_teachers[0]", 64, (norm[0], (0.5, 0.5, 0.5)))

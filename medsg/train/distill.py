@@ -36,7 +36,14 @@ from medsg.train.utils import autocast
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DistillTrainer", "distill_loss", "fold_teachers", "teacher_probabilities"]
+__all__ = [
+    "DistillTrainer",
+    "check_teachers",
+    "distill_loss",
+    "fold_teachers",
+    "teacher_members",
+    "teacher_probabilities",
+]
 
 
 def teacher_probabilities(
@@ -69,19 +76,10 @@ def _tested_ids(bundle: ModelBundle, member: Member) -> set[str] | None:
     return set(frame.loc[frame["fold"].astype(str) == member.name, "id"])
 
 
-def _check_teacher(
-    bundle: ModelBundle,
-    where: str,
-    class_names: Sequence[str],
-    img_size: int,
-    norm: tuple[Sequence[float], ...],
+def _check_input(
+    bundle: ModelBundle, where: str, img_size: int, norm: tuple[Sequence[float], Sequence[float]]
 ) -> None:
-    """A teacher must name the student's classes in the same order and read the same input."""
-    if list(bundle.class_names) != list(class_names):
-        raise ConfigError(
-            f"{where}: {bundle.source} predicts {bundle.class_names}, this run {list(class_names)}; teach with a "
-            "model of the same task (same classes, same order)"
-        )
+    """A teacher must read the student's input: same size and normalisation (it sees the student's batch)."""
     prep = bundle.preprocessing
 
     def rounded(values: Sequence[Sequence[float]]) -> list[list[float]]:
@@ -118,24 +116,21 @@ def _teacher_member(bundle: ModelBundle, where: str, fold: int | str) -> Member:
     raise ConfigError(f"{where}: {bundle.source} has no {what} (it has {have}); {fix}, or remove the teacher")
 
 
-def fold_teachers(
-    sources: Sequence[str | Path],
-    fold: int | str,
-    test_ids: set[str] | None,
-    class_names: Sequence[str],
-    img_size: int,
-    norm: tuple[Sequence[float], Sequence[float]],
-    device: torch.device | str = "cpu",
-) -> tuple[list[nn.Module], list[dict[str, Any]]]:
-    """Each source's model for this fold, in eval mode and frozen, and a record of it (source, member, SHA-256 of
-    its weights): its fold ``fold`` model, or its final model for ``--fold all`` (``fold`` 'all', no test ids).
-    Refuses a teacher that tested other images than ``test_ids``: it may have trained on this fold's test
-    images. ``norm`` is the student's (mean, std)."""
-    teachers, records = [], []
+def teacher_members(
+    sources: Sequence[str | Path], fold: int | str, test_ids: set[str] | None, class_names: Sequence[str]
+) -> list[tuple[ModelBundle, Member]]:
+    """Each source's bundle and the member that teaches ``fold`` (its fold model, or its final model for
+    ``--fold all``), after the checks that need no model: the same classes, and a fold model tested on exactly
+    ``test_ids`` (one tested on other images may have trained on this fold's test images)."""
+    found = []
     for i, source in enumerate(sources):
         where = f"train.distill_teachers[{i}]"
         bundle = _load_teacher(source, where)
-        _check_teacher(bundle, where, class_names, img_size, norm)
+        if list(bundle.class_names) != list(class_names):
+            raise ConfigError(
+                f"{where}: {bundle.source} predicts {bundle.class_names}, this run {list(class_names)}; teach "
+                "with a model of the same task (same classes, same order)"
+            )
         member = _teacher_member(bundle, where, fold)
         if fold != ALL:
             tested = _tested_ids(bundle, member)
@@ -150,19 +145,41 @@ def fold_teachers(
                     f"({what}), so it may have trained on them; teach with runs of the same split file "
                     "(splits.file) and the same data"
                 )
+        found.append((bundle, member))
+    return found
+
+
+def fold_teachers(
+    sources: Sequence[str | Path],
+    fold: int | str,
+    test_ids: set[str] | None,
+    class_names: Sequence[str],
+    img_size: int,
+    norm: tuple[Sequence[float], Sequence[float]],
+    device: torch.device | str = "cpu",
+) -> tuple[list[nn.Module], list[dict[str, Any]]]:
+    """Each source's model for this fold (``teacher_members``), in eval mode and frozen, and a record of it
+    (source, member, SHA-256 of its weights). ``norm`` is the student's (mean, std): the teachers see its batch."""
+    teachers, records = [], []
+    for i, (bundle, member) in enumerate(teacher_members(sources, fold, test_ids, class_names)):
+        _check_input(bundle, f"train.distill_teachers[{i}]", img_size, norm)
         model = bundle.build(member, device)
         for p in model.parameters():
             p.requires_grad_(False)
         teachers.append(model)
-        records.append(
-            {
-                "source": str(source),
-                "member": member.name,
-                "sha256": [sha256_file(w) for w in member.networks],
-            }
-        )
+        record = {"source": str(sources[i]), "member": member.name}
+        records.append(record | {"sha256": [sha256_file(w) for w in member.networks]})
         log.info("fold %s: teacher %d is %s (member %s)", fold, i, bundle.source, member.name)
     return teachers, records
+
+
+def check_teachers(
+    sources: Sequence[str | Path], folds: dict[int | str, set[str] | None], names: Sequence[str]
+) -> None:
+    """Every fold's teachers checked before the first fold trains (``folds``: fold -> its test ids, None for
+    ``--fold all``), so a teacher lacking fold 3 stops a run at once, not after folds 0-2."""
+    for fold, test_ids in folds.items():
+        teacher_members(sources, fold, test_ids, names)
 
 
 TEACHERS_FILE = "teachers.json"  # fold_K/: which weights taught the fold

@@ -50,6 +50,7 @@ from medsg.report.compare import write_comparison
 from medsg.report.operating_points import critical_class
 from medsg.train import ddp
 from medsg.train.decoded import RunDecodes, shared_head
+from medsg.train.distill import check_teachers
 from medsg.train.fold import trainer_class
 from medsg.train.kfold import run_folds, train_final
 from medsg.train.loader import FoldData
@@ -567,6 +568,9 @@ def run_experiment(
             f" x{dist.world_size} processes" if dist.enabled else "",
         )
         factory = ManifestFolds(cfg, data, run_dir, dist)
+        if cfg.train.distill_teachers:  # every fold's teachers, before the first fold trains
+            wanted = {f: set(factory.fold_ids(f)["test"]) for f in folds} | ({ALL: None} if final else {})
+            check_teachers(cfg.train.distill_teachers, wanted, data.class_names)
         run_folds(cfg, folds, factory, run_dir, dist, quiet)
         if final:
             train_final(cfg, factory, run_dir, dist, quiet)
