@@ -139,6 +139,29 @@ def test_a_pretrained_backbone_loads_as_model_pretrained_and_guards_against_leak
     assert pretraining_source(tmp_path / "plain.pth", "busi", ["a/img1.png"]) is None
 
 
+@pytest.mark.e2e
+def test_pretrain_takes_a_cnn_whose_features_pass_a_pre_logits_layer(tmp_path, make_config):
+    """mobilenetv3's headless output is its 1024-wide conv_head, not its 576 num_features: BYOL's projection
+    reads what the backbone returns, and the backbone then loads as model.pretrained."""
+    items = unlabelled_images(folder=_images(tmp_path / "images"))
+    settings = PretrainSettings(
+        model="mobilenetv3_small_050",
+        img_size=64,
+        epochs=1,
+        batch_size=4,
+        projection_hidden=32,
+        projection_dim=16,
+    )
+    backbone = pretrain(items, tmp_path / "ssl", settings, device="cpu")
+    weights = read_checkpoint(backbone)
+    assert "conv_head.weight" in weights
+    cfg = make_config(
+        tmp_path, None, transfer_from(backbone), model="mobilenetv3_small_050", check_paths=False
+    )
+    state = build_model(cfg, num_classes=3).state_dict()
+    assert all(torch.equal(state[k], weights[k]) for k in weights)
+
+
 def test_pretrain_says_what_is_wrong(tmp_path):
     with pytest.raises(ConfigError, match="either --adapter"):
         unlabelled_images()

@@ -153,7 +153,9 @@ class BYOL(nn.Module):
 
     def __init__(self, backbone: nn.Module, hidden: int, dim: int) -> None:
         super().__init__()
-        width = int(backbone.num_features)
+        # what a headless timm model returns: its pre-logits width (mobilenetv3: 1024 after conv_head, where
+        # num_features is the 576 channels before it), num_features where it has no such layer
+        width = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
         self.backbone = backbone
         self.projection = BYOLProjectionHead(width, hidden, dim)
         self.prediction = BYOLPredictionHead(dim, hidden, dim)
