@@ -59,6 +59,14 @@ NON_RESULT_KEYS = frozenset(
 )
 
 
+# added keys that leave config_hash as it was while they hold their default (reports keep their hash)
+HASH_NEUTRAL_DEFAULTS = {
+    "train.trainer": "medsg.train.fold.FoldTrainer",
+    "train.mask_loss_weight": 0.0,
+    "train.distill_teachers": [],
+    "train.distill_weight": 0.5,
+    "train.distill_temperature": 2.0,
+}
 # Keys added to the schema after runs were saved: a saved config.yaml without one is read with the value the
 # older code used implicitly, so resuming such a run is not refused for a key it never had.
 ADDED_KEYS = {
@@ -67,19 +75,7 @@ ADDED_KEYS = {
     "train.amp_dtype": "auto",  # the GPU-path switches came later; earlier runs used these values
     "train.channels_last": False,
     "train.compile": False,
-    "train.trainer": "medsg.train.fold.FoldTrainer",
-    "train.mask_loss_weight": 0.0,
-    "train.distill_teachers": [],
-    "train.distill_weight": 0.5,
-    "train.distill_temperature": 2.0,
-}
-# added keys that leave config_hash as it was while they hold their default (reports keep their hash)
-HASH_NEUTRAL_DEFAULTS = {
-    "train.trainer": "medsg.train.fold.FoldTrainer",
-    "train.mask_loss_weight": 0.0,
-    "train.distill_teachers": [],
-    "train.distill_weight": 0.5,
-    "train.distill_temperature": 2.0,
+    **HASH_NEUTRAL_DEFAULTS,
 }
 DEFAULT_TRAINER = HASH_NEUTRAL_DEFAULTS["train.trainer"]
 
@@ -241,8 +237,8 @@ class TrainConfig(_Strict):
     # fold K models teach fold K (the final models teach --fold all); the loss becomes (1 - w) x the loss above
     # + w x T^2 x KL(teachers' mean softmax at T || student's softmax at T)
     distill_teachers: list[str] = Field(default_factory=list)
-    distill_weight: float = Field(0.5, gt=0, le=1)
-    distill_temperature: float = Field(2.0, gt=0)
+    distill_weight: float = Field(HASH_NEUTRAL_DEFAULTS["train.distill_weight"], gt=0, le=1)
+    distill_temperature: float = Field(HASH_NEUTRAL_DEFAULTS["train.distill_temperature"], gt=0)
     early_stop_patience: int | None = Field(None, ge=1)
     selection: Literal["inner_val", "last_epoch"] = "inner_val"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -267,7 +263,11 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _distill_settings_need_teachers(self) -> TrainConfig:
         """A distillation weight or temperature without teachers would be ignored yet change the config's hash."""
-        if not self.distill_teachers and (self.distill_weight != 0.5 or self.distill_temperature != 2.0):
+        defaults = (
+            HASH_NEUTRAL_DEFAULTS["train.distill_weight"],
+            HASH_NEUTRAL_DEFAULTS["train.distill_temperature"],
+        )
+        if not self.distill_teachers and (self.distill_weight, self.distill_temperature) != defaults:
             raise ValueError(
                 "train.distill_weight / distill_temperature are set but train.distill_teachers is empty; name the "
                 "teachers (run folders or packages) or leave both at their defaults (0.5, 2.0)"
