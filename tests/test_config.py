@@ -200,6 +200,20 @@ def test_result_diff_ignores_io_knobs_and_flags_the_rest(tmp_path):
     assert [d.split(":")[0] for d in diff] == ["splits.k", "train.lr"]
 
 
+def test_every_committed_experiment_validates_and_reports_to_its_own_folder():
+    """A committed recipe is a record of a run and a plan for the next: one that no longer loads (a renamed key, a
+    broken base chain) could not be rerun, and two recipes with one report folder would overwrite each other's
+    committed report (the demo writes to a temporary folder by design and is left out)."""
+    owners: dict[Path, list[str]] = {}
+    for path in sorted((REPO / "experiments").glob("*.yaml")):
+        cfg = load_config(path, check_paths=False)  # raises, naming the file and key, if it no longer loads
+        if path.stem != "demo":
+            owners.setdefault(cfg.report_dir, []).append(path.name)
+    assert len(owners) > 20, "the committed experiments were not found"
+    shared = {str(folder): names for folder, names in owners.items() if len(names) > 1}
+    assert not shared, f"recipes that would write one report folder: {shared}"
+
+
 @pytest.mark.parametrize("name", ["busi", "kvasir", "isic2018", "busi_cpu", "demo"])
 def test_shipped_experiments_validate(name):
     cfg = load_config(REPO / "experiments" / f"{name}.yaml", check_paths=False)
