@@ -213,5 +213,5 @@ def test_a_committed_seed_ensemble_is_recomputed_from_its_members(tmp_path, name
 
 
 def test_the_seed_ensemble_report_is_committed():
-    """The README's BUSI results cite it; a clone without it would skip the test above silently."""
+    """The BUSI results (README, docs/results.md) cite it; a clone without it would skip the test above silently."""
     assert "busi_cpu_mobilenetv3_seeds" in COMMITTED
