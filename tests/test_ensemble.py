@@ -102,6 +102,9 @@ def test_ensemble_averages_members_and_beats_each_of_them(tmp_path):
     assert summary["experiment"] == "seeds"
     assert summary["protocol"]["experiment seed"].startswith("0, 1, 2")
     assert "3 runs of one recipe" in summary["protocol"]["ensemble"]
+    # the members' commits, then whose environment the rest of the line describes (not the ensemble's own commit)
+    assert summary["protocol"]["provenance"].startswith("members trained at ")
+    assert "; the first member's environment: " in summary["protocol"]["provenance"]
     assert load_report_folder(out).ensemble["members"][2]["name"] == "member_seed2"
 
 

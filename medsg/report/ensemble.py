@@ -187,7 +187,8 @@ def ensemble_record(runs: list[RunData], name: str, paths: list[str]) -> dict[st
         "model": f"{first.config.model.name}, {len(runs)} runs averaged per outer fold",
         "model selection": f"{base.get('model selection', 'unknown')}; each member keeps its own epoch",
         "ensemble": f"{len(runs)} runs of one recipe ({', '.join(m['name'] for m in members)}): {METHOD}",
-        "provenance": f"members trained at {', '.join(commits)}; {base.get('provenance', 'unknown')}",
+        "provenance": f"members trained at {', '.join(commits)}; the first member's environment: "
+        f"{base.get('provenance', 'unknown')}",
     }
     return {"method": METHOD, "members": members, "protocol": base | lines}
 
