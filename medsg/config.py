@@ -59,6 +59,9 @@ NON_RESULT_KEYS = frozenset(
 )
 
 
+# keys under a NON_RESULT_KEYS prefix that still change results: test-time augmentation changes the predictions
+RESULT_KEYS_INSIDE = frozenset({"eval.tta"})
+
 # added keys that leave config_hash as it was while they hold their default (reports keep their hash)
 HASH_NEUTRAL_DEFAULTS = {
     "train.trainer": "medsg.train.fold.FoldTrainer",
@@ -66,6 +69,7 @@ HASH_NEUTRAL_DEFAULTS = {
     "train.distill_teachers": [],
     "train.distill_weight": 0.5,
     "train.distill_temperature": 2.0,
+    "eval.tta": False,
 }
 # Keys added to the schema after runs were saved: a saved config.yaml without one is read with the value the
 # older code used implicitly, so resuming such a run is not refused for a key it never had.
@@ -305,6 +309,11 @@ class EvalConfig(_Strict):
     # the clinically critical class for operating points (one against the rest); null: the dataset's default
     # (BUSI malignant, ISIC MEL, none for other datasets)
     critical_class: str | None = None
+    # test-time augmentation: the selected model's probabilities are the mean of its softmax over the image and
+    # its horizontal flip, for the inner validation split (temperature, prior shift, operating points) and the test
+    # fold; epoch selection stays on single views. Packages carry it into predict and evaluate. Unlike the rest of
+    # ``eval`` it changes the predictions, so a run cannot resume with it changed.
+    tta: bool = False
     fixed_specificity: float = Field(0.90, gt=0.0, lt=1.0)  # report sensitivity at this specificity
     fixed_sensitivity: float = Field(0.90, gt=0.0, lt=1.0)  # and specificity at this sensitivity
     # manifest columns to break results down by (null: those of age, sex, localization, site the data have)
@@ -323,6 +332,10 @@ class ExplainConfig(_Strict):
 
 
 OUTER_TEST_UNUSED = "the outer test fold is never used for selection"  # said beside every selection rule
+TTA_TEXT = (  # eval.tta in words, for the report's protocol and the model card
+    "the selected model's probabilities (inner validation, which fits the calibration, and the test fold) are the "
+    "mean of its softmax over the image and its horizontal flip; epochs were selected on single views"
+)
 
 
 class Config(_Strict):
@@ -704,12 +717,17 @@ def result_diff(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ in a way that changes results (provenance and I/O knobs ignored)."""
     a, b = {**ADDED_KEYS, **_flatten(saved)}, _flatten(new)
     keys = sorted(set(a) | set(b))
-    ignored = tuple(k + "." for k in NON_RESULT_KEYS)
     return [
         f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
         for k in keys
-        if k not in NON_RESULT_KEYS and not k.startswith(ignored) and not _same_value(k, a.get(k), b.get(k))
+        if _changes_results(k) and not _same_value(k, a.get(k), b.get(k))
     ]
+
+
+def _changes_results(key: str) -> bool:
+    """Whether a dotted key is a result key: not in (or under) ``NON_RESULT_KEYS``, or in ``RESULT_KEYS_INSIDE``."""
+    ignored = tuple(k + "." for k in NON_RESULT_KEYS)
+    return key in RESULT_KEYS_INSIDE or (key not in NON_RESULT_KEYS and not key.startswith(ignored))
 
 
 def config_hash(saved: dict[str, Any]) -> str:
@@ -719,12 +737,11 @@ def config_hash(saved: dict[str, Any]) -> str:
     import json
 
     flat = {**ADDED_KEYS, **_flatten(saved)}
-    ignored = tuple(k + "." for k in NON_RESULT_KEYS)
     kept = {
         k: v
         for k, v in flat.items()
-        if k not in NON_RESULT_KEYS | {"data.root"}
-        and not k.startswith(ignored)
+        if _changes_results(k)
+        and k != "data.root"
         and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])
     }
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()

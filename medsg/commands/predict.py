@@ -27,7 +27,9 @@ def add_prediction(parser: argparse.ArgumentParser) -> None:
         "the fold ensemble or the final model (default: the ensemble when there is one)",
     )
     parser.add_argument(
-        "--tta", action="store_true", help="average each model over the image and its horizontal flip"
+        "--tta",
+        action="store_true",
+        help="average each model over the image and its horizontal flip (always on for a model trained with eval.tta)",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     parser.add_argument(

@@ -108,6 +108,13 @@ class Member:
         return decide(apply_temperature(probs, self.temperature), self.calibration, decision)
 
 
+def flip_views(images: torch.Tensor, tta: bool) -> list[torch.Tensor]:
+    """The views test-time augmentation averages over: the batch, and with ``tta`` its horizontal flip
+    (flipped after normalisation: the same pixels mirrored). One definition for cross-validation
+    (``medsg.train.evaluate.predict``), predict and evaluate."""
+    return [images, torch.flip(images, dims=[-1])] if tta else [images]
+
+
 class SoftmaxAverage(nn.Module):
     """Networks of one recipe (seeds) as one model: the log of their mean softmax, so that a softmax of its
     output is their average probability (what a seed ensemble's calibration was fitted on)."""
@@ -152,6 +159,12 @@ class ModelBundle:
             load_exact(model, weights, use_ema=member.use_ema)
             nets.append(model)
         return (nets[0] if len(nets) == 1 else SoftmaxAverage(nets)).to(device).eval()
+
+    @property
+    def tta(self) -> bool:
+        """Whether the members were calibrated on two-view means (``eval.tta``): predict then always averages
+        the image and its horizontal flip, as the cross-validation that scored the model did."""
+        return self.config.eval.tta
 
     @property
     def decision(self) -> str:

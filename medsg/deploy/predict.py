@@ -4,8 +4,8 @@
   relative paths resolved against the CSV's folder, and optionally ``id``).
 * Each member's probabilities are computed exactly as the run computed its test predictions (the same eval
   pipeline, float32 softmax), then temperature-scaled with the member's temperature (``medsg.calibration``).
-  With ``--tta`` a member's probability is the mean over the image and its horizontal flip. The ensemble's
-  probability is the mean of the members' calibrated ones; ``fold_spread`` (the standard deviation across
+  With ``--tta``, or always for a model trained with ``eval.tta``, a member's probability is the mean over the
+  image and its horizontal flip. The ensemble's probability is the mean of the members' calibrated ones; ``fold_spread`` (the standard deviation across
   members of the predicted class's probability) is its uncertainty.
 * Out-of-distribution flags: the folds disagree (at most half of them vote for the ensemble's class, or
   ``fold_spread`` >= ``SPREAD_FLAG``), or the image's statistics lie far outside the training images' range
@@ -42,7 +42,7 @@ from medsg.core.errors import DataError
 from medsg.core.io import atomic_write_text, read_json
 from medsg.data.dataset import plain_tensor
 from medsg.data.manifest import natural_key
-from medsg.deploy.package import Member, ModelBundle, load_model, reference_dir
+from medsg.deploy.package import Member, ModelBundle, flip_views, load_model, reference_dir
 from medsg.deploy.reference import (
     FINGERPRINTS_FILE,
     STATS_FILE,
@@ -181,16 +181,25 @@ def member_probs(
     images: torch.Tensor,
     tta: bool = False,
     decision: str = "balanced",
+    fitted_tta: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(calibrated, raw) probabilities of every member, each (M, B, C): calibrated is after the member's
-    temperature and, for a shifted decision (``prior``, ``majority_floor``), its prior shift; with ``tta`` the mean over the image and its
-    horizontal flip (flipped after normalisation: the same pixels mirrored)."""
-    views = [images, torch.flip(images, dims=[-1])] if tta else [images]
+    temperature and, for a shifted decision (``prior``, ``majority_floor``), its prior shift.
+
+    With ``fitted_tta`` (a run trained with ``eval.tta``, whose calibration was fitted on two-view means) the
+    raw probability is the mean over the image and its horizontal flip, calibrated once, as in cross-validation.
+    With ``tta`` alone (a model calibrated on single views) each view is calibrated, then the two are averaged.
+    """
+    views = flip_views(images, tta or fitted_tta)
     calibrated, raw = [], []
     for model, member in zip(models, members, strict=True):
         per_view = [raw_probs(model, v) for v in views]
-        raw.append(np.mean(per_view, axis=0))
-        calibrated.append(np.mean([member.calibrated(p, decision) for p in per_view], axis=0))
+        mean = np.mean(per_view, axis=0)
+        raw.append(mean / mean.sum(axis=1, keepdims=True))
+        if fitted_tta:
+            calibrated.append(member.calibrated(raw[-1], decision))
+        else:
+            calibrated.append(np.mean([member.calibrated(p, decision) for p in per_view], axis=0))
     return np.stack(calibrated), np.stack(raw)
 
 
@@ -404,7 +413,7 @@ def predict_items(
                 continue
             images = batch["images"].to(device)
             flags: list[str] = []
-            calibrated, raw = member_probs(models, members, images, options.tta, decision)
+            calibrated, raw = member_probs(models, members, images, options.tta, decision, bundle.tta)
             probs = ensemble_probs(calibrated)
             predicted = probs.argmax(axis=1)
             spread, agree = disagreement(calibrated, predicted)
@@ -452,7 +461,7 @@ def _summary(
         "calibrated": CALIBRATION_NOTE,
         "decision": f"{bundle.decision}: {DECISION_TEXT[bundle.decision]}",
         "ensemble": "mean of the members' calibrated probabilities" if len(members) > 1 else "one model",
-        "tta": "mean over the image and its horizontal flip" if options.tta else "none",
+        "tta": _tta_words(bundle, options),
         "n_inputs": result.n_inputs,
         "n_predicted": result.n_predicted,
         "n_skipped": result.n_skipped,
@@ -468,6 +477,12 @@ def _summary(
             else "off (no training reference)",
         },
     }
+
+
+def _tta_words(bundle: ModelBundle, options: PredictOptions) -> str:
+    if bundle.tta:
+        return "mean over the image and its horizontal flip (the model's calibration was fitted on such means: eval.tta)"
+    return "mean over the image and its horizontal flip" if options.tta else "none"
 
 
 def run_predict(

@@ -16,7 +16,7 @@ from medsg.calibration import (
     VAL_PREDICTIONS,
     apply_temperature,
 )
-from medsg.config import OUTER_TEST_UNUSED, Config, EvalConfig, load_saved_config
+from medsg.config import OUTER_TEST_UNUSED, TTA_TEXT, Config, EvalConfig, load_saved_config
 from medsg.core.errors import DataError
 from medsg.core.io import read_json
 from medsg.core.run_folder import RunFolder
@@ -408,8 +408,10 @@ def pretraining_text(pretrained: Any, protocol: dict[str, Any] | None) -> str:
 
 
 def selection_text(cfg: Config) -> str:
-    """The selection rule in words (the same sentence as each fold's metrics.json)."""
-    return f"{cfg.selection_rule}; {OUTER_TEST_UNUSED}"
+    """The selection rule in words (the same sentence as each fold's metrics.json), and test-time augmentation
+    where the run used it (``eval.tta``: it changes what was scored, not what was selected)."""
+    text = f"{cfg.selection_rule}; {OUTER_TEST_UNUSED}"
+    return f"{text}; test-time augmentation: {TTA_TEXT}" if cfg.eval.tta else text
 
 
 def _path_text(path: Any) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from medsg.calibration import DECISION_TEXT
-from medsg.config import Config
+from medsg.config import TTA_TEXT, Config
 from medsg.report.tables import COLUMN_TITLES, fmt
 
 SINGLE_FOLD_WARNING = (
@@ -112,6 +112,11 @@ def render_model_card(
         "- Probabilities are calibrated (temperature scaling per model, see Calibration); `medsg predict` "
         "and `medsg evaluate` report calibrated probabilities.",
         f"- Decision rule (`eval.decision: {decision}`): the predicted class is {rule}.",
+        *(
+            [f"- Test-time augmentation (`eval.tta`): {TTA_TEXT}; `medsg predict` always applies it."]
+            if config.eval.tta
+            else []
+        ),
         "",
         "## Training data",
         "",

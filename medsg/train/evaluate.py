@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from medsg.deploy.package import flip_views
 from medsg.metrics import classification_metrics
 from medsg.train.loader import make_loader, to_device
 from medsg.train.utils import autocast
@@ -21,16 +22,20 @@ def predict(
     batch_size: int,
     workers: int,
     dtype: torch.dtype | None = None,
+    tta: bool = False,
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(ids, y_true, probabilities) of a whole dataset, in dataset order."""
+    """(ids, y_true, probabilities) of a whole dataset, in dataset order; with ``tta`` each image's
+    probabilities are the mean of the softmax over it and its horizontal flip (``eval.tta``)."""
     model.eval()
     ids: list[str] = []
     ys, probs = [], []
     for batch in make_loader(dataset, batch_size, workers, seed=0):
         images, labels = to_device(batch, device)
+        views = flip_views(images, tta)
         with autocast(device, dtype):
-            logits = model(images)
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+            logits = [model(v) for v in views]
+        per_view = [torch.softmax(x.float(), dim=1).cpu().double() for x in logits]
+        probs.append(torch.stack(per_view).mean(dim=0))
         ys.append(labels.cpu())
         ids.extend(str(i) for i in batch["id"])
     out = torch.cat(probs).numpy().astype(np.float64)

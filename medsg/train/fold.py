@@ -448,10 +448,13 @@ class FoldTrainer:
         )
         return ddp.all_reduce_mean(total / max(count, 1), self.device)
 
-    def _predict(self, model: nn.Module, dataset: Dataset) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """(ids, labels, probabilities) of ``dataset`` with the run's batch size, workers and precision."""
+    def _predict(
+        self, model: nn.Module, dataset: Dataset, tta: bool = False
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(ids, labels, probabilities) of ``dataset`` with the run's batch size, workers and precision; with
+        ``tta`` the two-view mean (``eval.tta``: the selected model's predictions, never epoch selection)."""
         t = self.cfg.train
-        return predict(model, dataset, self.device, t.batch_size, t.workers, self.amp_dtype)
+        return predict(model, dataset, self.device, t.batch_size, t.workers, self.amp_dtype, tta)
 
     def _write_history(self) -> None:
         frame = pd.DataFrame(self.history, columns=HISTORY_COLUMNS)
@@ -528,7 +531,7 @@ class FoldTrainer:
         """Predict the outer test fold once with the selected weights; write predictions, metrics and the
         explanations (``fold_K/explain/``, rank 0), then the DONE marker."""
         model = self.load_selected()
-        ids, y, probs = self._predict(model, self.data.test)
+        ids, y, probs = self._predict(model, self.data.test, tta=self.cfg.eval.tta)
         names = self.data.class_names
         frame = self._frame(ids, y, probs)
         metrics = classification_metrics(y, probs, names)
@@ -558,15 +561,20 @@ class FoldTrainer:
         """(y, probs) of the inner validation split under the selected weights, or None without one.
 
         Read from ``val_predictions.csv`` (written with ``checkpoint_best.pt``); a fold trained before that
-        file existed predicts its validation split once more with the selected model instead.
+        file existed predicts its validation split once more with the selected model instead. With
+        ``eval.tta`` the split is predicted again as two-view means, which replace the file's single-view
+        probabilities: calibration, operating points and seed ensembles all read it, and must see what the test
+        fold saw.
         """
         if self.data.val is None or len(self.data.val) == 0:
             return None
         path = self.fold_dir / VAL_PREDICTIONS
-        if path.is_file():
+        if path.is_file() and not self.cfg.eval.tta:
             frame = pd.read_csv(path, dtype={"id": str})
             return frame["y_true"].to_numpy(), frame[[f"p_{c}" for c in self.data.class_names]].to_numpy()
-        _, y, probs = self._predict(model, self.data.val)
+        ids, y, probs = self._predict(model, self.data.val, tta=self.cfg.eval.tta)
+        if self.cfg.eval.tta:
+            atomic_write_text(path, self._frame(ids, y, probs).to_csv(index=False))
         return y, probs
 
     def calibrate(self, model: nn.Module, ids: list[str], y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
