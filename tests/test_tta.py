@@ -71,7 +71,9 @@ def test_calibration_is_fitted_on_the_two_view_means_and_predict_applies_it_once
     member = bundle.members[0]
     cal = pd.read_csv(run_dir / "fold_0" / "calibrated_predictions.csv", dtype={"id": str})
     items, images = _images(bundle, run_dir, list(cal["id"]))
-    calibrated, _ = member_probs([bundle.build(member)], [member], images, decision="balanced", fitted_tta=True)
+    calibrated, _ = member_probs(
+        [bundle.build(member)], [member], images, decision="balanced", fitted_tta=True
+    )
     np.testing.assert_allclose(calibrated[0], _frame_probs(cal), atol=1e-6)
     # the package's predict does the same on its own (no --tta needed) and says so
     out = run_dir.parent / "predict_tta"
