@@ -301,6 +301,13 @@ def describe_augmentations(aug: Augmentations, color_aug: bool) -> str:
     return "; ".join(steps) or "none"
 
 
+def flip_views(images: torch.Tensor, tta: bool) -> list[torch.Tensor]:
+    """The views test-time augmentation averages over: the batch, and with ``tta`` its horizontal flip
+    (flipped after normalisation: the same pixels mirrored). One definition for cross-validation
+    (``medsg.train.evaluate.predict``) and ``medsg.deploy.predict``."""
+    return [images, torch.flip(images, dims=[-1])] if tta else [images]
+
+
 def build_transforms(
     img_size: int,
     mean: Sequence[float],

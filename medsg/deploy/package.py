@@ -108,13 +108,6 @@ class Member:
         return decide(apply_temperature(probs, self.temperature), self.calibration, decision)
 
 
-def flip_views(images: torch.Tensor, tta: bool) -> list[torch.Tensor]:
-    """The views test-time augmentation averages over: the batch, and with ``tta`` its horizontal flip
-    (flipped after normalisation: the same pixels mirrored). One definition for cross-validation
-    (``medsg.train.evaluate.predict``), predict and evaluate."""
-    return [images, torch.flip(images, dims=[-1])] if tta else [images]
-
-
 class SoftmaxAverage(nn.Module):
     """Networks of one recipe (seeds) as one model: the log of their mean softmax, so that a softmax of its
     output is their average probability (what a seed ensemble's calibration was fitted on)."""

@@ -42,7 +42,8 @@ from medsg.core.errors import DataError
 from medsg.core.io import atomic_write_text, read_json
 from medsg.data.dataset import plain_tensor
 from medsg.data.manifest import natural_key
-from medsg.deploy.package import Member, ModelBundle, flip_views, load_model, reference_dir
+from medsg.data.transforms import flip_views
+from medsg.deploy.package import Member, ModelBundle, load_model, reference_dir
 from medsg.deploy.reference import (
     FINGERPRINTS_FILE,
     STATS_FILE,
@@ -187,15 +188,19 @@ def member_probs(
     temperature and, for a shifted decision (``prior``, ``majority_floor``), its prior shift.
 
     With ``fitted_tta`` (a run trained with ``eval.tta``, whose calibration was fitted on two-view means) the
-    raw probability is the mean over the image and its horizontal flip, calibrated once, as in cross-validation.
+    raw probability is the mean over the image and its horizontal flip, calibrated once, as in cross-validation
+    (equal to its probabilities up to float rounding).
     With ``tta`` alone (a model calibrated on single views) each view is calibrated, then the two are averaged.
     """
     views = flip_views(images, tta or fitted_tta)
     calibrated, raw = [], []
     for model, member in zip(models, members, strict=True):
         per_view = [raw_probs(model, v) for v in views]
-        mean = np.mean(per_view, axis=0)
-        raw.append(mean / mean.sum(axis=1, keepdims=True))
+        if len(per_view) == 1:
+            raw.append(per_view[0])  # one view: exactly raw_probs, as before TTA existed
+        else:
+            mean = np.mean(per_view, axis=0)
+            raw.append(mean / mean.sum(axis=1, keepdims=True))
         if fitted_tta:
             calibrated.append(member.calibrated(raw[-1], decision))
         else:

@@ -408,7 +408,7 @@ def pretraining_text(pretrained: Any, protocol: dict[str, Any] | None) -> str:
 
 
 def selection_text(cfg: Config) -> str:
-    """The selection rule in words (the same sentence as each fold's metrics.json), and test-time augmentation
+    """The selection rule in words (each fold's metrics.json has its first part), and test-time augmentation
     where the run used it (``eval.tta``: it changes what was scored, not what was selected)."""
     text = f"{cfg.selection_rule}; {OUTER_TEST_UNUSED}"
     return f"{text}; test-time augmentation: {TTA_TEXT}" if cfg.eval.tta else text

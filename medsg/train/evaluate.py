@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from medsg.deploy.package import flip_views
+from medsg.data.transforms import flip_views
 from medsg.metrics import classification_metrics
 from medsg.train.loader import make_loader, to_device
 from medsg.train.utils import autocast

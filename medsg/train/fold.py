@@ -461,7 +461,8 @@ class FoldTrainer:
         atomic_write_text(self.folder.history, frame.to_csv(index=False))
 
     def _write_val_predictions(self) -> None:
-        """The inner validation probabilities of the epoch just selected: what ``calibrate`` fits T on."""
+        """The inner validation probabilities of the epoch just selected: what ``calibrate`` fits T on (with
+        ``eval.tta``, ``calibrate`` replaces them by the selected model's two-view means)."""
         if self.val_predictions is None:
             return
         ids, y, probs = self.val_predictions
@@ -547,6 +548,7 @@ class FoldTrainer:
             best_epoch=int(self.best["epoch"]),
             epochs_trained=self.epoch,
             stopped_early=self.stopped_early,
+            tta=self.cfg.eval.tta,  # the probabilities scored are two-view means (eval.tta)
         )
         if self.dist.is_main:
             atomic_write_text(self.folder.predictions, frame.to_csv(index=False))
@@ -620,7 +622,8 @@ class FoldTrainer:
         return record
 
     def _explain(self, model: nn.Module, ids: list[str], probs: np.ndarray) -> None:
-        """Explain the test fold with the selected model: review cases, and scores where masks exist."""
+        """Explain the test fold with the selected model: review cases, and scores where masks exist. The maps
+        are of the single view; with ``eval.tta`` the class they explain is the one the two-view mean predicts."""
         e = self.cfg.explain
         if (e.cases_per_fold == 0 and not e.localization) or self.data.test_rows is None:
             return
