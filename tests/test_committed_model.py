@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from medsg import cli
+from medsg.data.manifest import load_manifest
 from medsg.deploy.package import load_model
+from medsg.deploy.predict import ImageFiles, InputItem, collate, raw_probs
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 ISIC_CLASSES = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
@@ -57,3 +59,27 @@ def test_every_committed_package_is_tested() -> None:
     """A package committed beside a report and missing from PACKAGES would go untested: say so."""
     committed = {p.parent.parent.name for p in REPORTS.glob("*/model/package.json")}
     assert committed == set(PACKAGES), f"add these to PACKAGES: {sorted(committed - set(PACKAGES))}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("report", sorted(PACKAGES))
+def test_a_committed_package_repeats_its_cross_validation_from_the_image_files(report: str, shared) -> None:
+    """Each fold member, fed its own test fold's original files through the predict path (decode, resize,
+    normalise: no MONAI cache, no run folder), gives the out-of-fold probabilities its cross-validation scored,
+    to float16-weight rounding. So the package is the model the report measured, preprocessing included."""
+    bundle = load_model(REPORTS / report / "model")
+    config = bundle.config
+    root = shared("data", Path(config.data.root).name)
+    paths = load_manifest(config.data.adapter, root).set_index("id")["path"]
+    oof = pd.read_csv(bundle.oof_path(), dtype={"id": str})
+    columns = [f"p_{c}" for c in bundle.class_names]
+    rng = np.random.default_rng(0)
+    for member in bundle.select("folds"):
+        rows = oof[oof["fold"] == int(member.name)]
+        rows = rows.iloc[rng.choice(len(rows), size=min(64, len(rows)), replace=False)]
+        items = [InputItem(i, str(paths[i])) for i in rows["id"]]
+        data = ImageFiles(items, bundle.preprocessing.transform(), False)
+        images = collate([data[i] for i in range(len(data))])["images"]
+        got = raw_probs(bundle.build(member), images)
+        np.testing.assert_allclose(got, rows[columns].to_numpy(), atol=1e-2)  # float16 weights: ~5e-3 seen
+        assert (got.argmax(1) == rows[columns].to_numpy().argmax(1)).mean() >= 0.98
