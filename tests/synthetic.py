@@ -24,12 +24,16 @@ import shutil
 import struct
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from medsg.data.isic2018 import ISIC_CLASSES
 from medsg.data.kvasir import KVASIR_CLASSES
+
+if TYPE_CHECKING:
+    import torch
 
 
 def texture(rng: np.random.Generator, size: tuple[int, int], channels: int = 3) -> np.ndarray:
@@ -243,6 +247,23 @@ def bare_package(
     (pkg / "config.yaml").write_text(yaml.safe_dump(config))
     _write_checksums(pkg)
     return pkg
+
+
+def bundle_inputs(bundle, paths) -> torch.Tensor:
+    """Image files as one batch of model inputs, made as ``medsg predict`` makes them (the bundle's eval
+    preprocessing on the original files: no run folder, no MONAI cache)."""
+    from medsg.deploy.predict import ImageFiles, InputItem, collate
+
+    items = [InputItem(str(i), str(p)) for i, p in enumerate(paths)]
+    data = ImageFiles(items, bundle.preprocessing.transform(), False)
+    return collate([data[i] for i in range(len(data))])["images"]
+
+
+def member_raw_probs(bundle, member, paths) -> np.ndarray:
+    """A bundle member's raw softmax probabilities of image files (``medsg.deploy.predict.raw_probs``)."""
+    from medsg.deploy.predict import raw_probs
+
+    return raw_probs(bundle.build(member), bundle_inputs(bundle, paths))
 
 
 # the recipe of the package tests: a tiny model from scratch, 2 epochs, a third of each training fold for calibration

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from synthetic import member_raw_probs
 
 from medsg import cli
 from medsg.data.manifest import load_manifest
 from medsg.deploy.package import load_model
-from medsg.deploy.predict import ImageFiles, InputItem, collate, raw_probs
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 ISIC_CLASSES = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
@@ -77,9 +77,6 @@ def test_a_committed_package_repeats_its_cross_validation_from_the_image_files(r
     for member in bundle.select("folds"):
         rows = oof[oof["fold"] == int(member.name)]
         rows = rows.iloc[rng.choice(len(rows), size=min(64, len(rows)), replace=False)]
-        items = [InputItem(i, str(paths[i])) for i in rows["id"]]
-        data = ImageFiles(items, bundle.preprocessing.transform(), False)
-        images = collate([data[i] for i in range(len(data))])["images"]
-        got = raw_probs(bundle.build(member), images)
+        got = member_raw_probs(bundle, member, [paths[i] for i in rows["id"]])
         np.testing.assert_allclose(got, rows[columns].to_numpy(), atol=1e-2)  # float16 weights: ~5e-3 seen
         assert (got.argmax(1) == rows[columns].to_numpy().argmax(1)).mean() >= 0.98

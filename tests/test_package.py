@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from synthetic import PACKAGE_RECIPE, bare_package
+from synthetic import PACKAGE_RECIPE, bare_package, member_raw_probs
 
 from medsg import cli
 from medsg.calibration import PRIOR_KEY, apply_temperature, fit_floor_strength
@@ -25,7 +25,7 @@ from medsg.core.errors import CheckpointError, DataError
 from medsg.core.run_folder import ALL
 from medsg.demo import make_synthetic_busi
 from medsg.deploy.package import CHECKSUMS_FILE, PACKAGE_FILE, export_package, load_model, load_package
-from medsg.deploy.predict import ImageFiles, InputItem, PredictOptions, collate, predict_items, raw_probs
+from medsg.deploy.predict import InputItem, PredictOptions, predict_items
 from medsg.workflows.experiment import run_experiment
 
 PKG = {"experiment.name": "pkg", **PACKAGE_RECIPE}  # sgformer_tiny (the fixture names it)
@@ -43,15 +43,6 @@ def run(tmp_path_factory, make_config):
 
 def manifest(run_dir: Path) -> pd.DataFrame:
     return pd.read_csv(run_dir / "manifest.csv", dtype=str, keep_default_na=False).set_index("id", drop=False)
-
-
-def member_raw_probs(bundle, member, paths: list[str]) -> np.ndarray:
-    model = bundle.build(member)
-    data = ImageFiles(
-        [InputItem(str(i), p) for i, p in enumerate(paths)], bundle.preprocessing.transform(), False
-    )
-    batch = collate([data[i] for i in range(len(data))])
-    return raw_probs(model, batch["images"])
 
 
 @pytest.mark.e2e

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic import PACKAGE_RECIPE
+from synthetic import PACKAGE_RECIPE, member_raw_probs
 
 from medsg.core.errors import DataError
 from medsg.demo import make_synthetic_busi
 from medsg.deploy.package import PACKAGE_FILE, export_package, load_package
-from medsg.deploy.predict import ImageFiles, InputItem, collate, predict_items, raw_probs
+from medsg.deploy.predict import InputItem, predict_items
 from medsg.workflows.ensemble import write_ensemble_report
 from medsg.workflows.experiment import run_experiment
 
@@ -31,13 +31,6 @@ def seeds(tmp_path_factory, make_config):
     return runs, package, out
 
 
-def _raw(bundle, member, paths: list[str]) -> np.ndarray:
-    data = ImageFiles(
-        [InputItem(str(i), p) for i, p in enumerate(paths)], bundle.preprocessing.transform(), False
-    )
-    return raw_probs(bundle.build(member), collate([data[i] for i in range(len(data))])["images"])
-
-
 @pytest.mark.e2e
 def test_seed_package_averages_each_folds_networks_under_the_ensembles_calibration(seeds):
     runs, package, out = seeds
@@ -54,7 +47,9 @@ def test_seed_package_averages_each_folds_networks_under_the_ensembles_calibrati
         frames = [pd.read_csv(r / f"fold_{member.name}" / "predictions.csv", dtype={"id": str}) for r in runs]
         ids = frames[0]["id"]
         want = np.mean([f.set_index("id").loc[ids, cols].to_numpy() for f in frames], axis=0)
-        np.testing.assert_allclose(_raw(bundle, member, list(manifest.loc[ids, "path"])), want, atol=1e-5)
+        np.testing.assert_allclose(
+            member_raw_probs(bundle, member, list(manifest.loc[ids, "path"])), want, atol=1e-5
+        )
     # the package's CV evidence is the ensemble's report, and predict applies each fold's refitted rule
     cv = json.loads((package / "cv" / "summary.json").read_text())
     assert cv["bootstrap_ci"] == json.loads((report / "summary.json").read_text())["bootstrap_ci"]
@@ -63,7 +58,9 @@ def test_seed_package_averages_each_folds_networks_under_the_ensembles_calibrati
         bundle, [InputItem(str(i), p) for i, p in enumerate(paths)], out / "pred", collect=True
     )
     decision = bundle.decision
-    want = np.mean([m.calibrated(_raw(bundle, m, paths), decision) for m in bundle.select("folds")], axis=0)
+    want = np.mean(
+        [m.calibrated(member_raw_probs(bundle, m, paths), decision) for m in bundle.select("folds")], axis=0
+    )
     np.testing.assert_allclose(np.stack(result.probs), want, atol=1e-6)
     card = (package / "MODEL_CARD.md").read_text()
     assert "seeds2" in card and "2 folds x 2 seeds = 4 networks" in card

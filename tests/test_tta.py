@@ -11,17 +11,15 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from synthetic import PACKAGE_RECIPE
+from synthetic import PACKAGE_RECIPE, bundle_inputs
 
 from medsg.calibration import fold_calibration
 from medsg.config import TTA_TEXT, config_hash, result_diff
 from medsg.demo import make_synthetic_busi
 from medsg.deploy.package import export_package, load_model
 from medsg.deploy.predict import (
-    ImageFiles,
     InputItem,
     PredictOptions,
-    collate,
     member_probs,
     predict_items,
     raw_probs,
@@ -43,8 +41,7 @@ def run(tmp_path_factory, make_config):
 def _images(bundle, run_dir, ids):
     paths = pd.read_csv(run_dir / "manifest.csv", dtype=str).set_index("id").loc[ids, "path"]
     items = [InputItem(i, p) for i, p in zip(ids, paths, strict=True)]
-    data = ImageFiles(items, bundle.preprocessing.transform(), False)
-    return items, collate([data[i] for i in range(len(data))])["images"]
+    return items, bundle_inputs(bundle, paths)
 
 
 def _frame_probs(frame: pd.DataFrame) -> np.ndarray:
