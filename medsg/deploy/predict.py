@@ -5,8 +5,9 @@
 * Each member's probabilities are computed exactly as the run computed its test predictions (the same eval
   pipeline, float32 softmax), then temperature-scaled with the member's temperature (``medsg.calibration``).
   With ``--tta``, or always for a model trained with ``eval.tta``, a member's probability is the mean over the
-  image and its horizontal flip. The ensemble's probability is the mean of the members' calibrated ones; ``fold_spread`` (the standard deviation across
-  members of the predicted class's probability) is its uncertainty.
+  image and its horizontal flip. The ensemble's probability is the mean of the members' calibrated ones;
+  ``fold_spread`` (the standard deviation across members of the predicted class's probability) is its
+  uncertainty.
 * Out-of-distribution flags: the folds disagree (at most half of them vote for the ensemble's class, or
   ``fold_spread`` >= ``SPREAD_FLAG``), or the image's statistics lie far outside the training images' range
   (``medsg.deploy.reference.ood_reasons``). Flagged rows are still scored; ``ood_reasons`` says why they are flagged.
@@ -485,9 +486,11 @@ def _summary(
 
 
 def _tta_words(bundle: ModelBundle, options: PredictOptions) -> str:
+    """predict.json's ``tta``: none, asked for (``--tta``), or the model's own (``eval.tta``)."""
+    words = "mean over the image and its horizontal flip"
     if bundle.tta:
-        return "mean over the image and its horizontal flip (the model's calibration was fitted on such means: eval.tta)"
-    return "mean over the image and its horizontal flip" if options.tta else "none"
+        return f"{words} (the model's calibration was fitted on such means: eval.tta)"
+    return words if options.tta else "none"
 
 
 def run_predict(
