@@ -59,6 +59,7 @@ NON_RESULT_KEYS = frozenset(
 )
 
 
+_NON_RESULT_PREFIXES = tuple(k + "." for k in NON_RESULT_KEYS)
 # keys under a NON_RESULT_KEYS prefix that still change results: test-time augmentation changes the predictions
 RESULT_KEYS_INSIDE = frozenset({"eval.tta"})
 
@@ -726,8 +727,9 @@ def result_diff(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def _changes_results(key: str) -> bool:
     """Whether a dotted key is a result key: not in (or under) ``NON_RESULT_KEYS``, or in ``RESULT_KEYS_INSIDE``."""
-    ignored = tuple(k + "." for k in NON_RESULT_KEYS)
-    return key in RESULT_KEYS_INSIDE or (key not in NON_RESULT_KEYS and not key.startswith(ignored))
+    return key in RESULT_KEYS_INSIDE or (
+        key not in NON_RESULT_KEYS and not key.startswith(_NON_RESULT_PREFIXES)
+    )
 
 
 def config_hash(saved: dict[str, Any]) -> str:
