@@ -192,10 +192,7 @@ def bootstrap_ci(
     point = _weighted_metrics(y, p, np.ones((1, len(y))))
     out = {}
     for key, values in boot.items():
-        ok = values[~np.isnan(values)]
-        low, high = (
-            np.percentile(ok, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if ok.size else (math.nan,) * 2
-        )
+        ok, low, high = _percentile_interval(values, alpha)
         out[key] = {
             "mean": _clean(float(ok.mean()) if ok.size else math.nan),
             "low": _clean(float(low)),
@@ -240,12 +237,13 @@ def sensitivity_cis(
             continue
         total = weights @ member.astype(np.float64)
         ok = total > 0
-        boot = (weights[ok] @ (member & hit).astype(np.float64)) / total[ok]
-        low, high = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+        _, low, high = _percentile_interval(
+            (weights[ok] @ (member & hit).astype(np.float64)) / total[ok], alpha
+        )
         out[name] = {
             "point": float(hit[member].mean()),
-            "low": float(low),
-            "high": float(high),
+            "low": _clean(low),
+            "high": _clean(high),
             "support": int(member.sum()),
         }
     return out
@@ -277,11 +275,7 @@ def paired_differences(
     point_a, point_b = _weighted_metrics(y, pa, ones), _weighted_metrics(y, pb, ones)
     out = {}
     for key in PAIRED_KEYS:
-        diff = boot_b[key] - boot_a[key]
-        ok = diff[~np.isnan(diff)]
-        low, high = (
-            np.percentile(ok, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if ok.size else (math.nan,) * 2
-        )
+        ok, low, high = _percentile_interval(boot_b[key] - boot_a[key], alpha)
         out[key] = {
             "a": _clean(float(point_a[key][0])),
             "b": _clean(float(point_b[key][0])),
@@ -366,8 +360,7 @@ def grouped_bootstrap_ci(
     if codes is not None:
         codes = _group_codes(codes[ok], v.size)  # renumber: groups left without a valid value vanish
     weights = resample_weights(n_resamples, groups=codes, n=v.size, seed=seed)
-    boot = weights @ v / weights.sum(axis=1)
-    low, high = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    boot, low, high = _percentile_interval(weights @ v / weights.sum(axis=1), alpha)
     return {
         "point": float(v.mean()),
         "low": float(low),
@@ -522,6 +515,16 @@ def confidence_bins(conf: np.ndarray, n_bins: int) -> np.ndarray:
 def _brier_per_sample(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     onehot = np.eye(p.shape[1])[y]
     return ((p - onehot) ** 2).sum(axis=1)
+
+
+def _percentile_interval(boot: np.ndarray, alpha: float) -> tuple[np.ndarray, float, float]:
+    """(the non-NaN bootstrap values, low, high): the central 1 - ``alpha`` percentile interval of a bootstrap
+    distribution; NaN bounds when no resample gave a value (say, a class absent from every resample)."""
+    ok = boot[~np.isnan(boot)]
+    if not ok.size:
+        return ok, math.nan, math.nan
+    low, high = np.percentile(ok, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return ok, float(low), float(high)
 
 
 def _clean(value: Any) -> float | None:
