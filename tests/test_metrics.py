@@ -18,6 +18,7 @@ from medsg.metrics import (
     ece_score,
     grouped_bootstrap_ci,
     resample_weights,
+    sensitivity_cis,
     summarize_folds,
 )
 
@@ -338,3 +339,24 @@ def test_bootstrap_ci_with_groups_records_unit_and_widens():
     width = {ci["_settings"]["unit"]: ci["brier"]["high"] - ci["brier"]["low"] for ci in (image, cluster)}
     assert width["group"] > 1.5 * width["image"]
     assert cluster["brier"]["point"] == image["brier"]["point"]
+
+
+def test_sensitivity_cis_points_are_per_class_recall_inside_their_intervals():
+    from sklearn.metrics import recall_score
+
+    out = sensitivity_cis(Y, P, NAMES, n_resamples=500, seed=3)
+    recall = recall_score(Y, P.argmax(axis=1), average=None, labels=[0, 1, 2])
+    for c, name in enumerate(NAMES):
+        assert out[name]["point"] == pytest.approx(recall[c])
+        assert out[name]["low"] <= out[name]["point"] <= out[name]["high"]
+        assert out[name]["support"] == int(np.bincount(Y)[c])
+
+
+def test_sensitivity_cis_gives_none_bounds_when_no_resample_holds_the_class():
+    y = np.array([0] * 9 + [1])
+    p = np.tile([0.9, 0.1], (10, 1))
+    # a seed whose single resample leaves out the one class-1 image (found, then checked, not assumed)
+    seed = next(s for s in range(100) if resample_weights(1, n=10, seed=s)[0, 9] == 0)
+    out = sensitivity_cis(y, p, ["a", "b"], n_resamples=1, seed=seed)
+    assert out["b"] == {"point": 0.0, "low": None, "high": None, "support": 1}
+    assert out["a"]["low"] == out["a"]["high"] == 1.0
