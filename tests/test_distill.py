@@ -15,7 +15,7 @@ from torch import nn
 from medsg.core.errors import ConfigError
 from medsg.demo import make_synthetic_busi
 from medsg.deploy.package import export_package
-from medsg.report.aggregate import recipe
+from medsg.report.protocol import recipe
 from medsg.train.distill import DistillTrainer, distill_loss, teacher_members, teacher_probabilities
 from medsg.train.fold import FoldTrainer, trainer_class
 from medsg.train.state import load_training_checkpoint

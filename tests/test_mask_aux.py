@@ -107,7 +107,7 @@ def test_a_killed_fold_resumes_with_its_mask_head_and_exports_without_it(
 
 
 def test_the_report_recipe_names_the_mask_loss(make_config, busi_root, tmp_path):
-    from medsg.report.aggregate import recipe
+    from medsg.report.protocol import recipe
 
     def loss_row(**extra) -> str:
         rows = recipe(_config(make_config, busi_root, tmp_path, **extra))

@@ -14,7 +14,7 @@ from synthetic import bare_package
 from medsg.config import config_from_dict, resolved_config
 from medsg.core.errors import ConfigError
 from medsg.models.checkpoint import read_checkpoint
-from medsg.report.aggregate import pretraining_text
+from medsg.report.protocol import pretraining_text
 from medsg.train.model import build_model
 from medsg.workflows.pretrain import (
     BACKBONE_FILE,

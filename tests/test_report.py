@@ -14,7 +14,8 @@ import yaml
 from medsg.core.errors import ConfigError, DataError
 from medsg.metrics import HEADLINE, classification_metrics
 from medsg.report import write_report
-from medsg.report.aggregate import build_summary, load_run, protocol
+from medsg.report.aggregate import build_summary, load_run
+from medsg.report.protocol import protocol
 
 EVIL = "<script>alert('x')</script>"
 CLASSES = ["benign", f"mal{EVIL}", "normal $|x"]

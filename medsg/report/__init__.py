@@ -10,7 +10,7 @@ import pandas as pd
 from medsg.calibration import CALIBRATION_FILE, VAL_PREDICTIONS
 from medsg.config import DEFAULT_BOOTSTRAP
 from medsg.core.io import atomic_write_bytes, atomic_write_text
-from medsg.report.aggregate import RunData, build_summary, group_labels, load_run
+from medsg.report.aggregate import build_summary, group_labels, load_run
 from medsg.report.explanations import (
     copy_explanations,
     explanation_text,
@@ -20,6 +20,7 @@ from medsg.report.explanations import (
 from medsg.report.figures import confusion_png, reliability_png, roc_png, training_curves_png
 from medsg.report.html import render_html
 from medsg.report.markdown import render_markdown
+from medsg.report.run_data import RunData
 
 __all__ = ["build_summary", "load_run", "write_report", "write_run_data_report"]
 

@@ -27,9 +27,10 @@ from medsg.config import DEFAULT_BOOTSTRAP
 from medsg.core.errors import DataError, ReportRefused
 from medsg.core.io import atomic_write_bytes, atomic_write_text
 from medsg.metrics import PAIRED_KEYS, mcnemar_exact, paired_differences
-from medsg.report.aggregate import RunData, group_labels, headline_probs, load_run_or_report
+from medsg.report.aggregate import group_labels, headline_probs, load_run_or_report
 from medsg.report.figures import plain, to_png
 from medsg.report.html import html_page
+from medsg.report.run_data import RunData
 from medsg.report.run_files import UNKNOWN, read_json_or_none
 from medsg.report.tables import COLUMN_TITLES, fmt, md_escape, to_html, to_markdown
 

@@ -35,7 +35,9 @@ from medsg.calibration import (
 from medsg.config import config_hash, read_yaml, result_diff
 from medsg.core.errors import DataError
 from medsg.core.run_folder import CONFIG_FILE
-from medsg.report.aggregate import RunData, group_labels, protocol
+from medsg.report.aggregate import group_labels
+from medsg.report.protocol import protocol
+from medsg.report.run_data import RunData
 from medsg.report.run_files import read_json_or_none
 
 FREE_PREFIX = "experiment."  # members may differ in seed, names and folders (provenance is ignored)
