@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medsg.config import git_clean, git_same_code
 from medsg.core.errors import ReportRefused
+from medsg.core.provenance import git_clean, git_same_code
 from medsg.workflows.experiment import check_reports_write
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")

@@ -6,8 +6,9 @@ import json
 import logging
 from pathlib import Path
 
-from medsg.config import config_hash, dump_config, git_clean, git_hash
+from medsg.config import config_hash, dump_config
 from medsg.core.io import atomic_write_text
+from medsg.core.provenance import git_clean, git_hash
 from medsg.core.run_folder import CONFIG_FILE
 from medsg.report import write_run_data_report
 from medsg.report.aggregate import ENSEMBLE_FILE, load_run_or_report

@@ -25,9 +25,6 @@ from medsg.config import (
     Config,
     config_hash,
     dump_config,
-    git_clean,
-    git_hash,
-    git_toplevel,
     load_config,
     load_saved_config,
     read_yaml,
@@ -37,6 +34,7 @@ from medsg.config import (
 from medsg.core.device import resolve_device
 from medsg.core.errors import ConfigError, ReportRefused
 from medsg.core.io import atomic_write_text, read_json
+from medsg.core.provenance import git_clean, git_hash, git_toplevel
 from medsg.core.run_folder import ALL, CONFIG_FILE, DONE_FILE, RunFolder
 from medsg.data import class_names, load_manifest, save_manifest
 from medsg.data.audit import apply_audit_policy, audit_manifest, describe_grouping, read_audit, write_audit

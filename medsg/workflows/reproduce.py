@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medsg.config import config_from_dict, git_same_code, provenance, read_yaml
+from medsg.config import config_from_dict, read_yaml
 from medsg.core.errors import ConfigError
 from medsg.core.io import atomic_write_text, read_json
+from medsg.core.provenance import git_same_code, provenance
 from medsg.core.run_folder import RunFolder
 from medsg.report.aggregate import ENSEMBLE_FILE
 from medsg.workflows.experiment import run_experiment
