@@ -230,13 +230,13 @@ def test_demo_prints_report_path_and_three_line_summary(monkeypatch, tmp_path, c
 def test_demo_writes_split_files_only_inside_its_folder(monkeypatch, tmp_path):
     """The demo's split file goes to <out>/data_splits, never the repo's; <out> ignores itself in git."""
     from medsg import demo
-    from medsg.workflows import experiment
+    from medsg.workflows import experiment, prepare
 
     repo_splits = Path(__file__).resolve().parents[1] / "data_splits"
     before = sorted(repo_splits.iterdir()) if repo_splits.is_dir() else []
 
     def prepare_only(cfg, quiet=False, new_split_expected=False):  # the data half: manifest, audit, splits
-        experiment.prepare_data(cfg, new_split_expected=new_split_expected)
+        prepare.prepare_data(cfg, new_split_expected=new_split_expected)
         return cfg.run_dir
 
     monkeypatch.setattr(experiment, "run_experiment", prepare_only)

@@ -120,7 +120,7 @@ def test_patient_grouping_and_no_header_data_in_any_output(
 
 def test_a_rerun_finds_the_same_salt_and_groups(tmp_path: Path, write_config) -> None:
     from medsg.config import load_config
-    from medsg.workflows.experiment import prepare_data
+    from medsg.workflows.prepare import prepare_data
 
     data = tmp_path / "data"
     data.mkdir()

@@ -17,8 +17,9 @@ from medsg.explain.cases import BASELINES, Case, ExplainSettings, case_maps, saf
 from medsg.models.checkpoint import select_state_dict
 from medsg.train.model import build_model
 from medsg.train.state import load_training_checkpoint
-from medsg.workflows.experiment import ManifestFolds, prepare_data, run_experiment, write_run_report
+from medsg.workflows.experiment import run_experiment, write_run_report
 from medsg.workflows.explain import ExplainRequest, explain_run
+from medsg.workflows.prepare import ManifestFolds, prepare_data
 
 SCORED_MAPS = {
     "significance",

@@ -117,13 +117,13 @@ def test_new_split_file_is_announced_with_its_absolute_path_and_described(
     busi_root, tmp_path, monkeypatch, caplog, syn_config
 ):
     from medsg.data.splits import read_splits
-    from medsg.workflows.experiment import prepare_data
+    from medsg.workflows.prepare import prepare_data
 
     monkeypatch.chdir(tmp_path)  # the default split file is relative: it follows the working directory
     cfg = syn_config(busi_root, tmp_path)
     cfg.splits.file = None
     path = (tmp_path / "data_splits" / "busi_2fold_seed0.json").resolve()
-    with caplog.at_level("INFO", logger="medsg.workflows.experiment"):
+    with caplog.at_level("INFO", logger="medsg.workflows.prepare"):
         prepare_data(cfg)
     warnings = [
         r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "NEW split" in r.message
@@ -136,7 +136,7 @@ def test_new_split_file_is_announced_with_its_absolute_path_and_described(
     assert "dHash-256 distance <= 40 and thumbnail correlation >= 0.95" in header["grouping_description"]
 
     caplog.clear()  # reusing the file says nothing; a planned new file (medsg splits, demo) is only INFO
-    with caplog.at_level("INFO", logger="medsg.workflows.experiment"):
+    with caplog.at_level("INFO", logger="medsg.workflows.prepare"):
         prepare_data(cfg)
         path.unlink()
         prepare_data(cfg, new_split_expected=True)
@@ -148,7 +148,7 @@ def test_csv_patient_grouping_keeps_a_duplicate_filed_under_another_patient_in_o
     import numpy as np
     from PIL import Image
 
-    from medsg.workflows.experiment import prepare_data
+    from medsg.workflows.prepare import prepare_data
 
     rng = np.random.default_rng(0)
     rows = ["path,label,patient_id"]
@@ -169,7 +169,7 @@ def test_csv_patient_grouping_keeps_a_duplicate_filed_under_another_patient_in_o
 
 def test_grouping_descriptions(tmp_path, syn_config):
     def describe(adapter: str, *overrides: dict) -> str:
-        from medsg.workflows.experiment import grouping_description
+        from medsg.workflows.prepare import grouping_description
 
         cfg = syn_config(tmp_path, tmp_path, {"data.adapter": adapter}, *overrides)
         return grouping_description(cfg)
@@ -326,7 +326,8 @@ def test_real_busi_one_fold_with_the_canonical_split(tmp_path):
 
 
 def test_failed_start_can_be_restarted_with_a_corrected_config(busi_root, tmp_path, syn_config):
-    from medsg.workflows.experiment import prepare_data, save_or_check_config
+    from medsg.workflows.experiment import save_or_check_config
+    from medsg.workflows.prepare import prepare_data
 
     bad = syn_config(busi_root, tmp_path, {"splits.grouping": "patient"})
     with pytest.raises(ConfigError, match="splits.grouping: column 'patient' is not in the manifest"):

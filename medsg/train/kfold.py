@@ -2,8 +2,9 @@
 
 ``train_final`` trains the final model on every image (``--fold all``, see ``medsg.train.final``) the same way.
 
-It knows nothing about datasets: a ``FoldDataFactory`` (``medsg.workflows.experiment`` provides the real one) builds a
-fold's ``FoldData`` for a model, so the driver can be tested with any tiny dataset and any timm model.
+It knows nothing about datasets: a ``FoldDataFactory`` (``medsg.workflows.prepare.ManifestFolds`` is the real
+one) builds a fold's ``FoldData`` for a model, so the driver can be tested with any tiny dataset and any timm
+model.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ from medsg.explain import EXPLAIN_DIR, ExplainSettings, cases_from_manifest, col
 from medsg.explain.cases import Case, explain_cases, pick_cases
 from medsg.models.checkpoint import load_exact
 from medsg.train.model import build_model
-from medsg.workflows.experiment import ManifestFolds, PreparedData, review_critical_class
+from medsg.workflows.experiment import review_critical_class
+from medsg.workflows.prepare import ManifestFolds, PreparedData
 
 log = logging.getLogger(__name__)
 
