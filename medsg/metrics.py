@@ -223,8 +223,9 @@ def sensitivity_cis(
 ) -> dict[str, dict[str, Any]]:
     """Per-class sensitivity (recall of the argmax) with percentile bootstrap CIs, images or ``groups`` resampled.
 
-    A clinician reads the sensitivity of each class first (how many malignant lesions are missed), so it gets
-    an interval like the headline metrics; resamples without a member of a class do not count for its CI.
+        A clinician reads the sensitivity of each class first (how many malignant lesions are missed), so it gets
+        an interval like the headline metrics; resamples without a member of a class do not count for its CI, and
+    a class that no resample holds gets None bounds.
     """
     y, p = validate_inputs(y_true, probs, class_names)
     weights = resample_weights(n_resamples, groups=groups, n=len(y), seed=seed)

@@ -252,7 +252,7 @@ def test_each_image_is_decoded_once_per_run_not_once_per_fold(
     from medsg.data import images
     from medsg.data.dataset import manifest_to_records
     from medsg.train.model import build_model
-    from medsg.workflows.experiment import ManifestFolds, prepare_data
+    from medsg.workflows.prepare import ManifestFolds, prepare_data
 
     reads: list[str] = []
     real_read = images.read_image

@@ -1,4 +1,5 @@
-"""The bottom layer every other module may use: errors, atomic I/O, the run folder's layout, devices, memory.
+"""The bottom layer every other module may use: errors, atomic I/O, the run folder's layout, devices, memory,
+and provenance (versions, CPU, git).
 
 It imports nothing else of medsg (an import-linter contract in pyproject.toml keeps it so).
 """

@@ -1,7 +1,7 @@
 """What the report reads from a run folder or a committed report folder, as one plain record.
 
-Its own module so that the modules that read it (``aggregate`` builds it; ``protocol``, ``compare`` and
-``ensemble`` read it) need not import each other.
+``aggregate`` builds it and uses ``protocol`` to describe it; it lives here so that ``protocol`` can take it
+without importing ``aggregate`` back (a cycle the import contracts forbid).
 """
 
 from __future__ import annotations
