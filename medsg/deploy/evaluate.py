@@ -1,8 +1,11 @@
 """``medsg evaluate MODEL --adapter NAME --root DIR``: a labelled external test set, scored like cross-validation.
 
 1. The test set is read by a dataset adapter (any ``data.options`` through ``--option``: e.g.
-   ``--option subset=validation`` or ``subset=test`` for ISIC 2018's official layouts); its class list must be
-   the model's, in the same order.
+   ``--option subset=validation`` or ``subset=test`` for ISIC 2018's official layouts). Its labels are matched
+   to the model's classes by name (case-insensitively where no exact name fits), so a test set may list them in
+   any order (a CSV or class folders sort them) or hold only some of them (a benign/malignant ultrasound set
+   for a model that also knows "normal"); the report names the classes it lacks. A label the model does not
+   know is refused by name.
 2. Before anything is scored, it is audited against the model's training images with the audit's own rules
    (identical bytes, identical pixels, or dHash-256 distance and thumbnail correlation within the training
    run's thresholds): ``overlap.csv`` lists every test image that is a training image, and the report says how
@@ -27,7 +30,7 @@ import pandas as pd
 
 from medsg.core.errors import DataError
 from medsg.core.io import atomic_write_text, read_json
-from medsg.data import class_names, load_manifest
+from medsg.data import load_manifest
 from medsg.deploy.package import ModelBundle, load_model
 from medsg.deploy.predict import CALIBRATION_NOTE, InputItem, PredictOptions, audit_overlap, predict_items
 from medsg.metrics import bootstrap_ci, calibration_cis, classification_metrics
@@ -47,13 +50,41 @@ class EvaluateRequest:
     predict: PredictOptions = field(default_factory=PredictOptions)
 
 
-def check_classes(bundle: ModelBundle, test_names: list[str], source: str) -> None:
-    """The test set's classes must be the model's, in the same order, or every score would be wrong."""
-    if list(test_names) != list(bundle.class_names):
+def align_labels(manifest: pd.DataFrame, model_names: list[str], source: str) -> pd.DataFrame:
+    """The manifest with ``label`` re-indexed into the model's class order, each row matched by its
+    ``label_name`` (exactly, else case-insensitively), so that every score compares like with like.
+
+    Raises ``DataError`` naming the labels the model does not know, with how many images carry each."""
+    exact = {name: i for i, name in enumerate(model_names)}
+    folded: dict[str, list[int]] = {}
+    for i, name in enumerate(model_names):
+        folded.setdefault(name.casefold(), []).append(i)
+
+    def index(name: str) -> int | None:
+        if name in exact:
+            return exact[name]
+        candidates = folded.get(name.casefold(), [])
+        return candidates[0] if len(candidates) == 1 else None
+
+    names = manifest["label_name"].astype(str)
+    found = names.map(index)
+    if found.isna().any():
+        unknown = names[found.isna()].value_counts()
+        listed = ", ".join(f"{name!r} ({count} image(s))" for name, count in unknown.items())
         raise DataError(
-            f"{source} has classes {test_names}, the model {bundle.source} predicts {bundle.class_names}: "
-            "the class lists (and their order) must match"
+            f"{source}: label(s) {listed} are not classes of the model, which predicts {model_names}; rename "
+            "them to the model's class names, or leave those images out of the test set"
         )
+    out = manifest.copy()
+    out["label"] = found.astype(np.int64).to_numpy()
+    out["label_name"] = [model_names[i] for i in out["label"]]
+    return out
+
+
+def absent_classes(y: np.ndarray, model_names: list[str]) -> list[str]:
+    """The model's classes that no scored test image has: their sensitivity and AUROC are undefined, and the
+    macro scores average over the others, so the report says so beside the cross-validation row."""
+    return [name for i, name in enumerate(model_names) if not np.any(y == i)]
 
 
 def cv_predictions(bundle: ModelBundle) -> tuple[pd.DataFrame, bool] | None:
@@ -96,8 +127,10 @@ def evaluate(model: str | Path, request: EvaluateRequest, out_dir: str | Path) -
     """Run the whole evaluation; writes predictions, overlap.csv, evaluation.json and the report into out_dir."""
     out_dir = Path(out_dir)
     bundle = load_model(model)
-    manifest = load_manifest(request.adapter, request.root, **request.options)
-    check_classes(bundle, class_names(request.adapter, request.root), f"{request.adapter} at {request.root}")
+    source = f"{request.adapter} at {request.root}"
+    manifest = align_labels(
+        load_manifest(request.adapter, request.root, **request.options), bundle.class_names, source
+    )
     overlaps, problems = audit_overlap(bundle, list(manifest["id"]), list(manifest["path"]))
     frame = pd.DataFrame(overlaps, columns=["id", "kind", "train_ids"])
     frame["train_ids"] = [";".join(ids) for ids in frame["train_ids"]]
@@ -115,8 +148,16 @@ def evaluate(model: str | Path, request: EvaluateRequest, out_dir: str | Path) -
     items = [InputItem(str(r.id), str(r.path), int(r.label)) for r in kept.itertuples(index=False)]
     result = predict_items(bundle, items, out_dir, request.predict, collect=True)
     if not result.ids:
-        raise DataError(f"no test image of {request.root} could be predicted ({result.n_skipped} skipped)")
+        why = f"{result.n_skipped} unreadable"
+        if excluded:
+            why += f", {len(excluded)} excluded as duplicates of training images by --exclude-overlap"
+        raise DataError(f"no test image of {request.root} could be predicted ({why})")
     y = np.asarray(result.labels, dtype=np.int64)
+    absent = absent_classes(y, bundle.class_names)
+    if absent:
+        log.warning(
+            "the test set has no image of %s: macro scores average over the other classes only", absent
+        )
     probs, raw = np.stack(result.probs), np.stack(result.raw)
     groups = kept.set_index("id").loc[result.ids, "group"].astype(str).to_numpy()
     cfg = bundle.config
@@ -128,6 +169,7 @@ def evaluate(model: str | Path, request: EvaluateRequest, out_dir: str | Path) -
         "model_kind": bundle.kind,
         "test_set": {"adapter": request.adapter, "root": str(request.root), "options": request.options},
         "class_names": bundle.class_names,
+        "absent_classes": absent,
         "n_listed": len(manifest),
         "n_scored": len(result.ids),
         "n_skipped": result.n_skipped,

@@ -79,6 +79,15 @@ def _facts(summary: dict[str, Any]) -> list[str]:
         f"Images: {summary['n_listed']} listed, {summary['n_scored']} scored, {summary['n_skipped']} unreadable "
         "and skipped",
         f"Probabilities: {summary['calibrated']}; TTA: {summary['predict']['tta']}",
+        *(
+            [
+                f"Classes with no test image: {', '.join(summary['absent_classes'])}. Their sensitivity and "
+                "AUROC are undefined, and balanced accuracy, macro F1 and macro AUROC average over the other "
+                "classes, so they do not compare directly with the cross-validation row, which covers all"
+            ]
+            if summary.get("absent_classes")
+            else []
+        ),
         f"Overlap with the training images (the audit's rules: identical bytes or pixels, or dHash-256 <= "
         f"{overlap['rules']['near_dup_threshold']} bits and thumbnail correlation >= "
         f"{overlap['rules']['min_correlation']}): {overlap['n']} test image(s) {overlap['by_kind'] or ''}; "
