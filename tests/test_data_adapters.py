@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 from synthetic import make_busi_replica, make_isic_replica, make_kvasir_replica
 
 from medsg.core.errors import DataError
 from medsg.data import COLUMNS, class_names, load_manifest, mask_list, read_manifest, save_manifest
+from medsg.data.busi import load_busi
 from medsg.data.isic2018 import ISIC_CLASSES, metadata_manifest
 
 
@@ -258,3 +260,18 @@ def test_a_missing_model_folder_says_it_does_not_exist(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match="model folder .*nope does not exist"):
         load_model(tmp_path / "nope")
+
+
+def test_an_unknown_adapter_option_is_refused_by_name_with_the_ones_it_takes(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"no option\(s\) \['subet'\].*takes subset, metadata"):
+        load_manifest("isic2018", tmp_path, subet="test")
+    with pytest.raises(DataError, match=r"'csv' has no option\(s\) \['foo'\].*takes none"):
+        load_manifest("csv", tmp_path / "x.csv", foo="bar")
+
+
+def test_repeated_ids_name_their_files_and_the_adapter_that_keeps_folders(tmp_path: Path) -> None:
+    for name in ("benign", "malignant", "normal"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "case1.png")
+    with pytest.raises(DataError, match=r"repeated: \['case1'.*imagefolder adapter"):
+        load_busi(tmp_path)

@@ -275,15 +275,37 @@ def test_evaluate_a_synthetic_external_set_with_overlap_audit(run, tmp_path):
     assert cli.main([*args, "--exclude-overlap", "--out", str(tmp_path / "eval2")]) == 0
     excluded = json.loads((tmp_path / "eval2" / "evaluation.json").read_text())
     assert excluded["n_scored"] == 6 and excluded["overlap"]["excluded"]
-    # the class lists must match
-    with pytest.raises(DataError, match="class lists"):
-        from medsg.deploy.evaluate import EvaluateRequest, evaluate
+    # labels the model does not know are refused by name, with their counts
+    from medsg.deploy.evaluate import EvaluateRequest, evaluate
 
-        kvasir = tmp_path / "kv"
-        for name in ("a", "b"):
-            (kvasir / name).mkdir(parents=True)
-            Image.new("RGB", (8, 8)).save(kvasir / name / "x.png")
+    kvasir = tmp_path / "kv"
+    for name in ("a", "benign"):
+        (kvasir / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(kvasir / name / "x.png")
+    with pytest.raises(DataError, match=r"label\(s\) 'a' \(1 image\(s\)\) are not classes of the model"):
         evaluate(package, EvaluateRequest("imagefolder", str(kvasir)), tmp_path / "eval3")
+
+
+@pytest.mark.e2e
+def test_evaluate_matches_labels_by_name_and_accepts_a_subset_of_the_classes(run, tmp_path):
+    """Class folders sort their names (here "Benign" before "normal", unlike the model's benign, malignant,
+    normal) and another hospital's set may lack a class: labels must follow the names, and the report must
+    say which class is missing."""
+    from medsg.deploy.evaluate import EvaluateRequest, evaluate
+
+    _, _, package, _ = run
+    source = make_synthetic_busi(tmp_path / "src", n_per_class=3, size=40, seed=5)
+    root = tmp_path / "ext"
+    for src, dst in (("benign", "Benign"), ("normal", "normal")):
+        (root / dst).mkdir(parents=True)
+        for image in sorted((source / src).glob(f"{src} (*).png")):
+            if not image.stem.endswith("_mask"):
+                shutil.copyfile(image, root / dst / image.name)
+    summary = evaluate(package, EvaluateRequest("imagefolder", str(root)), tmp_path / "eval")
+    rows = np.asarray(summary["metrics"]["confusion_matrix"]).sum(axis=1)
+    assert rows.tolist() == [3, 0, 3]  # benign, malignant (absent), normal: "normal" is not read as index 1
+    assert summary["absent_classes"] == ["malignant"]
+    assert "Classes with no test image: malignant" in (tmp_path / "eval" / "report.md").read_text()
 
 
 def _isic_layout(root: Path, subset: str, size: tuple[int, int], seed: int = 0) -> Path:
@@ -502,3 +524,36 @@ def test_evaluate_reads_a_packages_cv_predictions_in_either_layout(tmp_path):
     (tmp_path / "cv" / "oof_predictions.csv.xz").write_bytes(lzma.compress(b"id\n"))
     assert _oof_path(bundle) == tmp_path / "cv" / "oof_predictions.csv.xz"
     assert _oof_path(SimpleNamespace(kind="run", source=tmp_path)) is None
+
+
+def test_a_folder_to_predict_is_read_as_the_imagefolder_adapter_reads_images(tmp_path, caplog):
+    """DICOM without a suffix, GIF and JPEG 2000 are images there too; BUSI-style masks beside the scans and
+    non-image files are left out and counted; a hidden folder above the given one hides nothing."""
+    from dicomgen import write_dicom
+
+    from medsg.deploy.predict import list_inputs
+
+    root = tmp_path / ".cache" / "scans"
+    (root / "sub").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "a (1).png")
+    Image.new("L", (8, 8)).save(root / "a (1)_mask.png")
+    Image.new("L", (8, 8)).save(root / "a (1)_mask_1.png")
+    Image.new("RGB", (8, 8)).save(root / "sub" / "b.gif")
+    write_dicom(root / "sub" / "IM0001", np.zeros((8, 8), dtype=np.uint16))
+    (root / "notes.txt").write_text("not an image")
+    (root / ".hidden.png").write_bytes(b"")
+    with caplog.at_level("INFO", logger="medsg.deploy.predict"):
+        items = list_inputs([root])
+    assert [i.id for i in items] == ["a (1).png", "sub/IM0001", "sub/b.gif"]
+    assert "2 lesion-mask file(s)" in caplog.text and "1 file(s) that are not images" in caplog.text
+    named = list_inputs([root / "a (1)_mask.png"])  # a mask named on its own is read
+    assert [i.id for i in named] == ["a (1)_mask.png"]
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_anything_runs(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["predict", str(tmp_path / "no-model"), "x.png", "--out", str(afile)])
+    assert stop.value.code == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

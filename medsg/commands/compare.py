@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from medsg.calibration import DECISIONS
-from medsg.commands.flags import add_force
+from medsg.commands.flags import add_force, folder_arg
 
 NAME = "compare"
 HELP = "paired comparison of runs on the same split file: differences, CIs, McNemar"
@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="two or more run folders or committed report folders; the first is the reference",
     )
-    parser.add_argument("--out", default=None, help="report folder (default: reports/compare_<A>_vs_<B>)")
+    parser.add_argument(
+        "--out", type=folder_arg, default=None, help="report folder (default: reports/compare_<A>_vs_<B>)"
+    )
     parser.add_argument(
         "--decision",
         choices=DECISIONS,

@@ -6,6 +6,7 @@ import argparse
 import time
 
 from medsg import demo
+from medsg.commands.flags import folder_arg
 
 NAME = "demo"
 HELP = "synthetic BUSI-like data -> k-fold sgformer_tiny run -> report (CPU)"
@@ -13,7 +14,10 @@ HELP = "synthetic BUSI-like data -> k-fold sgformer_tiny run -> report (CPU)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--out", default="medsg_demo", help="folder for data, runs and report (default: medsg_demo)"
+        "--out",
+        type=folder_arg,
+        default="medsg_demo",
+        help="folder for data, runs and report (default: medsg_demo)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="2 folds x 1 epoch on fewer images (a smoke test)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsg.commands.flags import add_force
+from medsg.commands.flags import add_force, folder_arg
 
 NAME = "ensemble"
 HELP = "average runs of one recipe that differ only in experiment.seed into one report (a seed ensemble)"
@@ -19,7 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="two or more run folders or committed report folders of one recipe, on one split file",
     )
     parser.add_argument(
-        "--out", required=True, help="the ensemble's report folder (its name is the ensemble's)"
+        "--out",
+        type=folder_arg,
+        required=True,
+        help="the ensemble's report folder (its name is the ensemble's)",
     )
     add_force(parser, "replace a report folder that holds another report")
 

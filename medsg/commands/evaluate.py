@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsg.commands.flags import add_dataset, add_force, add_options, parse_options
+from medsg.commands.flags import add_dataset, add_force, add_options, folder_arg, parse_options
 from medsg.commands.predict import add_prediction, prediction_options
 
 NAME = "evaluate"
@@ -20,7 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "adapter option, e.g. --option subset=validation for ISIC 2018's validation layout (repeatable)",
     )
     parser.add_argument(
-        "--out", default=None, help="output folder (default: evaluation_<adapter>_<root name>)"
+        "--out",
+        type=folder_arg,
+        default=None,
+        help="output folder (default: evaluation_<adapter>_<root name>)",
     )
     parser.add_argument(
         "--exclude-overlap", action="store_true", help="drop test images that duplicate training ones"

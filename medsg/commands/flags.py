@@ -2,7 +2,7 @@
 
 ``--fold`` a fold index (``all``: the final model, where a command takes it), ``--models`` which of a run's
 trained models (``folds``, ``all``, ``both``), ``--model`` a timm architecture name, ``--device`` where torch
-runs (``auto``, ``cpu``, ``cuda``, ``cuda:N``), ``--set`` a config override and ``--option`` an adapter option
+runs (``auto``, ``cpu``, ``cuda``, ``cuda:N``), ``--out`` an output folder (not a file), ``--set`` a config override and ``--option`` an adapter option
 (both ``KEY=VALUE``, the value read as YAML by ``medsg.config.parse_key_value``), ``--force`` past a write guard.
 """
 
@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from medsg.data.manifest import adapter_names
 
 FINAL = "all"  # --fold all: the final model trained on every image (medsg.train.final.ALL)
+
+
+def folder_arg(text: str) -> str:
+    """An output folder (created when absent): refused at once when the path is an existing file."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text} is a file, not a folder; name a folder (it is made if absent)"
+        )
+    return text
 
 
 def fold_arg(text: str) -> int | str:

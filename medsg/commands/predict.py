@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medsg.commands.flags import add_device, add_models
+from medsg.commands.flags import add_device, add_models, folder_arg
 
 if TYPE_CHECKING:
     from medsg.deploy.predict import PredictOptions
@@ -56,7 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a run folder or an exported package")
     parser.add_argument("inputs", nargs="+", help="image files, folders or CSV listings (a 'path' column)")
     parser.add_argument(
-        "--out", default="medsg_predictions", help="output folder (default: medsg_predictions)"
+        "--out",
+        type=folder_arg,
+        default="medsg_predictions",
+        help="output folder (default: medsg_predictions)",
     )
     parser.add_argument("--explain", action="store_true", help="write an explanation panel per image (slow)")
     add_prediction(parser)

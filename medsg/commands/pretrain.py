@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medsg.commands.flags import add_dataset, add_device, add_model
+from medsg.commands.flags import add_dataset, add_device, add_model, folder_arg
 from medsg.workflows import pretrain
 
 NAME = "pretrain"
@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         root_help="the dataset folder (with --adapter)",
     )
     parser.add_argument("--folder", default=None, help="or: every image below this folder")
-    parser.add_argument("--out", required=True, help="output folder; run the same command again to resume")
+    parser.add_argument(
+        "--out", type=folder_arg, required=True, help="output folder; run the same command again to resume"
+    )
     add_model(parser, d.model, f"any timm model name (default: {d.model})")
     parser.add_argument("--img-size", type=int, default=d.img_size)
     parser.add_argument("--epochs", type=int, default=d.epochs)

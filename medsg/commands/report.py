@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsg.commands.flags import add_force
+from medsg.commands.flags import add_force, folder_arg
 
 NAME = "report"
 HELP = "aggregate the finished folds of a run folder into a report"
@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="<output_dir>/<experiment name>")
     parser.add_argument(
         "--out",
+        type=folder_arg,
         default=None,
         help="report folder (default: the one in the run's config.yaml; <run_dir>/report while folds are missing)",
     )

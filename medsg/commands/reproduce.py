@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medsg.commands.flags import add_fold, add_overrides
+from medsg.commands.flags import add_fold, add_overrides, folder_arg
 from medsg.workflows import reproduce
 
 NAME = "reproduce"
@@ -14,7 +14,9 @@ HELP = "rerun one fold of a report from its recorded config and compare the metr
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("report_dir", help="a report folder written by `medsg report` (with config.yaml)")
     add_fold(parser, "the fold to rerun", repeatable=False)
-    parser.add_argument("--out", default="runs/reproduce", help="where the rerun's run folder goes")
+    parser.add_argument(
+        "--out", type=folder_arg, default="runs/reproduce", help="where the rerun's run folder goes"
+    )
     parser.add_argument(
         "--tolerance", type=float, default=None, help="absolute tolerance when the environment differs"
     )

@@ -25,6 +25,11 @@ IMAGE_SUFFIXES = (".png",)
 _MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<n>\d+))?$")
 
 
+def is_mask_file(path: Path) -> bool:
+    """Whether a file is named as a BUSI-style lesion mask (``<stem>_mask.png``, ``<stem>_mask_1.png``)."""
+    return _MASK_RE.match(path.stem) is not None
+
+
 def busi_class_names(root: str | Path | None = None) -> list[str]:
     """BUSI's fixed class order (alphabetical, as the folders sort)."""
     return list(BUSI_CLASSES)

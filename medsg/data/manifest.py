@@ -12,6 +12,7 @@ they are kept as strings by ``make_manifest``, the audit policy, ``save_manifest
 from __future__ import annotations
 
 import importlib
+import inspect
 import io
 import logging
 import re
@@ -55,8 +56,19 @@ def _adapter(name: str, which: int) -> Any:
 
 
 def load_manifest(adapter: str, root: str | Path, **options: Any) -> pd.DataFrame:
-    """Read a dataset in its downloaded layout and return its manifest (see module docstring)."""
-    return _adapter(adapter, _LOADER)(root, **options)
+    """Read a dataset in its downloaded layout and return its manifest (see module docstring).
+
+    ``options`` (``data.options``, ``--option KEY=VALUE``) must be keyword parameters of the adapter's loader;
+    a mistyped key is refused by name with the ones it takes, before anything is read."""
+    loader = _adapter(adapter, _LOADER)
+    accepted = list(inspect.signature(loader).parameters)[1:]  # the first is the dataset root
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DataError(
+            f"adapter {adapter!r} has no option(s) {unknown} (data.options / --option); it takes "
+            + (", ".join(accepted) if accepted else "none")
+        )
+    return loader(root, **options)
 
 
 def class_names(adapter: str, root: str | Path | None = None) -> list[str]:
@@ -103,7 +115,11 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> None:
         raise DataError(f"{source}: expected columns {list(COLUMNS)}, found {list(df.columns)}.")
     dup = df["id"][df["id"].duplicated()].tolist()
     if dup:
-        raise DataError(f"{source}: ids must be unique; repeated: {dup[:5]}.")
+        paths = df.loc[df["id"] == dup[0], "path"].tolist()
+        raise DataError(
+            f"{source}: ids must be unique; repeated: {dup[:5]} ({dup[0]!r} is {paths[:3]}). Rename the files, "
+            "or, for class folders that reuse file names, use the imagefolder adapter (its ids keep the folder)."
+        )
     if df["label"].isna().any():
         raise DataError(f"{source}: column 'label' has empty values.")
 
@@ -158,11 +174,19 @@ def list_image_files(folder: Path, suffixes: Sequence[str], dataset: str) -> lis
         if path.name.upper() == "DICOMDIR":
             log.warning("%s: ignoring %s (a DICOMDIR indexes DICOM files; it holds no image)", dataset, path)
             continue
-        if path.suffix.lower() not in suffixes and not (".dcm" in suffixes and _is_dicom_content(path)):
+        if not is_image_file(path, suffixes):
             log.warning("%s: ignoring %s (not one of %s)", dataset, path, list(suffixes))
             continue
         files.append(path)
     return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def is_image_file(path: Path, suffixes: Sequence[str]) -> bool:
+    """Whether a visible file is an image by ``suffixes``, or DICOM by content when ``.dcm`` is among them
+    (PACS exports name files ``IM0001`` or by their UID); a ``DICOMDIR`` index is not an image."""
+    if path.name.startswith(".") or path.name.upper() == "DICOMDIR":
+        return False
+    return path.suffix.lower() in suffixes or (".dcm" in suffixes and _is_dicom_content(path))
 
 
 def _is_dicom_content(path: Path) -> bool:

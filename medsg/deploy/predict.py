@@ -41,8 +41,10 @@ from medsg.calibration import DECISION_TEXT
 from medsg.core.device import torch_device
 from medsg.core.errors import DataError
 from medsg.core.io import atomic_write_text, read_json
+from medsg.data.busi import is_mask_file
 from medsg.data.dataset import plain_tensor
-from medsg.data.manifest import natural_key
+from medsg.data.generic import IMAGE_SUFFIXES
+from medsg.data.manifest import is_image_file, natural_key
 from medsg.data.transforms import flip_views
 from medsg.deploy.package import Member, ModelBundle, load_model, reference_dir
 from medsg.deploy.reference import (
@@ -59,7 +61,6 @@ from medsg.explain.ensemble import explain_ensemble
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 AGREEMENT_FLAG = 0.5  # flagged when at most this share of the members votes for the ensemble's class
 SPREAD_FLAG = 0.25  # ... or when the members' probabilities of that class spread this much (SD)
 CALIBRATION_NOTE = "calibrated: each model's probabilities are temperature-scaled before they are averaged"
@@ -77,11 +78,28 @@ class InputItem:
 # ---------------------------------------------------------------- inputs
 
 
-def _image_files(folder: Path) -> Iterator[Path]:
-    files = (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    yield from sorted(
-        (p for p in files if not p.name.startswith(".")), key=lambda p: natural_key(p.as_posix())
-    )
+def _image_files(folder: Path) -> list[Path]:
+    """The images under ``folder``, at any depth, by the imagefolder adapter's rules (its suffixes, and DICOM
+    by content whatever the name), naturally sorted. Lesion masks named like BUSI's (``*_mask.png``) are left
+    out, so a dataset folder with its masks beside the scans predicts only the scans; what is left out is
+    counted in the log. A file named on its own is always read."""
+    files = [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(x.startswith(".") for x in p.relative_to(folder).parts)
+    ]
+    images = [p for p in files if is_image_file(p, IMAGE_SUFFIXES)]
+    masks = [p for p in images if is_mask_file(p)]
+    if masks:
+        log.warning(
+            "%s: %d lesion-mask file(s) (named *_mask*) left out, e.g. %s; name one on its own to predict it",
+            folder,
+            len(masks),
+            masks[0].name,
+        )
+    if len(files) > len(images):
+        log.info("%s: %d file(s) that are not images left out", folder, len(files) - len(images))
+    return sorted(set(images) - set(masks), key=lambda p: natural_key(p.as_posix()))
 
 
 def _csv_items(path: Path) -> Iterator[tuple[str, str]]:
