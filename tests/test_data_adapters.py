@@ -275,3 +275,23 @@ def test_repeated_ids_name_their_files_and_the_adapter_that_keeps_folders(tmp_pa
         Image.new("RGB", (8, 8)).save(tmp_path / name / "case1.png")
     with pytest.raises(DataError, match=r"repeated: \['case1'.*imagefolder adapter"):
         load_busi(tmp_path)
+
+
+def test_isic_groundtruth_in_ham10000_layout_reads_as_the_one_hot_one(tmp_path: Path) -> None:
+    """Harvard Dataverse ships the test labels as HAM10000 rows (lesion_id, image_id, dx, ...): the same
+    labels as the challenge's one-hot CSV, and the lesion ids become the groups."""
+    root = make_isic_replica(tmp_path / "isic", with_metadata=True)
+    onehot = load_manifest("isic2018", root)
+    meta = pd.read_csv(root / "HAM10000_metadata.csv")
+    test = tmp_path / "test"
+    shutil.copytree(root / "ISIC2018_Task3_Training_Input", test / "ISIC2018_Task3_Test_Input")
+    ham = meta.assign(dx=meta["dx"].str.upper(), dataset="vidir_modern")  # case and extra columns tolerated
+    ham.to_csv(test / "ISIC2018_Task3_Test_GroundTruth.csv", index=False)
+    read = load_manifest("isic2018", test, subset="test")
+    assert read["id"].tolist() == onehot["id"].tolist()
+    assert read["label_name"].tolist() == onehot["label_name"].tolist()
+    assert read["group"].tolist() == meta.set_index("image_id").loc[read["id"], "lesion_id"].tolist()
+    ham.loc[0, "dx"] = "scc"
+    ham.to_csv(test / "ISIC2018_Task3_Test_GroundTruth.csv", index=False)
+    with pytest.raises(DataError, match=r"unknown dx value\(s\) \['scc'\]"):
+        load_manifest("isic2018", test, subset="test")

@@ -1,8 +1,9 @@
 """ISIC 2018 Task 3 (HAM10000) in its downloaded layout.
 
 ``ISIC2018_Task3_<Subset>_Input/ISIC_*.jpg`` plus the one-hot ground truth
-``ISIC2018_Task3_<Subset>_GroundTruth.csv`` (columns ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC``), found either
-beside the input folder or inside the official ``ISIC2018_Task3_<Subset>_GroundTruth/`` folder.
+``ISIC2018_Task3_<Subset>_GroundTruth.csv`` (columns ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC``, or HAM10000's
+``image_id,dx`` with ``lesion_id``, as Harvard Dataverse ships the test labels), found either beside the input
+folder or inside the official ``ISIC2018_Task3_<Subset>_GroundTruth/`` folder.
 Several images show the same lesion, so ``group`` is HAM10000's ``lesion_id`` when ``HAM10000_metadata.csv``
 is available (beside the inputs or given as ``metadata=``); without it each image is its own group and a
 warning says that folds may then leak lesions. The class order is the CSV header's.
@@ -51,9 +52,15 @@ def read_groundtruth(path: str | Path) -> pd.DataFrame:
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read the ground-truth CSV ({exc}).") from exc
     table = table.dropna(how="all")
+    columns = [str(c).strip() for c in table.columns]
+    if {"image_id", "dx"} <= set(columns):  # HAM10000's layout, as Harvard Dataverse ships the test labels
+        return _groundtruth_from_dx(table.set_axis(columns, axis=1), path)
     expected = ["image", *ISIC_CLASSES]
-    if [str(c).strip() for c in table.columns] != expected:
-        raise DataError(f"{path}: expected columns {expected}, found {list(table.columns)}.")
+    if columns != expected:
+        raise DataError(
+            f"{path}: expected columns {expected} (the challenge's one-hot layout) or HAM10000's "
+            f"(image_id, dx, and optionally lesion_id), found {list(table.columns)}."
+        )
     table.columns = expected
     lines = (table.index + 2).tolist()
     values = table[list(ISIC_CLASSES)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
@@ -105,6 +112,31 @@ def read_image_metadata(path: str | Path) -> dict[str, dict[str, str]]:
     return dict(zip(meta["image_id"], cells.to_dict("records"), strict=True))
 
 
+def _groundtruth_from_dx(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``read_groundtruth``'s frame from HAM10000-style rows (``image_id``, ``dx``; ``lesion_id`` kept as
+    ``group`` when present, so an external test's bootstrap resamples lesions)."""
+    dx = table["dx"].fillna("").str.strip().str.lower()
+    unknown = sorted(set(dx) - set(DX_TO_CLASS))
+    if unknown:
+        raise DataError(
+            f"{path}: unknown dx value(s) {unknown}; expected {sorted(DX_TO_CLASS)}. Fix those rows."
+        )
+    repeated = table["image_id"][table["image_id"].duplicated()].tolist()
+    if repeated:
+        raise DataError(f"{path}: repeated image ids {repeated[:5]}. Keep one row per image.")
+    names = [DX_TO_CLASS[d] for d in dx]
+    frame = pd.DataFrame(
+        {
+            "image": table["image_id"].str.strip().to_numpy(),
+            "label": [ISIC_CLASSES.index(n) for n in names],
+            "label_name": names,
+        }
+    )
+    if "lesion_id" in table.columns:
+        frame["group"] = table["lesion_id"].fillna("").str.strip().to_numpy()
+    return frame
+
+
 def load_isic2018(
     root: str | Path, subset: str = "training", metadata: str | Path | None = None
 ) -> pd.DataFrame:
@@ -138,8 +170,13 @@ def load_isic2018(
         log.warning(
             "ISIC 2018: %d image(s) without a ground-truth row are ignored, e.g. %s", len(extra), extra[:3]
         )
-    metadata_rows = _image_metadata(root, metadata)
+    metadata_rows = _image_metadata(root, metadata, quiet="group" in truth.columns)
     groups = {image: row["lesion_id"] for image, row in metadata_rows.items()}
+    if "group" in truth.columns:  # the ground truth's own lesion ids, where the metadata has none
+        groups = {
+            image: group for image, group in zip(truth["image"], truth["group"], strict=True) if group
+        } | groups
+    truth = truth[["image", "label", "label_name"]]
     subgroup_keys = sorted({k for row in metadata_rows.values() for k in row} - {"lesion_id"})
     rows = []
     for image, label, name in truth.itertuples(index=False):
@@ -164,12 +201,17 @@ def load_isic2018(
     return df
 
 
-def _image_metadata(root: Path, metadata: str | Path | None) -> dict[str, dict[str, str]]:
-    """``read_image_metadata`` of ``metadata`` or ``root/HAM10000_metadata.csv``; {} (warned) without either."""
+def _image_metadata(
+    root: Path, metadata: str | Path | None, quiet: bool = False
+) -> dict[str, dict[str, str]]:
+    """``read_image_metadata`` of ``metadata`` or ``root/HAM10000_metadata.csv``; {} without either (warned,
+    unless ``quiet``: the ground truth brought its own lesion ids)."""
     if metadata is not None:
         return read_image_metadata(metadata)
     if (root / METADATA_FILE).is_file():
         return read_image_metadata(root / METADATA_FILE)
+    if quiet:
+        return {}
     log.warning(
         "ISIC 2018: %s not found in %s; group = image id, so images of one lesion may land in different folds.",
         METADATA_FILE,
