@@ -306,6 +306,10 @@ def test_evaluate_matches_labels_by_name_and_accepts_a_subset_of_the_classes(run
     assert rows.tolist() == [3, 0, 3]  # benign, malignant (absent), normal: "normal" is not read as index 1
     assert summary["absent_classes"] == ["malignant"]
     assert "Classes with no test image: malignant" in (tmp_path / "eval" / "report.md").read_text()
+    (root / "Benign" / "broken.png").write_bytes(b"not a png")  # scored images stay, the exit status says 1
+    args = ["evaluate", str(package), "--adapter", "imagefolder", "--root", str(root)]
+    assert cli.main([*args, "--out", str(tmp_path / "eval2")]) == 1
+    assert json.loads((tmp_path / "eval2" / "evaluation.json").read_text())["n_skipped"] == 1
 
 
 def _isic_layout(root: Path, subset: str, size: tuple[int, int], seed: int = 0) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from medsg.commands.flags import add_dataset, add_force, add_options, folder_arg, parse_options
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Returns 1 when a labelled image was unreadable and skipped, as predict does."""
     from medsg.deploy.evaluate import EvaluateRequest, evaluate  # torch, MONAI: not for `medsg --help`
     from medsg.workflows.experiment import check_reports_write
 
@@ -50,4 +52,11 @@ def run(args: argparse.Namespace) -> int:
         + (" (excluded)" if summary["overlap"]["excluded"] else "")
     )
     print(f"report: {out / 'report.html'}")
+    if summary["n_skipped"]:  # as predict does: scripts must notice that some labelled images were not scored
+        print(
+            f"medsg: {summary['n_skipped']} unreadable test image(s) skipped and not scored, see "
+            f"{out / 'skipped.csv'}",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -213,7 +213,8 @@ def _image_metadata(
     if quiet:
         return {}
     log.warning(
-        "ISIC 2018: %s not found in %s; group = image id, so images of one lesion may land in different folds.",
+        "ISIC 2018: %s not found in %s; each image is its own group, so images of one lesion may land in "
+        "different folds (training) and are resampled apart (evaluate's CIs, then too narrow).",
         METADATA_FILE,
         root,
     )

@@ -232,7 +232,12 @@ def load_run(run_dir: str | Path) -> ModelBundle:
             weights = folder.checkpoint("best")
             members.append(Member(str(folder.name), kind, weights, temperature, record, cfg.train.ema))
     if not members:
-        raise DataError(f"{run_dir} has no finished fold (fold_K/DONE); train it with `medsg run` first")
+        hint = (
+            f"; {run_dir / 'model'} is a package: did you mean it?"
+            if (Path(run_dir) / "model" / "package.json").is_file()
+            else "; train it with `medsg run` first"
+        )
+        raise DataError(f"{run_dir} has no finished fold (fold_K/DONE){hint}")
     state = read_checkpoint(members[0].weights)
     names = [str(n) for n in state.get("class_names", [])]
     if not names:
