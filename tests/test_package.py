@@ -561,3 +561,21 @@ def test_an_output_folder_that_is_a_file_is_refused_before_anything_runs(tmp_pat
         cli.main(["predict", str(tmp_path / "no-model"), "x.png", "--out", str(afile)])
     assert stop.value.code == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_csv_listing_to_predict_is_read_as_the_csv_adapter_reads_tables(tmp_path):
+    """European Excel writes ';' and a byte-order mark; relative paths are the CSV's folder's; 'id' is optional
+    per row; a listing without 'path' is refused by name."""
+    from medsg.deploy.predict import list_inputs
+
+    (tmp_path / "imgs").mkdir()
+    listing = tmp_path / "list.csv"
+    listing.write_text("\ufeffpath;id\r\nimgs/a.png;case 1\r\nimgs/b.png;\r\n", encoding="utf-8")
+    items = list_inputs([listing])
+    assert [(i.id, i.path) for i in items] == [
+        ("case 1", str(tmp_path / "imgs" / "a.png")),
+        ("imgs/b.png", str(tmp_path / "imgs" / "b.png")),
+    ]
+    listing.write_text("file,id\na.png,x\n", encoding="utf-8")
+    with pytest.raises(DataError, match="needs a 'path' column"):
+        list_inputs([listing])

@@ -85,8 +85,9 @@ def _delimiter(text: str) -> str:
     return "\t" if "\t" in header else ";" if ";" in header else ","
 
 
-def _records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """(header, [(line number, cells)]) of a CSV file; blank lines skipped, cells stripped."""
+def csv_records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(line number, cells)]) of a CSV file; blank lines skipped, cells stripped. UTF-8 with or
+    without a BOM; comma, semicolon or tab as the header shows; bad quoting and ragged rows named by line."""
     text = _text(path)
     delimiter = _delimiter(text)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -129,7 +130,7 @@ def _read_csv(path: str | Path) -> tuple[Path, pd.DataFrame]:
         raise DataError(
             f"CSV manifest not found: {path}. For adapter 'csv', root must be the CSV file itself."
         )
-    header, records = _records(path)
+    header, records = csv_records(path)
     table = pd.DataFrame([cells for _, cells in records], columns=header, dtype=str)
     missing = [c for c in CSV_REQUIRED if c not in table.columns]
     reserved = [c for c in table.columns if c in (*CSV_RESERVED, LINE)]

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -43,7 +42,7 @@ from medsg.core.errors import DataError
 from medsg.core.io import atomic_write_text, read_json
 from medsg.data.busi import is_mask_file
 from medsg.data.dataset import plain_tensor
-from medsg.data.generic import IMAGE_SUFFIXES
+from medsg.data.generic import IMAGE_SUFFIXES, csv_records
 from medsg.data.manifest import is_image_file, natural_key
 from medsg.data.transforms import flip_views
 from medsg.deploy.package import Member, ModelBundle, load_model, reference_dir
@@ -103,17 +102,16 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _csv_items(path: Path) -> Iterator[tuple[str, str]]:
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the CSV listing ({exc})") from exc
-    if "path" not in frame.columns:
-        raise DataError(
-            f"{path}: a CSV listing needs a 'path' column (and may have 'id'); found {list(frame.columns)}"
-        )
-    for row in frame.itertuples(index=False):
-        image = Path(row.path) if Path(row.path).is_absolute() else path.parent / row.path
-        yield (getattr(row, "id", "") or row.path), str(image)
+    """(id, image path) of each row of a CSV listing, read as the csv adapter reads its table (BOM, ``,``,
+    ``;`` or tab); relative paths are relative to the CSV's folder."""
+    header, rows = csv_records(path)
+    if "path" not in header:
+        raise DataError(f"{path}: a CSV listing needs a 'path' column (and may have 'id'); found {header}")
+    at_path, at_id = header.index("path"), header.index("id") if "id" in header else None
+    for _, cells in rows:
+        image = Path(cells[at_path])
+        image = image if image.is_absolute() else path.parent / image
+        yield ((cells[at_id] if at_id is not None else "") or cells[at_path]), str(image)
 
 
 def list_inputs(inputs: Sequence[str | Path]) -> list[InputItem]:
