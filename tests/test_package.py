@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -579,3 +580,24 @@ def test_a_csv_listing_to_predict_is_read_as_the_csv_adapter_reads_tables(tmp_pa
     listing.write_text("file,id\na.png,x\n", encoding="utf-8")
     with pytest.raises(DataError, match="needs a 'path' column"):
         list_inputs([listing])
+
+
+def test_a_new_predict_removes_the_partial_files_a_killed_one_left(tmp_path):
+    import subprocess
+    import sys
+
+    from medsg.deploy.predict import CsvStream
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / f".predictions.csv.{int(dead.stdout)}.abc123.tmp"
+    alive = tmp_path / f".predictions.csv.{os.getpid()}.def456.tmp"  # a predict still writing
+    other = tmp_path / ".skipped.csv.1.x.tmp"
+    for path in (stale, alive, other):
+        path.write_text("partial")
+    with CsvStream(tmp_path / "predictions.csv", ["id"]) as out:
+        out.write([{"id": "a"}])
+    assert not stale.exists() and alive.exists() and other.exists()
+    assert (tmp_path / "predictions.csv").read_text().splitlines() == ["id", "a"]
+    assert sorted(tmp_path.glob(".predictions.csv.*.tmp")) == [alive]  # its own partial file became the CSV

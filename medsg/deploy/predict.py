@@ -253,6 +253,26 @@ def disagreement_reason(spread: float, agreement: float, n_models: int) -> str |
 # ---------------------------------------------------------------- streaming output
 
 
+def _remove_stale_temps(path: Path) -> None:
+    """Delete the partial files a killed predict left beside ``path`` (``.<name>.<pid>.*.tmp`` whose process
+    is gone); a live process's file, or one named otherwise, is left alone."""
+    for temp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = temp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            temp.unlink(missing_ok=True)
+            log.info("removed %s, left by a predict that was stopped", temp)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class CsvStream:
     """Rows appended to a temp file beside ``path`` as they come, renamed over ``path`` when complete.
 
@@ -263,7 +283,10 @@ class CsvStream:
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
         self.path, self.columns = Path(path), list(columns)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        _remove_stale_temps(self.path)
+        fd, self.tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.{os.getpid()}.", suffix=".tmp", dir=self.path.parent
+        )
         self.handle = os.fdopen(fd, "w", newline="", encoding="utf-8")
         self.writer = csv.DictWriter(self.handle, fieldnames=self.columns)
         self.writer.writeheader()
