@@ -345,3 +345,36 @@ def test_canonical_isic_file_reproduces_with_the_audit(shared, tmp_path: Path) -
     header, folds = _canonical("isic2018_5fold_seed0.json")
     assert new_folds == folds and new_header["audit_hash"] == header["audit_hash"]
     assert _same_header(new_header, header)
+
+
+def _labelled(labels: list[str], groups: list[str] | None = None) -> pd.DataFrame:
+    from medsg.data.manifest import make_manifest
+
+    groups = groups or [f"g{i}" for i in range(len(labels))]
+    return make_manifest(
+        {"id": f"i{i}", "path": f"i{i}.png", "label": 0, "label_name": name, "group": group}
+        for i, (name, group) in enumerate(zip(labels, groups, strict=True))
+    )
+
+
+def test_data_cross_validation_cannot_learn_is_refused_before_any_split():
+    from medsg.data.splits import check_trainable_classes
+
+    check_trainable_classes(_labelled(["a", "a", "b", "b"]))  # two classes, two groups each
+    with pytest.raises(DataError, match=r"1 class\(es\) \['a'\]; a classifier needs at least 2"):
+        check_trainable_classes(_labelled(["a", "a", "a"]))
+    with pytest.raises(DataError, match=r"'b' \(2 image\(s\), one group\).*train without it"):
+        check_trainable_classes(_labelled(["a", "a", "b", "b"], ["g0", "g1", "g2", "g2"]))
+    with pytest.raises(DataError, match=r"\[\['Benign', 'benign'\]\] differ only in upper/lower case"):
+        check_trainable_classes(_labelled(["benign", "benign", "Benign", "malignant", "malignant"]))
+
+
+def test_a_fold_whose_training_part_lacks_a_class_is_named():
+    from medsg.data.splits import check_folds_train_every_class
+
+    manifest = _labelled(["a", "a", "b", "b"])
+    good = [{"train": ["i0", "i2"], "val": ["i1", "i3"]}, {"train": ["i1", "i3"], "val": ["i0", "i2"]}]
+    check_folds_train_every_class(manifest, good)
+    bad = [{"train": ["i0", "i1"], "val": ["i2", "i3"]}, {"train": ["i2", "i3"], "val": ["i0", "i1"]}]
+    with pytest.raises(DataError, match=r"fold 0: its training part has no image of \['b'\]"):
+        check_folds_train_every_class(manifest, bad)

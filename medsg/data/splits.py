@@ -102,6 +102,48 @@ def make_kfold_splits(manifest: pd.DataFrame, k: int, seed: int, group_col: str 
     return [{"train": sorted(ids[tr].tolist()), "val": sorted(ids[te].tolist())} for tr, te in parts]
 
 
+def check_trainable_classes(manifest: pd.DataFrame, group_col: str = "group") -> None:
+    """Refuse, before any split file is made, data that cross-validation cannot learn: labels that differ only
+    in case (a typo that would make a class of its own), fewer than two classes, or a class whose images form
+    a single group (the fold that tests it would train without it)."""
+    names = sorted(manifest["label_name"].astype(str).unique())
+    folded: dict[str, list[str]] = {}
+    for name in names:
+        folded.setdefault(name.casefold(), []).append(name)
+    twins = [group for group in folded.values() if len(group) > 1]
+    if twins:
+        raise DataError(
+            f"label(s) {twins} differ only in upper/lower case, so they would be separate classes; write each "
+            "class one way in the CSV or folder names"
+        )
+    if len(names) < 2:
+        raise DataError(
+            f"the data has {len(names)} class(es) {names}; a classifier needs at least 2: add the images of the "
+            "other classes (a folder or label each)"
+        )
+    groups = manifest.groupby("label_name")[group_col].nunique()
+    single = {str(name): int((manifest["label_name"] == name).sum()) for name in groups[groups < 2].index}
+    if single:
+        listed = ", ".join(f"{name!r} ({n} image(s), one {group_col})" for name, n in single.items())
+        raise DataError(
+            f"class(es) {listed}: the fold that tests such a class would train without it. Add images of it "
+            "from at least two groups (a few per fold to learn anything), or leave the class out"
+        )
+
+
+def check_folds_train_every_class(manifest: pd.DataFrame, splits: Folds) -> None:
+    """Raise DataError naming the fold and class when a fold's training part lacks a class of the data."""
+    label_of = dict(zip(manifest["id"], manifest["label_name"].astype(str), strict=True))
+    names = set(label_of.values())
+    for f, fold in enumerate(splits):
+        missing = sorted(names - {label_of[i] for i in fold["train"]})
+        if missing:
+            raise DataError(
+                f"fold {f}: its training part has no image of {missing}, so it cannot learn what it is tested "
+                "on. Add images of those classes from more groups, or lower splits.k"
+            )
+
+
 def check_no_leakage(manifest: pd.DataFrame, splits: Folds, group_col: str = "group") -> dict[str, int]:
     """Raise DataError unless every id is in exactly one test fold, train/val partition the ids of each
     fold, and no group has members in two test folds. Returns counts for logging."""

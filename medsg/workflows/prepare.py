@@ -27,11 +27,19 @@ from medsg.data.audit import apply_audit_policy, audit_manifest, describe_groupi
 from medsg.data.dataset import build_dataset, manifest_to_records
 from medsg.data.dicom import add_header_groups, grouping_keyword, new_salt
 from medsg.data.manifest import mask_list
-from medsg.data.splits import check_no_leakage, inner_split, load_or_create_splits, read_group_salt
+from medsg.data.splits import (
+    check_folds_train_every_class,
+    check_no_leakage,
+    check_trainable_classes,
+    inner_split,
+    load_or_create_splits,
+    read_group_salt,
+)
 from medsg.train import ddp
 from medsg.train.decoded import RunDecodes, shared_head
 from medsg.train.fold import trainer_class
 from medsg.train.loader import FoldData
+from medsg.train.model import check_transfer_source
 from medsg.train.utils import derive_seed
 from medsg.workflows.pretrain import pretraining_source
 
@@ -148,6 +156,9 @@ def prepare_data(
         raw, report, conflicts=cfg.data.audit.conflicts, group_col=cfg.splits.grouping
     )
     dropped = sorted(set(raw["id"]) - set(manifest["id"]))
+    check_trainable_classes(manifest, cfg.splits.grouping)  # before a split file is written for such data
+    if cfg.model.pretrained and Path(cfg.model.pretrained).is_dir():  # supervised transfer from a medsg model
+        check_transfer_source(cfg.model.pretrained, cfg.data.adapter, list(raw["id"]))
     # A resumed run keeps the folds it started with, whatever the working directory is now.
     used = run_dir / "splits.json" if run_dir is not None and (run_dir / "splits.json").is_file() else None
     split_args = dict(
@@ -172,6 +183,7 @@ def prepare_data(
     if not dist.is_main:
         splits = load_or_create_splits(manifest, **split_args)
     check_no_leakage(manifest, splits, cfg.splits.grouping)
+    check_folds_train_every_class(manifest, splits)
     names = class_names(cfg.data.adapter, cfg.data.root)
     if run_dir is not None and dist.is_main:
         save_manifest(manifest, run_dir / "manifest.csv")
