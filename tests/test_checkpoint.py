@@ -150,3 +150,27 @@ def test_checkpoints_with_the_flat_reference_names_still_load(tmp_path: Path, we
     assert load_checkpoint(model, tmp_path / "flat.pt")["dropped"] == []
     assert _same(model, weights)
     assert set(checkpoint_filter_fn(flat, _tiny())) == set(weights)
+
+
+@pytest.mark.parametrize("kind", ["text", "list", "no matching key", "another architecture"])
+def test_a_pretrained_file_that_does_not_fit_is_refused_before_timm_loads_it_leniently(tmp_path, kind):
+    """timm would log the missing keys and train from random weights under a report naming the file."""
+    import timm
+
+    from medsg.core.errors import ConfigError
+    from medsg.train.model import check_weights_fit
+
+    path = tmp_path / "weights.pth"
+    if kind == "text":
+        path.write_text("not a checkpoint")
+    elif kind == "list":
+        torch.save([1, 2, 3], path)
+    elif kind == "no matching key":
+        torch.save({"foo": torch.zeros(3)}, path)
+    else:
+        torch.save(timm.create_model("resnet18").state_dict(), path)
+    with pytest.raises(ConfigError, match=r"model.pretrained: .*weights.pth"):
+        check_weights_fit("mobilenetv3_small_100", 64, path, {"num_classes": 3})
+    good = tmp_path / "good.pth"  # the same architecture, another head: accepted (the head is replaced)
+    torch.save(timm.create_model("mobilenetv3_small_100", num_classes=7).state_dict(), good)
+    check_weights_fit("mobilenetv3_small_100", 64, good, {"num_classes": 3})

@@ -601,3 +601,18 @@ def test_a_new_predict_removes_the_partial_files_a_killed_one_left(tmp_path):
     assert not stale.exists() and alive.exists() and other.exists()
     assert (tmp_path / "predictions.csv").read_text().splitlines() == ["id", "a"]
     assert sorted(tmp_path.glob(".predictions.csv.*.tmp")) == [alive]  # its own partial file became the CSV
+
+
+@pytest.mark.e2e
+def test_supervised_transfer_from_a_model_of_the_same_images_is_refused(run):
+    """A final model saw every image's label, and each is an outer test image of some fold."""
+    from medsg.core.errors import ConfigError
+    from medsg.train.model import check_transfer_source
+
+    _, run_dir, package, _ = run
+    ids = list(manifest(run_dir)["id"])
+    for source in (run_dir, package):
+        with pytest.raises(ConfigError, match=r"was trained on \d+ image\(s\) of this experiment"):
+            check_transfer_source(source, "busi", ids[:3] + ["elsewhere"])
+        check_transfer_source(source, "busi", ["other (1)", "other (2)"])  # no shared image
+        check_transfer_source(source, "isic2018", ids)  # another dataset's ids name other images

@@ -20,4 +20,6 @@ def create_model(name: str, img_size: int | None = None, **kwargs: Any) -> nn.Mo
     except TypeError as exc:
         if "img_size" not in str(exc):
             raise
-        return timm.create_model(name, **kwargs)
+    return timm.create_model(
+        name, **kwargs
+    )  # outside the handler: its own errors are not chained to this one

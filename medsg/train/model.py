@@ -4,14 +4,17 @@ another medsg model (a run folder or an exported package: supervised transfer)."
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from medsg.config import Config
-from medsg.core.errors import ConfigError
+from medsg.core.errors import CheckpointError, ConfigError
+from medsg.data.manifest import read_manifest
 from medsg.deploy.package import FINAL, Member, load_model
+from medsg.deploy.reference import FINGERPRINTS_FILE, Fingerprints
 from medsg.models import create_model
 from medsg.models.checkpoint import load_checkpoint
 
@@ -31,9 +34,32 @@ def transfer_source(folder: str | Path, arch: str) -> Member:
     if not finals:
         raise ConfigError(
             f"model.pretrained: {folder} has no final model (fold_all); train one with `medsg run CONFIG "
-            "--fold all`, or name one weights file (e.g. fold_0/checkpoint_best.pt) instead"
+            "--fold all`, or name one weights file of a model trained on other data instead"
         )
     return finals[0]
+
+
+def check_transfer_source(source: str | Path, adapter: str, ids: Sequence[str]) -> None:
+    """Refuse a run folder or package that was trained on images of this experiment.
+
+    Every image of a cross-validation is in some outer test fold, so a backbone that learnt any of their labels
+    (a final model of the same data, a fold model of another split) would leak them into every fold. Its
+    training ids (a run's manifest.csv, a package's fingerprints) are compared with this run's when both read
+    the same dataset adapter, whose ids name the same images."""
+    bundle = load_model(source)
+    if bundle.config.data.adapter != adapter:
+        return
+    if bundle.kind == "package":
+        seen = set(map(str, Fingerprints.load(Path(source) / FINGERPRINTS_FILE).ids))
+    else:
+        seen = set(read_manifest(Path(source) / "manifest.csv")["id"].astype(str))
+    overlap = sorted(seen & set(map(str, ids)))
+    if overlap:
+        raise ConfigError(
+            f"model.pretrained: {source} was trained on {len(overlap)} image(s) of this experiment (e.g. "
+            f"{overlap[:3]}), and every image is an outer test image of some fold: its backbone has seen their "
+            "labels. Transfer from a model of another dataset, or pretrain without labels (`medsg pretrain`)"
+        )
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -54,5 +80,21 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         )
         return model
     if source:
+        check_weights_fit(cfg.model.name, cfg.model.img_size, source, kwargs)
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": source})
     return create_model(cfg.model.name, cfg.model.img_size, **kwargs)
+
+
+def check_weights_fit(name: str, img_size: int, source: str | Path, kwargs: dict[str, Any]) -> None:
+    """Refuse a weights file that does not fit ``name`` before timm loads it.
+
+    timm loads a pretrained file leniently: keys it does not find are logged and left at random, so a file of
+    another model (or one that is no checkpoint at all) would train from scratch under a report that names
+    it as the start. The file is read safely (``weights_only``) into a throwaway model with medsg's strict
+    loader, which allows only the classifier head to differ, and any misfit is a one-line error."""
+    probe = create_model(name, img_size, **kwargs)
+    try:
+        load_checkpoint(probe, source, new_head=True)
+    except CheckpointError as exc:
+        where = "" if str(source) in str(exc) else f"{source}: "
+        raise ConfigError(f"model.pretrained: {where}{exc}") from None
