@@ -26,7 +26,7 @@ def seeds(tmp_path_factory, make_config):
         cfg = make_config(
             root, out, PACKAGE_RECIPE | {"experiment.name": f"s{seed}", "experiment.seed": seed}
         )
-        runs.append(run_experiment(cfg, folds=[0, 1], quiet=True))
+        runs.append(run_experiment(cfg, folds=[0, 1], quiet=True, report=False))  # one report folder
     package = export_package(runs[0], out / "package", seeds=[runs[1]], name="seeds2")
     return runs, package, out
 

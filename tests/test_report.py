@@ -635,3 +635,16 @@ def test_near_duplicates_under_two_labels_are_named_in_the_protocol(tmp_path):
     text = protocol(load_run(run))["audit policy"]
     assert "1 near-duplicate cluster(s) span two or more labels and are kept" in text
     assert "ISIC_1, ISIC_2 (MEL, NV)" in text
+
+
+def test_a_run_whose_report_is_refused_fails_and_says_its_folds_are_safe(monkeypatch, tmp_path):
+    """`medsg run` must exit non-zero when it could not write the report, so a script notices."""
+    from medsg.core.errors import ReportRefused
+    from medsg.workflows import experiment
+
+    def refuse(run_dir, report_dir):
+        raise ReportRefused(f"not writing the report into {report_dir}: it holds the report of another run")
+
+    monkeypatch.setattr(experiment, "write_run_report", refuse)
+    with pytest.raises(ReportRefused, match=r"another run \(the run itself is complete: `medsg report .*run"):
+        experiment._report_after_training(tmp_path / "run", tmp_path / "report")

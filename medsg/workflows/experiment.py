@@ -223,12 +223,15 @@ def write_run_report(run_dir: Path, report_dir: Path | None = None, force: bool 
 
 
 def _report_after_training(run_dir: Path, report_dir: Path) -> None:
-    """The report at the end of a run; a refusal (another run's report there) is logged, since the folds are
-    safely written and `medsg report` can write it elsewhere."""
+    """The report at the end of a run. A refusal (another run's report there) is still an error, so that
+    `medsg run` exits non-zero and a script notices; it says the folds are safely written and how
+    `medsg report` can write the report elsewhere."""
     try:
         write_run_report(run_dir, report_dir)
     except ReportRefused as exc:
-        log.error("%s (the run itself is complete: `medsg report %s --out DIR`)", exc, run_dir)
+        raise ReportRefused(
+            f"{exc} (the run itself is complete: `medsg report {run_dir} --out DIR` writes its report)"
+        ) from None
 
 
 # ---------------------------------------------------------------- entry points
