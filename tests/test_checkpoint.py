@@ -173,4 +173,6 @@ def test_a_pretrained_file_that_does_not_fit_is_refused_before_timm_loads_it_len
         check_weights_fit("mobilenetv3_small_100", 64, path, {"num_classes": 3})
     good = tmp_path / "good.pth"  # the same architecture, another head: accepted (the head is replaced)
     torch.save(timm.create_model("mobilenetv3_small_100", num_classes=7).state_dict(), good)
+    before = torch.get_rng_state()
     check_weights_fit("mobilenetv3_small_100", 64, good, {"num_classes": 3})
+    assert torch.equal(torch.get_rng_state(), before)  # the run's model initialises as without the check

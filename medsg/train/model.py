@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from medsg.config import Config
@@ -91,10 +92,11 @@ def check_weights_fit(name: str, img_size: int, source: str | Path, kwargs: dict
     timm loads a pretrained file leniently: keys it does not find are logged and left at random, so a file of
     another model (or one that is no checkpoint at all) would train from scratch under a report that names
     it as the start. The file is read safely (``weights_only``) into a throwaway model with medsg's strict
-    loader, which allows only the classifier head to differ, and any misfit is a one-line error."""
-    probe = create_model(name, img_size, **kwargs)
+    loader, which allows only the classifier head to differ, and any misfit is a one-line error. The torch
+    random state is kept, so the model built next initialises exactly as it did without this check."""
     try:
-        load_checkpoint(probe, source, new_head=True)
+        with torch.random.fork_rng(devices=[]):  # the probe's random init must not move the run's seed stream
+            load_checkpoint(create_model(name, img_size, **kwargs), source, new_head=True)
     except CheckpointError as exc:
         where = "" if str(source) in str(exc) else f"{source}: "
         raise ConfigError(f"model.pretrained: {where}{exc}") from None
