@@ -295,3 +295,14 @@ def test_isic_groundtruth_in_ham10000_layout_reads_as_the_one_hot_one(tmp_path: 
     ham.to_csv(test / "ISIC2018_Task3_Test_GroundTruth.csv", index=False)
     with pytest.raises(DataError, match=r"unknown dx value\(s\) \['scc'\]"):
         load_manifest("isic2018", test, subset="test")
+
+
+def test_imagefolder_names_the_sub_folders_it_does_not_read(tmp_path: Path, caplog) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name / "nested").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "x.png")
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "nested" / "y.png")
+    with caplog.at_level("WARNING"):
+        manifest = load_manifest("imagefolder", tmp_path)
+    assert sorted(manifest["id"]) == ["a/x.png", "b/x.png"]
+    assert caplog.text.count("ignoring the sub-folder") == 2

@@ -238,3 +238,15 @@ def test_real_busi_conflict(shared) -> None:
     } in report.conflicts
     assert not [p for p in report.problems if p["severity"] == "error"]
     assert len(report.near_duplicates) > 100
+
+
+def test_empty_cells_of_a_users_grouping_column_are_counted_in_a_warning(caplog):
+    import pandas as pd
+
+    from medsg.data.audit import merged_groups
+
+    df = pd.DataFrame({"id": ["a", "b", "c", "d"], "patient_id": ["p1", "p1", "", None]})
+    with caplog.at_level("WARNING", logger="medsg.data.audit"):
+        groups = merged_groups(df, [], "patient_id")
+    assert groups == ["p1", "p1", "c", "d"]
+    assert "patient_id: 2 of 4 row(s) have an empty cell" in caplog.text

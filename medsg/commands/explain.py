@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         f"{result['n_scored']} lesion images scored ({result['n_without_lesion']} without a lesion excluded), "
         f"{result['n_review_cases']} review cases, {result['seconds_total']:.0f} s"
     )
-    print(f"localization: {out / 'localization_summary.csv'}")
+    if (out / "localization_summary.csv").is_file():  # only where the test images have lesion masks
+        print(f"localization: {out / 'localization_summary.csv'}")
     print(f"review page: {out / 'review.html'} (open it in a browser; nothing is sent anywhere)")
     return 0

@@ -526,6 +526,17 @@ def merged_groups(df: pd.DataFrame, clusters: Iterable[Sequence[str]], group_col
     uf = UnionFind()
     present = set(df["id"])
     cells = ["" if pd.isna(g) else str(g) for g in df[group_col]]
+    empty = sum(not c for c in cells)
+    if (
+        empty and group_col != "group" and not group_col.startswith("dicom:")
+    ):  # a user column; DICOM warns itself
+        log.warning(
+            "splits.grouping %s: %d of %d row(s) have an empty cell; each such image is a group of its own, so "
+            "images of one patient among them may land in different folds. Fill the column where you can",
+            group_col,
+            empty,
+            len(cells),
+        )
     group_of = {rid: grp or str(rid) for rid, grp in zip(df["id"], cells, strict=True)}
     for rid, grp in group_of.items():
         uf.union(("g", grp), ("i", rid))

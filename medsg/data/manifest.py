@@ -169,7 +169,14 @@ def list_image_files(folder: Path, suffixes: Sequence[str], dataset: str) -> lis
     """
     files = []
     for path in folder.iterdir():
-        if not path.is_file() or path.name.startswith("."):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            log.warning(
+                "%s: ignoring the sub-folder %s (images must sit directly in %s)", dataset, path, folder
+            )
+            continue
+        if not path.is_file():
             continue
         if path.name.upper() == "DICOMDIR":
             log.warning("%s: ignoring %s (a DICOMDIR indexes DICOM files; it holds no image)", dataset, path)
