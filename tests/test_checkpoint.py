@@ -176,3 +176,18 @@ def test_a_pretrained_file_that_does_not_fit_is_refused_before_timm_loads_it_len
     before = torch.get_rng_state()
     check_weights_fit("mobilenetv3_small_100", 64, good, {"num_classes": 3})
     assert torch.equal(torch.get_rng_state(), before)  # the run's model initialises as without the check
+    older = tmp_path / "older.pth"  # files from before BatchNorm counted its batches lack those entries
+    weights = timm.create_model("mobilenetv3_small_100").state_dict()
+    torch.save({k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}, older)
+    check_weights_fit("mobilenetv3_small_100", 64, older, {"num_classes": 3})
+
+
+def test_a_vit_file_made_at_another_input_size_is_not_refused(tmp_path):
+    """timm resizes the position embedding when it loads; the check compares names, not shapes."""
+    import timm
+
+    from medsg.train.model import check_weights_fit
+
+    path = tmp_path / "vit.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224").state_dict(), path)
+    check_weights_fit("vit_tiny_patch16_224", 192, path, {"num_classes": 3})

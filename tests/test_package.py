@@ -586,33 +586,40 @@ def test_a_new_predict_removes_the_partial_files_a_killed_one_left(tmp_path):
     import subprocess
     import sys
 
-    from medsg.deploy.predict import CsvStream
+    from medsg.deploy.predict import _HOST, CsvStream
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    stale = tmp_path / f".predictions.csv.{int(dead.stdout)}.abc123.tmp"
-    alive = tmp_path / f".predictions.csv.{os.getpid()}.def456.tmp"  # a predict still writing
-    other = tmp_path / ".skipped.csv.1.x.tmp"
-    for path in (stale, alive, other):
+    stale = tmp_path / f".predictions.csv.{_HOST}.{int(dead.stdout)}.abc123.tmp"
+    alive = tmp_path / f".predictions.csv.{_HOST}.{os.getppid()}.def456.tmp"  # a predict still writing
+    elsewhere = tmp_path / f".predictions.csv.another-host.{int(dead.stdout)}.x.tmp"  # a shared folder
+    other = tmp_path / f".skipped.csv.{_HOST}.{int(dead.stdout)}.x.tmp"
+    for path in (stale, alive, elsewhere, other):
         path.write_text("partial")
     with CsvStream(tmp_path / "predictions.csv", ["id"]) as out:
         out.write([{"id": "a"}])
-    assert not stale.exists() and alive.exists() and other.exists()
+    assert not stale.exists() and alive.exists() and elsewhere.exists() and other.exists()
     assert (tmp_path / "predictions.csv").read_text().splitlines() == ["id", "a"]
-    assert sorted(tmp_path.glob(".predictions.csv.*.tmp")) == [alive]  # its own partial file became the CSV
+    assert sorted(tmp_path.glob(f".predictions.csv.{_HOST}.*.tmp")) == [alive]  # its own became the CSV
 
 
 @pytest.mark.e2e
-def test_supervised_transfer_from_a_model_of_the_same_images_is_refused(run):
-    """A final model saw every image's label, and each is an outer test image of some fold."""
+def test_supervised_transfer_from_a_model_of_the_same_images_is_refused(run, tmp_path):
+    """A final model saw every image's label, and each is an outer test image of some fold. Images are
+    compared by content: another dataset that names its files the same way is not refused."""
     from medsg.core.errors import ConfigError
     from medsg.train.model import check_transfer_source
 
     _, run_dir, package, _ = run
-    ids = list(manifest(run_dir)["id"])
+    paths = list(manifest(run_dir)["path"])
+    renamed = tmp_path / "renamed.png"  # the same file under another name and folder: still the same image
+    shutil.copyfile(paths[0], renamed)
+    others = make_synthetic_busi(
+        tmp_path / "other", n_per_class=4, size=40, seed=99
+    )  # same names, new pixels
+    other_paths = [str(p) for p in sorted(others.rglob("*).png"))]
     for source in (run_dir, package):
-        with pytest.raises(ConfigError, match=r"was trained on \d+ image\(s\) of this experiment"):
-            check_transfer_source(source, "busi", ids[:3] + ["elsewhere"])
-        check_transfer_source(source, "busi", ["other (1)", "other (2)"])  # no shared image
-        check_transfer_source(source, "isic2018", ids)  # another dataset's ids name other images
+        with pytest.raises(ConfigError, match=r"was trained on 1 image\(s\) of this experiment"):
+            check_transfer_source(source, [str(renamed), *other_paths])
+        check_transfer_source(source, other_paths)

@@ -114,6 +114,21 @@ def select_state_dict(checkpoint: Any, use_ema: bool = True) -> tuple[dict[str, 
     )
 
 
+def backbone_coverage(model: nn.Module, path: str | os.PathLike, use_ema: bool = True) -> tuple[int, int]:
+    """(how many of ``model``'s backbone entries the file names, how many there are), by name only.
+
+    The classifier head and BatchNorm's ``num_batches_tracked`` counters are left out (a new task replaces the
+    one; older files lack the other), and shapes are not compared, since a loader may resize (a ViT's position
+    embedding at another input size). Raises ``CheckpointError`` for a file that is no safe checkpoint."""
+    state_dict, _ = select_state_dict(read_checkpoint(path), use_ema=use_ema)
+    names = set(_renamed_for(model, _strip_prefixes(state_dict)))
+    head = head_prefix(model)
+    wanted = [
+        k for k in model.state_dict() if not k.startswith(head) and not k.endswith("num_batches_tracked")
+    ]
+    return sum(k in names for k in wanted), len(wanted)
+
+
 def _tensors_only(state_dict: dict, key: str) -> dict[str, torch.Tensor]:
     bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if bad:

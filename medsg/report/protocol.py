@@ -135,8 +135,8 @@ def pretraining_text(pretrained: Any, protocol: dict[str, Any] | None) -> str:
     if Path(str(pretrained)).suffix.lower() not in WEIGHT_SUFFIXES:
         return (
             f"supervised transfer: the backbone of the final model of {pretrained} (a medsg run folder or "
-            "package), with a new head; where it read the same dataset adapter, none of its training images "
-            "is an image of this experiment (checked at the start of the run)"
+            "package), with a new head; none of its training images is an image of this experiment (file "
+            "contents compared at the start of the run)"
         )
     return f"a weights file ({pretrained}); its training data are not recorded by medsg"
 

@@ -14,10 +14,10 @@ from torch import nn
 from medsg.config import Config
 from medsg.core.errors import CheckpointError, ConfigError
 from medsg.data.manifest import read_manifest
-from medsg.deploy.package import FINAL, Member, load_model
+from medsg.deploy.package import FINAL, Member, load_model, sha256_file
 from medsg.deploy.reference import FINGERPRINTS_FILE, Fingerprints
 from medsg.models import create_model
-from medsg.models.checkpoint import load_checkpoint
+from medsg.models.checkpoint import backbone_coverage, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +40,30 @@ def transfer_source(folder: str | Path, arch: str) -> Member:
     return finals[0]
 
 
-def check_transfer_source(source: str | Path, adapter: str, ids: Sequence[str]) -> None:
+def check_transfer_source(source: str | Path, paths: Sequence[str]) -> None:
     """Refuse a run folder or package that was trained on images of this experiment.
 
     Every image of a cross-validation is in some outer test fold, so a backbone that learnt any of their labels
-    (a final model of the same data, a fold model of another split) would leak them into every fold. Its
-    training ids (a run's manifest.csv, a package's fingerprints) are compared with this run's when both read
-    the same dataset adapter, whose ids name the same images."""
+    (a final model of the same data, a fold model of another split) would leak them into every fold. Images are
+    compared by content (SHA-256 of the file's bytes: a package's fingerprints, a run's manifest files), so the
+    same file read through another adapter is found, and two datasets that both name files ``1.png`` are not
+    confused."""
     bundle = load_model(source)
-    if bundle.config.data.adapter != adapter:
-        return
     if bundle.kind == "package":
-        seen = set(map(str, Fingerprints.load(Path(source) / FINGERPRINTS_FILE).ids))
+        seen = {str(h) for h in Fingerprints.load(Path(source) / FINGERPRINTS_FILE).sha256 if str(h)}
     else:
-        seen = set(read_manifest(Path(source) / "manifest.csv")["id"].astype(str))
-    overlap = sorted(seen & set(map(str, ids)))
-    if overlap:
+        seen = {
+            sha256_file(Path(p))
+            for p in read_manifest(Path(source) / "manifest.csv")["path"]
+            if Path(p).is_file()
+        }
+    shared = [p for p in paths if Path(p).is_file() and sha256_file(Path(p)) in seen]
+    if shared:
         raise ConfigError(
-            f"model.pretrained: {source} was trained on {len(overlap)} image(s) of this experiment (e.g. "
-            f"{overlap[:3]}), and every image is an outer test image of some fold: its backbone has seen their "
-            "labels. Transfer from a model of another dataset, or pretrain without labels (`medsg pretrain`)"
+            f"model.pretrained: {source} was trained on {len(shared)} image(s) of this experiment (e.g. "
+            f"{[Path(p).name for p in shared[:3]]}), and every image is an outer test image of some fold: its "
+            "backbone has seen their labels. Transfer from a model of other images, or pretrain without labels "
+            "(`medsg pretrain`)"
         )
 
 
@@ -87,16 +91,21 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
 
 
 def check_weights_fit(name: str, img_size: int, source: str | Path, kwargs: dict[str, Any]) -> None:
-    """Refuse a weights file that does not fit ``name`` before timm loads it.
+    """Refuse a weights file that is not for ``name`` before timm loads it.
 
     timm loads a pretrained file leniently: keys it does not find are logged and left at random, so a file of
     another model (or one that is no checkpoint at all) would train from scratch under a report that names
-    it as the start. The file is read safely (``weights_only``) into a throwaway model with medsg's strict
-    loader, which allows only the classifier head to differ, and any misfit is a one-line error. The torch
+    it as the start. The file is read safely (``weights_only``) and must name at least half of the model's
+    backbone entries (``backbone_coverage``: by name, so the resizing timm may do is not refused). The torch
     random state is kept, so the model built next initialises exactly as it did without this check."""
     try:
         with torch.random.fork_rng(devices=[]):  # the probe's random init must not move the run's seed stream
-            load_checkpoint(create_model(name, img_size, **kwargs), source, new_head=True)
+            found, wanted = backbone_coverage(create_model(name, img_size, **kwargs), source)
     except CheckpointError as exc:
         where = "" if str(source) in str(exc) else f"{source}: "
         raise ConfigError(f"model.pretrained: {where}{exc}") from None
+    if found * 2 < wanted:
+        raise ConfigError(
+            f"model.pretrained: {source} names {found} of the {wanted} backbone entries of {name}, so it is not "
+            f"a checkpoint of this architecture; set model.name to the file's model, or name a file of {name}"
+        )

@@ -158,7 +158,7 @@ def prepare_data(
     dropped = sorted(set(raw["id"]) - set(manifest["id"]))
     check_trainable_classes(manifest, cfg.splits.grouping)  # before a split file is written for such data
     if cfg.model.pretrained and Path(cfg.model.pretrained).is_dir():  # supervised transfer from a medsg model
-        check_transfer_source(cfg.model.pretrained, cfg.data.adapter, list(raw["id"]))
+        check_transfer_source(cfg.model.pretrained, list(raw["path"]))
     # A resumed run keeps the folds it started with, whatever the working directory is now.
     used = run_dir / "splits.json" if run_dir is not None and (run_dir / "splits.json").is_file() else None
     split_args = dict(
@@ -184,7 +184,7 @@ def prepare_data(
         splits = load_or_create_splits(manifest, **split_args)
     check_no_leakage(manifest, splits, cfg.splits.grouping)
     check_folds_train_every_class(manifest, splits)
-    names = class_names(cfg.data.adapter, cfg.data.root)
+    names = class_names(cfg.data.adapter, cfg.data.root, **cfg.data.options)
     if run_dir is not None and dist.is_main:
         save_manifest(manifest, run_dir / "manifest.csv")
         if used is None:
