@@ -277,7 +277,7 @@ def test_repeated_ids_name_their_files_and_the_adapter_that_keeps_folders(tmp_pa
         load_busi(tmp_path)
 
 
-def test_isic_groundtruth_in_ham10000_layout_reads_as_the_one_hot_one(tmp_path: Path) -> None:
+def test_isic_groundtruth_in_ham10000_layout_reads_as_the_one_hot_one(tmp_path: Path, caplog) -> None:
     """Harvard Dataverse ships the test labels as HAM10000 rows (lesion_id, image_id, dx, ...): the same
     labels as the challenge's one-hot CSV, and the lesion ids become the groups."""
     root = make_isic_replica(tmp_path / "isic", with_metadata=True)
@@ -291,6 +291,13 @@ def test_isic_groundtruth_in_ham10000_layout_reads_as_the_one_hot_one(tmp_path: 
     assert read["id"].tolist() == onehot["id"].tolist()
     assert read["label_name"].tolist() == onehot["label_name"].tolist()
     assert read["group"].tolist() == meta.set_index("image_id").loc[read["id"], "lesion_id"].tolist()
+    ham.assign(lesion_id="").to_csv(test / "ISIC2018_Task3_Test_GroundTruth.csv", index=False)
+    with caplog.at_level("WARNING", logger="medsg.data.isic2018"):  # empty lesion ids: not quietly ungrouped
+        ungrouped = load_manifest("isic2018", test, subset="test")
+    assert (
+        ungrouped["group"].tolist() == ungrouped["id"].tolist()
+        and "each image is its own group" in caplog.text
+    )
     ham.loc[0, "dx"] = "scc"
     ham.to_csv(test / "ISIC2018_Task3_Test_GroundTruth.csv", index=False)
     with pytest.raises(DataError, match=r"unknown dx value\(s\) \['scc'\]"):
@@ -306,3 +313,15 @@ def test_imagefolder_names_the_sub_folders_it_does_not_read(tmp_path: Path, capl
         manifest = load_manifest("imagefolder", tmp_path)
     assert sorted(manifest["id"]) == ["a/x.png", "b/x.png"]
     assert caplog.text.count("ignoring the sub-folder") == 2
+
+
+def test_imagefolder_classes_option_orders_the_names_as_it_orders_the_labels(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "x.png")
+    manifest = load_manifest("imagefolder", tmp_path, classes=["b", "a"])
+    names = class_names("imagefolder", tmp_path, classes=["b", "a"])
+    assert all(
+        names[label] == name for label, name in zip(manifest["label"], manifest["label_name"], strict=True)
+    )
+    assert names == ["b", "a"] and class_names("imagefolder", tmp_path) == ["a", "b"]

@@ -79,7 +79,7 @@ def epoch_breakdown(
     df = df.sample(n=min(limit or len(df), len(df)), random_state=cfg.experiment.seed).reset_index(drop=True)
     fraction = cfg.splits.inner_val_fraction
     n_val = min(len(df) - 1, max(1, round(fraction * len(df)))) if fraction > 0 else 0
-    names = class_names(cfg.data.adapter, cfg.data.root)
+    names = class_names(cfg.data.adapter, cfg.data.root, **cfg.data.options)
     model = build_model(cfg, num_classes=len(names))
     data_cfg = timm.data.resolve_data_config({}, model=model)
     recipe = trainer_class(cfg)  # the config's trainer: its pipelines, its loss, its step

@@ -50,11 +50,13 @@ CSV_RESERVED = ("label_name", "mask_paths")  # manifest columns derived from lab
 LINE = "_line"  # the table's column holding each row's line number in the file
 
 
-def imagefolder_class_names(root: str | Path | None) -> list[str]:
-    """Sorted class folder names of an ImageFolder tree."""
+def imagefolder_class_names(root: str | Path | None, classes: list[str] | None = None) -> list[str]:
+    """Sorted class folder names of an ImageFolder tree, or ``classes`` (the order ``load_imagefolder`` gives
+    its labels) when given."""
     if root is None:
         raise DataError("imagefolder: class names depend on the dataset; pass its root folder.")
-    return sorted_class_dirs(Path(root).expanduser())
+    found = sorted_class_dirs(Path(root).expanduser(), classes)
+    return list(classes) if classes is not None else found
 
 
 def load_imagefolder(root: str | Path, classes: list[str] | None = None) -> pd.DataFrame:

@@ -5,8 +5,8 @@
 ``image_id,dx`` with ``lesion_id``, as Harvard Dataverse ships the test labels), found either beside the input
 folder or inside the official ``ISIC2018_Task3_<Subset>_GroundTruth/`` folder.
 Several images show the same lesion, so ``group`` is HAM10000's ``lesion_id`` when ``HAM10000_metadata.csv``
-is available (beside the inputs or given as ``metadata=``); without it each image is its own group and a
-warning says that folds may then leak lesions. The class order is the CSV header's.
+is available (beside the inputs or given as ``metadata=``) or the ground truth has a ``lesion_id`` column;
+without either each image is its own group and a warning says that folds may then leak lesions. The class order is the CSV header's.
 """
 
 from __future__ import annotations
@@ -121,13 +121,14 @@ def _groundtruth_from_dx(table: pd.DataFrame, path: Path) -> pd.DataFrame:
         raise DataError(
             f"{path}: unknown dx value(s) {unknown}; expected {sorted(DX_TO_CLASS)}. Fix those rows."
         )
+    table = table.assign(image_id=table["image_id"].fillna("").str.strip())
     repeated = table["image_id"][table["image_id"].duplicated()].tolist()
     if repeated:
         raise DataError(f"{path}: repeated image ids {repeated[:5]}. Keep one row per image.")
     names = [DX_TO_CLASS[d] for d in dx]
     frame = pd.DataFrame(
         {
-            "image": table["image_id"].str.strip().to_numpy(),
+            "image": table["image_id"].to_numpy(),
             "label": [ISIC_CLASSES.index(n) for n in names],
             "label_name": names,
         }
@@ -170,7 +171,8 @@ def load_isic2018(
         log.warning(
             "ISIC 2018: %d image(s) without a ground-truth row are ignored, e.g. %s", len(extra), extra[:3]
         )
-    metadata_rows = _image_metadata(root, metadata, quiet="group" in truth.columns)
+    own_groups = "group" in truth.columns and bool(truth["group"].astype(bool).any())
+    metadata_rows = _image_metadata(root, metadata, quiet=own_groups)
     groups = {image: row["lesion_id"] for image, row in metadata_rows.items()}
     if "group" in truth.columns:  # the ground truth's own lesion ids, where the metadata has none
         groups = {
@@ -196,7 +198,8 @@ def load_isic2018(
         ungrouped = int((~df["id"].isin(list(groups))).sum())
         if ungrouped:
             log.warning(
-                "ISIC 2018: %d image(s) have no lesion_id in the metadata; each is its own group.", ungrouped
+                "ISIC 2018: %d image(s) have no lesion_id (metadata or ground truth); each is its own group.",
+                ungrouped,
             )
     return df
 

@@ -71,9 +71,13 @@ def load_manifest(adapter: str, root: str | Path, **options: Any) -> pd.DataFram
     return loader(root, **options)
 
 
-def class_names(adapter: str, root: str | Path | None = None) -> list[str]:
-    """The fixed class order of a dataset; ``root`` is needed only for imagefolder/csv datasets."""
-    return list(_adapter(adapter, _CLASS_NAMES)(root))
+def class_names(adapter: str, root: str | Path | None = None, **options: Any) -> list[str]:
+    """The fixed class order of a dataset; ``root`` is needed only for imagefolder/csv datasets. ``options``
+    (``data.options``) reach the adapter's class-name function where it takes them (imagefolder's
+    ``classes`` fixes the order), so the names follow the labels ``load_manifest`` gives."""
+    names = _adapter(adapter, _CLASS_NAMES)
+    accepted = set(list(inspect.signature(names).parameters)[1:])
+    return list(names(root, **{k: v for k, v in options.items() if k in accepted}))
 
 
 def make_manifest(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -253,12 +254,18 @@ def disagreement_reason(spread: float, agreement: float, n_models: int) -> str |
 # ---------------------------------------------------------------- streaming output
 
 
+_HOST = "".join(c if c.isalnum() or c == "-" else "_" for c in socket.gethostname()) or "host"
+
+
 def _remove_stale_temps(path: Path) -> None:
-    """Delete the partial files a killed predict left beside ``path`` (``.<name>.<pid>.*.tmp`` whose process
-    is gone); a live process's file, or one named otherwise, is left alone."""
-    for temp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = temp.name[len(path.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+    """Delete the partial files a killed predict on this machine left beside ``path``
+    (``.<name>.<host>.<pid>.*.tmp`` whose process is gone); a live process's file, another machine's (a shared
+    folder) and any other file are left alone."""
+    for temp in path.parent.glob(
+        f".{path.name}.{_HOST}.*.tmp"
+    ):  # this machine's: a pid means nothing elsewhere
+        pid = temp.name[len(path.name) + len(_HOST) + 3 :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
             temp.unlink(missing_ok=True)
             log.info("removed %s, left by a predict that was stopped", temp)
 
@@ -285,7 +292,7 @@ class CsvStream:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(self.path)
         fd, self.tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.{os.getpid()}.", suffix=".tmp", dir=self.path.parent
+            prefix=f".{self.path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp", dir=self.path.parent
         )
         self.handle = os.fdopen(fd, "w", newline="", encoding="utf-8")
         self.writer = csv.DictWriter(self.handle, fieldnames=self.columns)

@@ -56,7 +56,7 @@ def _prepared(run_dir: Path, cfg: Config) -> PreparedData:
     ids = set(manifest["id"])
     folds = [{part: [i for i in fold[part] if i in ids] for part in ("train", "val")} for fold in folds]
     try:
-        names = class_names(cfg.data.adapter, cfg.data.root)
+        names = class_names(cfg.data.adapter, cfg.data.root, **cfg.data.options)
     except Exception as exc:  # noqa: BLE001 - the data may have moved; the predictions still name the classes
         raise DataError(f"cannot read the class names of {cfg.data.root}: {exc}") from exc
     return PreparedData(manifest, list(names), folds, "")
