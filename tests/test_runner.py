@@ -374,3 +374,35 @@ def test_a_run_takes_report_settings_from_the_current_config_and_keeps_the_rest(
     assert on_disk == updated
     assert updated["eval"]["decision"] == "prior" and updated["explain"]["cases_per_fold"] == 3
     assert updated["provenance"] == saved["provenance"] and updated["train"] == saved["train"]
+
+
+def test_prepare_refuses_one_class_data_before_writing_a_split_file(tmp_path, make_config):
+    """The checks are wired into the run: a single class is named, and no split file is left to delete."""
+    from PIL import Image
+
+    from medsg.core.errors import DataError
+    from medsg.workflows.prepare import prepare_data
+
+    for i in range(4):
+        (tmp_path / "data" / "benign").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(tmp_path / "data" / "benign" / f"{i}.png")
+    cfg = make_config(tmp_path / "data", tmp_path, {"data.adapter": "imagefolder"})
+    with pytest.raises(DataError, match=r"1 class\(es\) \['benign'\]; a classifier needs at least 2"):
+        prepare_data(cfg, new_split_expected=True)
+    assert not (tmp_path / "splits.json").exists()
+
+
+def test_build_model_refuses_a_weights_file_of_nothing_it_knows(tmp_path, make_config):
+    """The weights check is wired into build_model (timm alone would train from random weights)."""
+    import torch
+
+    from medsg.core.errors import ConfigError
+    from medsg.train.model import build_model
+
+    path = tmp_path / "w.pth"
+    torch.save({"foo": torch.zeros(3)}, path)
+    cfg = make_config(
+        tmp_path, tmp_path, {"model.pretrained": path}, model="sgformer_tiny", check_paths=False
+    )
+    with pytest.raises(ConfigError, match=r"names 0 of the \d+ backbone entries of sgformer_tiny"):
+        build_model(cfg, 3)
