@@ -580,6 +580,9 @@ def test_a_csv_listing_to_predict_is_read_as_the_csv_adapter_reads_tables(tmp_pa
     listing.write_text("file,id\na.png,x\n", encoding="utf-8")
     with pytest.raises(DataError, match="needs a 'path' column"):
         list_inputs([listing])
+    listing.write_text("\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"the CSV is empty; expected a header line with columns \['path'\]"):
+        list_inputs([listing])
 
 
 def test_a_new_predict_removes_the_partial_files_a_killed_one_left(tmp_path):

@@ -22,6 +22,7 @@ import csv
 import io
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -87,7 +88,9 @@ def _delimiter(text: str) -> str:
     return "\t" if "\t" in header else ";" if ";" in header else ","
 
 
-def csv_records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def csv_records(
+    path: Path, required: Sequence[str] = CSV_REQUIRED
+) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """(header, [(line number, cells)]) of a CSV file; blank lines skipped, cells stripped. UTF-8 with or
     without a BOM; comma, semicolon or tab as the header shows; bad quoting and ragged rows named by line."""
     text = _text(path)
@@ -116,9 +119,7 @@ def csv_records(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             )
         rows.append((line, cells))
     if header is None:
-        raise DataError(
-            f"{path}: the CSV is empty; expected a header line with columns {list(CSV_REQUIRED)}."
-        )
+        raise DataError(f"{path}: the CSV is empty; expected a header line with columns {list(required)}.")
     repeated = sorted({c for c in header if header.count(c) > 1})
     if repeated:
         raise DataError(f"{path}: column(s) {repeated} appear twice in the header; rename them.")

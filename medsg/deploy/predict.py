@@ -105,7 +105,7 @@ def _image_files(folder: Path) -> list[Path]:
 def _csv_items(path: Path) -> Iterator[tuple[str, str]]:
     """(id, image path) of each row of a CSV listing, read as the csv adapter reads its table (BOM, ``,``,
     ``;`` or tab); relative paths are relative to the CSV's folder."""
-    header, rows = csv_records(path)
+    header, rows = csv_records(path, required=("path",))
     if "path" not in header:
         raise DataError(f"{path}: a CSV listing needs a 'path' column (and may have 'id'); found {header}")
     at_path, at_id = header.index("path"), header.index("id") if "id" in header else None
