@@ -646,5 +646,8 @@ def test_a_run_whose_report_is_refused_fails_and_says_its_folds_are_safe(monkeyp
         raise ReportRefused(f"not writing the report into {report_dir}: it holds the report of another run")
 
     monkeypatch.setattr(experiment, "write_run_report", refuse)
-    with pytest.raises(ReportRefused, match=r"another run \(the run itself is complete: `medsg report .*run"):
+    with pytest.raises(
+        ReportRefused,
+        match=r"another run \(the run itself is complete; those flags are `medsg report`'s: `medsg report .*run",
+    ):
         experiment._report_after_training(tmp_path / "run", tmp_path / "report")

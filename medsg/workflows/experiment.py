@@ -230,7 +230,8 @@ def _report_after_training(run_dir: Path, report_dir: Path) -> None:
         write_run_report(run_dir, report_dir)
     except ReportRefused as exc:
         raise ReportRefused(
-            f"{exc} (the run itself is complete: `medsg report {run_dir} --out DIR` writes its report)"
+            f"{exc} (the run itself is complete; those flags are `medsg report`'s: `medsg report {run_dir} "
+            "--out DIR` writes its report elsewhere)"
         ) from None
 
 
