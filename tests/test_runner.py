@@ -392,17 +392,16 @@ def test_prepare_refuses_one_class_data_before_writing_a_split_file(tmp_path, ma
     assert not (tmp_path / "splits.json").exists()
 
 
-def test_build_model_refuses_a_weights_file_of_nothing_it_knows(tmp_path, make_config):
-    """The weights check is wired into build_model (timm alone would train from random weights)."""
+def test_a_run_refuses_a_weights_file_of_nothing_it_knows_before_any_fold(busi_root, tmp_path, make_config):
+    """The weights check is wired into the run, once, before the first fold (timm alone would train from
+    random weights)."""
     import torch
 
     from medsg.core.errors import ConfigError
-    from medsg.train.model import build_model
 
     path = tmp_path / "w.pth"
     torch.save({"foo": torch.zeros(3)}, path)
-    cfg = make_config(
-        tmp_path, tmp_path, {"model.pretrained": path}, model="sgformer_tiny", check_paths=False
-    )
+    cfg = make_config(busi_root, tmp_path, {"model.pretrained": path}, model="sgformer_tiny")
     with pytest.raises(ConfigError, match=r"names 0 of the \d+ backbone entries of sgformer_tiny"):
-        build_model(cfg, 3)
+        run_experiment(cfg, quiet=True)
+    assert not list((tmp_path / "runs").rglob("fold_*"))

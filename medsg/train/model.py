@@ -85,13 +85,13 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         )
         return model
     if source:
-        check_weights_fit(cfg.model.name, cfg.model.img_size, source, kwargs)
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": source})
     return create_model(cfg.model.name, cfg.model.img_size, **kwargs)
 
 
-def check_weights_fit(name: str, img_size: int, source: str | Path, kwargs: dict[str, Any]) -> None:
-    """Refuse a weights file that is not for ``name`` before timm loads it.
+def check_weights_fit(name: str, img_size: int, source: str | Path) -> None:
+    """Refuse a weights file that is not for ``name`` before timm loads it (once per run, before the first
+    fold builds its model: ``medsg.workflows.experiment``).
 
     timm loads a pretrained file leniently: keys it does not find are logged and left at random, so a file of
     another model (or one that is no checkpoint at all) would train from scratch under a report that names
@@ -100,7 +100,9 @@ def check_weights_fit(name: str, img_size: int, source: str | Path, kwargs: dict
     random state is kept, so the model built next initialises exactly as it did without this check."""
     try:
         with torch.random.fork_rng(devices=[]):  # the probe's random init must not move the run's seed stream
-            found, wanted = backbone_coverage(create_model(name, img_size, **kwargs), source)
+            found, wanted = backbone_coverage(
+                create_model(name, img_size), source
+            )  # the head is not compared
     except CheckpointError as exc:
         where = "" if str(source) in str(exc) else f"{source}: "
         raise ConfigError(f"model.pretrained: {where}{exc}") from None

@@ -37,6 +37,7 @@ from medsg.report.operating_points import critical_class
 from medsg.train import ddp
 from medsg.train.distill import check_teachers
 from medsg.train.kfold import run_folds, train_final
+from medsg.train.model import check_weights_fit
 from medsg.train.utils import seed_everything
 from medsg.workflows.prepare import ManifestFolds, prepare_data
 
@@ -282,6 +283,10 @@ def run_experiment(
             f" x{dist.world_size} processes" if dist.enabled else "",
         )
         factory = ManifestFolds(cfg, data, run_dir, dist)
+        if (
+            cfg.model.pretrained and not Path(cfg.model.pretrained).is_dir()
+        ):  # a weights file: fits the model?
+            check_weights_fit(cfg.model.name, cfg.model.img_size, cfg.model.pretrained)
         if cfg.train.distill_teachers:  # every fold's teachers, before the first fold trains
             wanted = {f: set(factory.fold_ids(f)["test"]) for f in folds} | ({ALL: None} if final else {})
             check_teachers(cfg.train.distill_teachers, wanted, data.class_names)
