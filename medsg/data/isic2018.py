@@ -72,15 +72,7 @@ def read_groundtruth(path: str | Path) -> pd.DataFrame:
             f"{path}: {int(bad.sum())} row(s) are not one-hot (exactly one 1.0, the rest 0.0): "
             f"{', '.join(rows[:5])}{' ...' if len(rows) > 5 else ''}. Fix those rows."
         )
-    repeated = table["image"].duplicated(keep=False)
-    if repeated.any():
-        first: dict[str, int] = {}
-        repeats = []
-        for line, image in zip(lines, table["image"], strict=True):
-            if image in first:
-                repeats.append(f"line {line} repeats {image} of line {first[image]}")
-            first.setdefault(image, line)
-        raise DataError(f"{path}: repeated image ids: {'; '.join(repeats[:5])}. Keep one row per image.")
+    _check_unique_images(path, lines, table["image"].tolist())
     label = values.argmax(axis=1)
     return pd.DataFrame(
         {"image": table["image"], "label": label, "label_name": [ISIC_CLASSES[i] for i in label]}
@@ -112,6 +104,18 @@ def read_image_metadata(path: str | Path) -> dict[str, dict[str, str]]:
     return dict(zip(meta["image_id"], cells.to_dict("records"), strict=True))
 
 
+def _check_unique_images(path: Path, lines: list[int], images: list[str]) -> None:
+    """Raise DataError naming each row (by its line in the file) that repeats an earlier row's image."""
+    first: dict[str, int] = {}
+    repeats = []
+    for line, image in zip(lines, images, strict=True):
+        if image in first:
+            repeats.append(f"line {line} repeats {image} of line {first[image]}")
+        first.setdefault(image, line)
+    if repeats:
+        raise DataError(f"{path}: repeated image ids: {'; '.join(repeats[:5])}. Keep one row per image.")
+
+
 def _groundtruth_from_dx(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     """``read_groundtruth``'s frame from HAM10000-style rows (``image_id``, ``dx``; ``lesion_id`` kept as
     ``group`` when present, so an external test's bootstrap resamples lesions)."""
@@ -122,9 +126,7 @@ def _groundtruth_from_dx(table: pd.DataFrame, path: Path) -> pd.DataFrame:
             f"{path}: unknown dx value(s) {unknown}; expected {sorted(DX_TO_CLASS)}. Fix those rows."
         )
     table = table.assign(image_id=table["image_id"].fillna("").str.strip())
-    repeated = table["image_id"][table["image_id"].duplicated()].tolist()
-    if repeated:
-        raise DataError(f"{path}: repeated image ids {repeated[:5]}. Keep one row per image.")
+    _check_unique_images(path, (table.index + 2).tolist(), table["image_id"].tolist())
     names = [DX_TO_CLASS[d] for d in dx]
     frame = pd.DataFrame(
         {

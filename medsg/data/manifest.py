@@ -55,13 +55,18 @@ def _adapter(name: str, which: int) -> Any:
     return getattr(module, _ADAPTERS[name][which])
 
 
+def _option_names(function: Any) -> list[str]:
+    """The keyword options an adapter's function takes: its parameters after the dataset root."""
+    return list(inspect.signature(function).parameters)[1:]
+
+
 def load_manifest(adapter: str, root: str | Path, **options: Any) -> pd.DataFrame:
     """Read a dataset in its downloaded layout and return its manifest (see module docstring).
 
     ``options`` (``data.options``, ``--option KEY=VALUE``) must be keyword parameters of the adapter's loader;
     a mistyped key is refused by name with the ones it takes, before anything is read."""
     loader = _adapter(adapter, _LOADER)
-    accepted = list(inspect.signature(loader).parameters)[1:]  # the first is the dataset root
+    accepted = _option_names(loader)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise DataError(
@@ -76,7 +81,7 @@ def class_names(adapter: str, root: str | Path | None = None, **options: Any) ->
     (``data.options``) reach the adapter's class-name function where it takes them (imagefolder's
     ``classes`` fixes the order), so the names follow the labels ``load_manifest`` gives."""
     names = _adapter(adapter, _CLASS_NAMES)
-    accepted = set(list(inspect.signature(names).parameters)[1:])
+    accepted = _option_names(names)
     return list(names(root, **{k: v for k, v in options.items() if k in accepted}))
 
 
