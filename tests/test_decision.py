@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from sklearn.metrics import balanced_accuracy_score
 
 from medsg.calibration import (
     PRIOR_KEY,
@@ -20,6 +21,7 @@ from medsg.calibration import (
 )
 from medsg.report import write_report
 from medsg.report.aggregate import build_summary, load_run
+from medsg.report.decision import rule_probs
 
 CLASSES = ["benign", "malignant", "normal"]
 PRIOR = np.array([0.7, 0.2, 0.1])
@@ -267,3 +269,20 @@ def test_a_bundle_refuses_a_rule_its_members_cannot_apply(tmp_path):
         bundle.check_decision([old])
     config.eval.decision = "prior"
     assert bundle.check_decision([old]) == "prior"
+
+
+def test_subgroups_are_scored_under_the_headline_rule(tmp_path):
+    run = _run_with_prior_shift(tmp_path, "prior")
+    ids = [f"f{fold}_{i}" for fold in (0, 1) for i in range(400)]
+    sex = ["female" if i % 2 else "male" for i in range(len(ids))]
+    pd.DataFrame({"id": ids, "sex": sex}).to_csv(run / "manifest.csv", index=False)
+    data = load_run(run)
+    summary = build_summary(data, n_bootstrap=20)
+    assert "(prior, as in the per-class table)" in summary["subgroups"]["text"]
+    female = next(r for r in summary["subgroups"]["rows"] if r["value"] == "female")
+    rows = (data.oof["id"].map(dict(zip(ids, sex, strict=True))) == "female").to_numpy()
+    y = data.oof["y_true"].to_numpy()[rows]
+    headline = rule_probs(data)["prior"][rows].argmax(1)
+    raw = data.probs()[rows].argmax(1)
+    assert female["balanced_accuracy"]["point"] == pytest.approx(balanced_accuracy_score(y, headline))
+    assert balanced_accuracy_score(y, headline) != pytest.approx(balanced_accuracy_score(y, raw))

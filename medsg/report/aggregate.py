@@ -188,9 +188,12 @@ def run_eval(run: RunData) -> EvalConfig:
 
 
 def clinical_sections(
-    run: RunData, groups: np.ndarray | None, n_bootstrap: int, seed: int
+    run: RunData, groups: np.ndarray | None, n_bootstrap: int, seed: int, probs: np.ndarray, rule: str
 ) -> dict[str, dict[str, Any]]:
-    """summary.json's "operating_points" and "subgroups", with the eval.* settings of the run's config.yaml."""
+    """summary.json's "operating_points" and "subgroups", with the eval.* settings of the run's config.yaml.
+
+    Subgroups are scored on ``probs``, the headline rule's (``rule``) probabilities, as the per-class table is.
+    """
     settings = run_eval(run)
     critical, source = run_critical_class(run)
     if critical is None:
@@ -216,7 +219,7 @@ def clinical_sections(
         manifest,
         run.oof["id"].astype(str).tolist(),
         run.oof["y_true"].to_numpy(),
-        run.probs(),
+        probs,
         run.class_names,
         settings.subgroups,
         critical,
@@ -224,6 +227,7 @@ def clinical_sections(
         groups,
         n_bootstrap,
         seed,
+        rule,
     )
     return {"operating_points": points, "subgroups": subgroups}
 
@@ -416,7 +420,7 @@ def build_summary(run: RunData, n_bootstrap: int = 1000, seed: int = 0) -> dict[
     proto = protocol(run)
     calibration = calibration_summary(run, n_bootstrap, seed, groups)
     extra = {} if calibration is None else {"calibration": calibration}
-    extra |= clinical_sections(run, groups, n_bootstrap, seed)
+    extra |= clinical_sections(run, groups, n_bootstrap, seed, p, decision["headline"])
     pooled = classification_metrics(y, p, run.class_names)
     return {
         "experiment": proto["experiment"],

@@ -1,7 +1,8 @@
 """Results per subgroup (age decade, sex, body site...): does the model work as well for every kind of patient?
 
 A pooled figure can hide a subgroup the model fails. Each subgroup of a manifest column gets its image and
-group counts, balanced accuracy and the critical class's sensitivity (argmax, as in the per-class table), with
+group counts, balanced accuracy and the critical class's sensitivity (the headline rule's argmax, as in the
+per-class table), with
 95% CIs from the report's one cluster bootstrap (``medsg.metrics``), resampling the split's groups within the
 subgroup. A subgroup with fewer images than ``eval.min_subgroup_size`` is flagged as too small to say anything
 about: its point values are shown, its CIs are not computed.
@@ -116,11 +117,13 @@ def subgroup_summary(
     groups: ArrayLike | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    rule: str = "balanced",
 ) -> dict[str, Any]:
     """summary.json's "subgroups": the columns used, the rows of ``subgroup_rows`` and the section's sentence.
 
     ``manifest`` is the run's manifest.csv read as text (None: absent or unreadable); ``requested`` is
-    ``eval.subgroups`` (None: the DEFAULT_COLUMNS the manifest has).
+    ``eval.subgroups`` (None: the DEFAULT_COLUMNS the manifest has). ``probs`` are the headline rule's
+    probabilities and ``rule`` its name (``eval.decision``), so subgroups are scored as the headline is.
     """
     if manifest is None or "id" not in manifest.columns:
         if requested:
@@ -141,11 +144,14 @@ def subgroup_summary(
         "critical_class": critical,
         "min_subgroup_size": min_size,
         "rows": rows,
-        "text": subgroup_text(columns, critical, min_size, requested is not None),
+        "rule": rule,
+        "text": subgroup_text(columns, critical, min_size, requested is not None, rule),
     }
 
 
-def subgroup_text(columns: Sequence[str], critical: str | None, min_size: int, requested: bool) -> str:
+def subgroup_text(
+    columns: Sequence[str], critical: str | None, min_size: int, requested: bool, rule: str = "balanced"
+) -> str:
     """The sentence above the subgroup table (or saying why there is none)."""
     if not columns:
         if requested:
@@ -154,15 +160,11 @@ def subgroup_text(columns: Sequence[str], critical: str | None, min_size: int, r
             f"The run's manifest.csv has none of the columns {', '.join(DEFAULT_COLUMNS)}, so no subgroup table "
             "is made; name other manifest columns in eval.subgroups to get one."
         )
-    sens = (
-        f" and the sensitivity of {critical} (argmax, as in the per-class table, over the subgroup's {critical} "
-        "images)"
-        if critical
-        else ""
-    )
+    sens = f" and the sensitivity of {critical} (over the subgroup's {critical} images)" if critical else ""
     return (
         f"Subgroups of {', '.join(columns)} (ages in decades; empty or unknown values form an 'unknown' row): "
-        f"balanced accuracy{sens} on the pooled out-of-fold predictions, with 95% CIs from the same bootstrap "
+        f"balanced accuracy{sens} of the headline decision rule's argmax ({rule}, as in the per-class table) "
+        "on the pooled out-of-fold predictions, with 95% CIs from the same bootstrap "
         f"as the fold table, resampling the split's groups within each subgroup. Subgroups with fewer than "
         f"{min_size} images (eval.min_subgroup_size) are flagged too small to say anything about: their "
         "point values are shown without a CI."
