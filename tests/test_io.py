@@ -96,3 +96,80 @@ def test_full_disk_before_the_first_version(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.mkstemp", no_space)
     with pytest.raises(DiskFullError, match="was not written"):
         atomic_write_text(tmp_path / "summary.json", "{}")
+
+
+def test_read_only_folder_is_one_clear_error(tmp_path, monkeypatch):
+    from medsg.cli import find_user_error, one_line
+    from medsg.core.io import NotWritableError
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    if os.geteuid() == 0:  # root writes through a 0o500 folder: give the error the kernel gives a user
+        import errno
+
+        def refused(*args, **kwargs):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+        monkeypatch.setattr("tempfile.mkstemp", refused)
+    try:
+        with pytest.raises(NotWritableError) as info:
+            atomic_write_text(folder / "summary.json", "{}")
+    finally:
+        folder.chmod(0o700)
+    message = one_line(find_user_error(info.value))
+    assert str(folder / "summary.json") in message and "was not written" in message and "output_dir" in message
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    from medsg.core.io import HOST, remove_stale_temps
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    target = tmp_path / "checkpoint_last.pt"
+    stale = tmp_path / f".checkpoint_last.pt.{HOST}.{int(dead.stdout)}.abc123.tmp"  # a kill -9 mid-write
+    alive = tmp_path / f".checkpoint_last.pt.{HOST}.{os.getppid()}.def456.tmp"  # a live writer's
+    elsewhere = tmp_path / f".checkpoint_last.pt.another-host.{int(dead.stdout)}.x.tmp"  # a shared folder
+    other = tmp_path / f".checkpoint_best.pt.{HOST}.{int(dead.stdout)}.x.tmp"  # another file's
+    for path in (stale, alive, elsewhere, other):
+        path.write_bytes(b"partial")
+    atomic_torch_save({"epoch": 3}, target)
+    assert not stale.exists() and alive.exists() and elsewhere.exists() and other.exists()
+    assert remove_stale_temps(tmp_path / "checkpoint_best.pt") == [other]
+
+
+def test_a_folder_hidden_by_a_kill_mid_publish_comes_back(tmp_path, monkeypatch):
+    from medsg.core.io import publish_dir, staging_dir
+
+    final = tmp_path / "model"
+    staging = staging_dir(final)
+    (staging / "package.json").write_text("v1")
+    publish_dir(staging, final)
+    staging = staging_dir(final)
+    (staging / "package.json").write_text("v2")
+    real_rename = os.rename
+
+    def killed_after_first(src, dst):  # Path.rename: the first rename (model -> .model.old) lands, then -9
+        real_rename(src, dst)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "rename", killed_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        publish_dir(staging, final)
+    monkeypatch.undo()
+    assert not final.exists()
+    staging_dir(final)  # the next export (or any staging of this folder) first puts the old one back
+    assert (final / "package.json").read_text() == "v1"
+
+
+def test_publish_into_the_working_directory_by_a_relative_name(tmp_path, monkeypatch):
+    from medsg.core.io import publish_dir, staging_dir
+
+    out = tmp_path / "pkg"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    staging = staging_dir(".")  # `medsg export RUN .`: Path('.') has no name to put a sibling beside
+    (staging / "package.json").write_text("{}")
+    assert publish_dir(staging, ".") == out and (out / "package.json").is_file()

@@ -589,7 +589,8 @@ def test_a_new_predict_removes_the_partial_files_a_killed_one_left(tmp_path):
     import subprocess
     import sys
 
-    from medsg.deploy.predict import _HOST, CsvStream
+    from medsg.core.io import HOST as _HOST
+    from medsg.deploy.predict import CsvStream
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True

@@ -1,16 +1,20 @@
 """Atomic writes: a result file is either the old version or the complete new one, never half of each.
 
 Everything medsg writes goes through here, so a run killed with -9 loses at most the file being written, and a
-full disk (or a quota) stops a run with one clear error while the previous version of the file survives.
+full disk (or a quota), a read-only folder or a missing permission stops a run with one clear error while the
+previous version of the file survives. Temp files carry this host and pid, so the next write of the same file
+removes what a killed process left (a checkpoint's can be hundreds of MB).
 """
 
 from __future__ import annotations
 
 import errno
+import glob
 import io
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,10 +24,16 @@ import torch
 from medsg.core.errors import MedsgError
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+NO_PERMISSION = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+HOST = "".join(c if c.isalnum() or c == "-" else "_" for c in socket.gethostname()) or "host"  # one name part
 
 
 class DiskFullError(MedsgError, OSError):
     """No space (or quota) left while writing a file; the previous version of the file is kept."""
+
+
+class NotWritableError(MedsgError, OSError):
+    """The folder is read-only or not ours to write; the previous version of the file is kept."""
 
 
 def _disk_full(path: Path, exc: OSError) -> DiskFullError:
@@ -34,6 +44,48 @@ def _disk_full(path: Path, exc: OSError) -> DiskFullError:
         f"cannot write {path}: {what} ({os.strerror(exc.errno or errno.ENOSPC)}); {kept}. Free space in "
         f"{path.parent} (or point experiment.output_dir elsewhere), then re-run the same command to resume.",
     )
+
+
+def _write_error(path: Path, exc: OSError) -> OSError:
+    """The one-line error for a failed write (full disk, no permission), or ``exc`` itself."""
+    if exc.errno in NO_SPACE:
+        return _disk_full(path, exc)
+    if exc.errno in NO_PERMISSION:
+        kept = f"the previous {path.name} is kept" if path.exists() else f"{path.name} was not written"
+        return NotWritableError(
+            exc.errno,
+            f"cannot write {path}: {os.strerror(exc.errno or errno.EACCES)}; {kept}. Choose a folder you can "
+            "write to (experiment.output_dir, or the command's --out), or fix the folder's permissions.",
+        )
+    return exc
+
+
+def temp_prefix(path: Path) -> str:
+    """The name prefix of this process's temp files for ``path``: ``.<name>.<host>.<pid>.``."""
+    return f".{path.name}.{HOST}.{os.getpid()}."
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temp files that a killed process on this machine left beside ``path``; a live process's,
+    another machine's (a shared folder) and any other file are left alone. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    for temp in path.parent.glob(f".{glob.escape(path.name)}.{HOST}.*.tmp"):
+        pid = temp.name[len(path.name) + len(HOST) + 3 :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            temp.unlink(missing_ok=True)
+            removed.append(temp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _umask() -> int:
@@ -50,11 +102,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        if exc.errno in NO_SPACE:
-            raise _disk_full(path, exc) from exc
-        raise
+        raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -64,8 +115,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
-            raise _disk_full(path, exc) from exc
+        if isinstance(exc, OSError) and not isinstance(exc, MedsgError):
+            raise _write_error(path, exc) from exc
         raise
     return path
 
@@ -84,8 +135,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def staging_dir(final_dir: str | os.PathLike) -> Path:
     """An empty folder beside ``final_dir`` to build a whole folder in; a partial one left by a killed run is
-    cleared. Publish it with ``publish_dir``."""
-    final_dir = Path(final_dir)
+    cleared, and a ``final_dir`` that a kill left hidden mid-publish is put back. Publish with ``publish_dir``."""
+    final_dir = Path(final_dir).absolute()
+    old = final_dir.with_name(f".{final_dir.name}.old")
+    if old.is_dir() and not final_dir.exists():
+        old.rename(final_dir)  # killed between publish_dir's two renames: the previous folder is still whole
     staging = final_dir.with_name(f".{final_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -94,14 +148,39 @@ def staging_dir(final_dir: str | os.PathLike) -> Path:
 
 def publish_dir(staging: str | os.PathLike, final_dir: str | os.PathLike) -> Path:
     """Replace ``final_dir`` by ``staging`` with renames, so a reader sees the old folder or the new one, whole."""
-    staging, final_dir = Path(staging), Path(final_dir)
+    staging, final_dir = Path(staging), Path(final_dir).absolute()
     old = final_dir.with_name(f".{final_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
+    _fsync_tree(staging)  # the files are on disk before a rename publishes them
     if final_dir.exists():
         final_dir.rename(old)
     staging.rename(final_dir)
+    _fsync_dir(final_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
     return final_dir
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a folder's renames durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder`` (copies made with shutil are not)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(Path(root))
 
 
 _REQUIRED = object()

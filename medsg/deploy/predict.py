@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -40,7 +39,7 @@ from tqdm.auto import tqdm
 from medsg.calibration import DECISION_TEXT
 from medsg.core.device import torch_device
 from medsg.core.errors import DataError
-from medsg.core.io import atomic_write_text, read_json
+from medsg.core.io import atomic_write_text, read_json, remove_stale_temps, temp_prefix
 from medsg.data.busi import is_mask_file
 from medsg.data.dataset import plain_tensor
 from medsg.data.generic import IMAGE_SUFFIXES, csv_records
@@ -254,32 +253,6 @@ def disagreement_reason(spread: float, agreement: float, n_models: int) -> str |
 # ---------------------------------------------------------------- streaming output
 
 
-_HOST = "".join(c if c.isalnum() or c == "-" else "_" for c in socket.gethostname()) or "host"
-
-
-def _remove_stale_temps(path: Path) -> None:
-    """Delete the partial files a killed predict on this machine left beside ``path``
-    (``.<name>.<host>.<pid>.*.tmp`` whose process is gone); a live process's file, another machine's (a shared
-    folder) and any other file are left alone."""
-    for temp in path.parent.glob(
-        f".{path.name}.{_HOST}.*.tmp"
-    ):  # this machine's: a pid means nothing elsewhere
-        pid = temp.name[len(path.name) + len(_HOST) + 3 :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
-            temp.unlink(missing_ok=True)
-            log.info("removed %s, left by a predict that was stopped", temp)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 class CsvStream:
     """Rows appended to a temp file beside ``path`` as they come, renamed over ``path`` when complete.
 
@@ -290,10 +263,9 @@ class CsvStream:
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
         self.path, self.columns = Path(path), list(columns)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(self.path)
-        fd, self.tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp", dir=self.path.parent
-        )
+        for temp in remove_stale_temps(self.path):
+            log.info("removed %s, left by a predict that was stopped", temp)
+        fd, self.tmp = tempfile.mkstemp(prefix=temp_prefix(self.path), suffix=".tmp", dir=self.path.parent)
         self.handle = os.fdopen(fd, "w", newline="", encoding="utf-8")
         self.writer = csv.DictWriter(self.handle, fieldnames=self.columns)
         self.writer.writeheader()
