@@ -218,3 +218,20 @@ def test_a_committed_seed_ensemble_is_recomputed_from_its_members(tmp_path, name
 def test_the_seed_ensemble_report_is_committed():
     """The BUSI results (README, docs/results.md) cite it; a clone without it would skip the test above silently."""
     assert "busi_cpu_mobilenetv3_seeds" in COMMITTED
+
+
+def test_ids_that_pandas_reads_as_missing_stay_ids(tmp_path):
+    """Images named "NA", "null" or "None" are ids like any other, in test and validation predictions."""
+    members = _members(tmp_path)
+    names = {"v0_00": "NA", "v0_01": "null", "t0_00": "None", "t1_00": "nan"}
+    for member in members:
+        for file in ("oof_predictions.csv", "val_predictions.csv"):
+            frame = pd.read_csv(member / file, dtype=str)
+            frame["id"] = frame["id"].replace(names)
+            frame.to_csv(member / file, index=False)
+    run = load_report_folder(members[0])
+    assert {"NA", "null"} <= set(run.val[0]["id"]) and len(run.val[0]) == N_VAL
+    out = tmp_path / "seeds"
+    write_ensemble_report(members, out)
+    oof = pd.read_csv(out / "oof_predictions.csv", dtype=str, keep_default_na=False)
+    assert {"None", "nan"} <= set(oof["id"]) and len(oof) == 2 * N_TEST

@@ -185,6 +185,10 @@ def _fsync_tree(folder: Path) -> None:
 
 _REQUIRED = object()
 
+# pandas.read_csv keywords for medsg's prediction tables: ids stay text, so an image named "NA", "null" or
+# "None" keeps its id instead of becoming NaN; only an empty cell is missing.
+ID_CSV: dict[str, Any] = {"dtype": {"id": str}, "keep_default_na": False, "na_values": [""]}
+
 
 def read_json(path: str | os.PathLike, default: Any = _REQUIRED, advice: str = "re-create it") -> Any:
     """The JSON value in ``path``: the one reader of medsg's own files (metrics, calibration, summaries).

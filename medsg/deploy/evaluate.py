@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from medsg.core.errors import DataError
-from medsg.core.io import atomic_write_text, read_json
+from medsg.core.io import ID_CSV, atomic_write_text, read_json
 from medsg.data import load_manifest
 from medsg.deploy.package import ModelBundle, load_model
 from medsg.deploy.predict import CALIBRATION_NOTE, InputItem, PredictOptions, audit_overlap, predict_items
@@ -94,7 +94,7 @@ def cv_predictions(bundle: ModelBundle) -> tuple[pd.DataFrame, bool] | None:
     path = bundle.oof_path()
     if path is None:
         return None
-    frame = pd.read_csv(path, dtype={"id": str})
+    frame = pd.read_csv(path, **ID_CSV)
     folds = {m.name: m for m in bundle.members if m.kind == "fold"}
     if not set(frame["fold"].astype(str)) <= set(folds):
         return frame, False

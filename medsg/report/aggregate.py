@@ -17,7 +17,7 @@ from medsg.calibration import (
 )
 from medsg.config import EvalConfig, load_saved_config
 from medsg.core.errors import DataError
-from medsg.core.io import read_json
+from medsg.core.io import ID_CSV, read_json
 from medsg.core.run_folder import RunFolder
 from medsg.metrics import (
     HEADLINE,
@@ -118,7 +118,7 @@ def load_report_folder(report_dir: Path) -> RunData:
             run.calibrated = calibrated
     val_path = report_dir / VAL_PREDICTIONS
     if val_path.is_file():
-        val = _read_csv(val_path, "write the report again", dtype={"id": str})
+        val = _read_csv(val_path, "write the report again", **ID_CSV)
         run.val = {int(f): frame.reset_index(drop=True) for f, frame in val.groupby("fold")}
     run.ensemble = read_json_or_none(report_dir / ENSEMBLE_FILE)
     return run
@@ -476,7 +476,7 @@ def _read_csv(path: Path, advice: str, **kwargs: Any) -> pd.DataFrame:
 def _read_predictions(path: Path, fold: int) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"{path} is missing although the fold is marked DONE; re-run fold {fold}")
-    frame = _read_csv(path, f"re-run fold {fold}", dtype={"id": str}, keep_default_na=False, na_values=[""])
+    frame = _read_csv(path, f"re-run fold {fold}", **ID_CSV)
     missing = [c for c in ("id", "y_true") if c not in frame.columns]
     if missing or not any(c.startswith("p_") for c in frame.columns):
         raise DataError(

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsg.core.errors import CheckpointError, ConfigError, DataError
-from medsg.core.io import atomic_write_text
+from medsg.core.io import ID_CSV, atomic_write_text
 from medsg.core.run_folder import ALL
 from medsg.deploy.package import FINAL, Member, ModelBundle, load_model, sha256_file
 from medsg.train.fold import FoldTrainer, compute_loss
@@ -68,11 +68,11 @@ def _tested_ids(bundle: ModelBundle, member: Member) -> set[str] | None:
     package's cross-validation predictions; None where neither is there."""
     if bundle.kind == "run":
         path = member.weights.parent / "predictions.csv"
-        return set(pd.read_csv(path, dtype={"id": str})["id"]) if path.is_file() else None
+        return set(pd.read_csv(path, **ID_CSV)["id"]) if path.is_file() else None
     path = bundle.oof_path()
     if path is None:
         return None
-    frame = pd.read_csv(path, dtype={"id": str})
+    frame = pd.read_csv(path, **ID_CSV)
     return set(frame.loc[frame["fold"].astype(str) == member.name, "id"])
 
 

@@ -54,7 +54,7 @@ from medsg.calibration import (
 )
 from medsg.config import DEFAULT_TRAINER, Config
 from medsg.core.errors import CheckpointError, ConfigError, TrainingDiverged
-from medsg.core.io import atomic_torch_save, atomic_write_text
+from medsg.core.io import ID_CSV, atomic_torch_save, atomic_write_text
 from medsg.core.run_folder import FoldFolder
 from medsg.data.transforms import build_transforms
 from medsg.explain import EXPLAIN_DIR, ExplainSettings, cases_from_manifest, explain_test_fold
@@ -572,7 +572,7 @@ class FoldTrainer:
             return None
         path = self.fold_dir / VAL_PREDICTIONS
         if path.is_file() and not self.cfg.eval.tta:
-            frame = pd.read_csv(path, dtype={"id": str})
+            frame = pd.read_csv(path, **ID_CSV)
             return frame["y_true"].to_numpy(), frame[[f"p_{c}" for c in self.data.class_names]].to_numpy()
         ids, y, probs = self._predict(model, self.data.val, tta=self.cfg.eval.tta)
         if self.cfg.eval.tta:

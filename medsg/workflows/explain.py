@@ -20,6 +20,7 @@ import pandas as pd
 
 from medsg.config import Config, load_saved_config
 from medsg.core.errors import ConfigError, DataError
+from medsg.core.io import ID_CSV
 from medsg.core.run_folder import FoldFolder, RunFolder
 from medsg.data import class_names
 from medsg.data.manifest import read_manifest
@@ -64,7 +65,7 @@ def _prepared(run_dir: Path, cfg: Config) -> PreparedData:
 
 def _probabilities(fold_path: Path, ids: Sequence[str], names: Sequence[str]) -> np.ndarray:
     """The fold's saved test probabilities, in ``ids`` order."""
-    frame = pd.read_csv(fold_path / "predictions.csv", dtype={"id": str}).set_index("id")
+    frame = pd.read_csv(fold_path / "predictions.csv", **ID_CSV).set_index("id")
     missing = [i for i in ids if i not in frame.index]
     if missing:
         raise DataError(f"{fold_path / 'predictions.csv'} lacks {len(missing)} test ids, e.g. {missing[:3]}")
