@@ -272,6 +272,8 @@ def test_evaluate_a_synthetic_external_set_with_overlap_audit(run, tmp_path):
     assert not (package / "cv" / "oof_predictions.csv").exists()
     page = (report / "report.md").read_text()
     assert "External test" in page and "figures/cv_roc.png" in page and "figures/test_roc.png" in page
+    rule = json.loads((package / "cv" / "summary.json").read_text())["decision"]["headline"]
+    assert f"single-fold models ({rule} rule, as its report's headline)" in page  # not "uncalibrated"
     assert (report / "report.html").is_file() and (report / "overlap.csv").is_file()
     assert cli.main([*args, "--exclude-overlap", "--out", str(tmp_path / "eval2")]) == 0
     excluded = json.loads((tmp_path / "eval2" / "evaluation.json").read_text())

@@ -46,8 +46,9 @@ def metrics_table(summary: dict[str, Any]) -> pd.DataFrame:
     cv = summary.get("cv", {}).get("bootstrap_ci")
     if cv:
         n_cv = str(summary["cv"].get("n_pooled", ""))
+        rule = (summary["cv"].get("decision") or {}).get("headline")
         rows.append(
-            {"": CV_LABEL + " (uncalibrated)", "n": n_cv}
+            {"": CV_LABEL + (f" ({rule} rule, as its report's headline)" if rule else ""), "n": n_cv}
             | {COLUMN_TITLES[k]: _ci_cell(cv[k]) for k in HEADLINE}
         )
     return pd.DataFrame(rows)
