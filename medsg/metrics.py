@@ -223,8 +223,8 @@ def sensitivity_cis(
 ) -> dict[str, dict[str, Any]]:
     """Per-class sensitivity (recall of the argmax) with percentile bootstrap CIs, images or ``groups`` resampled.
 
-        A clinician reads the sensitivity of each class first (how many malignant lesions are missed), so it gets
-        an interval like the headline metrics; resamples without a member of a class do not count for its CI, and
+    A clinician reads the sensitivity of each class first (how many malignant lesions are missed), so it gets
+    an interval like the headline metrics; resamples without a member of a class do not count for its CI, and
     a class that no resample holds gets None bounds.
     """
     y, p = validate_inputs(y_true, probs, class_names)
@@ -450,7 +450,12 @@ def _resample_counts(
 
 
 def _weighted_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
-    """Headline metrics for each row of sample weights ``w`` (B, n); same definitions as above."""
+    """Headline metrics for each row of sample weights ``w`` (B, n); same definitions as above.
+
+    A macro metric averages over the classes the data holds. A resample that lost one of them would average
+    over fewer classes, another quantity, so its macro values are NaN: it does not count towards the CI
+    (``n_valid`` says how many did), instead of pulling the interval towards the remaining classes' mean.
+    """
     n_classes = p.shape[1]
     total = w.sum(axis=1)
     y_pred = p.argmax(axis=1)
@@ -461,18 +466,23 @@ def _weighted_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> dict[str, 
     tp = np.diagonal(cm, axis1=1, axis2=2)
     support, predicted = cm.sum(axis=2), cm.sum(axis=1)
     present = support > 0
+    complete = present[:, np.bincount(y, minlength=n_classes) > 0].all(axis=1)  # kept every class of the data
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = np.where(present, tp / support, np.nan)
         f1 = np.where(present, 2 * tp / (support + predicted), np.nan)
+        recall[~complete], f1[~complete] = np.nan, np.nan
     conf = p.max(axis=1)
     bins = np.zeros((len(y), N_BINS))
     bins[np.arange(len(y)), confidence_bins(conf, N_BINS)] = correct - conf
     eps = np.finfo(np.float64).eps
     p_true = np.clip(p[np.arange(len(y)), y], eps, 1 - eps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the incomplete resamples' all-NaN rows stay NaN
+        balanced, macro_f1 = np.nanmean(recall, axis=1), np.nanmean(f1, axis=1)
     return {
         "accuracy": w @ correct / total,
-        "balanced_accuracy": np.nanmean(recall, axis=1),
-        "macro_f1": np.nanmean(f1, axis=1),
+        "balanced_accuracy": balanced,
+        "macro_f1": macro_f1,
         "macro_auroc": _weighted_macro_auroc(y, p, w),
         "ece": np.abs(w @ bins).sum(axis=1) / total,
         "brier": w @ _brier_per_sample(y, p) / total,
@@ -481,8 +491,9 @@ def _weighted_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> dict[str, 
 
 
 def _weighted_macro_auroc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Mean over classes of one-vs-rest AUROC with sample weights (Mann-Whitney, ties count 1/2)."""
-    per_class = []
+    """Mean over classes of one-vs-rest AUROC with sample weights (Mann-Whitney, ties count 1/2); NaN for a
+    resample in which a class that has an AUROC on the data (positives and negatives) has none."""
+    per_class, complete = [], np.ones(len(w), dtype=bool)
     for c in range(p.shape[1]):
         order = np.argsort(p[:, c], kind="stable")
         scores, pos = p[order, c], (y[order] == c).astype(np.float64)
@@ -492,9 +503,12 @@ def _weighted_macro_auroc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.nda
         wn = np.add.reduceat(w_sorted * (1 - pos), starts, axis=1)
         neg_below = np.cumsum(wn, axis=1) - wn
         pairs = wp.sum(axis=1) * wn.sum(axis=1)
+        if 0 < pos.sum() < len(pos):
+            complete &= pairs > 0
         with np.errstate(invalid="ignore", divide="ignore"):
             per_class.append(np.where(pairs > 0, (wp * (neg_below + 0.5 * wn)).sum(axis=1) / pairs, np.nan))
     stacked = np.stack(per_class, axis=1)
+    stacked[~complete] = np.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
         return np.nanmean(stacked, axis=1)

@@ -360,3 +360,26 @@ def test_sensitivity_cis_gives_none_bounds_when_no_resample_holds_the_class():
     out = sensitivity_cis(y, p, ["a", "b"], n_resamples=1, seed=seed)
     assert out["b"] == {"point": 0.0, "low": None, "high": None, "support": 1}
     assert out["a"]["low"] == out["a"]["high"] == 1.0
+
+
+def test_a_resample_that_loses_a_class_does_not_count_for_the_macro_cis():
+    """34 images of class a, all wrong; 1 of class b, right: balanced accuracy 0.5. About a third of the
+    resamples lose b; averaging over a alone there (0.0) would put the CI at [0, 0.5], below a point it
+    cannot go under."""
+    y = np.r_[np.zeros(34, dtype=int), 1]
+    p = np.tile([0.2, 0.8], (35, 1))
+    ci = bootstrap_ci(y, p, ["a", "b"], n_resamples=500, seed=0)
+    for key in ("balanced_accuracy", "macro_f1", "macro_auroc"):
+        assert ci[key]["low"] <= ci[key]["point"] <= ci[key]["high"], key
+        assert 200 < ci[key]["n_valid"] < 450, key  # the resamples without b are left out, and counted
+    assert ci["balanced_accuracy"]["low"] == 0.5
+    assert ci["accuracy"]["n_valid"] == 500  # accuracy is defined on every resample
+
+
+def test_macro_auroc_of_a_resample_without_a_rare_class_does_not_count():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(20, dtype=int), np.ones(20, dtype=int), 2]
+    p = rng.dirichlet([1, 1, 1], size=len(y))
+    p[-1] = [0.9, 0.05, 0.05]  # the one c image ranks lowest for c: its one-vs-rest AUROC is low
+    ci = bootstrap_ci(y, p, ["a", "b", "c"], n_resamples=400, seed=1)["macro_auroc"]
+    assert 100 < ci["n_valid"] < 350  # resamples without c (~37%) are left out

@@ -232,7 +232,9 @@ def section_text(result: dict[str, Any], source: str) -> str:
         f"p({critical}) >= the threshold. Each fold's threshold is fixed on its inner validation predictions "
         "(fold_K/val_predictions.csv, written with the selected checkpoint) and applied unchanged to its test "
         "fold, which never tunes it. The pooled row calls each test image with its own fold's threshold; its "
-        "95% CIs come from the same bootstrap as the fold table."
+        f"95% CIs are percentile bootstraps that resample the split's groups: among the groups holding a {critical} "
+        "image for the sensitivity, among those holding another image for the specificity (two separate "
+        "bootstraps, each with the report's seed)."
     )
     for item in result["folds_left_out"]:
         text += f" Fold {item['fold']} is left out: {item['reason']}."
