@@ -348,3 +348,57 @@ def test_training_augmentation_does_not_depend_on_the_worker_count(tmp_path):
     assert torch.equal(main_process, images(2))
     assert torch.equal(main_process, images(0))
     assert not torch.equal(main_process, images(0, epoch_seed=4))
+
+
+@pytest.mark.parametrize("kill", ["before_last", "before_publish"])
+def test_a_kill_around_checkpoint_last_never_publishes_a_best_it_does_not_record(
+    tmp_path, monkeypatch, toy_config, kill
+):
+    """Epoch 1 always improves. Killed before checkpoint_last.pt records it, its best checkpoint and validation
+    predictions stay unpublished (the epoch runs again and decides again); killed after, they are published on
+    resume. Either way the fold ends as an uninterrupted one does."""
+    train_one_fold(toy_config(tmp_path / "a"), 0, Factory(), tmp_path / "a")
+    fold_dir = tmp_path / "b" / "fold_0"
+    real_save, real_commit = fold_mod.atomic_torch_save, fold_mod.FoldTrainer._commit_pending
+
+    def save(obj, path):
+        if kill == "before_last" and Path(path).name == "checkpoint_last.pt":
+            raise KeyboardInterrupt
+        return real_save(obj, path)
+
+    def commit(self):
+        if (fold_dir / "checkpoint_best.next.pt").exists():  # the end of epoch 1, not the start of the run
+            raise KeyboardInterrupt
+        real_commit(self)
+
+    monkeypatch.setattr(fold_mod, "atomic_torch_save", save)
+    if kill == "before_publish":
+        monkeypatch.setattr(fold_mod.FoldTrainer, "_commit_pending", commit)
+    with pytest.raises(KeyboardInterrupt):
+        train_one_fold(toy_config(tmp_path / "b"), 0, Factory(), tmp_path / "b")
+    assert not (fold_dir / "checkpoint_best.pt").exists() and not (fold_dir / "val_predictions.csv").exists()
+    assert (fold_dir / "checkpoint_last.pt").exists() == (kill == "before_publish")
+    monkeypatch.setattr(fold_mod, "atomic_torch_save", real_save)
+    monkeypatch.setattr(fold_mod.FoldTrainer, "_commit_pending", real_commit)
+
+    def killed_again(self):  # the restart is killed once it has settled the pending files
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fold_mod.FoldTrainer, "resume", killed_again)
+    with pytest.raises(KeyboardInterrupt):
+        train_one_fold(toy_config(tmp_path / "b"), 0, Factory(), tmp_path / "b")
+    if kill == "before_last":  # epoch 1 was never recorded: its best is dropped
+        assert not (fold_dir / "checkpoint_best.pt").exists() and not list(fold_dir.glob("*.next.*"))
+    else:  # recorded: published, as checkpoint_last says
+        last = torch.load(fold_dir / "checkpoint_last.pt", weights_only=True)
+        best = torch.load(fold_dir / "checkpoint_best.pt", weights_only=True)
+        assert best["epoch"] == last["best"]["epoch"] == 1 and (fold_dir / "val_predictions.csv").is_file()
+    monkeypatch.undo()
+    train_one_fold(toy_config(tmp_path / "b"), 0, Factory(), tmp_path / "b")
+    ma, pa, ha = results(tmp_path / "a" / "fold_0")
+    mb, pb, hb = results(fold_dir)
+    assert ma == mb
+    pd.testing.assert_frame_equal(pa, pb)
+    pd.testing.assert_frame_equal(ha, hb)
+    best = torch.load(fold_dir / "checkpoint_best.pt", weights_only=True)
+    assert best["epoch"] == mb["best_epoch"] and not list(fold_dir.glob("*.next.*"))

@@ -29,6 +29,7 @@ import importlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -466,7 +467,32 @@ class FoldTrainer:
         if self.val_predictions is None:
             return
         ids, y, probs = self.val_predictions
-        atomic_write_text(self.fold_dir / VAL_PREDICTIONS, self._frame(ids, y, probs).to_csv(index=False))
+        path = self._pending(self.fold_dir / VAL_PREDICTIONS)
+        atomic_write_text(path, self._frame(ids, y, probs).to_csv(index=False))
+
+    @staticmethod
+    def _pending(path: Path) -> Path:
+        """Where an improved epoch's best checkpoint and validation predictions wait until ``checkpoint_last.pt``
+        records that epoch, so a kill in between never leaves a best file the resumed run does not know."""
+        return path.with_name(f"{path.stem}.next{path.suffix}")
+
+    def _commit_pending(self) -> None:
+        for final in (self.best_path, self.fold_dir / VAL_PREDICTIONS):
+            pending = self._pending(final)
+            if pending.exists():
+                os.replace(pending, final)
+
+    def _settle_pending(self) -> None:
+        """After a kill: publish the pending best files when ``checkpoint_last.pt`` recorded their epoch (the
+        kill came after it), else drop them (the epoch runs again and decides again)."""
+        best = self._pending(self.best_path)
+        if best.exists():
+            last = load_training_checkpoint(self.last_path)["epoch"] if self.last_path.exists() else 0
+            if int(load_training_checkpoint(best)["epoch"]) != int(last):
+                for final in (self.best_path, self.fold_dir / VAL_PREDICTIONS):
+                    self._pending(final).unlink(missing_ok=True)
+                return
+        self._commit_pending()
 
     def _frame(self, ids: list[str], y: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
         """The predictions.csv layout: id, fold, y_true, y_pred, p_<class>..."""
@@ -476,7 +502,8 @@ class FoldTrainer:
         return frame
 
     def fit(self) -> None:
-        """Train the remaining epochs, saving best (and its validation predictions), history, then last."""
+        """Train the remaining epochs, saving best (and its validation predictions) as pending, history, last,
+        then publishing the pending files."""
         t = self.cfg.train
         while self.epoch < self.max_epochs and not self.stopped_early:
             start = time.perf_counter()
@@ -502,11 +529,12 @@ class FoldTrainer:
                     "fold %s: early stop after epoch %d (best %d)", self.fold, self.epoch, self.best["epoch"]
                 )
             if self.dist.is_main:
-                if improved:
-                    atomic_torch_save(self._state(with_optimizer=False), self.best_path)
+                if improved:  # pending until checkpoint_last names this epoch (see _pending)
+                    atomic_torch_save(self._state(with_optimizer=False), self._pending(self.best_path))
                     self._write_val_predictions()
                 self._write_history()
                 atomic_torch_save(self._state(with_optimizer=True), self.last_path)
+                self._commit_pending()
             ddp.barrier()
             log.info(
                 "fold %s epoch %d/%d lr %.2e train_loss %.4f val_loss %.4f val_bal_acc %.4f%s time %.1fs",
@@ -654,6 +682,8 @@ class FoldTrainer:
     def run(self) -> dict[str, Any]:
         """Resume if possible, train the remaining epochs, then test once; returns the fold's metrics."""
         self.fold_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            self._settle_pending()
         self.resume()
         self.fit()
         if not self.best_path.exists():
