@@ -167,3 +167,26 @@ def test_pretrain_says_what_is_wrong(tmp_path):
         unlabelled_images()
     with pytest.raises(Exception, match="no images found"):
         unlabelled_images(folder=tmp_path)
+
+
+def test_a_kill_between_the_checkpoint_and_pretrain_json_keeps_every_history_row(tmp_path, monkeypatch):
+    import medsg.workflows.pretrain as pretrain_mod
+
+    items = unlabelled_images(folder=_images(tmp_path / "images"))
+    out = tmp_path / "ssl"
+    real_write = pretrain_mod.atomic_write_text
+
+    def killed_after_the_checkpoint(path, text):
+        if Path(path).name == "pretrain.json" and (out / "checkpoint_last.pt").is_file():
+            raise KeyboardInterrupt  # epoch 1's resume point is saved, its history row not yet
+        return real_write(path, text)
+
+    monkeypatch.setattr(pretrain_mod, "atomic_write_text", killed_after_the_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(items, out, TINY, device="cpu")
+    assert json.loads((out / "pretrain.json").read_text())["history"] == []
+    monkeypatch.undo()
+    pretrain(items, out, TINY, device="cpu")
+    history = json.loads((out / "pretrain.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert (out / "history.csv").read_text().count("\n") == 3  # header and both epochs

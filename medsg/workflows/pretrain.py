@@ -255,12 +255,15 @@ def pretrain(
         t_in_epochs=False,
     )
     start_epoch = 0
-    if saved is not None and (out_dir / LAST_FILE).is_file():
+    if saved is None or not (out_dir / LAST_FILE).is_file():
+        history = []  # killed before the first epoch ended: it starts again
+    else:
         state = read_checkpoint(out_dir / LAST_FILE)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
-        history = history[:start_epoch]
+        # the checkpoint's own history: pretrain.json may be an epoch behind it (a kill between the two)
+        history = [dict(h) for h in state.get("history", history)][:start_epoch]
         log.info("pretrain: resuming %s after epoch %d of %d", out_dir, start_epoch, settings.epochs)
     atomic_write_text(out_dir / PRETRAIN_FILE, json.dumps(record | {"history": history}, indent=2) + "\n")
     atomic_write_text(out_dir / IMAGES_FILE, "".join(f"{item.id}\n" for item in items))
@@ -302,7 +305,12 @@ def pretrain(
         # the backbone first, then the resume point: a kill between them only repeats this epoch's save
         save_safetensors(model.backbone.state_dict(), out_dir / BACKBONE_FILE)
         atomic_torch_save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1},
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+            },
             out_dir / LAST_FILE,
         )
         atomic_write_text(out_dir / PRETRAIN_FILE, json.dumps(record | {"history": history}, indent=2) + "\n")
