@@ -4,6 +4,7 @@ fold's test images; the teachers shape training, resume with it and never reach 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -168,9 +169,12 @@ def test_a_fold_resumes_only_under_the_teachers_it_started_with(
     moved = shutil.copytree(run, tmp_path / "teacher_copy")
     killed = _student(make_config, teacher, "changed", [moved])
     interrupt_after_first_epoch(lambda: run_experiment(killed, folds=[0], quiet=True))
+    record = Path(killed.experiment.output_dir) / killed.experiment.name / "fold_0" / "teachers.json"
+    started_with = record.read_text()
     shutil.copyfile(moved / "fold_1" / "checkpoint_best.pt", moved / "fold_0" / "checkpoint_best.pt")
     with pytest.raises(ConfigError, match=r"train.distill_teachers \[0\] differ from those the fold started"):
         run_experiment(_student(make_config, teacher, "changed", [moved]), folds=[0], quiet=True)
+    assert record.read_text() == started_with  # the file the message points to still names the originals
 
 
 @pytest.mark.e2e

@@ -211,14 +211,16 @@ class DistillTrainer(FoldTrainer):
             (data_cfg["mean"], data_cfg["std"]),
             self.device,
         )
-        if self.dist.is_main:
+        recorded = self.folder.file(TEACHERS_FILE)
+        if self.dist.is_main and not (recorded.is_file() and self.last_path.exists()):
+            # a fold that will resume keeps its record: load_extra_state compares against the teachers it names
             t = self.cfg.train
             record = {
                 "teachers": self.teacher_records,
                 "weight": t.distill_weight,
                 "temperature": t.distill_temperature,
             }
-            atomic_write_text(self.folder.file(TEACHERS_FILE), json.dumps(record, indent=2) + "\n")
+            atomic_write_text(recorded, json.dumps(record, indent=2) + "\n")
         return super().build_criterion()
 
     def batch_loss(self, images: torch.Tensor, labels: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
