@@ -402,3 +402,44 @@ def test_a_kill_around_checkpoint_last_never_publishes_a_best_it_does_not_record
     pd.testing.assert_frame_equal(ha, hb)
     best = torch.load(fold_dir / "checkpoint_best.pt", weights_only=True)
     assert best["epoch"] == mb["best_epoch"] and not list(fold_dir.glob("*.next.*"))
+
+
+def test_rng_states_saved_on_more_gpus_restore_on_fewer(monkeypatch):
+    from medsg.train.utils import set_rng_states
+
+    states = get_rng_states() | {"cuda": [torch.zeros(8, dtype=torch.uint8) + i for i in range(3)]}
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((device, state)))
+
+    def all_devices(states):  # what torch does on a machine with one GPU
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", all_devices)
+    set_rng_states(states)
+    assert [d for d, _ in restored] == [0] and torch.equal(restored[0][1], states["cuda"][0])
+
+
+def test_a_checkpoint_that_does_not_fit_the_optimizer_is_one_clear_error(tmp_path, monkeypatch, toy_config):
+    from medsg.core.errors import CheckpointError
+
+    calls = {"n": 0}
+    real_loss = fold_mod.compute_loss
+    steps_per_epoch = math.ceil(15 / 8)
+
+    def interrupt(criterion, logits, targets):
+        calls["n"] += 1
+        if calls["n"] == steps_per_epoch + 1:
+            raise KeyboardInterrupt
+        return real_loss(criterion, logits, targets)
+
+    monkeypatch.setattr(fold_mod, "compute_loss", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_one_fold(toy_config(tmp_path), 0, Factory(), tmp_path)
+    last = tmp_path / "fold_0" / "checkpoint_last.pt"
+    state = torch.load(last, weights_only=True)
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1] * 7  # a torch/timm upgrade
+    torch.save(state, last)
+    with pytest.raises(CheckpointError, match=r"checkpoint_last\.pt cannot resume this fold .*delete"):
+        train_one_fold(toy_config(tmp_path), 0, Factory(), tmp_path)

@@ -402,13 +402,19 @@ class FoldTrainer:
             return False
         state = load_training_checkpoint(self.last_path)
         check_checkpoint_matches(state, self.last_path, self.cfg.model.name, self.num_classes)
-        self.model.load_state_dict(state["state_dict"])
-        if self.ema is not None and state.get("state_dict_ema") is not None:
-            self.ema.module.load_state_dict(state["state_dict_ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        try:
+            self.model.load_state_dict(state["state_dict"])
+            if self.ema is not None and state.get("state_dict_ema") is not None:
+                self.ema.module.load_state_dict(state["state_dict_ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # another timm/torch, another recipe
+            raise CheckpointError(
+                f"{self.last_path} cannot resume this fold ({str(exc).splitlines()[0]}); it was saved by "
+                f"another version or recipe. Go back to that one, or delete {self.fold_dir} to train the fold again"
+            ) from exc
         self.epoch, self.num_updates = int(state["epoch"]), int(state["num_updates"])
         self.best, self.history = dict(state["best"]), [dict(h) for h in state["history"]]
         self.stopped_early = bool(state.get("stopped_early", False))

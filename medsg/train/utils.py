@@ -56,7 +56,9 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        # as many as this machine has: a run saved on 8 GPUs resumes on 1 (each epoch reseeds them anyway)
+        for device, state in enumerate(states["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, device)
 
 
 def amp_dtype(device: torch.device, enabled: bool, name: str = "auto") -> torch.dtype | None:
