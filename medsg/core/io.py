@@ -72,13 +72,14 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     removed = []
     for temp in path.parent.glob(f".{glob.escape(path.name)}.{HOST}.*.tmp"):
         pid = temp.name[len(path.name) + len(HOST) + 3 :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             temp.unlink(missing_ok=True)
             removed.append(temp)
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` names a live process on this machine (another user's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

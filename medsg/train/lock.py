@@ -1,6 +1,7 @@
 """Lock files so two processes never train the same fold of a run folder at once.
 
-One lock per fold (``fold_K/.lock``), taken with O_CREAT|O_EXCL and holding ``pid host``. Folds of one run can
+One lock per fold (``fold_K/.lock``), created whole with its ``pid host`` (a hard link of a written temp file,
+so a kill can never leave an empty lock that names nobody). Folds of one run can
 still train in parallel as separate jobs (``--fold K``), but a second ``medsg run`` on the same folder is refused.
 A lock whose pid is dead on this host is stale and taken over with a warning.
 """
@@ -13,18 +14,9 @@ import socket
 from pathlib import Path
 
 from medsg.core.errors import RunLocked
+from medsg.core.io import process_alive
 
 log = logging.getLogger(__name__)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_owner(path: Path) -> tuple[int | None, str]:
@@ -33,6 +25,23 @@ def _read_owner(path: Path) -> tuple[int | None, str]:
         return int(pid_text), host
     except (OSError, ValueError):
         return None, ""
+
+
+def _create_with(path: Path, text: str) -> None:
+    """Create ``path`` holding ``text`` in one step, or raise ``FileExistsError``: the text goes into a temp
+    file that is then hard-linked to ``path`` (O_EXCL where the filesystem has no hard links)."""
+    temp = path.with_name(f"{path.name}.{os.getpid()}.{socket.gethostname()}.new")
+    temp.write_text(text)
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here: create, then write (a kill between leaves an empty lock)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 class FileLock:
@@ -48,10 +57,10 @@ class FileLock:
         me = f"{os.getpid()} {socket.gethostname()}"
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                _create_with(self.path, me)
             except FileExistsError:
                 pid, host = _read_owner(self.path)
-                if pid is not None and host == socket.gethostname() and not _pid_alive(pid):
+                if pid is not None and host == socket.gethostname() and not process_alive(pid):
                     log.warning("taking over stale lock %s (pid %d is gone)", self.path, pid)
                     self.path.unlink(missing_ok=True)
                     continue
@@ -60,8 +69,6 @@ class FileLock:
                     f"(lock file {self.path}). Wait for it to finish, use another experiment.output_dir, "
                     "or delete the lock file if that process is really gone."
                 ) from None
-            with os.fdopen(fd, "w") as handle:
-                handle.write(me)
             self.held = True
             return self
         raise RunLocked(
