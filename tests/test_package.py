@@ -629,3 +629,16 @@ def test_supervised_transfer_from_a_model_of_the_same_images_is_refused(run, tmp
         with pytest.raises(ConfigError, match=r"was trained on 1 image\(s\) of this experiment"):
             check_transfer_source(source, [str(renamed), *other_paths])
         check_transfer_source(source, other_paths)
+
+
+@pytest.mark.e2e
+def test_export_refuses_a_summary_of_other_predictions(run, tmp_path):
+    """A report killed between its two files (or edited by hand) would ship a cv/ whose summary describes
+    other predictions; export refuses it, naming both files and the fix."""
+    _, run_dir, _, _ = run
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    oof = copy / "oof_predictions.csv"
+    oof.write_text("".join(oof.read_text().splitlines(keepends=True)[:-2]))  # an older, partial report
+    with pytest.raises(DataError, match=r"summary\.json pools \d+ images but .*oof_predictions\.csv holds"):
+        export_package(copy, tmp_path / "package", "folds")
+    assert not (tmp_path / "package").exists()

@@ -24,7 +24,9 @@ checkout on Windows does not rewrite line endings and break the checksums), or a
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import logging
 import lzma
@@ -443,6 +445,7 @@ def export_package(
         summary_text = (run_dir / "summary.json").read_text(encoding="utf-8") if summary else None
         oof = run_dir / "oof_predictions.csv"
         oof_text = oof.read_text(encoding="utf-8") if oof.is_file() and chosen[0].kind == "fold" else None
+        _check_summary_matches_predictions(summary, oof_text, run_dir)
     staging = staging_dir(out_dir)
     records = [_export_member(m, staging, weights_dtype) for m in chosen]
     reference = run_reference_dir(run_dir)
@@ -484,6 +487,20 @@ def export_package(
     n = sum(len(m.networks) for m in chosen)
     log.info("exported %d network(s) of %s to %s (%s weights)", n, run_dir, out_dir, weights_dtype)
     return out_dir
+
+
+def _check_summary_matches_predictions(summary: dict[str, Any], oof_text: str | None, run_dir: Path) -> None:
+    """A package's cv/ must describe its own predictions: a report killed between its two files, or one
+    written by hand, would ship a summary of other predictions."""
+    n = summary.get("n_pooled")
+    if oof_text is None or n is None:
+        return
+    rows = sum(1 for _ in csv.reader(io.StringIO(oof_text))) - 1  # the header aside
+    if rows != n:
+        raise DataError(
+            f"{run_dir / 'summary.json'} pools {n} images but {run_dir / 'oof_predictions.csv'} holds {rows}: "
+            f"they come from different reports; run `medsg report {run_dir}` again, then export"
+        )
 
 
 def _export_member(member: Member, staging: Path, weights_dtype: str) -> dict[str, Any]:

@@ -54,9 +54,10 @@ def write_run_data_report(
     if groups is not None:  # the bootstrap's unit, so every CI can be recomputed from the report folder
         oof["group"] = groups
     # in the run folder and beside the report, so a committed report can be recomputed without the run
+    # (the predictions first: a summary.json never describes predictions that are not written yet)
     for folder in (report_dir,) if run_dir is None else (run_dir, report_dir):
-        atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
         atomic_write_text(folder / "oof_predictions.csv", oof.to_csv(index=False))
+        atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     # what the temperatures, prior shifts and operating-point thresholds were fitted on, and their values
     if run.val:
         val = pd.concat([run.val[f] for f in sorted(run.val)], ignore_index=True)
