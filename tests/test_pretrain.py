@@ -190,3 +190,16 @@ def test_a_kill_between_the_checkpoint_and_pretrain_json_keeps_every_history_row
     history = json.loads((out / "pretrain.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
     assert (out / "history.csv").read_text().count("\n") == 3  # header and both epochs
+
+
+def test_a_folder_is_read_as_predict_reads_it_without_lesion_masks(tmp_path, caplog):
+    """Pretraining on BUSI's layout must not learn from its masks (white blobs on black) as if they were scans."""
+    folder = _images(tmp_path / "images", n=3)
+    mask = Image.fromarray(np.zeros((16, 16), dtype=np.uint8))
+    mask.save(folder / "a" / "img1_mask.png")
+    mask.save(folder / "b" / "img0_mask_1.png")
+    (folder / ".thumbs").mkdir()
+    mask.save(folder / ".thumbs" / "img9.png")
+    items = unlabelled_images(folder=folder)
+    assert [i.id for i in items] == ["a/img1.png", "b/img0.png", "b/img2.png"]
+    assert "2 lesion-mask file(s)" in caplog.text

@@ -28,7 +28,15 @@ from pathlib import Path
 import pandas as pd
 
 from medsg.core.errors import DataError
-from medsg.data.manifest import MASK_SEP, class_folder_rows, make_manifest, sorted_class_dirs
+from medsg.data.busi import is_mask_file
+from medsg.data.manifest import (
+    MASK_SEP,
+    class_folder_rows,
+    is_image_file,
+    make_manifest,
+    natural_key,
+    sorted_class_dirs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -237,3 +245,28 @@ def load_csv(root: str | Path) -> pd.DataFrame:
             " ..." if len(climbing) > 5 else "",
         )
     return make_manifest(rows)
+
+
+def image_files_below(folder: Path) -> list[Path]:
+    """The images under ``folder``, at any depth, by the imagefolder adapter's rules (its suffixes, and DICOM
+    by content whatever the name), naturally sorted. Lesion masks named like BUSI's (``*_mask.png``) are left
+    out, so a dataset folder with its masks beside the scans predicts only the scans; what is left out is
+    counted in the log. Hidden files and folders are skipped, and symlinked folders are not followed. What
+    ``medsg predict`` and ``medsg pretrain --folder`` read from a folder."""
+    files = [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(x.startswith(".") for x in p.relative_to(folder).parts)
+    ]
+    images = [p for p in files if is_image_file(p, IMAGE_SUFFIXES)]
+    masks = [p for p in images if is_mask_file(p)]
+    if masks:
+        log.warning(
+            "%s: %d lesion-mask file(s) (named *_mask*) left out, e.g. %s; name one on its own to predict it",
+            folder,
+            len(masks),
+            masks[0].name,
+        )
+    if len(files) > len(images):
+        log.info("%s: %d file(s) that are not images left out", folder, len(files) - len(images))
+    return sorted(set(images) - set(masks), key=lambda p: natural_key(p.as_posix()))

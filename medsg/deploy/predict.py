@@ -40,10 +40,8 @@ from medsg.calibration import DECISION_TEXT
 from medsg.core.device import torch_device
 from medsg.core.errors import DataError
 from medsg.core.io import atomic_write_text, read_json, remove_stale_temps, temp_prefix
-from medsg.data.busi import is_mask_file
 from medsg.data.dataset import plain_tensor
-from medsg.data.generic import IMAGE_SUFFIXES, csv_records
-from medsg.data.manifest import is_image_file, natural_key
+from medsg.data.generic import IMAGE_SUFFIXES, csv_records, image_files_below
 from medsg.data.transforms import flip_views
 from medsg.deploy.package import Member, ModelBundle, load_model, reference_dir
 from medsg.deploy.reference import (
@@ -77,30 +75,6 @@ class InputItem:
 # ---------------------------------------------------------------- inputs
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """The images under ``folder``, at any depth, by the imagefolder adapter's rules (its suffixes, and DICOM
-    by content whatever the name), naturally sorted. Lesion masks named like BUSI's (``*_mask.png``) are left
-    out, so a dataset folder with its masks beside the scans predicts only the scans; what is left out is
-    counted in the log. A file named on its own is always read."""
-    files = [
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not any(x.startswith(".") for x in p.relative_to(folder).parts)
-    ]
-    images = [p for p in files if is_image_file(p, IMAGE_SUFFIXES)]
-    masks = [p for p in images if is_mask_file(p)]
-    if masks:
-        log.warning(
-            "%s: %d lesion-mask file(s) (named *_mask*) left out, e.g. %s; name one on its own to predict it",
-            folder,
-            len(masks),
-            masks[0].name,
-        )
-    if len(files) > len(images):
-        log.info("%s: %d file(s) that are not images left out", folder, len(files) - len(images))
-    return sorted(set(images) - set(masks), key=lambda p: natural_key(p.as_posix()))
-
-
 def _csv_items(path: Path) -> Iterator[tuple[str, str]]:
     """(id, image path) of each row of a CSV listing, read as the csv adapter reads its table (BOM, ``,``,
     ``;`` or tab); relative paths are relative to the CSV's folder."""
@@ -124,7 +98,7 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[InputItem]:
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            pairs += [(p.relative_to(path).as_posix(), str(p)) for p in _image_files(path)]
+            pairs += [(p.relative_to(path).as_posix(), str(p)) for p in image_files_below(path)]
         elif path.suffix.lower() == ".csv" and path.is_file():
             pairs += list(_csv_items(path))
         else:

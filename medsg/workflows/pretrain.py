@@ -56,7 +56,7 @@ from medsg.core.device import torch_device
 from medsg.core.errors import ConfigError, DataError
 from medsg.core.io import atomic_torch_save, atomic_write_text, read_json
 from medsg.data import load_manifest
-from medsg.data.generic import IMAGE_SUFFIXES
+from medsg.data.generic import image_files_below
 from medsg.data.images import read_image
 from medsg.models import create_model
 from medsg.models.checkpoint import read_checkpoint, save_safetensors
@@ -109,8 +109,10 @@ def unlabelled_images(
         base = Path(folder)
         if not base.is_dir():
             raise DataError(f"--folder {base} is not a folder")
-        paths = sorted(p for p in base.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        items = [UnlabelledImage(str(p.relative_to(base)), str(p)) for p in paths]
+        paths = image_files_below(base)  # as predict reads a folder: DICOM by content, BUSI-style masks left out
+        items = sorted(
+            (UnlabelledImage(str(p.relative_to(base)), str(p)) for p in paths), key=lambda item: item.id
+        )
     else:
         if root is None:
             raise ConfigError(f"pretrain: --adapter {adapter} needs --root (the dataset folder)")
