@@ -632,6 +632,29 @@ def test_supervised_transfer_from_a_model_of_the_same_images_is_refused(run, tmp
 
 
 @pytest.mark.e2e
+def test_a_checkpoint_file_inside_a_run_folder_is_checked_as_the_run_folder(run, tmp_path, make_config):
+    """model.pretrained may name one checkpoint of a run (fold_0/checkpoint_best.pt) instead of its folder: the
+    same model, so the same leakage check, before any fold trains; a run whose images are gone cannot be
+    checked and is refused, pointing at the package (its fingerprints need no images)."""
+    from medsg.core.errors import ConfigError
+
+    cfg, run_dir, _, _ = run
+    leak = {"experiment.name": "leak", "model.pretrained": str(run_dir / "fold_0" / "checkpoint_best.pt")}
+    leaking = make_config(cfg.data.root, tmp_path, PKG | leak, model="sgformer_tiny")
+    with pytest.raises(ConfigError, match=r"was trained on \d+ image\(s\) of this experiment"):
+        run_experiment(leaking, folds=[0], quiet=True)
+    assert not (leaking.run_dir / "fold_0").exists()
+    moved = shutil.copytree(run_dir, tmp_path / "moved_run")
+    table = pd.read_csv(moved / "manifest.csv", dtype=str, keep_default_na=False)
+    table["path"] = [str(tmp_path / "gone" / Path(p).name) for p in table["path"]]
+    table.to_csv(moved / "manifest.csv", index=False)
+    from medsg.train.model import check_transfer_source
+
+    with pytest.raises(ConfigError, match=r"none of the \d+ images .* is readable here.*medsg export"):
+        check_transfer_source(moved, list(manifest(run_dir)["path"]))
+
+
+@pytest.mark.e2e
 def test_export_refuses_a_summary_of_other_predictions(run, tmp_path):
     """A report killed between its two files (or edited by hand) would ship a cv/ whose summary describes
     other predictions; export refuses it, naming both files and the fix."""

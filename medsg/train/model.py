@@ -14,7 +14,7 @@ from torch import nn
 from medsg.config import Config
 from medsg.core.errors import CheckpointError, ConfigError
 from medsg.data.manifest import read_manifest
-from medsg.deploy.package import FINAL, Member, load_model, sha256_file
+from medsg.deploy.package import FINAL, PACKAGE_FILE, Member, load_model, sha256_file
 from medsg.deploy.reference import FINGERPRINTS_FILE, Fingerprints
 from medsg.models import create_model
 from medsg.models.checkpoint import backbone_coverage, load_checkpoint
@@ -40,6 +40,16 @@ def transfer_source(folder: str | Path, arch: str) -> Member:
     return finals[0]
 
 
+def run_folder_of(weights: str | Path) -> Path | None:
+    """The medsg run folder holding a checkpoint file (``RUN/fold_K/checkpoint_best.pt``), else None: such a
+    file is a supervised model of that run's images, and is checked like the run folder itself."""
+    fold = Path(weights).parent
+    run = fold.parent
+    if fold.name.startswith("fold_") and (run / "manifest.csv").is_file() and (run / "config.yaml").is_file():
+        return run
+    return None
+
+
 def check_transfer_source(source: str | Path, paths: Sequence[str]) -> None:
     """Refuse a run folder or package that was trained on images of this experiment.
 
@@ -48,15 +58,28 @@ def check_transfer_source(source: str | Path, paths: Sequence[str]) -> None:
     compared by content (SHA-256 of the file's bytes: a package's fingerprints, a run's manifest files), so the
     same file read through another adapter is found, and two datasets that both name files ``1.png`` are not
     confused."""
-    bundle = load_model(source)
-    if bundle.kind == "package":
+    if (Path(source) / PACKAGE_FILE).is_file():  # a package; else a run folder, finished or not
         seen = {str(h) for h in Fingerprints.load(Path(source) / FINGERPRINTS_FILE).sha256 if str(h)}
     else:
-        seen = {
-            sha256_file(Path(p))
-            for p in read_manifest(Path(source) / "manifest.csv")["path"]
-            if Path(p).is_file()
-        }
+        trained_on = list(read_manifest(Path(source) / "manifest.csv")["path"])
+        readable = [Path(p) for p in trained_on if Path(p).is_file()]
+        if not readable:
+            raise ConfigError(
+                f"model.pretrained: none of the {len(trained_on)} images {source} was trained on is readable "
+                "here, so whether it saw this experiment's images cannot be checked. Export it as a package "
+                f"(`medsg export {source} OUT`; its fingerprints need no images) and name that, or make its "
+                "images readable at the paths in its manifest.csv"
+            )
+        if len(readable) < len(trained_on):
+            log.warning(
+                "model.pretrained: %d of the %d images %s was trained on are not readable here; the leakage "
+                "check compares the other %d",
+                len(trained_on) - len(readable),
+                len(trained_on),
+                source,
+                len(readable),
+            )
+        seen = {sha256_file(p) for p in readable}
     shared = [p for p in paths if Path(p).is_file() and sha256_file(Path(p)) in seen]
     if shared:
         raise ConfigError(
