@@ -325,3 +325,24 @@ def test_imagefolder_classes_option_orders_the_names_as_it_orders_the_labels(tmp
         names[label] == name for label, name in zip(manifest["label"], manifest["label_name"], strict=True)
     )
     assert names == ["b", "a"] and class_names("imagefolder", tmp_path) == ["a", "b"]
+
+
+def test_imagefolder_leaves_lesion_masks_out_of_the_classes(tmp_path: Path, caplog) -> None:
+    """BUSI's folders hold each scan's mask beside it: read as images, the masks would be trivially learnable
+    scans (the normal class's are black) whose twin may sit in the test fold."""
+    root = tmp_path / "Dataset_BUSI_with_GT"
+    for name in ("benign", "normal"):
+        (root / name).mkdir(parents=True)
+        for i in (1, 2):
+            Image.new("RGB", (8, 8)).save(root / name / f"{name} ({i}).png")
+            Image.new("L", (8, 8)).save(root / name / f"{name} ({i})_mask.png")
+    Image.new("L", (8, 8)).save(root / "benign" / "benign (1)_mask_1.png")
+    with caplog.at_level(logging.WARNING):
+        manifest = load_manifest("imagefolder", root)
+    assert sorted(manifest["id"]) == [
+        "benign/benign (1).png",
+        "benign/benign (2).png",
+        "normal/normal (1).png",
+        "normal/normal (2).png",
+    ]
+    assert "3 file(s)" in caplog.text and "use adapter busi" in caplog.text

@@ -9,25 +9,24 @@ ids, so ``group`` starts as the image id; the audit merges duplicate clusters in
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import pandas as pd
 
 from medsg.core.errors import DataError
-from medsg.data.manifest import list_image_files, make_manifest, natural_key, sorted_class_dirs
+from medsg.data.manifest import (
+    MASK_RE,
+    list_image_files,
+    make_manifest,
+    natural_key,
+    sorted_class_dirs,
+)
 
 log = logging.getLogger(__name__)
 
 BUSI_CLASSES: tuple[str, ...] = ("benign", "malignant", "normal")
 BUSI_FOLDER = "Dataset_BUSI_with_GT"
 IMAGE_SUFFIXES = (".png",)
-_MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<n>\d+))?$")
-
-
-def is_mask_file(path: Path) -> bool:
-    """Whether a file is named as a BUSI-style lesion mask (``<stem>_mask.png``, ``<stem>_mask_1.png``)."""
-    return _MASK_RE.match(path.stem) is not None
 
 
 def busi_class_names(root: str | Path | None = None) -> list[str]:
@@ -53,7 +52,7 @@ def _scan_class(folder: Path) -> tuple[dict[str, Path], dict[str, list[tuple[int
     images: dict[str, Path] = {}
     masks: dict[str, list[tuple[int, Path]]] = {}
     for path in list_image_files(folder, IMAGE_SUFFIXES, "BUSI"):
-        match = _MASK_RE.match(path.stem)
+        match = MASK_RE.match(path.stem)
         if match:
             order = int(match.group("n")) if match.group("n") else 0
             masks.setdefault(match.group("stem"), []).append((order, path))

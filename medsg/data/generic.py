@@ -28,11 +28,11 @@ from pathlib import Path
 import pandas as pd
 
 from medsg.core.errors import DataError
-from medsg.data.busi import is_mask_file
 from medsg.data.manifest import (
     MASK_SEP,
     class_folder_rows,
     is_image_file,
+    is_mask_file,
     make_manifest,
     natural_key,
     sorted_class_dirs,

@@ -214,6 +214,14 @@ def _is_dicom_content(path: Path) -> bool:
         return False
 
 
+MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<n>\d+))?$")  # BUSI's lesion masks: x_mask.png, x_mask_1.png
+
+
+def is_mask_file(path: Path) -> bool:
+    """Whether a file is named as a BUSI-style lesion mask (``<stem>_mask.png``, ``<stem>_mask_1.png``)."""
+    return MASK_RE.match(path.stem) is not None
+
+
 def class_folder_rows(
     base: Path, classes: Sequence[str], suffixes: Sequence[str], dataset: str, id_with_suffix: bool
 ) -> list[dict[str, Any]]:
@@ -229,7 +237,17 @@ def class_folder_rows(
             raise DataError(
                 f"{dataset}: class folder {base / name} holds no images with suffix {list(suffixes)}."
             )
-        for path in files:
+        masks = [p for p in files if is_mask_file(p)]
+        if masks:  # a lesion mask read as a scan of its class: trivially learnable, and its scan's twin
+            log.warning(
+                "%s: %d file(s) in %s are named like lesion masks (*_mask*, e.g. %s) and are left out; for "
+                "BUSI's layout use adapter busi, which reads them as masks",
+                dataset,
+                len(masks),
+                base / name,
+                masks[0].name,
+            )
+        for path in (p for p in files if not is_mask_file(p)):
             image_id = f"{name}/{path.name if id_with_suffix else path.stem}"
             rows.append({"id": image_id, "path": str(path), "label": label, "label_name": name})
     return rows
