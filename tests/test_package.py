@@ -549,7 +549,7 @@ def test_a_folder_to_predict_is_read_as_the_imagefolder_adapter_reads_images(tmp
     write_dicom(root / "sub" / "IM0001", np.zeros((8, 8), dtype=np.uint16))
     (root / "notes.txt").write_text("not an image")
     (root / ".hidden.png").write_bytes(b"")
-    with caplog.at_level("INFO", logger="medsg.deploy.predict"):
+    with caplog.at_level("INFO", logger="medsg.data.generic"):  # the folder scan predict shares with pretrain
         items = list_inputs([root])
     assert [i.id for i in items] == ["a (1).png", "sub/IM0001", "sub/b.gif"]
     assert "2 lesion-mask file(s)" in caplog.text and "1 file(s) that are not images" in caplog.text

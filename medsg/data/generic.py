@@ -262,7 +262,7 @@ def image_files_below(folder: Path) -> list[Path]:
     masks = [p for p in images if is_mask_file(p)]
     if masks:
         log.warning(
-            "%s: %d lesion-mask file(s) (named *_mask*) left out, e.g. %s; name one on its own to predict it",
+            "%s: %d lesion-mask file(s) (named *_mask*) left out, e.g. %s; name one on its own to read it",
             folder,
             len(masks),
             masks[0].name,
