@@ -378,3 +378,21 @@ def test_a_fold_whose_training_part_lacks_a_class_is_named():
     bad = [{"train": ["i0", "i1"], "val": ["i2", "i3"]}, {"train": ["i2", "i3"], "val": ["i0", "i1"]}]
     with pytest.raises(DataError, match=r"fold 0: its training part has no image of \['b'\]"):
         check_folds_train_every_class(manifest, bad)
+
+
+def test_a_reused_file_must_match_the_seed_and_dataset_and_warns_on_changed_content(
+    tmp_path: Path, caplog
+) -> None:
+    df = toy()
+    path = tmp_path / "s.json"
+    load_or_create_splits(df, path, 5, 0, "toy", "g", "h")
+    with pytest.raises(DataError, match=r"made for seed 0, but splits\.seed is 7"):
+        load_or_create_splits(df, path, 5, 7, "toy", "g", "h")
+    with pytest.raises(DataError, match=r"made for dataset 'toy', but data\.adapter is 'busi'"):
+        load_or_create_splits(df, path, 5, 0, "busi", "g", "h")
+    dropped = ["img005_0", "img005_1", "img005_2"]  # ids the audit excused: the content check still runs
+    with caplog.at_level("WARNING"):
+        load_or_create_splits(
+            df[~df["id"].isin(dropped)], path, 5, 0, "toy", "g", "changed", excluded_ids=dropped
+        )
+    assert "audit hash differs" in caplog.text

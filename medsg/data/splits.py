@@ -285,6 +285,12 @@ def load_or_create_splits(
     header, splits = read_splits(path)
     if header.get("k") != k or len(splits) != k:
         raise DataError(f"{path}: holds {len(splits)} folds (header k={header.get('k')}), expected {k}.")
+    for key, want, setting in (("dataset", dataset, "data.adapter"), ("seed", seed, "splits.seed")):
+        if header.get(key) not in (None, want):  # the report would name a protocol the folds do not follow
+            raise DataError(
+                f"{path}: made for {key} {header.get(key)!r}, but {setting} is {want!r}. Set {setting} to "
+                f"{header.get(key)!r} to reuse these folds, or point splits.file at a new path to make new ones."
+            )
     file_key, file_words = header_grouping(header)
     salt = (header_extra or {}).get("group_salt")
     if salt and header.get("group_salt") != salt:
@@ -327,7 +333,7 @@ def load_or_create_splits(
             len(unexcused),
         )
         splits = restrict_splits(splits, ids)
-    elif header.get("audit_hash") not in (None, "", audit_hash):
+    if header.get("audit_hash") not in (None, "", audit_hash):  # also when ids were excused or absent
         log.warning(
             "%s: audit hash differs from the data's (%s vs %s): same ids, changed content or labels?",
             path,
