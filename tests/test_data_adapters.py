@@ -346,3 +346,21 @@ def test_imagefolder_leaves_lesion_masks_out_of_the_classes(tmp_path: Path, capl
         "normal/normal (2).png",
     ]
     assert "3 file(s)" in caplog.text and "use adapter busi" in caplog.text
+
+
+def test_an_empty_metadata_lesion_id_does_not_override_the_ground_truths(tmp_path: Path, caplog) -> None:
+    """HAM10000 ground truth beside a metadata file whose lesion_id is blank for some images: the ground
+    truth's lesion ids stay the groups, and only images with neither are counted as ungrouped."""
+    root = make_isic_replica(tmp_path / "isic", with_metadata=True)
+    meta = pd.read_csv(root / "HAM10000_metadata.csv")
+    test = tmp_path / "test"
+    shutil.copytree(root / "ISIC2018_Task3_Training_Input", test / "ISIC2018_Task3_Test_Input")
+    meta.to_csv(test / "ISIC2018_Task3_Test_GroundTruth.csv", index=False)
+    blank = meta.assign(lesion_id="")
+    blank.loc[0, "lesion_id"] = "L-meta"
+    blank.to_csv(tmp_path / "meta.csv", index=False)
+    with caplog.at_level("WARNING", logger="medsg.data.isic2018"):
+        read = load_manifest("isic2018", test, subset="test", metadata=str(tmp_path / "meta.csv"))
+    truth = meta.set_index("image_id")["lesion_id"]
+    want = [("L-meta" if i == meta.loc[0, "image_id"] else truth[i]) for i in read["id"]]
+    assert read["group"].tolist() == want and "its own group" not in caplog.text

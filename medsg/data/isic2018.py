@@ -175,7 +175,7 @@ def load_isic2018(
         )
     own_groups = "group" in truth.columns and bool(truth["group"].astype(bool).any())
     metadata_rows = _image_metadata(root, metadata, quiet=own_groups)
-    groups = {image: row["lesion_id"] for image, row in metadata_rows.items()}
+    groups = {image: row["lesion_id"] for image, row in metadata_rows.items() if row.get("lesion_id")}
     if "group" in truth.columns:  # the ground truth's own lesion ids, where the metadata has none
         groups = {
             image: group for image, group in zip(truth["image"], truth["group"], strict=True) if group
@@ -219,7 +219,9 @@ def _image_metadata(
         return {}
     log.warning(
         "ISIC 2018: %s not found in %s; each image is its own group, so images of one lesion may land in "
-        "different folds (training) and are resampled apart (evaluate's CIs, then too narrow).",
+        "different folds of a new split file and on both sides of every fold's inner train/validation split "
+        "(selection and calibration then see the lesion twice; a committed split file still keeps the outer "
+        "folds grouped), and are resampled apart (evaluate's CIs, then too narrow).",
         METADATA_FILE,
         root,
     )
