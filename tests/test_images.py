@@ -28,16 +28,21 @@ def _kind(path: Path) -> str:
     return info.value.kind
 
 
-def _png_header_only(path: Path, width: int, height: int) -> Path:
-    """A PNG whose header claims ``width`` x ``height`` (grey, 8-bit) with almost no pixel data."""
+def _png(path: Path, width: int, height: int, bits: int, colour: int, data: bytes) -> Path:
+    """A PNG written chunk by chunk: any header (Pillow writes no 16-bit colour, nor a lying size)."""
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    ihdr = struct.pack(">IIBBBBB", width, height, bits, colour, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(data)) + chunk(b"IEND", b"")
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
     return path
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width`` x ``height`` (grey, 8-bit) with almost no pixel data."""
+    return _png(path, width, height, 8, 0, b"\0" * 64)
 
 
 def _load_prefix():
@@ -268,3 +273,20 @@ def test_folders_and_unreadable_files_are_named(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(Path, "open", denied)
     assert _kind(tmp_path / "locked.png") == "unreadable_file"
     assert inspect_file(tmp_path / "locked.png")["problem"] == "unreadable_file"
+
+
+def _png16_rgb(path: Path, pixels: np.ndarray) -> Path:
+    h, w, _ = pixels.shape
+    return _png(path, w, h, 16, 2, b"".join(b"\x00" + pixels[i].astype(">u2").tobytes() for i in range(h)))
+
+
+def test_16_bit_colour_is_named_as_read_from_its_high_byte(tmp_path: Path) -> None:
+    """A 12-bit colour export in a 16-bit PNG reads nearly black; the file is named rather than passed silently."""
+    pixels = np.random.default_rng(0).integers(0, 4096, size=(40, 40, 3))
+    decoded = decode_image(_png16_rgb(tmp_path / "x.png", pixels))
+    assert decoded.pixels.max() <= 15  # the high byte of 12-bit data
+    assert [n.kind for n in decoded.notes] == ["deep_colour"]
+    assert decoded.pixels.shape == (40, 40, 3)
+    eight = tmp_path / "z.png"
+    Image.fromarray((pixels >> 4).astype(np.uint8)).save(eight)
+    assert decode_image(eight).notes == []

@@ -11,6 +11,8 @@ panel shows exactly what the model saw. The rules (the README's "Your own data" 
   annotator saw and drew a mask on.
 * **8-bit modes** (1, L, P, PA, LA, RGB, RGBA, YCbCr, ...) -> Pillow's RGB conversion; alpha is dropped.
 * **CMYK** -> RGB through the file's own ICC profile when it has one (LittleCMS), else Pillow's conversion.
+* **16-bit colour** (PNG, TIFF) -> Pillow's RGB, which keeps each channel's high byte, with a ``deep_colour``
+  warning naming the file: unlike deep grey it cannot be windowed, as Pillow has no 16-bit colour mode.
 * **Deeper grey** (16-bit ``I;16``, 32-bit ``I``, float ``F``) -> the 0.5-99.5 percentile window of the image,
   mapped to 0-255. Not the dtype's range: clinical exports store 10-12-bit data in 16 bits, which the dtype's
   range would show nearly black. DICOM without a window uses the same rule (``percentile_window``).
@@ -133,6 +135,15 @@ def _decode_pil(path: Path) -> DecodedImage:
                         "multi_frame",
                         f"{frames} frames or pages; the first is used",
                         "export the frame you want as its own file to use another",
+                    )
+                )
+            if mode in ("RGB", "RGBA") and any(";16" in str(tile[3]) for tile in im.tile):
+                notes.append(  # Pillow has no 16-bit colour mode: it keeps each channel's high byte
+                    Note(
+                        "deep_colour",
+                        "16-bit colour, read as the high byte of each channel: data stored in fewer than 16 "
+                        "bits (10-12-bit exports) look dark",
+                        "export it as 8-bit colour, or as 16-bit grey, which medsg windows by percentile",
                     )
                 )
             im.load()
