@@ -118,7 +118,9 @@ def test_read_only_folder_is_one_clear_error(tmp_path, monkeypatch):
     finally:
         folder.chmod(0o700)
     message = one_line(find_user_error(info.value))
-    assert str(folder / "summary.json") in message and "was not written" in message and "output_dir" in message
+    assert (
+        str(folder / "summary.json") in message and "was not written" in message and "output_dir" in message
+    )
 
 
 def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path):
@@ -127,7 +129,9 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path):
 
     from medsg.core.io import HOST, remove_stale_temps
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     target = tmp_path / "checkpoint_last.pt"
     stale = tmp_path / f".checkpoint_last.pt.{HOST}.{int(dead.stdout)}.abc123.tmp"  # a kill -9 mid-write
     alive = tmp_path / f".checkpoint_last.pt.{HOST}.{os.getppid()}.def456.tmp"  # a live writer's

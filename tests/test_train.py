@@ -85,13 +85,9 @@ def results(fold_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     return metrics, preds, history
 
 
-def test_resume_after_interruption_matches_uninterrupted_run_and_is_repeatable(
-    tmp_path, monkeypatch, toy_config
-):
-    cfg_a = toy_config(tmp_path / "a")
-    train_one_fold(cfg_a, 0, Factory(), tmp_path / "a")
-    cfg_b = toy_config(tmp_path / "b")
-    # Interrupt run b at the first step of epoch 2 (as a kill -9 would: checkpoint_last holds epoch 1).
+def interrupt_in_epoch_two(monkeypatch, cfg, out: Path):
+    """Train the toy fold until the first step of epoch 2, then stop as a kill -9 would (checkpoint_last holds
+    epoch 1); returns the real loss function, still patched out."""
     real_loss = fold_mod.compute_loss
     calls = {"n": 0}
     steps_per_epoch = math.ceil(15 / 8)
@@ -104,7 +100,17 @@ def test_resume_after_interruption_matches_uninterrupted_run_and_is_repeatable(
 
     monkeypatch.setattr(fold_mod, "compute_loss", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        train_one_fold(cfg_b, 0, Factory(), tmp_path / "b")
+        train_one_fold(cfg, 0, Factory(), out)
+    return real_loss
+
+
+def test_resume_after_interruption_matches_uninterrupted_run_and_is_repeatable(
+    tmp_path, monkeypatch, toy_config
+):
+    cfg_a = toy_config(tmp_path / "a")
+    train_one_fold(cfg_a, 0, Factory(), tmp_path / "a")
+    cfg_b = toy_config(tmp_path / "b")
+    real_loss = interrupt_in_epoch_two(monkeypatch, cfg_b, tmp_path / "b")
     last = torch.load(tmp_path / "b" / "fold_0" / "checkpoint_last.pt", weights_only=True)
     assert last["epoch"] == 1 and not (tmp_path / "b" / "fold_0" / "DONE").exists()
     assert {"state_dict", "optimizer", "scheduler", "rng", "best", "history", "epoch"} <= set(last)
@@ -424,19 +430,7 @@ def test_rng_states_saved_on_more_gpus_restore_on_fewer(monkeypatch):
 def test_a_checkpoint_that_does_not_fit_the_optimizer_is_one_clear_error(tmp_path, monkeypatch, toy_config):
     from medsg.core.errors import CheckpointError
 
-    calls = {"n": 0}
-    real_loss = fold_mod.compute_loss
-    steps_per_epoch = math.ceil(15 / 8)
-
-    def interrupt(criterion, logits, targets):
-        calls["n"] += 1
-        if calls["n"] == steps_per_epoch + 1:
-            raise KeyboardInterrupt
-        return real_loss(criterion, logits, targets)
-
-    monkeypatch.setattr(fold_mod, "compute_loss", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train_one_fold(toy_config(tmp_path), 0, Factory(), tmp_path)
+    interrupt_in_epoch_two(monkeypatch, toy_config(tmp_path), tmp_path)
     last = tmp_path / "fold_0" / "checkpoint_last.pt"
     state = torch.load(last, weights_only=True)
     state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1] * 7  # a torch/timm upgrade
