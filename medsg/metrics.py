@@ -176,10 +176,7 @@ def bootstrap_ci(
     the same numbers for a given seed as before groups existed.
     """
     y, p = validate_inputs(y_true, probs, class_names)
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    _check_resampling(n_resamples, alpha)
     rng = np.random.default_rng(seed)
     if groups is None:
         weights = _resample_counts(y, n_resamples, rng, stratified)
@@ -347,10 +344,7 @@ def grouped_bootstrap_ci(
         raise ValueError(f"values must be one-dimensional (one score per image), got shape {v.shape}")
     if np.isinf(v).any():
         raise ValueError("values must be finite or NaN (NaN marks an image without a score), got inf")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    _check_resampling(n_resamples, alpha)
     codes = None if groups is None else _group_codes(groups, len(v))
     ok = ~np.isnan(v)
     v = v[ok]
@@ -540,6 +534,13 @@ def _percentile_interval(boot: np.ndarray, alpha: float) -> tuple[np.ndarray, fl
         return ok, math.nan, math.nan
     low, high = np.percentile(ok, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return ok, float(low), float(high)
+
+
+def _check_resampling(n_resamples: int, alpha: float) -> None:
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
 
 
 def _clean(value: Any) -> float | None:
