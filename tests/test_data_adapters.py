@@ -348,6 +348,15 @@ def test_imagefolder_leaves_lesion_masks_out_of_the_classes(tmp_path: Path, capl
     assert "3 file(s)" in caplog.text and "use adapter busi" in caplog.text
 
 
+def test_imagefolder_keeps_images_that_are_only_named_like_masks(tmp_path: Path) -> None:
+    """A face-mask dataset names its images with_mask_12.png: no scan 'with.png' beside it, so not a mask."""
+    for name in ("with_mask", "without_mask"):
+        (tmp_path / name).mkdir()
+        for i in (1, 12):
+            Image.new("RGB", (8, 8)).save(tmp_path / name / f"{name}_{i}.png")
+    assert len(load_manifest("imagefolder", tmp_path)) == 4
+
+
 def test_an_empty_metadata_lesion_id_does_not_override_the_ground_truths(tmp_path: Path, caplog) -> None:
     """HAM10000 ground truth beside a metadata file whose lesion_id is blank for some images: the ground
     truth's lesion ids stay the groups, and only images with neither are counted as ungrouped."""

@@ -32,7 +32,7 @@ from medsg.data.manifest import (
     MASK_SEP,
     class_folder_rows,
     is_image_file,
-    is_mask_file,
+    lesion_masks,
     make_manifest,
     natural_key,
     sorted_class_dirs,
@@ -249,8 +249,8 @@ def load_csv(root: str | Path) -> pd.DataFrame:
 
 def image_files_below(folder: Path) -> list[Path]:
     """The images under ``folder``, at any depth, by the imagefolder adapter's rules (its suffixes, and DICOM
-    by content whatever the name), naturally sorted. Lesion masks named like BUSI's (``*_mask.png``) are left
-    out, so a dataset folder with its masks beside the scans predicts only the scans; what is left out is
+    by content whatever the name), naturally sorted. Lesion masks laid out like BUSI's (``<scan>_mask.png``
+    beside ``<scan>.png``) are left out, so a dataset folder with its masks predicts only the scans; what is left out is
     counted in the log. Hidden files and folders are skipped, and symlinked folders are not followed. What
     ``medsg predict`` and ``medsg pretrain --folder`` read from a folder."""
     files = [
@@ -259,13 +259,14 @@ def image_files_below(folder: Path) -> list[Path]:
         if p.is_file() and not any(x.startswith(".") for x in p.relative_to(folder).parts)
     ]
     images = [p for p in files if is_image_file(p, IMAGE_SUFFIXES)]
-    masks = [p for p in images if is_mask_file(p)]
+    masks = lesion_masks(images)
     if masks:
         log.warning(
-            "%s: %d lesion-mask file(s) (named *_mask*) left out, e.g. %s; name one on its own to read it",
+            "%s: %d lesion-mask file(s) beside their scans (<scan>_mask*) left out, e.g. %s; name one on its own "
+            "to read it",
             folder,
             len(masks),
-            masks[0].name,
+            min(masks).name,
         )
     if len(files) > len(images):
         log.info("%s: %d file(s) that are not images left out", folder, len(files) - len(images))

@@ -217,9 +217,13 @@ def _is_dicom_content(path: Path) -> bool:
 MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<n>\d+))?$")  # BUSI's lesion masks: x_mask.png, x_mask_1.png
 
 
-def is_mask_file(path: Path) -> bool:
-    """Whether a file is named as a BUSI-style lesion mask (``<stem>_mask.png``, ``<stem>_mask_1.png``)."""
-    return MASK_RE.match(path.stem) is not None
+def lesion_masks(files: Iterable[Path]) -> set[Path]:
+    """The files laid out as BUSI's lesion masks: ``<stem>_mask.png`` or ``<stem>_mask_1.png`` beside a scan
+    ``<stem>.*`` in the same folder. Named alike without such a scan (``with_mask_12.png`` in a face-mask
+    dataset) is an ordinary image."""
+    files = list(files)
+    scans = {(p.parent, p.stem) for p in files}
+    return {p for p in files if (m := MASK_RE.match(p.stem)) and (p.parent, m["stem"]) in scans}
 
 
 def class_folder_rows(
@@ -233,21 +237,22 @@ def class_folder_rows(
     rows = []
     for label, name in enumerate(classes):
         files = list_image_files(base / name, suffixes, dataset)
+        masks = lesion_masks(files)
+        if masks:  # a lesion mask read as a scan of its class: trivially learnable, and its scan's twin
+            log.warning(
+                "%s: %d file(s) in %s are lesion masks beside their scans (<scan>_mask*, e.g. %s) and are left "
+                "out; for BUSI's layout use adapter busi, which reads them as masks",
+                dataset,
+                len(masks),
+                base / name,
+                min(masks).name,
+            )
+        files = [p for p in files if p not in masks]
         if not files:
             raise DataError(
                 f"{dataset}: class folder {base / name} holds no images with suffix {list(suffixes)}."
             )
-        masks = [p for p in files if is_mask_file(p)]
-        if masks:  # a lesion mask read as a scan of its class: trivially learnable, and its scan's twin
-            log.warning(
-                "%s: %d file(s) in %s are named like lesion masks (*_mask*, e.g. %s) and are left out; for "
-                "BUSI's layout use adapter busi, which reads them as masks",
-                dataset,
-                len(masks),
-                base / name,
-                masks[0].name,
-            )
-        for path in (p for p in files if not is_mask_file(p)):
+        for path in files:
             image_id = f"{name}/{path.name if id_with_suffix else path.stem}"
             rows.append({"id": image_id, "path": str(path), "label": label, "label_name": name})
     return rows
