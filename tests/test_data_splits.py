@@ -395,4 +395,4 @@ def test_a_reused_file_must_match_the_seed_and_dataset_and_warns_on_changed_cont
         load_or_create_splits(
             df[~df["id"].isin(dropped)], path, 5, 0, "toy", "g", "changed", excluded_ids=dropped
         )
-    assert "audit hash differs" in caplog.text
+    assert "audit hash it was made with differs" in caplog.text and "absent or excused ids" in caplog.text

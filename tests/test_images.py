@@ -287,6 +287,18 @@ def test_16_bit_colour_is_named_as_read_from_its_high_byte(tmp_path: Path) -> No
     assert decoded.pixels.max() <= 15  # the high byte of 12-bit data
     assert [n.kind for n in decoded.notes] == ["deep_colour"]
     assert decoded.pixels.shape == (40, 40, 3)
+    grey_alpha = _png(
+        tmp_path / "la.png",
+        40,
+        40,
+        16,
+        4,
+        b"".join(b"\x00" + pixels[i, :, :2].astype(">u2").tobytes() for i in range(40)),
+    )
+    (note,) = decode_image(grey_alpha).notes
+    assert (
+        note.kind == "deep_colour" and "grey with alpha" in note.detail and "drop the alpha" in note.action
+    )
     eight = tmp_path / "z.png"
     Image.fromarray((pixels >> 4).astype(np.uint8)).save(eight)
     assert decode_image(eight).notes == []

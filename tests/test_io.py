@@ -168,12 +168,18 @@ def test_a_folder_hidden_by_a_kill_mid_publish_comes_back(tmp_path, monkeypatch)
     assert (final / "package.json").read_text() == "v1"
 
 
-def test_publish_into_the_working_directory_by_a_relative_name(tmp_path, monkeypatch):
+def test_the_working_directory_is_never_published_over(tmp_path, monkeypatch):
+    """`medsg export RUN .` would rename the working directory away and delete it; refused, and relative
+    names of other folders work (Path('.') has no name to put a sibling beside)."""
+    from medsg.core.errors import MedsgError
     from medsg.core.io import publish_dir, staging_dir
 
-    out = tmp_path / "pkg"
-    out.mkdir()
-    monkeypatch.chdir(out)
-    staging = staging_dir(".")  # `medsg export RUN .`: Path('.') has no name to put a sibling beside
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with pytest.raises(MedsgError, match=r"is the working directory.*\./model"):
+        staging_dir(".")
+    assert os.getcwd() == str(here)
+    staging = staging_dir("model")
     (staging / "package.json").write_text("{}")
-    assert publish_dir(staging, ".") == out and (out / "package.json").is_file()
+    assert publish_dir(staging, "model") == here / "model" and (here / "model" / "package.json").is_file()

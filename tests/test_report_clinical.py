@@ -312,3 +312,16 @@ def test_subgroup_sensitivity_on_few_critical_cases_is_flagged_without_a_ci():
     )
     assert table.set_index("Subgroup").loc["female", "Flag"] == "< 30 MEL cases: sensitivity without CI"
     assert table.set_index("Subgroup").loc["male", "Flag"] == ""
+
+
+def test_the_operating_point_sentence_names_what_its_bootstrap_resamples():
+    from medsg.report.operating_points import section_text
+
+    def result(unit):
+        point = {"pooled": {"sensitivity": {"unit": unit}}}
+        return {"critical_class": "malignant", "points": [point], "folds_left_out": [], "available": True}
+
+    assert "resampling the split's groups: those holding a malignant image" in section_text(
+        result("group"), "x"
+    )
+    assert "resampling images: the malignant images for the sensitivity" in section_text(result("image"), "x")

@@ -437,3 +437,17 @@ def test_a_checkpoint_that_does_not_fit_the_optimizer_is_one_clear_error(tmp_pat
     torch.save(state, last)
     with pytest.raises(CheckpointError, match=r"checkpoint_last\.pt cannot resume this fold .*delete"):
         train_one_fold(toy_config(tmp_path), 0, Factory(), tmp_path)
+
+
+def test_a_best_checkpoint_ahead_of_its_record_is_named_on_resume(tmp_path, monkeypatch, toy_config, caplog):
+    """A fold folder killed by an older medsg between its best and last saves holds a best of an epoch
+    checkpoint_last.pt does not record: the resume says so instead of silently testing those weights."""
+    cfg = toy_config(tmp_path)
+    interrupt_in_epoch_two(monkeypatch, cfg, tmp_path)
+    monkeypatch.undo()
+    best = tmp_path / "fold_0" / "checkpoint_best.pt"
+    state = torch.load(best, weights_only=True)
+    torch.save(state | {"epoch": 2}, best)  # as the old order left it: best written for epoch 2, last not
+    with caplog.at_level("WARNING", logger="medsg.train.fold"):
+        train_one_fold(cfg, 0, Factory(), tmp_path)
+    assert "checkpoint_best.pt holds epoch 2 but checkpoint_last.pt records epoch 1" in caplog.text

@@ -73,7 +73,10 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     for temp in path.parent.glob(f".{glob.escape(path.name)}.{HOST}.*.tmp"):
         pid = temp.name[len(path.name) + len(HOST) + 3 :].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
-            temp.unlink(missing_ok=True)
+            try:
+                temp.unlink(missing_ok=True)
+            except OSError:  # another user's file in a sticky folder: not ours to remove, and no obstacle
+                continue
             removed.append(temp)
     return removed
 
@@ -138,6 +141,11 @@ def staging_dir(final_dir: str | os.PathLike) -> Path:
     """An empty folder beside ``final_dir`` to build a whole folder in; a partial one left by a killed run is
     cleared, and a ``final_dir`` that a kill left hidden mid-publish is put back. Publish with ``publish_dir``."""
     final_dir = Path(final_dir).absolute()
+    if final_dir.exists() and final_dir.resolve() == Path.cwd().resolve():
+        raise MedsgError(
+            f"{final_dir} is the working directory, and it would be replaced whole (renamed away, then deleted), "
+            "leaving your shell in a deleted folder; name a new folder inside it (e.g. ./model) instead"
+        )
     old = final_dir.with_name(f".{final_dir.name}.old")
     if old.is_dir() and not final_dir.exists():
         old.rename(final_dir)  # killed between publish_dir's two renames: the previous folder is still whole

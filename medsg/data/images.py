@@ -137,13 +137,17 @@ def _decode_pil(path: Path) -> DecodedImage:
                         "export the frame you want as its own file to use another",
                     )
                 )
-            if mode in ("RGB", "RGBA") and any(";16" in str(tile[3]) for tile in im.tile):
+            rawmodes = [str(tile[3]) for tile in im.tile]
+            if mode in ("RGB", "RGBA") and any(";16" in r for r in rawmodes):
+                grey = any(r.startswith("LA;16") for r in rawmodes)  # 16-bit grey + alpha opens as RGBA
                 notes.append(  # Pillow has no 16-bit colour mode: it keeps each channel's high byte
                     Note(
                         "deep_colour",
-                        "16-bit colour, read as the high byte of each channel: data stored in fewer than 16 "
-                        "bits (10-12-bit exports) look dark",
-                        "export it as 8-bit colour, or as 16-bit grey, which medsg windows by percentile",
+                        f"16-bit {'grey with alpha' if grey else 'colour'}, read as the high byte of each "
+                        "channel: data stored in fewer than 16 bits (10-12-bit exports) look dark",
+                        "drop the alpha channel (16-bit grey is windowed by percentile)"
+                        if grey
+                        else "export it as 8-bit colour, or as 16-bit grey, which medsg windows by percentile",
                     )
                 )
             im.load()

@@ -335,10 +335,13 @@ def load_or_create_splits(
         splits = restrict_splits(splits, ids)
     if header.get("audit_hash") not in (None, "", audit_hash):  # also when ids were excused or absent
         log.warning(
-            "%s: audit hash differs from the data's (%s vs %s): same ids, changed content or labels?",
+            "%s: the audit hash it was made with differs from this data's (%s vs %s): %s",
             path,
             header.get("audit_hash"),
             audit_hash,
+            "changed content or labels under the same ids?"
+            if not missing
+            else "other images than it was made for (absent or excused ids), or changed content or labels",
         )
     check_no_leakage(manifest, splits, group_col)
     return splits

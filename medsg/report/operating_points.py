@@ -232,9 +232,7 @@ def section_text(result: dict[str, Any], source: str) -> str:
         f"p({critical}) >= the threshold. Each fold's threshold is fixed on its inner validation predictions "
         "(fold_K/val_predictions.csv, written with the selected checkpoint) and applied unchanged to its test "
         "fold, which never tunes it. The pooled row calls each test image with its own fold's threshold; its "
-        f"95% CIs are percentile bootstraps that resample the split's groups: among the groups holding a {critical} "
-        "image for the sensitivity, among those holding another image for the specificity (two separate "
-        "bootstraps, each with the report's seed)."
+        "95% CIs are percentile bootstraps, " + _ci_words(result, critical)
     )
     for item in result["folds_left_out"]:
         text += f" Fold {item['fold']} is left out: {item['reason']}."
@@ -244,6 +242,20 @@ def section_text(result: dict[str, Any], source: str) -> str:
             "(splits.inner_val_fraction > 0), whose folds write val_predictions.csv."
         )
     return text
+
+
+def _ci_words(result: dict[str, Any], critical: str) -> str:
+    """What the pooled CIs resample: the split's groups, or images where the run has no groups."""
+    points = result.get("points") or [{}]
+    unit = points[0].get("pooled", {}).get("sensitivity", {}).get("unit", "group")
+    if unit == "group":
+        what = (
+            f"resampling the split's groups: those holding a {critical} image for the sensitivity, those holding "
+            "another image for the specificity"
+        )
+    else:
+        what = f"resampling images: the {critical} images for the sensitivity, the others for the specificity"
+    return what + " (two separate bootstraps, each with the report's seed)."
 
 
 def _ci(values: np.ndarray, groups: np.ndarray | None, n_bootstrap: int, seed: int) -> dict[str, Any]:

@@ -410,9 +410,12 @@ class FoldTrainer:
             self.scheduler.load_state_dict(state["scheduler"])
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
+        except torch.OutOfMemoryError:
+            raise
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # another timm/torch, another recipe
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise CheckpointError(
-                f"{self.last_path} cannot resume this fold ({str(exc).splitlines()[0]}); it was saved by "
+                f"{self.last_path} cannot resume this fold ({reason}); it was saved by "
                 f"another version or recipe. Go back to that one, or delete {self.fold_dir} to train the fold again"
             ) from exc
         self.epoch, self.num_updates = int(state["epoch"]), int(state["num_updates"])
@@ -492,6 +495,20 @@ class FoldTrainer:
         """After a kill: publish the pending best files when ``checkpoint_last.pt`` recorded their epoch (the
         kill came after it), else drop them (the epoch runs again and decides again)."""
         best = self._pending(self.best_path)
+        if not best.exists() and self.best_path.exists() and self.last_path.exists():
+            recorded = load_training_checkpoint(self.last_path)["best"].get("epoch")
+            published = load_training_checkpoint(self.best_path)["epoch"]
+            if recorded != published:  # a fold killed between the two saves by a medsg without .next files
+                log.warning(
+                    "fold %s: %s holds epoch %s but %s records epoch %s as the best (a kill between the two "
+                    "saves, by an older medsg). Resuming: if the replayed epoch does not improve again, the fold "
+                    "keeps those weights under the recorded epoch; delete the fold folder to train it cleanly",
+                    self.fold,
+                    self.best_path.name,
+                    published,
+                    self.last_path.name,
+                    recorded,
+                )
         if best.exists():
             last = load_training_checkpoint(self.last_path)["epoch"] if self.last_path.exists() else 0
             if int(load_training_checkpoint(best)["epoch"]) != int(last):
@@ -690,6 +707,7 @@ class FoldTrainer:
         self.fold_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
             self._settle_pending()
+        ddp.barrier()  # every rank then sees the best files checkpoint_last records
         self.resume()
         self.fit()
         if not self.best_path.exists():
