@@ -296,9 +296,7 @@ def test_16_bit_colour_is_named_as_read_from_its_high_byte(tmp_path: Path) -> No
         b"".join(b"\x00" + pixels[i, :, :2].astype(">u2").tobytes() for i in range(40)),
     )
     (note,) = decode_image(grey_alpha).notes
-    assert (
-        note.kind == "deep_colour" and "grey with alpha" in note.detail and "drop the alpha" in note.action
-    )
+    assert note.kind == "deep_colour" and "grey with alpha" in note.detail and "drop the alpha" in note.action
     eight = tmp_path / "z.png"
     Image.fromarray((pixels >> 4).astype(np.uint8)).save(eight)
     assert decode_image(eight).notes == []

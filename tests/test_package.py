@@ -638,12 +638,19 @@ def test_a_checkpoint_file_inside_a_run_folder_is_checked_as_the_run_folder(run,
     checked and is refused, pointing at the package (its fingerprints need no images)."""
     from medsg.core.errors import ConfigError
 
-    cfg, run_dir, _, _ = run
-    leak = {"experiment.name": "leak", "model.pretrained": str(run_dir / "fold_0" / "checkpoint_best.pt")}
-    leaking = make_config(cfg.data.root, tmp_path, PKG | leak, model="sgformer_tiny")
-    with pytest.raises(ConfigError, match=r"was trained on \d+ image\(s\) of this experiment"):
-        run_experiment(leaking, folds=[0], quiet=True)
-    assert not (leaking.run_dir / "fold_0").exists()
+    cfg, run_dir, package, _ = run
+    for name, weights in (
+        ("leak", run_dir / "fold_0" / "checkpoint_best.pt"),
+        (
+            "leak_pkg",
+            sorted((package / "weights").glob("*.safetensors"))[0],
+        ),  # a package's file: its fingerprints
+    ):
+        leak = {"experiment.name": name, "model.pretrained": str(weights)}
+        leaking = make_config(cfg.data.root, tmp_path, PKG | leak, model="sgformer_tiny")
+        with pytest.raises(ConfigError, match=r"was trained on \d+ image\(s\) of this experiment"):
+            run_experiment(leaking, folds=[0], quiet=True)
+        assert not (leaking.run_dir / "fold_0").exists()
     moved = shutil.copytree(run_dir, tmp_path / "moved_run")
     table = pd.read_csv(moved / "manifest.csv", dtype=str, keep_default_na=False)
     table["path"] = [str(tmp_path / "gone" / Path(p).name) for p in table["path"]]
@@ -652,6 +659,8 @@ def test_a_checkpoint_file_inside_a_run_folder_is_checked_as_the_run_folder(run,
 
     with pytest.raises(ConfigError, match=r"none of the \d+ images .* is readable here.*medsg export"):
         check_transfer_source(moved, list(manifest(run_dir)["path"]))
+    with pytest.raises(ConfigError, match=r"name its weights file in the package"):
+        check_transfer_source(moved, list(manifest(run_dir)["path"]), weights_file=True)
 
 
 @pytest.mark.e2e

@@ -40,17 +40,24 @@ def transfer_source(folder: str | Path, arch: str) -> Member:
     return finals[0]
 
 
-def run_folder_of(weights: str | Path) -> Path | None:
-    """The medsg run folder holding a checkpoint file (``RUN/fold_K/checkpoint_best.pt``), else None: such a
-    file is a supervised model of that run's images, and is checked like the run folder itself."""
-    fold = Path(weights).parent
-    run = fold.parent
-    if fold.name.startswith("fold_") and (run / "manifest.csv").is_file() and (run / "config.yaml").is_file():
-        return run
+def model_folder_of(weights: str | Path) -> Path | None:
+    """The medsg run folder or package holding a weights file (``RUN/fold_K/checkpoint_best.pt``,
+    ``PACKAGE/weights/0.safetensors``), else None: such a file is a supervised model of that folder's images,
+    and is checked as the folder is."""
+    inner = Path(weights).parent
+    outer = inner.parent
+    if (
+        inner.name.startswith("fold_")
+        and (outer / "manifest.csv").is_file()
+        and (outer / "config.yaml").is_file()
+    ):
+        return outer
+    if inner.name == "weights" and (outer / PACKAGE_FILE).is_file():
+        return outer
     return None
 
 
-def check_transfer_source(source: str | Path, paths: Sequence[str]) -> None:
+def check_transfer_source(source: str | Path, paths: Sequence[str], weights_file: bool = False) -> None:
     """Refuse a run folder or package that was trained on images of this experiment.
 
     Every image of a cross-validation is in some outer test fold, so a backbone that learnt any of their labels
@@ -64,11 +71,12 @@ def check_transfer_source(source: str | Path, paths: Sequence[str]) -> None:
         trained_on = list(read_manifest(Path(source) / "manifest.csv")["path"])
         readable = [Path(p) for p in trained_on if Path(p).is_file()]
         if not readable:
+            package = "its weights file in the package" if weights_file else "that"
             raise ConfigError(
                 f"model.pretrained: none of the {len(trained_on)} images {source} was trained on is readable "
-                "here, so whether it saw this experiment's images cannot be checked. Export it as a package "
-                f"(`medsg export {source} OUT`; its fingerprints need no images) and name that, or make its "
-                "images readable at the paths in its manifest.csv"
+                "here, so whether it saw this experiment's images cannot be checked. Make them readable at the "
+                f"paths in its manifest.csv, or export it as a package (`medsg export {source} OUT`; its "
+                f"fingerprints need no images) and name {package}"
             )
         if len(readable) < len(trained_on):
             log.warning(

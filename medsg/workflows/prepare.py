@@ -39,7 +39,7 @@ from medsg.train import ddp
 from medsg.train.decoded import RunDecodes, shared_head
 from medsg.train.fold import trainer_class
 from medsg.train.loader import FoldData
-from medsg.train.model import check_transfer_source, run_folder_of
+from medsg.train.model import check_transfer_source, model_folder_of
 from medsg.train.utils import derive_seed
 from medsg.workflows.pretrain import pretraining_source
 
@@ -157,11 +157,13 @@ def prepare_data(
     )
     dropped = sorted(set(raw["id"]) - set(manifest["id"]))
     check_trainable_classes(manifest, cfg.splits.grouping)  # before a split file is written for such data
-    if cfg.model.pretrained:  # supervised transfer from a medsg model: its folder, or a checkpoint inside one
-        source = Path(cfg.model.pretrained)
-        source = source if source.is_dir() else run_folder_of(source)
+    if (
+        cfg.model.pretrained
+    ):  # supervised transfer from a medsg model: its folder, or a weights file inside one
+        named = Path(cfg.model.pretrained)
+        source = named if named.is_dir() else model_folder_of(named)
         if source is not None:
-            check_transfer_source(source, list(raw["path"]))
+            check_transfer_source(source, list(raw["path"]), weights_file=source != named)
     # A resumed run keeps the folds it started with, whatever the working directory is now.
     used = run_dir / "splits.json" if run_dir is not None and (run_dir / "splits.json").is_file() else None
     split_args = dict(
