@@ -332,3 +332,18 @@ def test_bad_arguments_raise_clear_errors(model, images):
         compute_cams(model, images[:1], [0, 1])
     with pytest.raises(ValueError, match="did not run"):
         compute_cams(model, images[:1], [0], layers=[nn.LayerNorm(4)])
+
+
+def test_channels_last_feature_maps_are_permuted_for_grad_cam():
+    """Swin's stages output (B, H, W, C): read as (B, C, H, W), Grad-CAM would weigh 7 'channels' of width 768."""
+    import timm
+
+    from medsg.explain.cam import _channels_last
+
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=3)
+    cnn = timm.create_model("mobilenetv3_small_100", pretrained=False, num_classes=3)
+    assert _channels_last(swin) and not _channels_last(cnn)
+    nhwc = torch.arange(2 * 7 * 7 * 16, dtype=torch.float32).reshape(2, 7, 7, 16)
+    out = token_reshape((224, 224), channels_last=True)(nhwc)
+    assert out.shape == (2, 16, 7, 7) and torch.equal(out[:, 5], nhwc[..., 5])
+    assert token_reshape((224, 224))(out) is out  # channels-first maps pass through

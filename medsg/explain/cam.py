@@ -109,6 +109,13 @@ def cam_target_layers(model: nn.Module, stages: Sequence[int] | None = None) -> 
     return layers
 
 
+def _channels_last(model: nn.Module) -> bool:
+    """Whether the model's feature maps are (B, H, W, C): timm's ``output_fmt`` NHWC (Swin and kin)."""
+    found = _feature_info_owner(model)
+    owner = found[0] if found is not None else model
+    return str(getattr(owner, "output_fmt", "NCHW")) == "NHWC"
+
+
 # ------------------------------------------------------------------------------------------ reshape
 def _token_grid(n: int, input_hw: tuple[int, int]) -> tuple[int, int] | None:
     """The (h, w) with h * w == n whose aspect ratio is closest to the input's, within one token per side
@@ -126,13 +133,16 @@ def _token_grid(n: int, input_hw: tuple[int, int]) -> tuple[int, int] | None:
     return best
 
 
-def token_reshape(input_hw: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+def token_reshape(
+    input_hw: tuple[int, int], channels_last: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """A pytorch-grad-cam ``reshape_transform``: (B, N, C) tokens -> (B, C, h, w) maps.
 
     The grid is inferred per tensor from N and the input aspect ratio (h * w == N, h / w ~ H / W), so one
     transform serves target layers of different strides and non-square inputs; nothing is hard-coded to
-    7 x 7. 4-D (B, C, H, W) tensors (CNN layers) pass through unchanged. Tokens that fit no grid (e.g. a
-    ViT's class token) raise ValueError.
+    7 x 7. 4-D (B, C, H, W) tensors (CNN layers) pass through unchanged, and 4-D (B, H, W, C) ones of a
+    ``channels_last`` model (timm's ``output_fmt`` NHWC: Swin) are permuted to it. Tokens that fit no grid
+    (e.g. a ViT's class token) raise ValueError.
     """
     H, W = int(input_hw[0]), int(input_hw[1])
     if H <= 0 or W <= 0:
@@ -140,7 +150,7 @@ def token_reshape(input_hw: tuple[int, int]) -> Callable[[torch.Tensor], torch.T
 
     def reshape(x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 4:
-            return x
+            return x.permute(0, 3, 1, 2) if channels_last else x
         if x.ndim != 3:
             raise ValueError(
                 f"expected (B, N, C) tokens or (B, C, H, W) maps from a Grad-CAM target layer, got shape "
@@ -310,7 +320,7 @@ def compute_cams(
         raise ValueError(f"layers must be a non-empty list of nn.Module; {_LAYER_HINT}.")
     layer_names = _layer_names(model, layers)
     hw = (int(images.shape[2]), int(images.shape[3]))
-    reshape = token_reshape(hw)
+    reshape = token_reshape(hw, channels_last=_channels_last(model))
     param = next(model.parameters(), None)
     device = param.device if param is not None else images.device
 
