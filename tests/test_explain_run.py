@@ -207,3 +207,18 @@ def test_mask_union_of_the_synthetic_lesions(tmp_path):
     root = make_synthetic_busi(tmp_path, n_per_class=1, size=32, seed=0)
     mask = mask_union([str(root / "benign" / "benign (1)_mask.png")], (32, 32))
     assert mask.any() and not mask.all()
+
+
+@pytest.mark.e2e
+def test_review_cards_without_localization_score_nothing(tmp_path, make_config):
+    """explain.localization: false keeps the review cards only: their few stratified picks are no
+    localisation result, so no fold scores them and the run has no localisation summary."""
+    root = make_synthetic_busi(tmp_path / "data", n_per_class=3, size=48, seed=4)
+    keys = XAI | {"experiment.name": "review_only", "explain.localization": False, "train.epochs": 1}
+    run_dir = run_experiment(make_config(root, tmp_path, keys, model="sgformer_tiny"), quiet=True, report=False)
+    for fold in (0, 1):
+        folder = run_dir / f"fold_{fold}" / "explain"
+        assert len(json.loads((folder / "cases.json").read_text())) == 2  # the cards are there
+        table = folder / "localization.csv"
+        assert not table.exists() or pd.read_csv(table).empty
+    assert not (run_dir / "explain" / "localization_summary.csv").exists()

@@ -375,10 +375,12 @@ def explain_cases(
     review_ids: frozenset[str] = frozenset(),
     settings: ExplainSettings | None = None,
     gradient_free_ids: frozenset[str] = frozenset(),
+    score: bool = True,
 ) -> dict[str, Any]:
     """Explain ``cases`` (``dataset[i]`` is case i through the eval transform) and write ``out_dir``:
 
-    ``localization.csv`` (one row per scored case and map type: cases with a non-empty lesion mask),
+    ``localization.csv`` (one row per scored case and map type: cases with a non-empty lesion mask; none
+    without ``score``, so a review-only run reports no localisation from its few picks),
     ``cases.json`` (the review cases: metadata, panel and raw-map paths), ``panels/`` and ``maps/``.
     Returns a summary: counts and seconds.
     """
@@ -391,7 +393,7 @@ def explain_cases(
     rows: list[dict[str, Any]] = []
     reviewed: list[dict[str, Any]] = []
     counts = {"n_cases": len(cases), "n_scored": 0, "n_without_lesion": 0}
-    wanted = [i for i, c in enumerate(cases) if c.mask_paths or c.case_id in review_ids]
+    wanted = [i for i, c in enumerate(cases) if (score and c.mask_paths) or c.case_id in review_ids]
     fold = next((c.fold for c in cases if c.fold is not None), None)
     bar = tqdm(
         total=len(wanted),
@@ -406,11 +408,11 @@ def explain_cases(
         all_maps = case_maps(model, batch, batch_cases, settings, gradient_free_ids)
         for case, maps, image in zip(batch_cases, all_maps, batch, strict=True):
             original, mask = _read_original(case)
-            if mask is not None and mask.any():
+            if score and mask is not None and mask.any():
                 for row in _score_case(case, maps, image, mask, predict, settings):
                     rows.append(_row(case, row, mask))
                 counts["n_scored"] += 1
-            elif mask is not None:
+            elif score and mask is not None:
                 counts["n_without_lesion"] += 1
             if case.case_id in review_ids:
                 hw = (int(batch.shape[-2]), int(batch.shape[-1]))
@@ -497,7 +499,7 @@ def explain_test_fold(
         keep = sorted(picked)
         cases = [cases[i] for i in keep]
         dataset = _Subset(dataset, keep)
-    return explain_cases(model, dataset, cases, out_dir, class_names, review_ids, settings)
+    return explain_cases(model, dataset, cases, out_dir, class_names, review_ids, settings, score=localization)
 
 
 class _Subset:
