@@ -88,11 +88,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+SEED = Field(0, ge=0, lt=2**32)  # what numpy, torch and the bootstrap all accept
+
+
 class ExperimentConfig(_Strict):
     name: str
-    seed: int = 0
+    seed: int = SEED
     output_dir: str = "runs"
     report_dir: str | None = None  # default: reports/<name> relative to the working directory
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, value: str) -> str:
+        """The name is a folder under output_dir and reports/: '' or '..' would write into (or above) them."""
+        if value.strip() in ("", ".", "..") or any(c in value for c in "/\\\x00"):
+            raise ValueError(
+                f"{value!r} is not a folder name; use letters, digits, '_', '-' or '.' (no path separator)"
+            )
+        return value
 
 
 class AuditConfig(_Strict):
@@ -154,6 +167,15 @@ class DataConfig(_Strict):
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
     synthetic: bool = False  # generated data (medsg demo): the report says so at its top
 
+    @field_validator("options")
+    @classmethod
+    def _options_are_not_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """data.root and data.adapter are settings of their own, passed to the adapter already."""
+        taken = sorted({"root", "adapter"} & set(value))
+        if taken:
+            raise ValueError(f"{taken} cannot be adapter options; set data.{taken[0]} instead")
+        return value
+
     @field_validator("adapter")
     @classmethod
     def _known_adapter(cls, value: str) -> str:
@@ -168,7 +190,7 @@ class DataConfig(_Strict):
 
 class SplitsConfig(_Strict):
     k: int = Field(5, ge=2)
-    seed: int = 0
+    seed: int = SEED
     # a manifest column ("group", a CSV column such as "patient_id"), or a DICOM header element read from
     # every file, e.g. "dicom:PatientID" or "dicom:StudyInstanceUID" (stored only as a salted hash)
     grouping: str = "group"
@@ -495,6 +517,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"config file {path} cannot be read ({exc}); save it as UTF-8 text you can read"
+        ) from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must be a mapping of sections (experiment, data, model, ...)")
     return raw

@@ -79,9 +79,24 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path, weights: dict) -> None
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": weights, "payload": _RunsCode(marker)}, path)
-    with pytest.raises(CheckpointError, match="evil.pth.*not a plain weights file"):
+    with pytest.raises(CheckpointError, match="evil.pth.*not a plain weights file") as info:
         load_checkpoint(_tiny(), path)
     assert not marker.exists()
+    assert "GLOBAL" in str(info.value) and "weights_only set to False" not in str(
+        info.value
+    )  # never that advice
+
+
+def test_wrapper_prefixes_are_stripped_in_any_nesting() -> None:
+    from medsg.models.checkpoint import _strip_prefixes
+
+    keys = ["_orig_mod.module.head.weight", "module._orig_mod.head.bias", "module.norm.weight", "stem.weight"]
+    assert list(_strip_prefixes(dict.fromkeys(keys))) == [
+        "head.weight",
+        "head.bias",
+        "norm.weight",
+        "stem.weight",
+    ]
 
 
 def test_garbage_and_missing_files(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from medsg.config import (
@@ -423,3 +424,38 @@ def test_mobilenetv3_baseline_differs_from_busi_cpu_only_in_its_model():
     a, b = flat(base), flat(cnn)
     assert {k for k in a if a[k] != b[k]} == {"experiment.name", "experiment.report_dir", "model.name"}
     assert b["model.name"] == "mobilenetv3_small_050" and b["model.pretrained"] is None
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "words"),
+    [
+        ("experiment", "seed", -1, "greater than or equal to 0"),
+        ("experiment", "name", "..", "not a folder name"),
+        ("experiment", "name", "", "not a folder name"),
+        ("experiment", "name", "a/b", "not a folder name"),
+        ("data", "options", {"root": "x"}, "set data.root instead"),
+    ],
+)
+def test_values_that_would_break_a_run_late_are_refused_up_front(tmp_path, section, key, value, words):
+    """A negative seed crashed the report's bootstrap after training; '' or '..' as the name wrote the run into
+    (or above) the shared runs/ folder; data.options.root collided with data.root inside the adapter call."""
+    raw = minimal(tmp_path)
+    raw[section][key] = value
+    with pytest.raises(ConfigError, match=words):
+        load_config(write(tmp_path / "c.yaml", raw), check_paths=False)
+
+
+def test_a_config_that_is_not_utf8_is_one_clear_error(tmp_path):
+    path = tmp_path / "latin.yaml"
+    path.write_bytes("experiment:\n  name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.yaml cannot be read .*UTF-8"):
+        read_yaml(path)
+
+
+def test_a_device_that_is_not_one_is_one_clear_error():
+    from medsg.core.device import torch_device
+
+    with pytest.raises(ConfigError, match="'gpu' is not a device"):
+        torch_device("gpu")
+    with pytest.raises(ConfigError, match="no such CUDA GPU"):
+        torch_device(f"cuda:{torch.cuda.device_count()}")

@@ -215,7 +215,9 @@ def test_review_cards_without_localization_score_nothing(tmp_path, make_config):
     localisation result, so no fold scores them and the run has no localisation summary."""
     root = make_synthetic_busi(tmp_path / "data", n_per_class=3, size=48, seed=4)
     keys = XAI | {"experiment.name": "review_only", "explain.localization": False, "train.epochs": 1}
-    run_dir = run_experiment(make_config(root, tmp_path, keys, model="sgformer_tiny"), quiet=True, report=False)
+    run_dir = run_experiment(
+        make_config(root, tmp_path, keys, model="sgformer_tiny"), quiet=True, report=False
+    )
     for fold in (0, 1):
         folder = run_dir / f"fold_{fold}" / "explain"
         assert len(json.loads((folder / "cases.json").read_text())) == 2  # the cards are there

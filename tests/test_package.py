@@ -674,4 +674,3 @@ def test_export_refuses_a_summary_of_other_predictions(run, tmp_path):
     with pytest.raises(DataError, match=r"summary\.json pools \d+ images but .*oof_predictions\.csv holds"):
         export_package(copy, tmp_path / "package", "folds")
     assert not (tmp_path / "package").exists()
-

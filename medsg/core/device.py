@@ -21,4 +21,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 def torch_device(name: str) -> torch.device:
     """A command's ``--device``: ``auto``, ``cpu`` or ``cuda`` as ``resolve_device`` (CUDA without a GPU is a
     user error), or an indexed ``cuda:N``, which ``resolve_device`` (a config's train.device) does not take."""
-    return resolve_device(name) if name in ("auto", "cpu", "cuda") else torch.device(name)
+    if name in ("auto", "cpu", "cuda"):
+        return resolve_device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    ):
+        raise ConfigError(f"--device {name}: no such CUDA GPU is visible; use auto or cpu")
+    return device

@@ -499,7 +499,9 @@ def explain_test_fold(
         keep = sorted(picked)
         cases = [cases[i] for i in keep]
         dataset = _Subset(dataset, keep)
-    return explain_cases(model, dataset, cases, out_dir, class_names, review_ids, settings, score=localization)
+    return explain_cases(
+        model, dataset, cases, out_dir, class_names, review_ids, settings, score=localization
+    )
 
 
 class _Subset:

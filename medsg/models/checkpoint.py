@@ -67,7 +67,13 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every failure here means "not a safe weights file"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        # torch's first line advises weights_only=False, the opposite of what to do; the GLOBAL line says why
+        first = next(
+            (line for line in lines if "GLOBAL" in line), type(err).__name__ if not lines else lines[0]
+        )
+        if "weights_only" in first and "False" in first:
+            first = type(err).__name__
         raise CheckpointError(
             f"Refusing to load {path}: it is not a plain weights file that loads safely with "
             f"torch.load(weights_only=True) ({first}). It may be corrupt, or contain pickled objects that "
@@ -146,11 +152,15 @@ def _renamed_for(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[
 
 
 def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Wrapper prefixes removed in any order and nesting (``_orig_mod.module.`` of torch.compile over DDP)."""
     out = {}
     for key, value in state_dict.items():
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix) :], True
         out[key] = value
     return out
 
