@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
@@ -99,11 +99,14 @@ class ExperimentConfig(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _one_folder_name(cls, value: str) -> str:
-        """The name is a folder under output_dir and reports/: '' or '..' would write into (or above) them."""
-        if value.strip() in ("", ".", "..") or any(c in value for c in "/\\\x00"):
+    def _stays_inside_its_folders(cls, value: str) -> str:
+        """The name is a folder under output_dir and reports/: '' or '.' would write into them, an absolute
+        path or '..' outside them."""
+        name = PurePosixPath(value.replace("\\", "/"))
+        if value.strip() in ("", ".") or name.is_absolute() or ".." in name.parts or "\x00" in value:
             raise ValueError(
-                f"{value!r} is not a folder name; use letters, digits, '_', '-' or '.' (no path separator)"
+                f"{value!r} would put the run outside its own folder under output_dir; use a plain name "
+                "(letters, digits, '_', '-', '.')"
             )
         return value
 

@@ -324,11 +324,17 @@ def test_device_is_one_flag_with_each_commands_default():
 
 
 def test_torch_device_of_a_device_flag():
-    assert torch_device("cpu") == torch.device("cpu") and torch_device("cuda:1") == torch.device("cuda", 1)
+    assert torch_device("cpu") == torch.device("cpu")
     assert torch_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():
+        assert torch_device("cuda:0") == torch.device("cuda", 0)
+    else:
         with pytest.raises(ConfigError, match="no CUDA GPU"):
             torch_device("cuda")
+        with pytest.raises(
+            ConfigError, match="no such CUDA GPU"
+        ):  # it failed later, in torch, as a traceback
+            torch_device("cuda:1")
 
 
 def test_option_values_are_parsed_like_set_values():

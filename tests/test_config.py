@@ -430,9 +430,10 @@ def test_mobilenetv3_baseline_differs_from_busi_cpu_only_in_its_model():
     ("section", "key", "value", "words"),
     [
         ("experiment", "seed", -1, "greater than or equal to 0"),
-        ("experiment", "name", "..", "not a folder name"),
-        ("experiment", "name", "", "not a folder name"),
-        ("experiment", "name", "a/b", "not a folder name"),
+        ("experiment", "name", "..", "outside its own folder"),
+        ("experiment", "name", "", "outside its own folder"),
+        ("experiment", "name", "../b", "outside its own folder"),
+        ("experiment", "name", "/tmp/b", "outside its own folder"),
         ("data", "options", {"root": "x"}, "set data.root instead"),
     ],
 )
