@@ -36,9 +36,14 @@ class NotWritableError(MedsgError, OSError):
     """The folder is read-only or not ours to write; the previous version of the file is kept."""
 
 
+def _kept(path: Path) -> str:
+    """What a failed write left: the previous file, or none."""
+    return f"the previous {path.name} is kept" if path.exists() else f"{path.name} was not written"
+
+
 def _disk_full(path: Path, exc: OSError) -> DiskFullError:
     what = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is exceeded"
-    kept = f"the previous {path.name} is kept" if path.exists() else f"{path.name} was not written"
+    kept = _kept(path)
     return DiskFullError(
         exc.errno,
         f"cannot write {path}: {what} ({os.strerror(exc.errno or errno.ENOSPC)}); {kept}. Free space in "
@@ -51,10 +56,9 @@ def _write_error(path: Path, exc: OSError) -> OSError:
     if exc.errno in NO_SPACE:
         return _disk_full(path, exc)
     if exc.errno in NO_PERMISSION:
-        kept = f"the previous {path.name} is kept" if path.exists() else f"{path.name} was not written"
         return NotWritableError(
             exc.errno,
-            f"cannot write {path}: {os.strerror(exc.errno or errno.EACCES)}; {kept}. Choose a folder you can "
+            f"cannot write {path}: {os.strerror(exc.errno or errno.EACCES)}; {_kept(path)}. Choose a folder you can "
             "write to (experiment.output_dir, or the command's --out), or fix the folder's permissions.",
         )
     return exc

@@ -420,11 +420,31 @@ class FoldTrainer:
             ) from exc
         self.epoch, self.num_updates = int(state["epoch"]), int(state["num_updates"])
         self.best, self.history = dict(state["best"]), [dict(h) for h in state["history"]]
+        if self.dist.is_main:
+            self._warn_best_ahead_of_record()
         self.stopped_early = bool(state.get("stopped_early", False))
         self.load_extra_state(state)
         restore_rng(state["rng"])
         log.info("fold %s: resuming after epoch %d from %s", self.fold, self.epoch, self.last_path)
         return True
+
+    def _warn_best_ahead_of_record(self) -> None:
+        """Name a published best that ``checkpoint_last.pt`` does not record: a fold killed between the two
+        saves by a medsg from before the ``.next`` files (``_settle_pending`` has published or dropped those)."""
+        if not self.best_path.exists():
+            return
+        published = load_training_checkpoint(self.best_path)["epoch"]
+        if published != self.best.get("epoch"):
+            log.warning(
+                "fold %s: %s holds epoch %s but %s records epoch %s as the best (a kill between the two "
+                "saves, by an older medsg). Resuming: if the replayed epoch does not improve again, the fold "
+                "keeps those weights under the recorded epoch; delete the fold folder to train it cleanly",
+                self.fold,
+                self.best_path.name,
+                published,
+                self.last_path.name,
+                self.best.get("epoch"),
+            )
 
     # ------------------------------------------------------------ one epoch
 
@@ -495,20 +515,6 @@ class FoldTrainer:
         """After a kill: publish the pending best files when ``checkpoint_last.pt`` recorded their epoch (the
         kill came after it), else drop them (the epoch runs again and decides again)."""
         best = self._pending(self.best_path)
-        if not best.exists() and self.best_path.exists() and self.last_path.exists():
-            recorded = load_training_checkpoint(self.last_path)["best"].get("epoch")
-            published = load_training_checkpoint(self.best_path)["epoch"]
-            if recorded != published:  # a fold killed between the two saves by a medsg without .next files
-                log.warning(
-                    "fold %s: %s holds epoch %s but %s records epoch %s as the best (a kill between the two "
-                    "saves, by an older medsg). Resuming: if the replayed epoch does not improve again, the fold "
-                    "keeps those weights under the recorded epoch; delete the fold folder to train it cleanly",
-                    self.fold,
-                    self.best_path.name,
-                    published,
-                    self.last_path.name,
-                    recorded,
-                )
         if best.exists():
             last = load_training_checkpoint(self.last_path)["epoch"] if self.last_path.exists() else 0
             if int(load_training_checkpoint(best)["epoch"]) != int(last):

@@ -109,9 +109,8 @@ def unlabelled_images(
         base = Path(folder)
         if not base.is_dir():
             raise DataError(f"--folder {base} is not a folder")
-        paths = image_files_below(
-            base
-        )  # as predict reads a folder: DICOM by content, BUSI-style masks left out
+        # as predict reads a folder: DICOM by content, BUSI-style masks left out
+        paths = image_files_below(base)
         items = sorted(
             (UnlabelledImage(str(p.relative_to(base)), str(p)) for p in paths), key=lambda item: item.id
         )
