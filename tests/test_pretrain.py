@@ -13,6 +13,7 @@ from synthetic import bare_package
 
 from medsg.config import config_from_dict, resolved_config
 from medsg.core.errors import ConfigError
+from medsg.data.splits import save_splits
 from medsg.models.checkpoint import read_checkpoint
 from medsg.report.protocol import pretraining_text
 from medsg.train.model import build_model
@@ -20,6 +21,7 @@ from medsg.workflows.pretrain import (
     BACKBONE_FILE,
     PretrainSettings,
     TwoViews,
+    fold_training_images,
     pretrain,
     pretraining_source,
     unlabelled_images,
@@ -203,3 +205,68 @@ def test_a_folder_is_read_as_predict_reads_it_without_lesion_masks(tmp_path, cap
     items = unlabelled_images(folder=folder)
     assert [i.id for i in items] == ["a/img1.png", "b/img0.png", "b/img2.png"]
     assert "2 lesion-mask file(s)" in caplog.text
+
+
+def test_per_fold_pretraining_sees_only_that_folds_training_images(tmp_path, capsys):
+    from medsg import cli
+
+    items = unlabelled_images(folder=_images(tmp_path / "images", n=6))
+    ids = [i.id for i in items]
+    folds = [{"train": ids[2:], "val": ids[:2]}, {"train": ids[:2] + ids[4:], "val": ids[2:4]}]
+    split = save_splits(tmp_path / "split.json", {"dataset": "imagefolder"}, folds)
+    kept, record = fold_training_images(items, split, 1, "imagefolder")
+    assert [i.id for i in kept] == ids[:2] + ids[4:]  # fold 1's outer test images are left out
+    assert record["fold"] == 1 and len(record["split_sha256"]) == 64
+    every, _ = fold_training_images(items, split, "all", "imagefolder")
+    assert [i.id for i in every] == ids
+    with pytest.raises(ConfigError, match="give --adapter imagefolder"):
+        fold_training_images(items, split, 0, "busi")
+    with pytest.raises(ConfigError, match="folds 0 to 1"):
+        fold_training_images(items, split, 2, "imagefolder")
+    assert (
+        cli.main(["pretrain", "--folder", str(tmp_path), "--split", str(split), "--out", str(tmp_path / "o")])
+        == 2
+    )
+    assert "--split and --fold go together" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_pretrain_continues_from_an_init_backbone_and_resumes_only_with_it(tmp_path, monkeypatch):
+    """Hierarchical pretraining: the second stage's online (and target) backbone starts as the first's result."""
+    import medsg.workflows.pretrain as pretrain_mod
+
+    settings = PretrainSettings(
+        model="mobilenetv3_small_050",
+        img_size=64,
+        epochs=1,
+        batch_size=4,
+        projection_hidden=32,
+        projection_dim=16,
+    )
+    items = unlabelled_images(folder=_images(tmp_path / "images"))
+    first = pretrain(items, tmp_path / "first", settings, device="cpu")
+    started = {}
+
+    class Capturing(pretrain_mod.BYOL):
+        def __init__(self, backbone, *args):
+            started.update({k: v.clone() for k, v in backbone.state_dict().items()})
+            super().__init__(backbone, *args)
+
+    monkeypatch.setattr(pretrain_mod, "BYOL", Capturing)
+    second = tmp_path / "second"
+    pretrain(items[:5], second, settings, device="cpu", init=first)
+    weights = read_checkpoint(first)
+    assert weights.keys() <= started.keys() and all(torch.equal(started[k], weights[k]) for k in weights)
+    assert json.loads((second / "pretrain.json").read_text())["init"]["weights"] == str(first)
+
+    with pytest.raises(ConfigError, match="other init"):  # the same folder from random weights: refused
+        pretrain(items[:5], second, settings, device="cpu")
+    other = PretrainSettings(
+        model="resnet18", img_size=64, epochs=1, batch_size=4, projection_hidden=32, projection_dim=16
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"pretrain --init: .* names \d+ of the \d+ backbone entries of resnet18.*set --model",
+    ):
+        pretrain(items, tmp_path / "third", other, device="cpu", init=first)
+    assert not (tmp_path / "third").exists()  # refused before anything was written

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medsg.commands.flags import add_dataset, add_device, add_model, folder_arg
+from medsg.core.errors import ConfigError
 from medsg.workflows import pretrain
 
 NAME = "pretrain"
@@ -21,6 +22,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--folder", default=None, help="or: every image below this folder")
     parser.add_argument(
+        "--split",
+        default=None,
+        help="a split file of the dataset (with --fold): pretrain only on that fold's training images",
+    )
+    parser.add_argument(
+        "--fold",
+        type=_fold,
+        default=None,
+        help="with --split: the fold K whose outer test images are left out, or 'all' (every image in the file)",
+    )
+    parser.add_argument(
+        "--init",
+        default=None,
+        help="start from this backbone (a weights file of --model, e.g. an earlier pretraining's "
+        "backbone.safetensors) instead of random weights",
+    )
+    parser.add_argument(
         "--out", type=folder_arg, required=True, help="output folder; run the same command again to resume"
     )
     add_model(parser, d.model, f"any timm model name (default: {d.model})")
@@ -32,8 +50,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device(parser, "auto")
 
 
+def _fold(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fold {text}: a fold number (0, 1, ...) or 'all'") from None
+
+
 def run(args: argparse.Namespace) -> int:
+    if (args.split is None) != (args.fold is None):
+        raise ConfigError(
+            "pretrain: --split and --fold go together (the split file, and the fold to pretrain for)"
+        )
     items = pretrain.unlabelled_images(args.adapter, args.root, args.folder)
+    source = {"adapter": args.adapter, "root": args.root, "folder": args.folder}
+    if args.split is not None:
+        items, chosen = pretrain.fold_training_images(items, args.split, args.fold, args.adapter)
+        source |= chosen
     settings = pretrain.PretrainSettings(
         model=args.model,
         img_size=args.img_size,
@@ -42,6 +77,6 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
     )
-    source = {"adapter": args.adapter, "root": args.root, "folder": args.folder}
-    print(f"backbone: {pretrain.pretrain(items, args.out, settings, source, device=args.device)}")
+    backbone = pretrain.pretrain(items, args.out, settings, source, device=args.device, init=args.init)
+    print(f"backbone: {backbone}")
     return 0

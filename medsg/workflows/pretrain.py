@@ -18,8 +18,11 @@ What it writes (``OUT``, resumable: kill it and run the same command again)::
 
 An epoch reseeds every RNG from (seed, epoch) and the image order from the same seed, so a resumed run draws
 exactly the views an uninterrupted one would. No image of an experiment's outer test folds may be seen here:
-pretrain on another dataset (BUSI from ISIC). ``images.txt`` lists the ids it saw, and an experiment whose
-``model.pretrained`` is such a backbone refuses to start when one of its images is among them.
+pretrain on another dataset (BUSI from ISIC), or per fold (``--split FILE --fold K``: only fold K's training
+images, for an experiment whose ``model.pretrained`` names ``.../fold_{fold}/backbone.safetensors``).
+``images.txt`` lists the ids it saw, and an experiment refuses to start when one of them is an outer test image
+of a fold that starts from it. ``--init`` continues from a backbone (hierarchical pretraining: a general backbone,
+then the target's own unlabelled images).
 """
 
 from __future__ import annotations
@@ -58,8 +61,11 @@ from medsg.core.io import atomic_torch_save, atomic_write_text, read_json
 from medsg.data import load_manifest
 from medsg.data.generic import image_files_below
 from medsg.data.images import read_image
+from medsg.data.splits import read_splits
+from medsg.deploy.package import sha256_file
 from medsg.models import create_model
 from medsg.models.checkpoint import read_checkpoint, save_safetensors
+from medsg.train.model import check_weights_fit
 from medsg.train.utils import derive_seed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -127,6 +133,42 @@ def unlabelled_images(
     return items
 
 
+def fold_training_images(
+    items: Sequence[UnlabelledImage], split_file: str | Path, fold: int | str, adapter: str | None
+) -> tuple[list[UnlabelledImage], dict[str, Any]]:
+    """Only the split file's training images of ``fold`` (an index, or "all": every image the file names), and
+    a record of the choice. Per-fold pretraining for a cross-validation: fold K's backbone then never saw one of
+    fold K's outer test images, whose ids are compared as the split file names them (the adapter's ids)."""
+    header, folds = read_splits(split_file)
+    dataset = header.get("dataset")
+    if adapter is None or (dataset and dataset != adapter):
+        raise ConfigError(
+            f"pretrain --split {split_file}: a split file of {dataset!r} names images by that adapter's ids; "
+            f"give --adapter {dataset} and its --root"
+        )
+    if fold == "all":
+        wanted = {str(i) for i in [*folds[0]["train"], *folds[0]["val"]]} if folds else set()
+    elif isinstance(fold, int) and 0 <= fold < len(folds):
+        wanted = {str(i) for i in folds[fold]["train"]}
+    else:
+        raise ConfigError(f"pretrain --fold {fold}: {split_file} has folds 0 to {len(folds) - 1} (or 'all')")
+    kept = [item for item in items if item.id in wanted]
+    if not kept:
+        raise DataError(
+            f"pretrain: none of the {len(items)} images of --root is a training image of fold {fold} in "
+            f"{split_file}; is it the split file of this dataset?"
+        )
+    if len(kept) < len(wanted):
+        log.warning(
+            "pretrain: %d training images of fold %s in %s are not in the dataset; pretraining on the other %d",
+            len(wanted) - len(kept),
+            fold,
+            split_file,
+            len(kept),
+        )
+    return kept, {"split_file": str(split_file), "split_sha256": sha256_file(Path(split_file)), "fold": fold}
+
+
 def ids_digest(items: Sequence[UnlabelledImage]) -> str:
     """sha256 of the sorted ids: names the image set in pretrain.json without listing thousands of ids."""
     return hashlib.sha256("\n".join(sorted(i.id for i in items)).encode()).hexdigest()
@@ -187,11 +229,17 @@ def byol_transform(settings: PretrainSettings, mean: Sequence[float], std: Seque
     return BYOLTransform(BYOLView1Transform(**common), BYOLView2Transform(**common))
 
 
-def _record(settings: PretrainSettings, items: Sequence[UnlabelledImage], source: dict[str, Any]) -> dict:
+def _record(
+    settings: PretrainSettings,
+    items: Sequence[UnlabelledImage],
+    source: dict[str, Any],
+    init: str | Path | None,
+) -> dict:
     return {
         "method": METHOD,
         "settings": asdict(settings),
         "images": {"n": len(items), "ids_sha256": ids_digest(items), **source},
+        "init": {"weights": str(init), "sha256": sha256_file(Path(init))} if init else None,
         "what_to_do": f"set model.pretrained to {BACKBONE_FILE} in this folder (the head is not part of it)",
     }
 
@@ -202,7 +250,7 @@ def _check_resumable(out_dir: Path, record: dict[str, Any]) -> dict[str, Any] | 
     if not path.is_file():
         return None
     saved = read_json(path, advice="delete the folder to start again")
-    for key in ("settings", "images"):
+    for key in ("settings", "images", "init"):
         if saved.get(key) != record[key]:
             raise ConfigError(
                 f"{path}: this folder holds a pretraining with other {key} ({saved.get(key)} vs {record[key]}); "
@@ -226,11 +274,22 @@ def pretrain(
     source: dict[str, Any] | None = None,
     device: str = "auto",
     max_steps: int | None = None,
+    init: str | Path | None = None,
 ) -> Path:
-    """Pretrain (or resume) in ``out_dir``; returns the backbone file. ``max_steps`` stops early (tests)."""
+    """Pretrain (or resume) in ``out_dir``; returns the backbone file. ``init`` names weights of
+    ``settings.model`` to start from (online and target alike) instead of random ones; ``max_steps`` stops
+    early (tests)."""
     out_dir = Path(out_dir)
+    if init is not None:
+        if not Path(init).is_file():
+            raise ConfigError(f"pretrain --init: weights file not found: {init}")
+        try:  # before any output: a file of another model must not be half-loaded
+            check_weights_fit(settings.model, settings.img_size, init)
+        except ConfigError as exc:
+            words = str(exc).replace("model.pretrained:", "pretrain --init:", 1)
+            raise ConfigError(words.replace("set model.name to", "set --model to")) from None
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = _record(settings, items, source or {})
+    record = _record(settings, items, source or {}, init)
     saved = _check_resumable(out_dir, record)
     history: list[dict[str, Any]] = (saved or {}).get("history", [])
     if (out_dir / "DONE").is_file():
@@ -238,7 +297,8 @@ def pretrain(
         return out_dir / BACKBONE_FILE
     seed_everything(settings.seed)
     run_device = torch_device(device)
-    backbone = create_model(settings.model, settings.img_size, num_classes=0)
+    start = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(init)}} if init else {}
+    backbone = create_model(settings.model, settings.img_size, num_classes=0, **start)
     data_cfg = timm.data.resolve_data_config({}, model=backbone)
     model = BYOL(backbone, settings.projection_hidden, settings.projection_dim).to(run_device)
     optimizer = create_optimizer_v2(model, "adamw", lr=settings.lr, weight_decay=settings.weight_decay)
