@@ -610,13 +610,39 @@ def load_config(path: str | Path, overrides: list[str] | None = None, check_path
     return config_from_dict(compose_yaml(path), overrides, source=str(path), check_paths=check_paths)
 
 
+FOLD_PLACEHOLDER = "{fold}"
+
+
+def pretrained_for_fold(pretrained: str | None, fold: int | str | None) -> str | None:
+    """``model.pretrained`` for one fold. A path holding ``{fold}`` names one backbone per fold, each pretrained
+    on that fold's training images only (``medsg pretrain --split FILE --fold K``), so no fold starts from
+    weights that saw its outer test images; the final model (fold ``all``) takes ``--fold all``'s."""
+    if not pretrained or FOLD_PLACEHOLDER not in pretrained:
+        return pretrained
+    if fold is None:
+        raise ConfigError(
+            f"model.pretrained: {pretrained} names one backbone per fold ({FOLD_PLACEHOLDER}), and this "
+            "command builds a model outside any fold; name one weights file instead"
+        )
+    return pretrained.replace(FOLD_PLACEHOLDER, str(fold))
+
+
 def check_config_paths(cfg: Config) -> None:
     """User paths must exist: data.root and, when set, model.pretrained."""
     if not Path(cfg.data.root).exists():
         raise ConfigError(
             f"data.root: folder not found: {cfg.data.root} (set data.root or --set data.root=DIR)"
         )
-    if cfg.model.pretrained and not Path(cfg.model.pretrained).exists():
+    if cfg.model.pretrained and FOLD_PLACEHOLDER in cfg.model.pretrained:
+        for fold in range(cfg.splits.k):
+            if not Path(pretrained_for_fold(cfg.model.pretrained, fold) or "").exists():
+                raise ConfigError(
+                    f"model.pretrained: fold {fold}'s backbone not found: "
+                    f"{pretrained_for_fold(cfg.model.pretrained, fold)}. Pretrain one per fold on that fold's "
+                    "training images (`medsg pretrain --adapter ADAPTER --root ROOT --split SPLIT_FILE --fold "
+                    f"{fold} --out ...`), or name one weights file for every fold."
+                )
+    elif cfg.model.pretrained and not Path(cfg.model.pretrained).exists():
         raise ConfigError(
             f"model.pretrained: weights file or model folder not found: {cfg.model.pretrained}. Name the released {cfg.model.name} ImageNet "
             "weights (see README, 'Pretrained weights'), a `medsg pretrain` checkpoint, or a medsg run folder or "

@@ -270,3 +270,56 @@ def test_pretrain_continues_from_an_init_backbone_and_resumes_only_with_it(tmp_p
     ):
         pretrain(items, tmp_path / "third", other, device="cpu", init=first)
     assert not (tmp_path / "third").exists()  # refused before anything was written
+
+
+@pytest.mark.e2e
+def test_per_fold_backbones_start_their_folds_and_none_saw_its_folds_test_images(tmp_path, make_config):
+    """``model.pretrained`` with ``{fold}``: fold K starts from the backbone pretrained on fold K's training
+    images; one that saw fold K's outer test images is refused before anything trains."""
+    import shutil
+
+    from synthetic import PACKAGE_RECIPE
+
+    from medsg.demo import make_synthetic_busi
+    from medsg.workflows.experiment import run_experiment
+    from medsg.workflows.prepare import prepare_data
+
+    root = make_synthetic_busi(tmp_path / "data", n_per_class=4, size=40, seed=3)
+    ssl = tmp_path / "ssl"
+    recipe = PACKAGE_RECIPE | {
+        "experiment.name": "hpt",
+        "model.pretrained": str(ssl / "fold_{fold}" / BACKBONE_FILE),
+    }
+    with pytest.raises(ConfigError, match="fold 0's backbone not found"):
+        make_config(root, tmp_path, recipe)
+    prepare_data(make_config(root, tmp_path, recipe, check_paths=False))  # writes the split file
+    split_file = tmp_path / "splits.json"
+    items = unlabelled_images("busi", root)
+    settings = PretrainSettings(
+        model="test_vit", img_size=32, epochs=1, batch_size=4, projection_hidden=32, projection_dim=16
+    )
+    for fold in (0, 1):
+        kept, chosen = fold_training_images(items, split_file, fold, "busi")
+        pretrain(kept, ssl / f"fold_{fold}", settings, source={"adapter": "busi"} | chosen, device="cpu")
+    cfg = make_config(root, tmp_path, recipe)
+    for fold in (0, 1):
+        state = build_model(cfg, num_classes=3, fold=fold).state_dict()
+        weights = read_checkpoint(ssl / f"fold_{fold}" / BACKBONE_FILE)
+        assert all(torch.equal(state[k], weights[k]) for k in weights)
+    with pytest.raises(ConfigError, match="one backbone per fold"):
+        build_model(cfg, num_classes=3)  # no fold: which backbone is meant?
+
+    run = run_experiment(cfg, folds=[0, 1], quiet=True)
+    record = json.loads((run / "protocol.json").read_text())["pretraining"]
+    assert sorted(record["per_fold"]) == ["0", "1"] and record["per_fold"]["1"]["images"]["fold"] == 1
+    text = pretraining_text(cfg.model.pretrained, {"pretraining": record})
+    assert "self-supervised per fold" in text and "fold K's training images" in text
+    assert text in (Path(cfg.report_dir) / "report.md").read_text()
+
+    # fold 1's backbone in fold 0's place: with two folds, it pretrained on fold 0's test images
+    shutil.rmtree(ssl / "fold_0")
+    shutil.copytree(ssl / "fold_1", ssl / "fold_0")
+    leaky = make_config(root, tmp_path, recipe | {"experiment.name": "leaky"})
+    with pytest.raises(ConfigError, match="outer test images of fold 0"):
+        run_experiment(leaky, folds=[0, 1], quiet=True)
+    assert not any((Path(leaky.run_dir) / "fold_0").glob("*.pt"))

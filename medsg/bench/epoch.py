@@ -80,7 +80,7 @@ def epoch_breakdown(
     fraction = cfg.splits.inner_val_fraction
     n_val = min(len(df) - 1, max(1, round(fraction * len(df)))) if fraction > 0 else 0
     names = class_names(cfg.data.adapter, cfg.data.root, **cfg.data.options)
-    model = build_model(cfg, num_classes=len(names))
+    model = build_model(cfg, num_classes=len(names), fold=0)  # a per-fold backbone: fold 0's
     data_cfg = timm.data.resolve_data_config({}, model=model)
     recipe = trainer_class(cfg)  # the config's trainer: its pipelines, its loss, its step
     with tempfile.TemporaryDirectory(prefix="medsg_bench_") as tmp:

@@ -127,10 +127,25 @@ def pretraining_text(pretrained: Any, protocol: dict[str, Any] | None) -> str:
     if isinstance(record, dict):
         images = record.get("images", {})
         data = images.get("adapter") or images.get("folder") or "unknown data"
+        init = record.get("init")
+        start = (
+            f", continuing from {init.get('weights')} (sha256 {str(init.get('sha256'))[:12]})"
+            if isinstance(init, dict)
+            else ""
+        )
+        per_fold = record.get("per_fold")
+        if isinstance(per_fold, dict):
+            sizes = sorted({int(r.get("images", {}).get("n") or 0) for r in per_fold.values()})
+            return (
+                f"self-supervised per fold, {record.get('method')}{start}: fold K starts from a backbone "
+                f"({record.get('weights')}) pretrained for {record.get('epochs')} epochs on fold K's training "
+                f"images of {data} only, unlabelled ({sizes[0]}-{sizes[-1]} images); none of them is an outer "
+                f"test image of fold K (checked for folds {', '.join(per_fold)} at the start of the run)"
+            )
         return (
-            f"self-supervised, {record.get('method')}: {record.get('epochs')} epochs on {images.get('n')} unlabelled "
-            f"images of {data} (ids sha256 {str(images.get('ids_sha256'))[:12]}); none of them is an image of "
-            "this experiment (checked at the start of the run)"
+            f"self-supervised, {record.get('method')}{start}: {record.get('epochs')} epochs on {images.get('n')} "
+            f"unlabelled images of {data} (ids sha256 {str(images.get('ids_sha256'))[:12]}); none of them is an "
+            "image of this experiment (checked at the start of the run)"
         )
     if Path(str(pretrained)).suffix.lower() not in WEIGHT_SUFFIXES:
         return (

@@ -63,7 +63,7 @@ def train_one_fold(
     dist = dist or ddp.DistInfo()
     device = resolve_device(cfg.train.device, dist.local_rank)
     seed_everything(derive_seed(cfg.experiment.seed, "fold", fold), cfg.train.deterministic)
-    model = build_model(cfg, num_classes=len(make_data.class_names))
+    model = build_model(cfg, num_classes=len(make_data.class_names), fold=fold)
     data = make_data(fold, model)
     trainer = trainer_class(cfg)(
         cfg, fold, model, data, RunFolder(run_dir).fold(fold).path, device, dist, quiet
@@ -146,7 +146,7 @@ def train_final(
             stack.enter_context(FileLock(out / ".lock"))
         ddp.barrier()
         seed_everything(derive_seed(cfg.experiment.seed, "fold", ALL), cfg.train.deterministic)
-        model = build_model(cfg, num_classes=len(make_data.class_names))
+        model = build_model(cfg, num_classes=len(make_data.class_names), fold=ALL)
         data = make_data(ALL, model)
         log.info("final model: training on all %d images for %d epochs", len(data.train), plan["epochs"])
         trainer = final_trainer_class(cfg)(final_cfg, ALL, model, data, out, device, dist, quiet, plan=plan)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medsg.config import Config
+from medsg.config import Config, pretrained_for_fold
 from medsg.core.errors import CheckpointError, ConfigError
 from medsg.data.manifest import read_manifest
 from medsg.deploy.package import FINAL, PACKAGE_FILE, Member, load_model, sha256_file
@@ -98,12 +98,17 @@ def check_transfer_source(source: str | Path, paths: Sequence[str], weights_file
         )
 
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    """The config's model. ``model.pretrained`` names a weights file (ImageNet, ``medsg pretrain``: loaded by
-    timm through the model's pretrained_cfg), or a medsg run folder or package (its final model's backbone
-    with a new head); null trains from scratch."""
+def build_model(cfg: Config, num_classes: int, fold: int | str | None = None) -> nn.Module:
+    """The config's model for ``fold``. ``model.pretrained`` names a weights file (ImageNet, ``medsg
+    pretrain``: loaded by timm through the model's pretrained_cfg; with ``{fold}`` in it, one per fold), or a
+    medsg run folder or package (its final model's backbone with a new head); null trains from scratch."""
     kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_path_rate": cfg.model.drop_path}
-    source = cfg.model.pretrained
+    source = pretrained_for_fold(cfg.model.pretrained, fold)
+    if source and not Path(source).exists():  # a per-fold backbone the config check did not cover (all)
+        raise ConfigError(
+            f"model.pretrained: fold {fold}'s weights not found: {source}; pretrain them (`medsg pretrain "
+            f"--split SPLIT_FILE --fold {fold} ...`) or train without this fold"
+        )
     if source and Path(source).is_dir():
         member = transfer_source(source, cfg.model.name)
         model = create_model(cfg.model.name, cfg.model.img_size, **kwargs)

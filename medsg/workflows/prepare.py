@@ -18,7 +18,7 @@ import pandas as pd
 from torch import nn
 
 import medsg
-from medsg.config import Config
+from medsg.config import Config, pretrained_for_fold
 from medsg.core.errors import ConfigError
 from medsg.core.io import atomic_write_text
 from medsg.core.run_folder import ALL, RunFolder
@@ -157,10 +157,10 @@ def prepare_data(
     )
     dropped = sorted(set(raw["id"]) - set(manifest["id"]))
     check_trainable_classes(manifest, cfg.splits.grouping)  # before a split file is written for such data
-    if (
-        cfg.model.pretrained
-    ):  # supervised transfer from a medsg model: its folder, or a weights file inside one
-        named = Path(cfg.model.pretrained)
+    for pretrained in per_fold_sources(
+        cfg
+    ):  # supervised transfer from a medsg model: its folder, or a file in one
+        named = Path(pretrained)
         source = named if named.is_dir() else model_folder_of(named)
         if source is not None:
             check_transfer_source(source, list(raw["path"]), weights_file=source != named)
@@ -195,11 +195,22 @@ def prepare_data(
         if used is None:
             atomic_write_text(run_dir / "splits.json", Path(cfg.split_file).read_text(encoding="utf-8"))
         protocol = protocol_record(cfg, list(raw["id"]), dropped, used or cfg.split_file, used is not None)
-        pretraining = pretraining_source(cfg.model.pretrained, cfg.data.adapter, list(raw["id"]))
+        test_ids = {fold: [str(i) for i in part["val"]] for fold, part in enumerate(splits)}
+        pretraining = pretraining_source(cfg.model.pretrained, cfg.data.adapter, list(raw["id"]), test_ids)
         if pretraining is not None:
             protocol["pretraining"] = pretraining
         atomic_write_text(run_dir / "protocol.json", json.dumps(protocol, indent=1) + "\n")
     return PreparedData(manifest, names, splits, report.manifest_hash)
+
+
+def per_fold_sources(cfg: Config) -> list[str]:
+    """The distinct weights files or folders ``model.pretrained`` names across the CV folds (one per fold
+    with ``{fold}``, else one); empty from scratch."""
+    return [
+        s
+        for s in dict.fromkeys(pretrained_for_fold(cfg.model.pretrained, f) for f in range(cfg.splits.k))
+        if s
+    ]
 
 
 class ManifestFolds:

@@ -35,7 +35,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from medsg.config import FOLD_PLACEHOLDER, pretrained_for_fold
 from medsg.core.device import torch_device
 from medsg.core.errors import ConfigError, DataError
 from medsg.core.io import atomic_torch_save, atomic_write_text, read_json
@@ -392,13 +393,56 @@ def pretrain(
     return out_dir / BACKBONE_FILE
 
 
-def pretraining_source(weights: str | Path | None, adapter: str, ids: Sequence[str]) -> dict[str, Any] | None:
+def pretraining_source(
+    weights: str | Path | None,
+    adapter: str,
+    ids: Sequence[str],
+    test_ids: Mapping[int, Sequence[str]] | None = None,
+) -> dict[str, Any] | None:
     """What ``model.pretrained`` was pretrained on, for protocol.json, when it is a ``medsg pretrain`` backbone
-    (a pretrain.json beside it); None otherwise. Refuses weights that saw one of this experiment's images:
-    every image is in some outer test fold, so any overlap would leak test images into the backbone."""
+    (a pretrain.json beside it); None otherwise. Refuses weights that saw an outer test image of a fold that
+    starts from them: one backbone for every fold must have seen none of ``ids`` (every image is in some outer
+    test fold); with ``{fold}``, fold K's backbone none of ``test_ids[K]``."""
     if not weights:
         return None
-    folder = Path(weights).parent
+    if FOLD_PLACEHOLDER not in str(weights):
+        return _pretraining_record(
+            Path(weights),
+            adapter,
+            ids,
+            "images of this experiment, which are outer "
+            "test images of some fold; pretrain on another dataset, or per fold",
+        )
+    folds = {
+        str(fold): _pretraining_record(
+            Path(str(pretrained_for_fold(str(weights), fold))),
+            adapter,
+            test,
+            f"outer test images of fold {fold}; pretrain it with --split and --fold {fold}",
+        )
+        for fold, test in (test_ids or {}).items()
+    }
+    records = {fold: record for fold, record in folds.items() if record is not None}
+    if not records:
+        return None
+    first = next(iter(records.values()))
+    return {
+        "weights": str(weights),
+        "method": first["method"],
+        "images": first["images"],
+        "epochs": first["epochs"],
+        "model": first["model"],
+        "init": first["init"],
+        "per_fold": records,
+        "overlap_with_this_experiment": "none of each fold's outer test images",
+    }
+
+
+def _pretraining_record(
+    weights: Path, adapter: str, forbidden: Sequence[str], what: str
+) -> dict[str, Any] | None:
+    """One backbone's record; refuses it when it saw one of ``forbidden`` (ids of ``adapter``)."""
+    folder = weights.parent
     path = folder / PRETRAIN_FILE
     if not path.is_file():
         return None
@@ -409,11 +453,10 @@ def pretraining_source(weights: str | Path | None, adapter: str, ids: Sequence[s
         if (folder / IMAGES_FILE).is_file()
         else set()
     )
-    overlap = sorted(seen & set(map(str, ids))) if images.get("adapter") in (adapter, None) else []
+    overlap = sorted(seen & set(map(str, forbidden))) if images.get("adapter") in (adapter, None) else []
     if overlap:
         raise ConfigError(
-            f"model.pretrained: {weights} was pretrained on {len(overlap)} images of this experiment (e.g. "
-            f"{overlap[:3]}), which are outer test images of some fold; pretrain on another dataset"
+            f"model.pretrained: {weights} was pretrained on {len(overlap)} {what} (e.g. {overlap[:3]})"
         )
     settings = record.get("settings", {})
     return {
@@ -422,5 +465,6 @@ def pretraining_source(weights: str | Path | None, adapter: str, ids: Sequence[s
         "images": images,
         "epochs": len(record.get("history", [])),
         "model": settings.get("model"),
+        "init": record.get("init"),
         "overlap_with_this_experiment": 0,
     }
