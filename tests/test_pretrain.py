@@ -305,6 +305,10 @@ def test_per_fold_backbones_start_their_folds_and_none_saw_its_folds_test_images
     assert sorted(record["per_fold"]) == ["0", "1"] and record["per_fold"]["1"]["images"]["fold"] == 1
     text = pretraining_text(cfg.model.pretrained, {"pretraining": record})
     assert "self-supervised per fold" in text and "fold K's training images" in text
+    n = record["per_fold"]["0"]["images"]["n"]
+    if n == record["per_fold"]["1"]["images"]["n"]:
+        assert f"({n} images)" in text
+    assert f"({cfg.pretrained_as_given})" in text  # the path as written, not this machine's absolute one
     assert text in (Path(cfg.report_dir) / "report.md").read_text()
 
     # fold 1's backbone in fold 0's place: with two folds, it pretrained on fold 0's test images
