@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,6 +30,14 @@ from medsg.workflows.pretrain import (
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = PretrainSettings(epochs=2, batch_size=4, projection_hidden=64, projection_dim=32, warmup_epochs=1)
+SMALL_CNN = PretrainSettings(  # a CNN small enough for one quick epoch
+    model="mobilenetv3_small_050",
+    img_size=64,
+    epochs=1,
+    batch_size=4,
+    projection_hidden=32,
+    projection_dim=16,
+)
 
 
 @pytest.fixture
@@ -146,14 +155,7 @@ def test_pretrain_takes_a_cnn_whose_features_pass_a_pre_logits_layer(tmp_path, m
     """mobilenetv3's headless output is its 1024-wide conv_head, not its 576 num_features: BYOL's projection
     reads what the backbone returns, and the backbone then loads as model.pretrained."""
     items = unlabelled_images(folder=_images(tmp_path / "images"))
-    settings = PretrainSettings(
-        model="mobilenetv3_small_050",
-        img_size=64,
-        epochs=1,
-        batch_size=4,
-        projection_hidden=32,
-        projection_dim=16,
-    )
+    settings = SMALL_CNN
     backbone = pretrain(items, tmp_path / "ssl", settings, device="cpu")
     weights = read_checkpoint(backbone)
     assert "conv_head.weight" in weights
@@ -235,14 +237,7 @@ def test_pretrain_continues_from_an_init_backbone_and_resumes_only_with_it(tmp_p
     """Hierarchical pretraining: the second stage's online (and target) backbone starts as the first's result."""
     import medsg.workflows.pretrain as pretrain_mod
 
-    settings = PretrainSettings(
-        model="mobilenetv3_small_050",
-        img_size=64,
-        epochs=1,
-        batch_size=4,
-        projection_hidden=32,
-        projection_dim=16,
-    )
+    settings = SMALL_CNN
     items = unlabelled_images(folder=_images(tmp_path / "images"))
     first = pretrain(items, tmp_path / "first", settings, device="cpu")
     started = {}
@@ -261,9 +256,7 @@ def test_pretrain_continues_from_an_init_backbone_and_resumes_only_with_it(tmp_p
 
     with pytest.raises(ConfigError, match="other init"):  # the same folder from random weights: refused
         pretrain(items[:5], second, settings, device="cpu")
-    other = PretrainSettings(
-        model="resnet18", img_size=64, epochs=1, batch_size=4, projection_hidden=32, projection_dim=16
-    )
+    other = dataclasses.replace(SMALL_CNN, model="resnet18")
     with pytest.raises(
         ConfigError,
         match=r"pretrain --init: .* names \d+ of the \d+ backbone entries of resnet18.*set --model",
@@ -295,9 +288,7 @@ def test_per_fold_backbones_start_their_folds_and_none_saw_its_folds_test_images
     prepare_data(make_config(root, tmp_path, recipe, check_paths=False))  # writes the split file
     split_file = tmp_path / "splits.json"
     items = unlabelled_images("busi", root)
-    settings = PretrainSettings(
-        model="test_vit", img_size=32, epochs=1, batch_size=4, projection_hidden=32, projection_dim=16
-    )
+    settings = dataclasses.replace(SMALL_CNN, model="test_vit", img_size=32)
     for fold in (0, 1):
         kept, chosen = fold_training_images(items, split_file, fold, "busi")
         pretrain(kept, ssl / f"fold_{fold}", settings, source={"adapter": "busi"} | chosen, device="cpu")
@@ -314,6 +305,10 @@ def test_per_fold_backbones_start_their_folds_and_none_saw_its_folds_test_images
     assert sorted(record["per_fold"]) == ["0", "1"] and record["per_fold"]["1"]["images"]["fold"] == 1
     text = pretraining_text(cfg.model.pretrained, {"pretraining": record})
     assert "self-supervised per fold" in text and "fold K's training images" in text
+    n = record["per_fold"]["0"]["images"]["n"]
+    if n == record["per_fold"]["1"]["images"]["n"]:
+        assert f"({n} images)" in text
+    assert f"({cfg.pretrained_as_given})" in text  # the path as written, not this machine's absolute one
     assert text in (Path(cfg.report_dir) / "report.md").read_text()
 
     # fold 1's backbone in fold 0's place: with two folds, it pretrained on fold 0's test images

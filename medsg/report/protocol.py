@@ -136,11 +136,12 @@ def pretraining_text(pretrained: Any, protocol: dict[str, Any] | None) -> str:
         per_fold = record.get("per_fold")
         if isinstance(per_fold, dict):
             sizes = sorted({int(r.get("images", {}).get("n") or 0) for r in per_fold.values()})
+            count = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
             return (
                 f"self-supervised per fold, {record.get('method')}{start}: fold K starts from a backbone "
-                f"({record.get('weights')}) pretrained for {record.get('epochs')} epochs on fold K's training "
-                f"images of {data} only, unlabelled ({sizes[0]}-{sizes[-1]} images); none of them is an outer "
-                f"test image of fold K (checked for folds {', '.join(per_fold)} at the start of the run)"
+                f"({pretrained}) pretrained for {record.get('epochs')} epochs on fold K's training images of "
+                f"{data} only, unlabelled ({count} images); none of them is an outer test image of fold K "
+                f"(checked for folds {', '.join(per_fold)} at the start of the run)"
             )
         return (
             f"self-supervised, {record.get('method')}{start}: {record.get('epochs')} epochs on {images.get('n')} "
