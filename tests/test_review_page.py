@@ -112,6 +112,20 @@ def test_page_is_self_contained(tmp_path: Path) -> None:
     assert "default-src 'none'" in policy and "connect-src 'none'" in policy and "unsafe-inline" not in policy
 
 
+def test_ratings_are_stored_under_what_the_reviewer_saw() -> None:
+    """The same cases under the same title, remade with other maps (a retrained run), must not show the ratings
+    given to the old maps; the same page rendered again must find them."""
+
+    def key(cases: list[ReviewCase]) -> str:
+        return embedded_data(render_review_page(cases, CLASSES, "Review"))["storageKey"]
+
+    cases = six_cases()
+    assert key(cases) == key(six_cases())
+    retrained = [replace(cases[0], heatmaps={SIG: png((1, 2, 3)), CAM: cases[0].heatmaps[CAM]}), *cases[1:]]
+    assert key(retrained) != key(cases)
+    assert key([replace(cases[0], probability=0.91), *cases[1:]]) != key(cases)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

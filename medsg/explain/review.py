@@ -134,6 +134,18 @@ def _csp(script: str, style: str) -> str:
     )
 
 
+def _storage_key(cases: Sequence[ReviewCase], title: str, maps: Sequence[str]) -> str:
+    """Where the browser keeps this page's ratings: a hash of what the reviewer rates (the cases, and what each
+    shows: prediction, probability, overlays). A page remade from a retrained run under the same title gets a new
+    key, so ratings given to the old maps never appear beside new ones."""
+    digest = hashlib.sha256(json.dumps([title, list(maps)]).encode("utf-8"))
+    for c in cases:
+        digest.update(json.dumps([c.case_id, c.fold, c.predicted_class, c.probability]).encode("utf-8"))
+        for name in maps:
+            digest.update(hashlib.sha256(c.heatmaps.get(name, b"")).digest())
+    return "medsg-review:" + digest.hexdigest()[:24]
+
+
 def _page_data(
     cases: Sequence[ReviewCase],
     class_names: Sequence[str],
@@ -143,9 +155,8 @@ def _page_data(
 ) -> dict[str, Any]:
     """What the script needs, as plain data: classes as indices, overlays as data URIs per map type."""
     index = {name: i for i, name in enumerate(class_names)}
-    keys = json.dumps([title, [[c.case_id, c.fold] for c in cases], list(maps)])
     return {
-        "storageKey": "medsg-review:" + hashlib.sha256(keys.encode("utf-8")).hexdigest()[:24],
+        "storageKey": _storage_key(cases, title, maps),
         "classes": list(class_names),
         "maps": [{"name": m, "description": descriptions.get(m, "")} for m in maps],
         "ratings": list(RATINGS),
