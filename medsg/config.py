@@ -668,7 +668,7 @@ def resolved_config(cfg: Config) -> dict[str, Any]:
     data["experiment"]["report_dir"] = str(cfg.report_dir)
     data["splits"]["file"] = str(cfg.split_file)
     data["data"]["color_aug"] = cfg.color_aug
-    data["provenance"] = provenance()
+    data["provenance"] = provenance(cfg.train.device)
     return data
 
 

@@ -131,6 +131,23 @@ def test_key_value_parser_of_set_and_option():
         parse_key_value("a=[1", "--option", "key=value")
 
 
+def test_provenance_names_the_device_the_run_uses(monkeypatch):
+    """A run told to use the CPU on a GPU machine computed on the CPU: its record must say so."""
+    import torch
+
+    from medsg.core.provenance import provenance
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: f"GPU {index}")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert provenance("cpu")["accelerator"] == "cpu"
+    assert provenance("auto")["accelerator"] == "GPU 0"
+    assert provenance("cuda:1")["accelerator"] == "GPU 1"
+    assert provenance("cuda:1")["world_size"] == 4
+    monkeypatch.delenv("WORLD_SIZE")
+    assert provenance("cpu")["world_size"] == 1
+
+
 def test_resolved_config_round_trips_with_provenance(tmp_path):
     cfg = config_from_dict(minimal(tmp_path), ["experiment.seed=7"])
     data = resolved_config(cfg)
@@ -150,6 +167,7 @@ def test_resolved_config_round_trips_with_provenance(tmp_path):
         "cpu_capability",
         "cpu_simd",
         "accelerator",
+        "world_size",
     }
     assert prov["cpu"] and prov["cpu_capability"]  # what `medsg reproduce` names when the CPU differs
     assert isinstance(prov["torch"], str) and prov["medsg"]

@@ -6,6 +6,7 @@ commit, thread count or CPU), and the run refuses to write a report from a tree 
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -14,8 +15,10 @@ from typing import Any
 from medsg.core import __version__
 
 
-def provenance() -> dict[str, Any]:
-    """Versions and git hash, so a reader can rebuild the environment of a result."""
+def provenance(device: str = "auto") -> dict[str, Any]:
+    """Versions and git hash, so a reader can rebuild the environment of a result. ``device`` is the run's
+    ``train.device``: the accelerator recorded is the one it computes on ("cpu" when told to use the CPU on a
+    machine with a GPU), and ``world_size`` the number of processes (torchrun's WORLD_SIZE)."""
     import monai
     import numpy
     import PIL
@@ -38,8 +41,26 @@ def provenance() -> dict[str, Any]:
         "cpu": cpu_model(cpu),
         "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),  # the ISA torch's kernels use
         "cpu_simd": cpu_simd_flags(cpu),
-        "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "accelerator": accelerator_of(device),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1") or 1),
     }
+
+
+def accelerator_of(device: str) -> str:
+    """The name of the device ``train.device`` computes on: a GPU's model, or "cpu"."""
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    try:
+        index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+        return torch.cuda.get_device_name(index)
+    except (
+        ValueError,
+        RuntimeError,
+        AssertionError,
+    ):  # an unknown index is refused where the run resolves it
+        return f"unknown ({device})"
 
 
 SIMD_PREFIXES = ("sse", "ssse", "avx", "fma", "f16c", "amx", "neon", "asimd", "sve")

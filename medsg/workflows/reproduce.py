@@ -149,7 +149,9 @@ def reproduce_fold(
     cfg = config_from_dict(saved, [*settings, *(overrides or [])], source=str(cfg_path))
     run_dir = run_experiment(cfg, folds=[fold], report=False)
     reproduced = read_json(RunFolder(run_dir).fold(fold).metrics)
-    environment = environment_differences(recorded, provenance(), git_same_code(recorded.get("git")))
+    environment = environment_differences(
+        recorded, provenance(cfg.train.device), git_same_code(recorded.get("git"))
+    )
     verdict, rows = compare_fold(committed, reproduced, environment, tolerance)
     result = Reproduction(verdict, fold, rows, environment, run_dir)
     record = {
