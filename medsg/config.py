@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -627,6 +628,12 @@ def pretrained_for_fold(pretrained: str | None, fold: int | str | None) -> str |
     return pretrained.replace(FOLD_PLACEHOLDER, str(fold))
 
 
+def pretrained_sources(cfg: Config, folds: Iterable[int | str]) -> list[str]:
+    """The distinct weights files or folders ``model.pretrained`` names for ``folds`` (one per fold with
+    ``{fold}``, else one); empty from scratch."""
+    return [s for s in dict.fromkeys(pretrained_for_fold(cfg.model.pretrained, f) for f in folds) if s]
+
+
 def check_config_paths(cfg: Config) -> None:
     """User paths must exist: data.root and, when set, model.pretrained."""
     if not Path(cfg.data.root).exists():
@@ -635,10 +642,10 @@ def check_config_paths(cfg: Config) -> None:
         )
     if cfg.model.pretrained and FOLD_PLACEHOLDER in cfg.model.pretrained:
         for fold in range(cfg.splits.k):
-            if not Path(pretrained_for_fold(cfg.model.pretrained, fold) or "").exists():
+            path = str(pretrained_for_fold(cfg.model.pretrained, fold))
+            if not Path(path).exists():
                 raise ConfigError(
-                    f"model.pretrained: fold {fold}'s backbone not found: "
-                    f"{pretrained_for_fold(cfg.model.pretrained, fold)}. Pretrain one per fold on that fold's "
+                    f"model.pretrained: fold {fold}'s backbone not found: {path}. Pretrain one per fold on that fold's "
                     "training images (`medsg pretrain --adapter ADAPTER --root ROOT --split SPLIT_FILE --fold "
                     f"{fold} --out ...`), or name one weights file for every fold."
                 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medsg.commands.flags import add_dataset, add_device, add_model, folder_arg
+from medsg.commands.flags import add_dataset, add_device, add_model, fold_arg, folder_arg
 from medsg.core.errors import ConfigError
 from medsg.workflows import pretrain
 
@@ -28,8 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--fold",
-        type=_fold,
+        type=fold_arg,
         default=None,
+        metavar="K",
         help="with --split: the fold K whose outer test images are left out, or 'all' (every image in the file)",
     )
     parser.add_argument(
@@ -48,15 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--seed", type=int, default=d.seed)
     add_device(parser, "auto")
-
-
-def _fold(text: str) -> int | str:
-    if text == "all":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--fold {text}: a fold number (0, 1, ...) or 'all'") from None
 
 
 def run(args: argparse.Namespace) -> int:

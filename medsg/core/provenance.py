@@ -55,11 +55,7 @@ def accelerator_of(device: str) -> str:
     try:
         index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
         return torch.cuda.get_device_name(index)
-    except (
-        ValueError,
-        RuntimeError,
-        AssertionError,
-    ):  # an unknown index is refused where the run resolves it
+    except (ValueError, RuntimeError, AssertionError):  # a bad index: refused where the run resolves it
         return f"unknown ({device})"
 
 

@@ -21,7 +21,7 @@ from medsg.config import (
     dump_config,
     load_config,
     load_saved_config,
-    pretrained_for_fold,
+    pretrained_sources,
     read_yaml,
     resolved_config,
     result_diff,
@@ -284,15 +284,14 @@ def run_experiment(
             f" x{dist.world_size} processes" if dist.enabled else "",
         )
         factory = ManifestFolds(cfg, data, run_dir, dist)
-        for source in dict.fromkeys(  # each weights file (one per fold with {fold}): fits the model?
-            pretrained_for_fold(cfg.model.pretrained, f) for f in folds + ([ALL] if final else [])
-        ):
-            if source and not Path(source).exists():
+        # each weights file (one per fold with {fold}): there, and fits the model?
+        for source in pretrained_sources(cfg, folds + ([ALL] if final else [])):
+            if not Path(source).exists():
                 raise ConfigError(
                     f"model.pretrained: {source} not found (the final model's backbone: pretrain it with "
                     "`medsg pretrain --split SPLIT_FILE --fold all ...`, or run the folds without --fold all)"
                 )
-            if source and not Path(source).is_dir():
+            if not Path(source).is_dir():
                 check_weights_fit(cfg.model.name, cfg.model.img_size, source)
         if cfg.train.distill_teachers:  # every fold's teachers, before the first fold trains
             wanted = {f: set(factory.fold_ids(f)["test"]) for f in folds} | ({ALL: None} if final else {})

@@ -18,7 +18,7 @@ import pandas as pd
 from torch import nn
 
 import medsg
-from medsg.config import Config, pretrained_for_fold
+from medsg.config import Config, pretrained_sources
 from medsg.core.errors import ConfigError
 from medsg.core.io import atomic_write_text
 from medsg.core.run_folder import ALL, RunFolder
@@ -157,9 +157,8 @@ def prepare_data(
     )
     dropped = sorted(set(raw["id"]) - set(manifest["id"]))
     check_trainable_classes(manifest, cfg.splits.grouping)  # before a split file is written for such data
-    for pretrained in per_fold_sources(
-        cfg
-    ):  # supervised transfer from a medsg model: its folder, or a file in one
+    # supervised transfer from a medsg model: its folder, or a weights file inside one
+    for pretrained in pretrained_sources(cfg, range(cfg.splits.k)):
         named = Path(pretrained)
         source = named if named.is_dir() else model_folder_of(named)
         if source is not None:
@@ -201,16 +200,6 @@ def prepare_data(
             protocol["pretraining"] = pretraining
         atomic_write_text(run_dir / "protocol.json", json.dumps(protocol, indent=1) + "\n")
     return PreparedData(manifest, names, splits, report.manifest_hash)
-
-
-def per_fold_sources(cfg: Config) -> list[str]:
-    """The distinct weights files or folders ``model.pretrained`` names across the CV folds (one per fold
-    with ``{fold}``, else one); empty from scratch."""
-    return [
-        s
-        for s in dict.fromkeys(pretrained_for_fold(cfg.model.pretrained, f) for f in range(cfg.splits.k))
-        if s
-    ]
 
 
 class ManifestFolds:

@@ -59,6 +59,7 @@ from medsg.config import FOLD_PLACEHOLDER, pretrained_for_fold
 from medsg.core.device import torch_device
 from medsg.core.errors import ConfigError, DataError
 from medsg.core.io import atomic_torch_save, atomic_write_text, read_json
+from medsg.core.run_folder import ALL
 from medsg.data import load_manifest
 from medsg.data.generic import image_files_below
 from medsg.data.images import read_image
@@ -147,7 +148,7 @@ def fold_training_images(
             f"pretrain --split {split_file}: a split file of {dataset!r} names images by that adapter's ids; "
             f"give --adapter {dataset} and its --root"
         )
-    if fold == "all":
+    if fold == ALL:
         wanted = {str(i) for i in [*folds[0]["train"], *folds[0]["val"]]} if folds else set()
     elif isinstance(fold, int) and 0 <= fold < len(folds):
         wanted = {str(i) for i in folds[fold]["train"]}
