@@ -34,7 +34,7 @@ def _ultrasound(rng: np.random.Generator) -> Image.Image:
 
 PACKAGES = {  # report folder -> (classes in output order, a plausible input, its file name)
     "isic2018_cpu_mobilenetv3_long": (ISIC_CLASSES, _skin, "some.jpg"),
-    "busi_cpu_mobilenetv3_byol_distill": (BUSI_CLASSES, _ultrasound, "some.png"),
+    "busi_cpu_mobilenetv3_byol_hpt_distill": (BUSI_CLASSES, _ultrasound, "some.png"),
 }
 
 
