@@ -357,6 +357,33 @@ def test_failed_start_can_be_restarted_with_a_corrected_config(busi_root, tmp_pa
         save_or_check_config(syn_config(busi_root, tmp_path, {"train.lr": 0.01}), run_dir)
 
 
+def test_a_trained_run_refuses_to_resume_on_changed_images_and_keeps_its_record(tmp_path, syn_config):
+    """Folds trained on one image set cannot be resumed on another: the split file's own hash check only warns
+    (it may be used on other data), but a run's trained folds fix what they saw."""
+    from PIL import Image
+
+    from medsg.core.errors import DataError
+    from medsg.workflows.prepare import prepare_data
+
+    root = make_synthetic_busi(tmp_path / "data", n_per_class=6, size=32, seed=1)
+    cfg = syn_config(root, tmp_path)
+    run_dir = cfg.run_dir.resolve()
+    prepare_data(cfg, run_dir, new_split_expected=True)
+    record = (run_dir / "audit.json").read_bytes()
+    image = root / "benign" / "benign (2).png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(image)  # same id, other pixels
+    prepare_data(cfg, run_dir)  # no fold has trained yet: the run may start again on the new images
+    assert (run_dir / "audit.json").read_bytes() != record
+    record = (run_dir / "audit.json").read_bytes()
+
+    (run_dir / "fold_0").mkdir()
+    (run_dir / "fold_0" / "checkpoint_last.pt").write_bytes(b"")  # now a fold has trained on them
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(image)
+    with pytest.raises(DataError, match=r"has trained folds, and the images or labels .* have changed"):
+        prepare_data(cfg, run_dir)
+    assert (run_dir / "audit.json").read_bytes() == record  # the record of what the folds saw is kept
+
+
 def test_a_run_takes_report_settings_from_the_current_config_and_keeps_the_rest(
     busi_root, tmp_path, syn_config
 ):

@@ -82,6 +82,11 @@ class RunFolder:
     def final(self) -> FoldFolder:
         return self.fold(ALL)
 
+    @property
+    def has_trained(self) -> bool:
+        """Some fold has trained (a checkpoint or DONE): its config and data are then fixed for the run."""
+        return any(self.path.glob(f"fold_*/{DONE_FILE}")) or any(self.path.glob("fold_*/checkpoint_*.pt"))
+
     def folds(self, k: int) -> list[FoldFolder]:
         """The k cross-validation folds, in order (whether or not they exist yet)."""
         return [self.fold(f) for f in range(k)]

@@ -30,7 +30,7 @@ from medsg.core.device import resolve_device
 from medsg.core.errors import ConfigError, ReportRefused
 from medsg.core.io import atomic_write_text, read_json
 from medsg.core.provenance import git_clean, git_hash, git_toplevel
-from medsg.core.run_folder import ALL, CONFIG_FILE, DONE_FILE, RunFolder
+from medsg.core.run_folder import ALL, CONFIG_FILE, RunFolder
 from medsg.explain import EXPLAIN_DIR, collect_explanations, fold_explain_dirs
 from medsg.report import write_report
 from medsg.report.compare import write_comparison
@@ -52,11 +52,6 @@ log = logging.getLogger(__name__)
 DERIVED_FILES = ("audit.json", "manifest.csv", "splits.json", "protocol.json")
 
 
-def run_has_progress(run_dir: Path) -> bool:
-    """Whether any fold of the run has trained: a checkpoint or a DONE marker (then its config is fixed)."""
-    return any(run_dir.glob(f"fold_*/{DONE_FILE}")) or any(run_dir.glob("fold_*/checkpoint_*.pt"))
-
-
 def save_or_check_config(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Write config.yaml on first use; later runs must match it in everything that changes results, and
     update only ``REPORT_SECTIONS`` (what the report computes and explains).
@@ -70,7 +65,7 @@ def save_or_check_config(cfg: Config, run_dir: Path) -> dict[str, Any]:
     if path.exists():
         saved = read_yaml(path)
         diff = result_diff(saved, new)
-        if diff and not run_has_progress(run_dir):
+        if diff and not RunFolder(run_dir).has_trained:
             log.warning(
                 "%s has no trained fold: replacing its config.yaml (%s) and starting it again",
                 run_dir,

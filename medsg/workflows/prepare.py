@@ -19,7 +19,7 @@ from torch import nn
 
 import medsg
 from medsg.config import Config, pretrained_sources
-from medsg.core.errors import ConfigError
+from medsg.core.errors import ConfigError, DataError
 from medsg.core.io import atomic_write_text
 from medsg.core.run_folder import ALL, RunFolder
 from medsg.data import class_names, load_manifest, save_manifest
@@ -117,6 +117,25 @@ def protocol_record(
     }
 
 
+def check_same_data_on_resume(run_dir: Path, manifest_hash: str) -> None:
+    """Refuse to resume a run whose trained folds saw other data (content or labels under its ids).
+
+    ``audit.json`` of the run's last start records the data it trained on; it is kept, not rewritten, so the
+    refusal loses nothing. A run with no trained fold may start again on the new data.
+    """
+    audit_path = run_dir / "audit.json"
+    if not audit_path.is_file() or not RunFolder(run_dir).has_trained:
+        return
+    before = read_audit(audit_path).manifest_hash  # "" in a record older than the hash: nothing to compare
+    if before and before != manifest_hash:
+        raise DataError(
+            f"{run_dir} has trained folds, and the images or labels they trained on have changed since (content "
+            f"hash {before[:12]} in {audit_path}, {manifest_hash[:12]} now): a resume would mix the two. "
+            "Restore the data the run started on, or start a new run (another experiment.name or "
+            "experiment.output_dir)."
+        )
+
+
 def prepare_data(
     cfg: Config,
     run_dir: Path | None = None,
@@ -147,6 +166,7 @@ def prepare_data(
             min_correlation=cfg.data.audit.min_correlation,
         )
         if audit_path is not None:
+            check_same_data_on_resume(run_dir, report.manifest_hash)
             write_audit(report, audit_path)
     ddp.barrier()
     if not dist.is_main and audit_path is not None:
