@@ -641,14 +641,14 @@ def check_config_paths(cfg: Config) -> None:
             f"data.root: folder not found: {cfg.data.root} (set data.root or --set data.root=DIR)"
         )
     if cfg.model.pretrained and FOLD_PLACEHOLDER in cfg.model.pretrained:
-        for fold in range(cfg.splits.k):
-            path = str(pretrained_for_fold(cfg.model.pretrained, fold))
-            if not Path(path).exists():
-                raise ConfigError(
-                    f"model.pretrained: fold {fold}'s backbone not found: {path}. Pretrain one per fold on that fold's "
-                    "training images (`medsg pretrain --adapter ADAPTER --root ROOT --split SPLIT_FILE --fold "
-                    f"{fold} --out ...`), or name one weights file for every fold."
-                )
+        # a typo fails here; a fold whose backbone is not made yet fails when a run asks for that fold
+        paths = [str(pretrained_for_fold(cfg.model.pretrained, fold)) for fold in range(cfg.splits.k)]
+        if not any(Path(path).exists() for path in paths):
+            raise ConfigError(
+                f"model.pretrained: no fold's backbone found (fold 0's would be {paths[0]}). Pretrain one per "
+                "fold on that fold's training images (`medsg pretrain --adapter ADAPTER --root ROOT --split "
+                "SPLIT_FILE --fold K --out ...`), or name one weights file for every fold."
+            )
     elif cfg.model.pretrained and not Path(cfg.model.pretrained).exists():
         raise ConfigError(
             f"model.pretrained: weights file or model folder not found: {cfg.model.pretrained}. Name the released {cfg.model.name} ImageNet "

@@ -283,16 +283,26 @@ def test_per_fold_backbones_start_their_folds_and_none_saw_its_folds_test_images
         "experiment.name": "hpt",
         "model.pretrained": str(ssl / "fold_{fold}" / BACKBONE_FILE),
     }
-    with pytest.raises(ConfigError, match="fold 0's backbone not found"):
+    with pytest.raises(ConfigError, match="no fold's backbone found"):
         make_config(root, tmp_path, recipe)
     prepare_data(make_config(root, tmp_path, recipe, check_paths=False))  # writes the split file
     split_file = tmp_path / "splits.json"
     items = unlabelled_images("busi", root)
     settings = dataclasses.replace(SMALL_CNN, model="test_vit", img_size=32)
-    for fold in (0, 1):
+
+    def pretrain_fold(fold: int) -> None:
         kept, chosen = fold_training_images(items, split_file, fold, "busi")
         pretrain(kept, ssl / f"fold_{fold}", settings, source={"adapter": "busi"} | chosen, device="cpu")
+
+    # one fold's job needs only its own backbone (folds may be pretrained and trained as separate jobs)
+    pretrain_fold(1)
     cfg = make_config(root, tmp_path, recipe)
+    with pytest.raises(ConfigError, match=r"fold 0's backbone not found: .*--fold 0"):
+        run_experiment(cfg, folds=[0], quiet=True)
+    assert not (Path(cfg.run_dir) / "fold_0").exists()  # refused before the fold started
+    run_experiment(cfg, folds=[1], quiet=True)
+    assert (Path(cfg.run_dir) / "fold_1" / "DONE").is_file()
+    pretrain_fold(0)
     for fold in (0, 1):
         state = build_model(cfg, num_classes=3, fold=fold).state_dict()
         weights = read_checkpoint(ssl / f"fold_{fold}" / BACKBONE_FILE)
@@ -300,7 +310,7 @@ def test_per_fold_backbones_start_their_folds_and_none_saw_its_folds_test_images
     with pytest.raises(ConfigError, match="one backbone per fold"):
         build_model(cfg, num_classes=3)  # no fold: which backbone is meant?
 
-    run = run_experiment(cfg, folds=[0, 1], quiet=True)
+    run = run_experiment(cfg, folds=[0], quiet=True)  # fold 1 is done; fold 0 completes the run
     record = json.loads((run / "protocol.json").read_text())["pretraining"]
     assert sorted(record["per_fold"]) == ["0", "1"] and record["per_fold"]["1"]["images"]["fold"] == 1
     text = pretraining_text(cfg.model.pretrained, {"pretraining": record})

@@ -21,7 +21,7 @@ from medsg.config import (
     dump_config,
     load_config,
     load_saved_config,
-    pretrained_sources,
+    pretrained_for_fold,
     read_yaml,
     resolved_config,
     result_diff,
@@ -235,6 +235,25 @@ def _report_after_training(run_dir: Path, report_dir: Path) -> None:
 # ---------------------------------------------------------------- entry points
 
 
+def check_pretrained_for_folds(cfg: Config, folds: list[int | str]) -> None:
+    """Each weights file the requested folds start from (one per fold with ``{fold}``) is there and fits the
+    model, before any fold trains; a fold that is not requested needs no backbone yet."""
+    checked: set[str] = set()
+    for fold in folds:
+        source = pretrained_for_fold(cfg.model.pretrained, fold)
+        if not source or source in checked:
+            continue
+        checked.add(source)
+        if not Path(source).exists():
+            raise ConfigError(
+                f"model.pretrained: fold {fold}'s backbone not found: {source}. Pretrain it on that fold's "
+                f"training images (`medsg pretrain --adapter ADAPTER --root ROOT --split SPLIT_FILE --fold {fold} "
+                "--out ...`)" + (", or run the folds without --fold all" if fold == ALL else "")
+            )
+        if not Path(source).is_dir():
+            check_weights_fit(cfg.model.name, cfg.model.img_size, source)
+
+
 def run_experiment(
     cfg: Config,
     folds: list[int | str] | None = None,
@@ -279,15 +298,7 @@ def run_experiment(
             f" x{dist.world_size} processes" if dist.enabled else "",
         )
         factory = ManifestFolds(cfg, data, run_dir, dist)
-        # each weights file (one per fold with {fold}): there, and fits the model?
-        for source in pretrained_sources(cfg, folds + ([ALL] if final else [])):
-            if not Path(source).exists():
-                raise ConfigError(
-                    f"model.pretrained: {source} not found (the final model's backbone: pretrain it with "
-                    "`medsg pretrain --split SPLIT_FILE --fold all ...`, or run the folds without --fold all)"
-                )
-            if not Path(source).is_dir():
-                check_weights_fit(cfg.model.name, cfg.model.img_size, source)
+        check_pretrained_for_folds(cfg, folds + ([ALL] if final else []))
         if cfg.train.distill_teachers:  # every fold's teachers, before the first fold trains
             wanted = {f: set(factory.fold_ids(f)["test"]) for f in folds} | ({ALL: None} if final else {})
             check_teachers(cfg.train.distill_teachers, wanted, data.class_names)
