@@ -29,7 +29,7 @@ from pydantic import (
 import medsg.models  # noqa: F401 (registers the SG-Former variants)
 from medsg.core.errors import ConfigError, InputSizeError
 from medsg.core.provenance import provenance
-from medsg.core.run_folder import RunFolder
+from medsg.core.run_folder import ALL, RunFolder
 from medsg.data.audit import MIN_CORRELATION, NEAR_DUP_THRESHOLD
 from medsg.data.dicom import check_keyword, grouping_keyword
 from medsg.data.manifest import adapter_names
@@ -642,7 +642,8 @@ def check_config_paths(cfg: Config) -> None:
         )
     if cfg.model.pretrained and FOLD_PLACEHOLDER in cfg.model.pretrained:
         # a typo fails here; a fold whose backbone is not made yet fails when a run asks for that fold
-        paths = [str(pretrained_for_fold(cfg.model.pretrained, fold)) for fold in range(cfg.splits.k)]
+        folds: list[int | str] = [*range(cfg.splits.k), ALL]
+        paths = [str(pretrained_for_fold(cfg.model.pretrained, fold)) for fold in folds]
         if not any(Path(path).exists() for path in paths):
             raise ConfigError(
                 f"model.pretrained: no fold's backbone found (fold 0's would be {paths[0]}). Pretrain one per "
