@@ -265,6 +265,19 @@ def test_pretrain_continues_from_an_init_backbone_and_resumes_only_with_it(tmp_p
     assert not (tmp_path / "third").exists()  # refused before anything was written
 
 
+def test_a_per_fold_path_needs_one_backbone_at_load_and_the_final_models_counts(tmp_path, make_config):
+    """Loading a config with ``{fold}`` catches a typo (no backbone at all) but not a fold still to be made."""
+    from medsg.demo import make_synthetic_busi
+
+    root = make_synthetic_busi(tmp_path / "data", n_per_class=2, size=32, seed=0)
+    recipe = {"model.pretrained": str(tmp_path / "ssl" / "fold_{fold}" / BACKBONE_FILE)}
+    with pytest.raises(ConfigError, match="no fold's backbone found"):
+        make_config(root, tmp_path, recipe)
+    (tmp_path / "ssl" / "fold_all").mkdir(parents=True)
+    (tmp_path / "ssl" / "fold_all" / BACKBONE_FILE).write_bytes(b"")
+    make_config(root, tmp_path, recipe)  # the final model's backbone alone: its job may come first
+
+
 @pytest.mark.e2e
 def test_per_fold_backbones_start_their_folds_and_none_saw_its_folds_test_images(tmp_path, make_config):
     """``model.pretrained`` with ``{fold}``: fold K starts from the backbone pretrained on fold K's training
@@ -320,6 +333,11 @@ def test_per_fold_backbones_start_their_folds_and_none_saw_its_folds_test_images
         assert f"({n} images)" in text
     assert f"({cfg.pretrained_as_given})" in text  # the path as written, not this machine's absolute one
     assert text in (Path(cfg.report_dir) / "report.md").read_text()
+
+    # a finished fold needs its backbone no more: rerunning every fold only writes the report again
+    shutil.move(ssl / "fold_1", tmp_path / "fold_1_elsewhere")
+    run_experiment(cfg, folds=[0, 1], quiet=True)
+    shutil.move(tmp_path / "fold_1_elsewhere", ssl / "fold_1")
 
     # fold 1's backbone in fold 0's place: with two folds, it pretrained on fold 0's test images
     shutil.rmtree(ssl / "fold_0")

@@ -379,7 +379,7 @@ def test_a_trained_run_refuses_to_resume_on_changed_images_and_keeps_its_record(
     (run_dir / "fold_0").mkdir()
     (run_dir / "fold_0" / "checkpoint_last.pt").write_bytes(b"")  # now a fold has trained on them
     Image.new("RGB", (32, 32), (10, 200, 10)).save(image)
-    with pytest.raises(DataError, match=r"has trained folds, and the images or labels .* have changed"):
+    with pytest.raises(DataError, match=r"has trained folds, and the data they trained on .* has changed"):
         prepare_data(cfg, run_dir)
     assert (run_dir / "audit.json").read_bytes() == record  # the record of what the folds saw is kept
 

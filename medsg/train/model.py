@@ -104,10 +104,10 @@ def build_model(cfg: Config, num_classes: int, fold: int | str | None = None) ->
     medsg run folder or package (its final model's backbone with a new head); null trains from scratch."""
     kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_path_rate": cfg.model.drop_path}
     source = pretrained_for_fold(cfg.model.pretrained, fold)
-    if source and not Path(source).exists():  # a per-fold backbone the config check did not cover (all)
+    if source and not Path(source).exists():  # a per-fold backbone not made yet (bench builds fold 0's)
         raise ConfigError(
             f"model.pretrained: fold {fold}'s weights not found: {source}; pretrain them (`medsg pretrain "
-            f"--split SPLIT_FILE --fold {fold} ...`) or train without this fold"
+            f"--split SPLIT_FILE --fold {fold} ...`)"
         )
     if source and Path(source).is_dir():
         member = transfer_source(source, cfg.model.name)

@@ -16,6 +16,7 @@ from typing import Any
 
 from medsg.config import (
     DEFAULT_BOOTSTRAP,
+    FOLD_PLACEHOLDER,
     Config,
     config_hash,
     dump_config,
@@ -236,14 +237,16 @@ def _report_after_training(run_dir: Path, report_dir: Path) -> None:
 
 
 def check_pretrained_for_folds(cfg: Config, folds: list[int | str]) -> None:
-    """Each weights file the requested folds start from (one per fold with ``{fold}``) is there and fits the
-    model, before any fold trains; a fold that is not requested needs no backbone yet."""
+    """Each weights file the folds about to train start from (one per fold with ``{fold}``) is there and fits
+    the model, before any fold trains; a fold that is not requested, or is done, needs no backbone."""
     checked: set[str] = set()
     for fold in folds:
         source = pretrained_for_fold(cfg.model.pretrained, fold)
         if not source or source in checked:
             continue
         checked.add(source)
+        if not Path(source).exists() and FOLD_PLACEHOLDER not in str(cfg.model.pretrained):
+            raise ConfigError(f"model.pretrained: weights file or model folder not found: {source}")
         if not Path(source).exists():
             raise ConfigError(
                 f"model.pretrained: fold {fold}'s backbone not found: {source}. Pretrain it on that fold's "
@@ -285,6 +288,11 @@ def run_experiment(
             run_dir.mkdir(parents=True, exist_ok=True)
             save_or_check_config(cfg, run_dir)
         ddp.barrier()
+        runs = RunFolder(run_dir)  # backbones first: the audit in prepare_data can take minutes
+        pending = [f for f in folds if not runs.fold(f).done] + (
+            [ALL] if final and not runs.final.done else []
+        )
+        check_pretrained_for_folds(cfg, pending)
         data = prepare_data(cfg, run_dir, dist, new_split_expected)
         log.info(
             "%s: %d images, %d classes %s, %d folds; running folds %s on %s%s",
@@ -298,7 +306,6 @@ def run_experiment(
             f" x{dist.world_size} processes" if dist.enabled else "",
         )
         factory = ManifestFolds(cfg, data, run_dir, dist)
-        check_pretrained_for_folds(cfg, folds + ([ALL] if final else []))
         if cfg.train.distill_teachers:  # every fold's teachers, before the first fold trains
             wanted = {f: set(factory.fold_ids(f)["test"]) for f in folds} | ({ALL: None} if final else {})
             check_teachers(cfg.train.distill_teachers, wanted, data.class_names)

@@ -129,8 +129,9 @@ def check_same_data_on_resume(run_dir: Path, manifest_hash: str) -> None:
     before = read_audit(audit_path).manifest_hash  # "" in a record older than the hash: nothing to compare
     if before and before != manifest_hash:
         raise DataError(
-            f"{run_dir} has trained folds, and the images or labels they trained on have changed since (content "
-            f"hash {before[:12]} in {audit_path}, {manifest_hash[:12]} now): a resume would mix the two. "
+            f"{run_dir} has trained folds, and the data they trained on (its ids, labels or image contents) has "
+            f"changed since (content hash {before[:12]} in {audit_path}, {manifest_hash[:12]} now): a resume "
+            "would mix the two. "
             "Restore the data the run started on, or start a new run (another experiment.name or "
             "experiment.output_dir)."
         )
