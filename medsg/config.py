@@ -628,10 +628,15 @@ def pretrained_for_fold(pretrained: str | None, fold: int | str | None) -> str |
     return pretrained.replace(FOLD_PLACEHOLDER, str(fold))
 
 
-def pretrained_sources(cfg: Config, folds: Iterable[int | str]) -> list[str]:
+def pretrained_sources(cfg: Config, folds: Iterable[int | str]) -> dict[str, int | str]:
     """The distinct weights files or folders ``model.pretrained`` names for ``folds`` (one per fold with
-    ``{fold}``, else one); empty from scratch."""
-    return [s for s in dict.fromkeys(pretrained_for_fold(cfg.model.pretrained, f) for f in folds) if s]
+    ``{fold}``, else one), each with the first of ``folds`` that starts from it; empty from scratch."""
+    sources: dict[str, int | str] = {}
+    for fold in folds:
+        source = pretrained_for_fold(cfg.model.pretrained, fold)
+        if source:
+            sources.setdefault(source, fold)
+    return sources
 
 
 def check_config_paths(cfg: Config) -> None:

@@ -10,6 +10,7 @@ the layout (and the meaning of "finished") cannot drift between training, report
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,10 @@ class RunFolder:
     def has_trained(self) -> bool:
         """Some fold has trained (a checkpoint or DONE): its config and data are then fixed for the run."""
         return any(self.path.glob(f"fold_*/{DONE_FILE}")) or any(self.path.glob("fold_*/checkpoint_*.pt"))
+
+    def pending(self, folds: Iterable[int | str]) -> list[int | str]:
+        """The folds of ``folds`` not DONE yet (``all`` names the final model), in order."""
+        return [f for f in folds if not self.fold(f).done]
 
     def folds(self, k: int) -> list[FoldFolder]:
         """The k cross-validation folds, in order (whether or not they exist yet)."""

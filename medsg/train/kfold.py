@@ -96,7 +96,7 @@ def run_folds(
     """
     dist = dist or ddp.DistInfo()
     folds, run = list(folds), RunFolder(run_dir)
-    pending = [f for f in folds if not run.fold(f).done]
+    pending = run.pending(folds)
     for f in folds:
         if f not in pending:
             log.info("fold %d: already finished (DONE), skipping", f)

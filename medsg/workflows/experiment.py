@@ -22,7 +22,7 @@ from medsg.config import (
     dump_config,
     load_config,
     load_saved_config,
-    pretrained_for_fold,
+    pretrained_sources,
     read_yaml,
     resolved_config,
     result_diff,
@@ -239,12 +239,7 @@ def _report_after_training(run_dir: Path, report_dir: Path) -> None:
 def check_pretrained_for_folds(cfg: Config, folds: list[int | str]) -> None:
     """Each weights file the folds about to train start from (one per fold with ``{fold}``) is there and fits
     the model, before any fold trains; a fold that is not requested, or is done, needs no backbone."""
-    checked: set[str] = set()
-    for fold in folds:
-        source = pretrained_for_fold(cfg.model.pretrained, fold)
-        if not source or source in checked:
-            continue
-        checked.add(source)
+    for source, fold in pretrained_sources(cfg, folds).items():
         if not Path(source).exists() and FOLD_PLACEHOLDER not in str(cfg.model.pretrained):
             raise ConfigError(f"model.pretrained: weights file or model folder not found: {source}")
         if not Path(source).exists():
@@ -288,11 +283,8 @@ def run_experiment(
             run_dir.mkdir(parents=True, exist_ok=True)
             save_or_check_config(cfg, run_dir)
         ddp.barrier()
-        runs = RunFolder(run_dir)  # backbones first: the audit in prepare_data can take minutes
-        pending = [f for f in folds if not runs.fold(f).done] + (
-            [ALL] if final and not runs.final.done else []
-        )
-        check_pretrained_for_folds(cfg, pending)
+        # backbones first: the audit in prepare_data can take minutes
+        check_pretrained_for_folds(cfg, RunFolder(run_dir).pending(folds + ([ALL] if final else [])))
         data = prepare_data(cfg, run_dir, dist, new_split_expected)
         log.info(
             "%s: %d images, %d classes %s, %d folds; running folds %s on %s%s",
